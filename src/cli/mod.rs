@@ -1,0 +1,89 @@
+//! The command line: flags parsed once (clap) and turned into `Config`, then one function per
+//! subcommand. All user-facing terminal output lives here; `--json` prints exactly one JSON
+//! document on stdout and everything else goes to stderr. Errors map to exit codes here only.
+
+mod import;
+mod jobs;
+mod progress;
+mod serve;
+mod status;
+mod traces;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "understudy", version, about = "Turn a coding agent's tool-using traces into a local model")]
+pub struct Cli {
+    /// Directory holding understudy.db and artifacts/.
+    #[arg(long, global = true, env = "UNDERSTUDY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import traces from a file.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
+    /// List, show, export and delete stored traces.
+    #[command(subcommand)]
+    Traces(traces::TracesCommand),
+    /// List, show, cancel and resume background jobs.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Serve the web UI and the API.
+    Serve(serve::ServeArgs),
+    /// Run every pipeline stage that exists on the embedded default, then serve.
+    Quickstart(serve::ServeArgs),
+    /// Show what the data dir holds.
+    Status(status::StatusArgs),
+}
+
+/// Entry point used by `main`: parse, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = Config::new(cli.data_dir.clone());
+    match run(&config, cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Import(command) => import::run(config, command),
+        Command::Traces(command) => traces::run(config, command),
+        Command::Jobs(command) => jobs::run(config, command),
+        Command::Serve(args) => serve::serve(config, args),
+        Command::Quickstart(args) => serve::quickstart(config, args),
+        Command::Status(args) => status::run(config, args),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("understudy=info,actix_web=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// An error chain on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}").replace('\n', " ")
+}
+
+/// Print exactly one JSON document on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

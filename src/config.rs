@@ -1,0 +1,73 @@
+//! The one validated configuration, built once from flags and environment by the CLI and
+//! passed explicitly; nothing else reads the environment.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Where Understudy keeps its state.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config { data_dir }
+    }
+
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.data_dir.join("artifacts")
+    }
+
+    /// Files uploaded through the web UI or API wait here for their import job.
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// How the HTTP server listens and who may talk to it.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub address: SocketAddr,
+    /// Bearer key required on `/api/` when set; mandatory off loopback.
+    pub api_key: Option<String>,
+    /// Job runner worker threads.
+    pub job_workers: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SettingsError {
+    #[error("--host {0:?} is not an IP address")]
+    BadHost(String),
+    #[error("refusing to listen on {0}, which is not loopback, without an API key: set --api-key or UNDERSTUDY_API_KEY")]
+    KeyRequired(IpAddr),
+}
+
+impl ServeSettings {
+    pub fn new(host: &str, port: u16, api_key: Option<String>) -> Result<ServeSettings, SettingsError> {
+        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        let ip: IpAddr = host.parse().map_err(|_| SettingsError::BadHost(host.to_string()))?;
+        let api_key = api_key.filter(|k| !k.is_empty());
+        if !ip.is_loopback() && api_key.is_none() {
+            return Err(SettingsError::KeyRequired(ip));
+        }
+        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_loopback_needs_a_key() {
+        assert!(ServeSettings::new("127.0.0.1", 0, None).is_ok());
+        assert!(matches!(ServeSettings::new("0.0.0.0", 0, None), Err(SettingsError::KeyRequired(_))));
+        assert!(ServeSettings::new("0.0.0.0", 0, Some("k".into())).is_ok());
+        assert!(matches!(ServeSettings::new("nope", 0, None), Err(SettingsError::BadHost(_))));
+    }
+}

@@ -1,0 +1,13 @@
+//! Understudy: turn a coding agent's tool-using traces into a local LLaMA-family model.
+//!
+//! Modules in reading order: `config` (the one validated configuration), `traces` (the
+//! canonical data model), `store` (SQLite, the only SQL), `jobs` (durable background work),
+//! `web` (the HTTP server: pages, JSON API, OpenAPI), `cli` (the command line). See
+//! ARCHITECTURE.md for the map and the invariants.
+
+pub mod cli;
+pub mod config;
+pub mod jobs;
+pub mod store;
+pub mod traces;
+pub mod web;

@@ -1,0 +1,376 @@
+//! The JSON API under `/api/` and its OpenAPI document (utoipa) at `/openapi.json`. Handlers
+//! convert wire input into domain values at the door and answer errors as JSON.
+
+use actix_web::{web, HttpResponse};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::error::ApiError;
+use super::{AppState, WebError};
+use crate::jobs::import_traces::{params_value, ImportParams, ImportReport, LineError};
+use crate::jobs::{JobKind, JobLog, JobMetric, JobRecord, JobStatus};
+use crate::store::{NamedCount, TraceCounts, TraceFilter, TraceSummary};
+use crate::traces::formats::ImportFormat;
+use crate::traces::wire::{to_canonical_json, to_openai_json};
+use crate::traces::{OutcomeStatus, Source, Split};
+
+pub const DEFAULT_PER_PAGE: i64 = 25;
+pub const MAX_PER_PAGE: i64 = 500;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Understudy API", description = "Traces, jobs and statistics of an Understudy data dir."),
+    paths(health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job, resume_job),
+    components(schemas(
+        Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
+        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/stats", web::get().to(stats))
+        .route("/traces", web::get().to(list_traces))
+        .route("/traces/export", web::get().to(export_traces))
+        .route("/traces/import", web::post().to(import_traces))
+        .route("/traces/{id}", web::get().to(get_trace))
+        .route("/traces/{id}", web::delete().to(delete_trace))
+        .route("/jobs", web::get().to(list_jobs))
+        .route("/jobs/{id}", web::get().to(get_job))
+        .route("/jobs/{id}/cancel", web::post().to(cancel_job))
+        .route("/jobs/{id}/resume", web::post().to(resume_job));
+}
+
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(ApiDoc::openapi().to_pretty_json().unwrap_or_default())
+}
+
+/// The error envelope every API error uses.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: u16,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub schema_version: i64,
+}
+
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
+pub async fn health(state: web::Data<AppState>) -> Result<web::Json<Health>, ApiError> {
+    let schema_version = state.with_db(|db| Ok(db.schema_version()?)).await?;
+    Ok(web::Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), schema_version }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Stats {
+    pub traces: TraceCounts,
+    pub jobs: Vec<NamedCount>,
+}
+
+/// Trace counts by source, category, split and outcome; job counts by status.
+#[utoipa::path(get, path = "/api/stats", responses((status = 200, body = Stats)))]
+pub async fn stats(state: web::Data<AppState>) -> Result<web::Json<Stats>, ApiError> {
+    let stats = state
+        .with_db(|db| {
+            let jobs = db.count_jobs_by_status()?.into_iter().map(|(name, count)| NamedCount { name, count }).collect();
+            Ok(Stats { traces: db.trace_counts()?, jobs })
+        })
+        .await?;
+    Ok(web::Json(stats))
+}
+
+/// Filters shared by the trace list, the export and the Traces page. Empty values mean "any".
+#[derive(Debug, Clone, Default, Deserialize, Serialize, IntoParams)]
+pub struct TraceQuery {
+    /// synthetic, claude_code, dpo_import, served or import
+    pub source: Option<String>,
+    pub category: Option<String>,
+    /// train, val or test
+    pub split: Option<String>,
+    /// success, failure, partial or unknown
+    pub outcome: Option<String>,
+    /// Text the prompt or any message contains.
+    pub q: Option<String>,
+    /// 1-based page number.
+    pub page: Option<i64>,
+    pub per_page: Option<i64>,
+}
+
+/// Which query field was wrong and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryFieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl TryFrom<&TraceQuery> for TraceFilter {
+    type Error = QueryFieldError;
+
+    fn try_from(query: &TraceQuery) -> Result<Self, Self::Error> {
+        fn given(value: &Option<String>) -> Option<&str> {
+            value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+        }
+        let bad = |field: &'static str, message: &str| QueryFieldError { field, message: message.to_string() };
+        Ok(TraceFilter {
+            source: given(&query.source)
+                .map(|v| Source::parse(v).ok_or_else(|| bad("source", "expected synthetic, claude_code, dpo_import, served or import")))
+                .transpose()?,
+            category: given(&query.category).map(str::to_string),
+            split: given(&query.split)
+                .map(|v| Split::parse(v).ok_or_else(|| bad("split", "expected train, val or test")))
+                .transpose()?,
+            outcome: given(&query.outcome)
+                .map(|v| OutcomeStatus::parse(v).ok_or_else(|| bad("outcome", "expected success, failure, partial or unknown")))
+                .transpose()?,
+            text: given(&query.q).map(str::to_string),
+        })
+    }
+}
+
+impl TraceQuery {
+    pub fn page(&self) -> i64 {
+        self.page.unwrap_or(1).max(1)
+    }
+
+    pub fn per_page(&self) -> i64 {
+        self.per_page.unwrap_or(DEFAULT_PER_PAGE).clamp(1, MAX_PER_PAGE)
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TracePage {
+    pub total: i64,
+    pub page: i64,
+    pub per_page: i64,
+    pub items: Vec<TraceSummary>,
+}
+
+/// One page of trace summaries, newest first.
+#[utoipa::path(get, path = "/api/traces", params(TraceQuery),
+    responses((status = 200, body = TracePage), (status = 400, body = ErrorBody)))]
+pub async fn list_traces(state: web::Data<AppState>, query: web::Query<TraceQuery>) -> Result<web::Json<TracePage>, ApiError> {
+    let query = query.into_inner();
+    let filter = TraceFilter::try_from(&query).map_err(|e| WebError::BadRequest(format!("{}: {}", e.field, e.message)))?;
+    let (page, per_page) = (query.page(), query.per_page());
+    let result = state
+        .with_db(move |db| {
+            let total = db.count_traces(&filter)?;
+            let items = db.list_traces(&filter, per_page, (page - 1) * per_page)?;
+            Ok(TracePage { total, page, per_page, items })
+        })
+        .await?;
+    Ok(web::Json(result))
+}
+
+/// One trace in the canonical form (spec 2.1).
+#[utoipa::path(get, path = "/api/traces/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "The canonical trace object", body = Object), (status = 404, body = ErrorBody)))]
+pub async fn get_trace(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let body = state
+        .with_db(move |db| {
+            db.get_trace(&id)?.map(|t| to_canonical_json(&t)).ok_or_else(|| WebError::NotFound(format!("no trace with id {id:?}")))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
+}
+
+#[utoipa::path(delete, path = "/api/traces/{id}", params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+pub async fn delete_trace(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    state
+        .with_db(move |db| if db.delete_trace(&id)? { Ok(()) } else { Err(WebError::NotFound(format!("no trace with id {id:?}"))) })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ExportQuery {
+    /// canonical (spec 2.1, default) or openai ({"messages","tools"})
+    pub format: Option<String>,
+}
+
+/// Matching traces as JSONL.
+#[utoipa::path(get, path = "/api/traces/export", params(ExportQuery, TraceQuery),
+    responses((status = 200, description = "One trace per line", content_type = "application/x-ndjson", body = String),
+              (status = 400, body = ErrorBody)))]
+pub async fn export_traces(
+    state: web::Data<AppState>,
+    query: web::Query<ExportQuery>,
+    filter: web::Query<TraceQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let encode = match query.format.as_deref().unwrap_or("canonical") {
+        "canonical" => to_canonical_json,
+        "openai" => to_openai_json,
+        other => return Err(WebError::BadRequest(format!("format: unknown {other:?}, expected canonical or openai")).into()),
+    };
+    let filter = TraceFilter::try_from(&*filter).map_err(|e| WebError::BadRequest(format!("{}: {}", e.field, e.message)))?;
+    let body = state
+        .with_db(move |db| {
+            let mut out = String::new();
+            db.for_each_trace(&filter, |trace| {
+                out.push_str(&encode(&trace));
+                out.push('\n');
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").body(body))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ImportQuery {
+    /// canonical (default), openai or sharegpt
+    pub format: Option<String>,
+    /// A name for the file in job listings.
+    pub name: Option<String>,
+}
+
+/// Queue an import of the JSONL request body as a background job.
+#[utoipa::path(post, path = "/api/traces/import", params(ImportQuery),
+    request_body(content = String, description = "JSONL, one trace per line", content_type = "application/x-ndjson"),
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn import_traces(
+    state: web::Data<AppState>,
+    query: web::Query<ImportQuery>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let format: ImportFormat = query
+        .format
+        .as_deref()
+        .unwrap_or("canonical")
+        .parse()
+        .map_err(|e: String| WebError::BadRequest(format!("format: {e}")))?;
+    let upload = new_upload_path(&state, query.name.as_deref().unwrap_or("body.jsonl"));
+    let mut file = tokio::fs::File::create(&upload.0).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
+    let mut received = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| WebError::BadRequest(format!("reading the body: {e}")))?;
+        received += chunk.len();
+        if received > super::MAX_UPLOAD_BYTES {
+            let _ = tokio::fs::remove_file(&upload.0).await;
+            return Err(WebError::BadRequest(format!("body over the {}-byte limit", super::MAX_UPLOAD_BYTES)).into());
+        }
+        file.write_all(&chunk).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
+    }
+    file.flush().await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
+    let job = enqueue_import(&state, upload.0, upload.1, format).await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+/// A fresh path under the uploads dir, and the display name to show for it.
+pub fn new_upload_path(state: &AppState, original_name: &str) -> (std::path::PathBuf, String) {
+    let dir = state.config.uploads_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let safe: String = original_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .take(80)
+        .collect();
+    (dir.join(format!("{}-{safe}", ulid::Ulid::new())), original_name.to_string())
+}
+
+/// Queue an import job for a stored upload and wake the runner.
+pub async fn enqueue_import(
+    state: &AppState,
+    path: std::path::PathBuf,
+    display_name: String,
+    format: ImportFormat,
+) -> Result<JobRecord, WebError> {
+    let params = params_value(&ImportParams { path, format, display_name: Some(display_name) });
+    let job = state.with_db(move |db| Ok(db.insert_job(JobKind::ImportTraces.as_str(), &params, None)?)).await?;
+    state.runner.notify();
+    Ok(job)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct JobsQuery {
+    pub limit: Option<i64>,
+}
+
+/// Recent jobs, newest first.
+#[utoipa::path(get, path = "/api/jobs", params(JobsQuery), responses((status = 200, body = Vec<JobRecord>)))]
+pub async fn list_jobs(state: web::Data<AppState>, query: web::Query<JobsQuery>) -> Result<web::Json<Vec<JobRecord>>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    Ok(web::Json(state.with_db(move |db| Ok(db.list_jobs(limit)?)).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobDetail {
+    pub job: JobRecord,
+    pub logs: Vec<JobLog>,
+    pub metrics: Vec<JobMetric>,
+}
+
+/// A job with its log tail and metrics.
+#[utoipa::path(get, path = "/api/jobs/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody)))]
+pub async fn get_job(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<JobDetail>, ApiError> {
+    let id = id.into_inner();
+    let detail = state
+        .with_db(move |db| {
+            let job = db.get_job(&id)?.ok_or_else(|| WebError::NotFound(format!("no job with id {id:?}")))?;
+            Ok(JobDetail { logs: db.job_logs(&id, 200)?, metrics: db.job_metrics(&id)?, job })
+        })
+        .await?;
+    Ok(web::Json(detail))
+}
+
+/// Cancel a queued job at once, or ask a running one to stop at its next checkpoint.
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", params(("id" = String, Path)),
+    responses((status = 200, body = JobRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel_job(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<JobRecord>, ApiError> {
+    Ok(web::Json(cancel(&state, id.into_inner()).await?))
+}
+
+pub async fn cancel(state: &AppState, id: String) -> Result<JobRecord, WebError> {
+    state
+        .with_db(move |db| {
+            let job = db.request_cancel(&id)?.ok_or_else(|| WebError::NotFound(format!("no job with id {id:?}")))?;
+            match job.status {
+                JobStatus::Cancelled | JobStatus::Running => Ok(job),
+                other => Err(WebError::Conflict(format!("job {id} already ended as {}", other.as_str()))),
+            }
+        })
+        .await
+}
+
+/// Queue an interrupted, cancelled or failed job again; it continues from its checkpoint.
+#[utoipa::path(post, path = "/api/jobs/{id}/resume", params(("id" = String, Path)),
+    responses((status = 200, body = JobRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn resume_job(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<JobRecord>, ApiError> {
+    Ok(web::Json(resume(&state, id.into_inner()).await?))
+}
+
+pub async fn resume(state: &AppState, id: String) -> Result<JobRecord, WebError> {
+    let job = state
+        .with_db(move |db| {
+            let job = db.get_job(&id)?.ok_or_else(|| WebError::NotFound(format!("no job with id {id:?}")))?;
+            if !job.status.is_resumable() {
+                return Err(WebError::Conflict(format!(
+                    "job {id} is {}; only interrupted, cancelled or failed jobs resume",
+                    job.status.as_str()
+                )));
+            }
+            db.requeue_job(&id)?.ok_or_else(|| WebError::NotFound(format!("no job with id {id:?}")))
+        })
+        .await?;
+    state.runner.notify();
+    Ok(job)
+}

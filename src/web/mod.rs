@@ -1,0 +1,142 @@
+//! The HTTP server: actix-web app wiring, shared state, access control, and the route table.
+//! Pages (askama + htmx) are in `pages`, the JSON API and its OpenAPI document in `api`, the
+//! one error type and its two renderings (HTML, JSON) in `error`, embedded static files in
+//! `assets`. SQLite work runs on the blocking pool (`with_db`), never on the async workers.
+
+mod api;
+mod assets;
+mod error;
+mod pages;
+mod views;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpServer};
+
+use crate::config::{Config, ServeSettings};
+use crate::jobs::JobRunner;
+use crate::store::{Db, Store};
+
+pub use api::ApiDoc;
+pub use error::WebError;
+
+/// Largest upload accepted by the import form and API.
+pub const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
+/// Largest JSON body accepted elsewhere.
+pub const MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub runner: Arc<JobRunner>,
+    pub api_key: Option<String>,
+}
+
+impl AppState {
+    /// Run store work on the blocking pool.
+    pub async fn with_db<T, F>(&self, work: F) -> Result<T, WebError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, WebError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        web::block(move || {
+            let mut db = store.connect()?;
+            work(&mut db)
+        })
+        .await
+        .map_err(|e| WebError::Internal(format!("blocking task failed: {e}")))?
+    }
+}
+
+/// A built server bound to its address, with its job runner.
+pub struct Application {
+    address: SocketAddr,
+    server: actix_web::dev::Server,
+    runner: Arc<JobRunner>,
+}
+
+impl Application {
+    pub async fn build(config: Config, store: Store, settings: ServeSettings) -> anyhow::Result<Application> {
+        let runner = Arc::new(JobRunner::start(store.clone(), settings.job_workers)?);
+        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key });
+        let listener = TcpListener::bind(settings.address)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
+        let address = listener.local_addr()?;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::JsonConfig::default().limit(MAX_JSON_BYTES))
+                .app_data(web::PayloadConfig::default().limit(MAX_UPLOAD_BYTES))
+                .wrap(from_fn(access_control))
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("understudy::http"))
+                .configure(routes)
+        })
+        .workers(2)
+        .listen(listener)?
+        .run();
+        Ok(Application { address, server, runner })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serve until stopped (Ctrl-C or a handle), then let the job runner finish its current job.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        let runner = self.runner;
+        web::block(move || runner.shutdown()).await.ok();
+        Ok(())
+    }
+}
+
+fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/health", web::get().to(api::health))
+        .route("/openapi.json", web::get().to(api::openapi_json))
+        .service(web::scope("/api").configure(api::routes))
+        .configure(pages::routes)
+        .route("/static/{path:.*}", web::get().to(assets::serve))
+        .default_service(web::to(pages::not_found));
+}
+
+/// Bearer key on `/api/` when one is configured, and a same-origin check on form posts (CSRF).
+async fn access_control(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let path = request.path().to_string();
+    if let Some(key) = state.as_ref().and_then(|s| s.api_key.clone()) {
+        if path.starts_with("/api/") {
+            let presented = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if presented != Some(key.as_str()) {
+                return Err(error::ApiError(WebError::Unauthorized).into());
+            }
+        }
+    }
+    if request.method() == actix_web::http::Method::POST && !path.starts_with("/api/") {
+        let host = request.connection_info().host().to_string();
+        let origin = request.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Some(origin) = origin.filter(|o| o != "null") {
+            let origin_host = origin.split("://").nth(1).unwrap_or(&origin);
+            if origin_host != host {
+                return Err(error::PageError(WebError::Forbidden("cross-site form post refused".into())).into());
+            }
+        }
+    }
+    next.call(request).await
+}

@@ -1,0 +1,246 @@
+//! Askama view models: one struct per page or partial, holding display-ready values, so
+//! templates stay free of logic. The only module that names askama.
+
+use askama::Template;
+
+use crate::jobs::{JobLog, JobRecord, JobStatus};
+use crate::store::{NamedCount, TraceCounts};
+
+/// The navigation bar: only pages that work are listed.
+pub struct Nav {
+    pub items: Vec<NavItem>,
+    pub version: &'static str,
+}
+
+pub struct NavItem {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub active: bool,
+}
+
+const NAV: [(&str, &str); 5] =
+    [("/", "Dashboard"), ("/traces", "Traces"), ("/import", "Import"), ("/jobs", "Jobs"), ("/docs", "API")];
+
+impl Nav {
+    pub fn new(active: &str) -> Nav {
+        Nav {
+            items: NAV.iter().map(|(href, label)| NavItem { href, label, active: *href == active }).collect(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// An `<option>` of a `<select>`.
+pub struct SelectOption {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+impl SelectOption {
+    /// "Any" first, then the values; `current` is selected.
+    pub fn list<'a>(values: impl IntoIterator<Item = &'a str>, current: &str, any_label: Option<&str>) -> Vec<SelectOption> {
+        let mut options = Vec::new();
+        if let Some(any) = any_label {
+            options.push(SelectOption { value: String::new(), label: any.to_string(), selected: current.is_empty() });
+        }
+        options.extend(values.into_iter().map(|v| SelectOption {
+            value: v.to_string(),
+            label: v.to_string(),
+            selected: v == current,
+        }));
+        options
+    }
+}
+
+pub struct JobRow {
+    pub id: String,
+    pub kind: String,
+    pub status: &'static str,
+    pub percent: Option<u32>,
+    pub message: String,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub can_cancel: bool,
+    pub can_resume: bool,
+    pub finished: bool,
+}
+
+impl From<&JobRecord> for JobRow {
+    fn from(job: &JobRecord) -> Self {
+        JobRow {
+            id: job.id.clone(),
+            kind: job.kind.clone(),
+            status: job.status.as_str(),
+            percent: job.percent(),
+            message: job.message.clone(),
+            error: job.error.clone(),
+            created_at: job.created_at.clone(),
+            can_cancel: matches!(job.status, JobStatus::Queued | JobStatus::Running) && !job.cancel_requested,
+            can_resume: job.status.is_resumable(),
+            finished: job.status.is_finished(),
+        }
+    }
+}
+
+pub struct CountGroup {
+    pub label: &'static str,
+    pub param: &'static str,
+    pub rows: Vec<NamedCount>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/dashboard.html")]
+pub struct DashboardPage {
+    pub nav: Nav,
+    pub counts: TraceCounts,
+    pub groups: Vec<CountGroup>,
+    pub jobs: Vec<JobRow>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/jobs.html")]
+pub struct JobsPage {
+    pub nav: Nav,
+    pub jobs: Vec<JobRow>,
+}
+
+#[derive(Template)]
+#[template(path = "components/job_rows.html")]
+pub struct JobRowsPartial {
+    pub jobs: Vec<JobRow>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/job.html")]
+pub struct JobPage {
+    pub nav: Nav,
+    pub job: JobRow,
+    pub logs: Vec<JobLog>,
+    pub result_json: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "components/job_panel.html")]
+pub struct JobPanelPartial {
+    pub job: JobRow,
+    pub logs: Vec<JobLog>,
+    pub result_json: Option<String>,
+}
+
+pub struct TraceRow {
+    pub id: String,
+    pub prompt_short: String,
+    pub source: String,
+    pub category: String,
+    pub split: String,
+    pub outcome: String,
+    pub n_tool_calls: i64,
+    pub created_at: String,
+}
+
+/// The result table of the Traces page; also the htmx partial.
+#[derive(Template)]
+#[template(path = "components/trace_rows.html")]
+pub struct TraceRowsPartial {
+    pub rows: Vec<TraceRow>,
+    pub total: i64,
+    pub page: i64,
+    pub pages: i64,
+    pub prev_link: Option<String>,
+    pub next_link: Option<String>,
+    pub filter_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/traces.html")]
+pub struct TracesPage {
+    pub nav: Nav,
+    pub sources: Vec<SelectOption>,
+    pub categories: Vec<SelectOption>,
+    pub splits: Vec<SelectOption>,
+    pub outcomes: Vec<SelectOption>,
+    pub q: String,
+    pub rows: Vec<TraceRow>,
+    pub total: i64,
+    pub page: i64,
+    pub pages: i64,
+    pub prev_link: Option<String>,
+    pub next_link: Option<String>,
+    pub filter_error: Option<String>,
+}
+
+pub struct CallView {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+pub struct MessageView {
+    pub label: &'static str,
+    pub css: &'static str,
+    pub content: Option<String>,
+    pub truncated: bool,
+    pub tool_call_id: Option<String>,
+    pub calls: Vec<CallView>,
+}
+
+pub struct CheckView {
+    pub name: String,
+    pub passed: bool,
+}
+
+#[derive(Template)]
+#[template(path = "pages/trace.html")]
+pub struct TracePage {
+    pub nav: Nav,
+    pub id: String,
+    pub prompt: String,
+    pub source: String,
+    pub category: String,
+    pub split: String,
+    pub outcome: String,
+    pub checks: Vec<CheckView>,
+    pub created_at: String,
+    pub n_tool_calls: usize,
+    pub messages: Vec<MessageView>,
+    pub tools: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/import.html")]
+pub struct ImportPage {
+    pub nav: Nav,
+    pub formats: Vec<SelectOption>,
+    pub file_error: Option<String>,
+    pub format_error: Option<String>,
+}
+
+pub struct RouteView {
+    pub method: String,
+    pub path: String,
+    pub summary: String,
+    pub params: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/docs.html")]
+pub struct DocsPage {
+    pub nav: Nav,
+    pub openapi_version: String,
+    pub routes: Vec<RouteView>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/error.html")]
+pub struct ErrorPage {
+    pub nav: Nav,
+    pub status: u16,
+    pub message: String,
+}
+
+pub fn error_page(status: u16, message: &str) -> String {
+    ErrorPage { nav: Nav::new(""), status, message: message.to_string() }
+        .render()
+        .unwrap_or_else(|_| format!("<h1>{status}</h1>"))
+}
