@@ -114,6 +114,7 @@ pub fn run(config: &Config, command: TracesCommand) -> anyhow::Result<ExitCode> 
         TracesCommand::List(args) => {
             let rows = db.list_traces(&args.filter.to_filter(), args.limit.max(0), args.offset.max(0))?;
             if args.json {
+                let rows: Vec<ListRow> = rows.iter().map(ListRow::from).collect();
                 print_json(&rows)?;
             } else if rows.is_empty() {
                 eprintln!("no traces");
@@ -175,6 +176,32 @@ pub fn run(config: &Config, command: TracesCommand) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The contract's row of `traces list --json`: exactly these seven fields.
+#[derive(serde::Serialize)]
+struct ListRow<'a> {
+    id: &'a str,
+    source: &'a str,
+    category: &'a str,
+    prompt: &'a str,
+    split: &'a str,
+    n_tool_calls: i64,
+    created_at: &'a str,
+}
+
+impl<'a> From<&'a crate::store::TraceSummary> for ListRow<'a> {
+    fn from(row: &'a crate::store::TraceSummary) -> Self {
+        ListRow {
+            id: &row.id,
+            source: &row.source,
+            category: &row.category,
+            prompt: &row.prompt,
+            split: &row.split,
+            n_tool_calls: row.n_tool_calls,
+            created_at: &row.created_at,
+        }
+    }
 }
 
 fn temporary_path(path: &std::path::Path) -> PathBuf {

@@ -42,30 +42,16 @@ pub struct OpenAiRow {
 #[derive(Debug, Deserialize)]
 pub struct WireMessage {
     pub role: Role,
+    /// A string, null, or a list of `{"type": "text", "text": ...}` parts; checked in conversion
+    /// so the error can say exactly what was wrong.
     #[serde(default)]
-    pub content: Option<WireContent>,
+    pub content: Option<Value>,
     #[serde(default)]
     pub tool_calls: Option<Vec<WireToolCall>>,
     #[serde(default)]
     pub tool_call_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
-}
-
-/// OpenAI allows `content` as a string or as a list of typed parts.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum WireContent {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub text: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,15 +65,8 @@ pub struct WireToolCall {
 #[derive(Debug, Deserialize)]
 pub struct WireFunction {
     pub name: String,
-    pub arguments: WireArguments,
-}
-
-/// Arguments are a JSON string per OpenAI; some producers send the object itself.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum WireArguments {
-    Text(String),
-    Object(Value),
+    /// A JSON string per OpenAI; some producers send the object itself.
+    pub arguments: Value,
 }
 
 /// A conversion problem with the field path, in the same shape as validation errors.
@@ -103,22 +82,32 @@ pub fn messages_from_wire(messages: Vec<WireMessage>) -> Result<Vec<Message>, Fi
 
 fn message_from_wire(index: usize, wire: WireMessage) -> Result<Message, FieldError> {
     let content = match wire.content {
-        None => None,
-        Some(WireContent::Text(text)) => Some(text),
-        Some(WireContent::Parts(parts)) => {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text),
+        Some(Value::Array(parts)) => {
             let mut text = String::new();
             for (part_index, part) in parts.into_iter().enumerate() {
-                match (part.kind.as_str(), part.text) {
-                    ("text", Some(part_text)) => text.push_str(&part_text),
-                    (kind, _) => {
+                let at = format!("messages[{index}].content[{part_index}]");
+                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(part_text)) => text.push_str(part_text),
+                    (Some(kind), _) if kind != "text" => {
+                        return Err(field_error(at, format!("only text parts are supported, got type {kind:?}")))
+                    }
+                    _ => {
                         return Err(field_error(
-                            format!("messages[{index}].content[{part_index}].type"),
-                            format!("only text parts are supported, got {kind:?}"),
+                            at,
+                            format!("must be {{\"type\": \"text\", \"text\": ...}}, got {}", super::json_kind(&part)),
                         ))
                     }
                 }
             }
             Some(text)
+        }
+        Some(other) => {
+            return Err(field_error(
+                format!("messages[{index}].content"),
+                format!("must be a string, null or a list of text parts, got {}", super::json_kind(&other)),
+            ))
         }
     };
     let mut tool_calls = Vec::new();
@@ -132,9 +121,9 @@ fn message_from_wire(index: usize, wire: WireMessage) -> Result<Message, FieldEr
             }
         }
         let arguments = match call.function.arguments {
-            WireArguments::Text(text) => text,
-            WireArguments::Object(value @ Value::Object(_)) => value.to_string(),
-            WireArguments::Object(other) => {
+            Value::String(text) => text,
+            value @ Value::Object(_) => value.to_string(),
+            other => {
                 return Err(field_error(
                     format!("messages[{index}].tool_calls[{call_index}].function.arguments"),
                     format!("must be a JSON object or a string holding one, got {}", super::json_kind(&other)),

@@ -1,1 +1,8 @@
-fn main(){}
+//! The one integration test binary: CLI on temp data dirs, HTTP pages and API on port 0,
+//! migrations, and a real headless Chromium. Fixtures live in tests/data.
+
+mod browser;
+mod cli;
+mod http;
+mod store;
+mod support;

@@ -1,0 +1,160 @@
+//! A real headless Chromium (Debian's chromium + chromedriver, driven over the W3C WebDriver
+//! protocol) loads the Traces page, filters through htmx, and opens a trace.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::support::{import_fixture, spawn_app, wait_for};
+
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Driver {
+    process: Child,
+    base: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn tool(name: &str) -> Option<String> {
+    ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
+        .iter()
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|path| std::path::Path::new(path).exists())
+}
+
+fn call(method: &str, url: &str, body: Option<Value>) -> Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = match (method, body) {
+        ("POST", Some(body)) => agent.post(url).send_json(body),
+        ("POST", None) => agent.post(url).send_json(json!({})),
+        _ => agent.get(url).call(),
+    }
+    .expect("webdriver request");
+    response.body_mut().read_json().expect("webdriver JSON")
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let (Some(chromedriver), Some(chromium)) = (tool("chromedriver"), tool("chromium")) else {
+            panic!("Chromium and chromedriver are required (apt-get install chromium chromium-driver; .ci/run installs them)");
+        };
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let process = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_for(20, "chromedriver", || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            agent.get(&format!("{base}/status")).call().ok().map(|_| ())
+        });
+        let profile = tempfile::tempdir().unwrap();
+        let args = [
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let created = call(
+            "POST",
+            &format!("{base}/session"),
+            Some(json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+                "goog:chromeOptions": {"binary": chromium, "args": args}}}})),
+        );
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
+            .to_string();
+        Driver { process, base, session, _profile: profile }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/session/{}{}", self.base, self.session, path)
+    }
+
+    fn go(&self, url: &str) {
+        call("POST", &self.url("/url"), Some(json!({"url": url})));
+    }
+
+    fn current_url(&self) -> String {
+        call("GET", &self.url("/url"), None)["value"].as_str().unwrap().to_string()
+    }
+
+    fn find(&self, css: &str) -> Option<String> {
+        let found = call("POST", &self.url("/element"), Some(json!({"using": "css selector", "value": css})));
+        found["value"][ELEMENT_KEY].as_str().map(str::to_string)
+    }
+
+    fn text(&self, css: &str) -> String {
+        match self.find(css) {
+            Some(element) => call("GET", &self.url(&format!("/element/{element}/text")), None)["value"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            None => String::new(),
+        }
+    }
+
+    fn click(&self, css: &str) {
+        let element = wait_for(10, css, || self.find(css));
+        call("POST", &self.url(&format!("/element/{element}/click")), None);
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let element = wait_for(10, css, || self.find(css));
+        call("POST", &self.url(&format!("/element/{element}/value")), Some(json!({"text": text})));
+    }
+}
+
+#[test]
+fn chromium_filters_traces_with_htmx_and_opens_one() {
+    let app = spawn_app(|dir| {
+        import_fixture(dir, "canonical_mixed.jsonl", "canonical");
+        import_fixture(dir, "openai_mixed.jsonl", "openai");
+    });
+    let driver = Driver::start();
+    driver.go(&app.url("/traces"));
+    let count = driver.text("#trace-count");
+    assert!(count.starts_with("4 traces"), "count {count:?}; page: {}", driver.text("body"));
+
+    // Choosing a source in the select fires htmx's change trigger; the table is swapped in place.
+    driver.click("#source option[value=synthetic]");
+    wait_for(10, "the source filter", || driver.text("#trace-count").starts_with("1 trace").then_some(()));
+    assert!(driver.current_url().contains("source=synthetic"), "htmx pushed the filter into the URL");
+
+    // Typing in the search box filters too (debounced input trigger).
+    driver.click("#source option[value='']");
+    wait_for(10, "all traces again", || driver.text("#trace-count").starts_with("4 traces").then_some(()));
+    driver.type_into("#q", "config");
+    wait_for(10, "the text filter", || driver.text("#trace-count").starts_with("1 trace").then_some(()));
+    assert!(driver.text("#trace-results").contains("List the config files"));
+
+    driver.click("a.trace-link");
+    wait_for(10, "the trace page", || driver.find("#trace-prompt").map(|_| ()));
+    assert_eq!(driver.text("#trace-prompt"), "List the config files");
+    let conversation = driver.text(".conversation");
+    assert!(conversation.contains("Glob") && conversation.contains("config/settings.toml"), "{conversation}");
+
+    // Navigation is plain links: following one works without htmx.
+    driver.click("header nav a[href='/jobs']");
+    wait_for(10, "the jobs page", || driver.current_url().ends_with("/jobs").then_some(()));
+    assert!(driver.text("main").contains("import_traces"));
+}

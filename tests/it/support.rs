@@ -1,0 +1,148 @@
+//! Shared helpers: temp data dirs, running the real binary, starting the real server on port 0,
+//! and an HTTP client that reports every status instead of failing on 4xx/5xx.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::mpsc;
+
+use serde_json::Value;
+use understudy::config::{Config, ServeSettings};
+use understudy::store::Store;
+use understudy::web::Application;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// Run the real `understudy` binary against a data dir.
+pub fn cli(data_dir: &Path, args: &[&str]) -> CliRun {
+    let output: Output = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("UNDERSTUDY_DATA_DIR")
+        .env("UNDERSTUDY_LOG", "warn")
+        .output()
+        .expect("running the understudy binary");
+    CliRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    /// Kept alive for the server's lifetime.
+    _data_dir: tempfile::TempDir,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        // Stop accepting; the server thread ends on its own.
+        std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)));
+    }
+}
+
+/// Start the real application on 127.0.0.1:0 over a fresh data dir, optionally pre-filled.
+pub fn spawn_app(prepare: impl FnOnce(&Path)) -> TestApp {
+    spawn_app_with_key(prepare, None)
+}
+
+pub fn spawn_app_with_key(prepare: impl FnOnce(&Path), api_key: Option<&str>) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    prepare(data_dir.path());
+    let config = Config::new(data_dir.path().to_path_buf());
+    let settings = ServeSettings::new("127.0.0.1", 0, api_key.map(str::to_string)).expect("loopback settings");
+    let (sender, receiver) = mpsc::channel::<(SocketAddr, actix_web::dev::ServerHandle)>();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let store = Store::open(config.data_dir()).expect("open store");
+            let application = Application::build(config, store, settings).await.expect("build app");
+            sender.send((application.address(), application.handle())).expect("report address");
+            application.run_until_stopped().await.expect("server ran");
+        })
+    });
+    let (address, handle) = receiver.recv().expect("server started");
+    TestApp { base: format!("http://{address}"), _data_dir: data_dir, handle }
+}
+
+/// An HTTP client that returns every status as a response and never follows redirects.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .build()
+        .into()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+pub fn reply(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut response = response.expect("HTTP request");
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = header("content-type").unwrap_or_default();
+    let location = header("location");
+    let status = response.status().as_u16();
+    let body = response.body_mut().with_config().limit(64 << 20).read_to_string().unwrap_or_default();
+    Reply { status, content_type, location, body }
+}
+
+pub fn get(url: &str) -> Reply {
+    reply(http().get(url).call())
+}
+
+/// Import a fixture into a data dir through the CLI and check it worked.
+pub fn import_fixture(data_dir: &Path, name: &str, format: &str) -> Value {
+    let run = cli(data_dir, &["import", "traces", fixture(name).to_str().unwrap(), "--format", format, "--json"]);
+    assert_eq!(run.code, 0, "import failed: {}", run.stderr);
+    run.json()
+}
+
+/// Wait until `check` holds, polling, or panic after `seconds`.
+pub fn wait_for<T>(seconds: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
