@@ -5,9 +5,11 @@
 //! `web` (the HTTP server: pages, JSON API, OpenAPI), `cli` (the command line). See
 //! ARCHITECTURE.md for the map and the invariants.
 
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod jobs;
+pub mod sandbox;
 pub mod store;
 pub mod traces;
 pub mod web;

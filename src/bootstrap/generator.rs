@@ -1,0 +1,365 @@
+//! Turning a workflow template into a true trace: pick a scenario, slot values and a prompt
+//! phrasing, build a workspace from the trace's seed, run every tool call against it (capturing
+//! values for later steps), write the reasoning and the answer from what the tools returned, and
+//! record the outcome checks. Same (run seed, index) → same trace.
+
+use std::collections::BTreeMap;
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Map, Value};
+
+use super::templates::{interpolate, Check, Step, WorkflowTemplate};
+use crate::sandbox::{ToolOutput, Workspace};
+use crate::traces::tools::{default_tools, DEFAULT_TOOL_NAMES};
+use crate::traces::{Message, Outcome, OutcomeCheck, OutcomeStatus, Role, Source, ToolCall, Trace, TraceDraft};
+
+/// How many extra exploratory calls a trace makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exploration {
+    Minimal,
+    Moderate,
+    Thorough,
+    Exhaustive,
+}
+
+impl Exploration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exploration::Minimal => "minimal",
+            Exploration::Moderate => "moderate",
+            Exploration::Thorough => "thorough",
+            Exploration::Exhaustive => "exhaustive",
+        }
+    }
+
+    fn extra_steps(self) -> usize {
+        match self {
+            Exploration::Minimal => 0,
+            Exploration::Moderate => 1,
+            Exploration::Thorough => 2,
+            Exploration::Exhaustive => 4,
+        }
+    }
+
+    fn pick(rng: &mut ChaCha8Rng) -> Exploration {
+        match rng.random_range(0..100) {
+            0..25 => Exploration::Minimal,
+            25..65 => Exploration::Moderate,
+            65..90 => Exploration::Thorough,
+            _ => Exploration::Exhaustive,
+        }
+    }
+}
+
+/// The system prompt every synthetic trace carries (it lists the tools, as serving does).
+pub fn system_prompt(root: &str) -> String {
+    format!(
+        "You are a coding agent working in the repository at {root}. Plan briefly, then use the tools to inspect and change \
+         the code, read their results, and finish with a short answer that cites what you found. Tools: {}.",
+        DEFAULT_TOOL_NAMES.join(", ")
+    )
+}
+
+/// Exploratory steps any template may draw on, besides its own.
+fn default_explore() -> Vec<Step> {
+    let step = |tool: &str, args: Value, say: &[&str]| Step {
+        tool: tool.to_string(),
+        args: args.as_object().cloned().unwrap_or_default(),
+        say: say.iter().map(|s| s.to_string()).collect(),
+        capture: BTreeMap::new(),
+        group: None,
+    };
+    vec![
+        step("Bash", json!({"command": "ls"}), &["Let me get a feel for the layout first.", "First, a quick look at the top level of the repo."]),
+        step("Read", json!({"file_path": "README.md"}), &["The README should describe the layout.", "I'll skim the README for orientation."]),
+        step("Glob", json!({"pattern": "{src}/**/*.py"}), &["Let me list the Python modules.", "I'll see which source files exist."]),
+        step("Bash", json!({"command": "git log --oneline -n 5"}), &["Recent history may give context.", "Let me check what changed recently."]),
+        step("Bash", json!({"command": "ls {src}"}), &["Let me see how the package is organised.", "A look at the package directories first."]),
+        step("Bash", json!({"command": "git status"}), &["Let me make sure the working tree is clean before I start.", "First, the state of the working tree."]),
+    ]
+}
+
+/// Why a trace could not be generated (a template referencing a value no step produced).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("template {template}, scenario {scenario}: {reason}")]
+pub struct GenerateError {
+    pub template: String,
+    pub scenario: String,
+    pub reason: String,
+}
+
+const PREFIXES: &[&str] = &["Hey, ", "Quick one: ", "Please ", "Can you help? ", "In this repo, ", "I need a hand. ", "Hi! "];
+const SUFFIXES: &[&str] = &[" Thanks!", " Keep it short.", " Explain what you find.", " This is blocking me.", " Thanks in advance."];
+
+/// Natural surface variation: greetings, sign-offs, casing and punctuation.
+fn vary_prompt(prompt: &str, rng: &mut ChaCha8Rng) -> String {
+    let mut text = prompt.to_string();
+    if rng.random_bool(0.15) {
+        text = text.trim_end_matches(['.', '?', '!']).to_string();
+    }
+    if rng.random_bool(0.2) {
+        let prefix = *PREFIXES.choose(rng).expect("prefixes");
+        let lowered: String = text.chars().take(1).flat_map(char::to_lowercase).chain(text.chars().skip(1)).collect();
+        text = if prefix == "Please " && !lowered.starts_with("please") { format!("{prefix}{lowered}") } else { format!("{prefix}{text}") };
+    } else if rng.random_bool(0.12) {
+        text = text.chars().take(1).flat_map(char::to_lowercase).chain(text.chars().skip(1)).collect();
+    }
+    if rng.random_bool(0.15) {
+        text.push_str(SUFFIXES.choose(rng).expect("suffixes"));
+    }
+    text
+}
+
+/// Mix a run seed and an index into a trace seed (splitmix64).
+pub fn trace_seed(run_seed: u64, index: u64) -> u64 {
+    let mut z = run_seed.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn extract(extractor: &str, output: &str) -> Option<String> {
+    let first = output.lines().find(|l| !l.trim().is_empty() && !l.starts_with("Found "));
+    match extractor {
+        "first_path" => first.map(|l| l.split(':').next().unwrap_or(l).trim().to_string()),
+        "first_line_number" => output.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _file = parts.next()?;
+            let number = parts.next()?.trim();
+            number.parse::<usize>().ok().map(|n| n.to_string())
+        }).or_else(|| output.lines().find_map(|l| l.trim_start().split('\t').next()?.trim().parse::<usize>().ok().map(|n| n.to_string()))),
+        "first_match" => first.map(|l| {
+            let mut parts = l.splitn(3, ':');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(_), Some(n), Some(text)) if n.parse::<usize>().is_ok() => text.trim().to_string(),
+                _ => l.trim().to_string(),
+            }
+        }),
+        "count" => first.and_then(|l| l.split_whitespace().find_map(|w| w.parse::<usize>().ok())).map(|n| n.to_string()),
+        "last_line" => output.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()),
+        other => {
+            let pattern = other.strip_prefix("regex:")?;
+            let regex = regex::Regex::new(pattern).ok()?;
+            let captures = regex.captures(output)?;
+            captures.get(1).or_else(|| captures.get(0)).map(|m| m.as_str().to_string())
+        }
+    }
+}
+
+const NUMERIC_ARGS: [&str; 3] = ["offset", "limit", "timeout_ms"];
+
+fn interpolate_args(args: &Map<String, Value>, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    for (key, value) in args {
+        let value = match value {
+            Value::String(text) => {
+                let filled = interpolate(text, lookup);
+                if let Some(unresolved) = regex::Regex::new(r"\{[A-Za-z_][A-Za-z0-9_]*\}").unwrap().find(&filled) {
+                    if !text.contains("{{") {
+                        return Err(format!("argument {key}: no value for {}", unresolved.as_str()));
+                    }
+                }
+                match filled.parse::<u64>() {
+                    Ok(number) if NUMERIC_ARGS.contains(&key.as_str()) => Value::from(number),
+                    _ => Value::String(filled),
+                }
+            }
+            other => other.clone(),
+        };
+        out.insert(key.clone(), value);
+    }
+    Ok(out)
+}
+
+/// Generate trace number `index` of a run. Templates are taken in turn so categories balance.
+pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Result<Trace, GenerateError> {
+    let seed = trace_seed(run_seed, index);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let template = &templates[(index % templates.len() as u64) as usize];
+    let scenario = template.scenarios.choose(&mut rng).expect("validated: scenarios exist");
+    let fail = |reason: String| GenerateError { template: template.name.clone(), scenario: scenario.name.clone(), reason };
+    let mut workspace = Workspace::generate(seed);
+
+    let mut values: BTreeMap<String, String> = workspace.facts.clone();
+    for (name, choices) in template.slots.iter().chain(scenario.slots.iter()) {
+        let choice = choices.choose(&mut rng).expect("validated: slots have values");
+        let filled = interpolate(choice, &|n| values.get(n).cloned());
+        values.insert(name.clone(), filled);
+    }
+    let prompts: Vec<&String> = template.prompts.iter().chain(scenario.prompts.iter()).collect();
+    let prompt_template = prompts.choose(&mut rng).expect("validated: prompts exist");
+    let prompt = vary_prompt(&interpolate(prompt_template, &|n| values.get(n).cloned()), &mut rng);
+
+    let exploration = Exploration::pick(&mut rng);
+    let mut pool: Vec<Step> = template.explore.iter().cloned().chain(default_explore()).collect();
+    pool.shuffle(&mut rng);
+    let mut steps: Vec<Step> = pool.into_iter().take(exploration.extra_steps()).collect();
+    let mut main_steps = scenario.steps.clone();
+    // Adjacent steps of one group are independent: shuffle each run of them.
+    let mut start = 0;
+    while start < main_steps.len() {
+        let group = main_steps[start].group.clone();
+        let mut end = start + 1;
+        while group.is_some() && end < main_steps.len() && main_steps[end].group == group {
+            end += 1;
+        }
+        main_steps[start..end].shuffle(&mut rng);
+        start = end;
+    }
+    steps.extend(main_steps);
+
+    let mut messages = vec![Message::text(Role::System, system_prompt(&workspace.root)), Message::text(Role::User, prompt.clone())];
+    let mut outputs: Vec<ToolOutput> = Vec::new();
+    let plan = if !scenario.plan.is_empty() && rng.random_bool(0.75) {
+        Some(interpolate(scenario.plan.choose(&mut rng).expect("non-empty"), &|n| values.get(n).cloned()))
+    } else {
+        None
+    };
+    for (number, step) in steps.iter().enumerate() {
+        let lookup = |n: &str| values.get(n).cloned();
+        let arguments = interpolate_args(&step.args, &lookup).map_err(|r| fail(format!("step {} ({}): {r}", number + 1, step.tool)))?;
+        let mut said = step.say.choose(&mut rng).map(|s| interpolate(s, &lookup)).unwrap_or_default();
+        if number == 0 {
+            if let Some(plan) = &plan {
+                said = if said.is_empty() { plan.clone() } else { format!("{plan} {said}") };
+            }
+        }
+        let output = workspace.execute(&step.tool, &Value::Object(arguments.clone()));
+        for (name, extractor) in &step.capture {
+            match extract(extractor, &output.content) {
+                Some(value) => {
+                    values.insert(name.clone(), value);
+                }
+                None => return Err(fail(format!("step {} ({}): capture {name} found nothing in {:?}", number + 1, step.tool, output.content))),
+            }
+        }
+        let call_id = format!("call_{}", number + 1);
+        messages.push(Message {
+            role: Role::Assistant,
+            content: (!said.is_empty()).then_some(said),
+            tool_calls: vec![ToolCall { id: call_id.clone(), name: step.tool.clone(), arguments: Value::Object(arguments).to_string() }],
+            tool_call_id: None,
+            name: None,
+        });
+        messages.push(Message { role: Role::Tool, content: Some(output.content.clone()), tool_calls: vec![], tool_call_id: Some(call_id), name: None });
+        outputs.push(output);
+    }
+    let lookup = |n: &str| values.get(n).cloned();
+    let answer = interpolate(scenario.answers.choose(&mut rng).expect("validated: answers exist"), &lookup);
+    messages.push(Message::text(Role::Assistant, answer.clone()));
+
+    let checks: Vec<OutcomeCheck> = scenario
+        .checks
+        .iter()
+        .map(|check| {
+            let fill = |text: &str| interpolate(text, &lookup);
+            let (passed, detail) = match check {
+                Check::AnswerMentions { value } => {
+                    let value = fill(value);
+                    (answer.contains(&value), value)
+                }
+                Check::FileContains { path, text } => {
+                    let (path, text) = (fill(path), fill(text));
+                    (workspace.files.get(&path).is_some_and(|c| c.contains(&text)), format!("{path} contains {text:?}"))
+                }
+                Check::FileLacks { path, text } => {
+                    let (path, text) = (fill(path), fill(text));
+                    (workspace.files.get(&path).is_some_and(|c| !c.contains(&text)), format!("{path} lacks {text:?}"))
+                }
+                Check::TestsPass => (workspace.tests_pass(), "python -m pytest passes".to_string()),
+                Check::NoMatches { pattern, path } => {
+                    let mut grep = json!({"pattern": fill(pattern)});
+                    if let Some(path) = path {
+                        grep["path"] = Value::String(fill(path));
+                    }
+                    let result = workspace.execute("Grep", &grep);
+                    (!result.is_error && result.content == "No files found", format!("no match for {}", fill(pattern)))
+                }
+                Check::OutputContains { text } => {
+                    let text = fill(text);
+                    (outputs.iter().any(|o| o.content.contains(&text)), text)
+                }
+            };
+            let mut extra = Map::new();
+            extra.insert("detail".into(), Value::String(detail));
+            OutcomeCheck { name: check.name().to_string(), passed, extra }
+        })
+        .collect();
+    let status = if checks.iter().all(|c| c.passed) { OutcomeStatus::Success } else { OutcomeStatus::Failure };
+
+    let mut metadata = Map::new();
+    metadata.insert("template".into(), json!(template.name));
+    metadata.insert("scenario".into(), json!(scenario.name));
+    metadata.insert("seed".into(), json!(seed));
+    metadata.insert("run_seed".into(), json!(run_seed));
+    metadata.insert("index".into(), json!(index));
+    metadata.insert("workspace_seed".into(), json!(workspace.seed));
+    metadata.insert("exploration".into(), json!(exploration.as_str()));
+    metadata.insert("cwd".into(), json!(workspace.root));
+    metadata.insert("session_id".into(), Value::Null);
+
+    Trace::new(TraceDraft {
+        id: None,
+        source: Some(Source::Synthetic),
+        category: Some(template.category().to_string()),
+        prompt: Some(prompt),
+        messages,
+        tools: default_tools(),
+        outcome: Some(Outcome { status, checks }),
+        metadata,
+        split: None,
+        created_at: None,
+    })
+    .map_err(|e| fail(format!("the generated trace is invalid: {e}")))
+}
+
+/// Replay a generated trace's tool calls against a fresh workspace from its seed; returns the
+/// results in order (used by tests, RL rewards and evaluation).
+pub fn replay(trace: &Trace) -> Option<Vec<ToolOutput>> {
+    let seed = trace.metadata.get("workspace_seed")?.as_u64()?;
+    let mut workspace = Workspace::generate(seed);
+    Some(trace.tool_calls().map(|call| workspace.execute(&call.name, &call.arguments_value())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::bootstrap::templates::builtin;
+
+    #[test]
+    fn traces_are_true_reproducible_and_mostly_successful() {
+        let templates = builtin();
+        let mut failures = Vec::new();
+        let mut prompts = BTreeSet::new();
+        let mut successes = 0;
+        let n = 400;
+        for index in 0..n {
+            let trace = match generate(&templates, 7, index) {
+                Ok(trace) => trace,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            prompts.insert(trace.prompt.clone());
+            if trace.outcome.status == OutcomeStatus::Success {
+                successes += 1;
+            } else {
+                failures.push(format!("{} failed checks: {:?}", trace.category, trace.outcome.checks));
+            }
+            let again = generate(&templates, 7, index).unwrap();
+            assert_eq!(again.content_hash, trace.content_hash, "same seed, same trace");
+            let replayed = replay(&trace).unwrap();
+            let recorded: Vec<&str> = trace.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
+            let replayed: Vec<&str> = replayed.iter().map(|o| o.content.as_str()).collect();
+            assert_eq!(recorded, replayed, "replay of {} reproduces the results", trace.category);
+        }
+        assert!(failures.is_empty(), "{} problems, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+        assert_eq!(successes, n);
+        assert!(prompts.len() as u64 > n * 3 / 4, "{} distinct prompts of {n}", prompts.len());
+    }
+}
