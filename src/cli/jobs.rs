@@ -92,11 +92,16 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("job {} was taken by another process", job.id);
             }
             let job = db.get_job(&job.id)?.context("job vanished")?;
-            let bar = TerminalProgress::bytes(&job.kind);
+            let kind = JobKind::parse(&job.kind);
+            let bar = match kind {
+                Some(JobKind::Bootstrap) => TerminalProgress::count(&job.kind),
+                _ => TerminalProgress::bytes(&job.kind),
+            };
             let finished = run_job(&store, job, Some(&bar))?;
             bar.finish();
-            return match JobKind::parse(&finished.kind) {
-                Some(JobKind::ImportTraces) => super::import::report_import(&finished, args.json),
+            return match kind {
+                Some(JobKind::ImportTraces | JobKind::ImportDpo) => super::import::report_import(&finished, args.json),
+                Some(JobKind::Bootstrap) => super::bootstrap::report_bootstrap(&store, &finished, 0, args.json),
                 None => anyhow::bail!("unknown job kind {}", finished.kind),
             };
         }

@@ -2,11 +2,14 @@
 //! subcommand. All user-facing terminal output lives here; `--json` prints exactly one JSON
 //! document on stdout and everything else goes to stderr. Errors map to exit codes here only.
 
+mod bench;
+mod bootstrap;
 mod import;
 mod jobs;
 mod progress;
 mod serve;
 mod status;
+mod templates;
 mod traces;
 
 use std::path::PathBuf;
@@ -29,6 +32,11 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Generate executable synthetic traces (and import Command Center pairs).
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// List or export the workflow templates.
+    #[command(subcommand)]
+    Templates(templates::TemplatesCommand),
     /// Import traces from a file.
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -44,6 +52,9 @@ pub enum Command {
     Quickstart(serve::ServeArgs),
     /// Show what the data dir holds.
     Status(status::StatusArgs),
+    /// Benchmarks that print their figures as JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Entry point used by `main`: parse, run, map the outcome to an exit code.
@@ -62,6 +73,9 @@ pub fn main() -> ExitCode {
 
 fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Bootstrap(args) => bootstrap::run(config, args),
+        Command::Templates(command) => templates::run(config, command),
+        Command::Bench(command) => bench::run(command),
         Command::Import(command) => import::run(config, command),
         Command::Traces(command) => traces::run(config, command),
         Command::Jobs(command) => jobs::run(config, command),

@@ -20,6 +20,18 @@ impl TerminalProgress {
         TerminalProgress { bar }
     }
 
+    /// A bar over items (traces, steps) rather than bytes.
+    pub fn count(label: &str) -> TerminalProgress {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec})")
+                .expect("valid progress template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        TerminalProgress { bar }
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

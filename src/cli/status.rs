@@ -25,6 +25,7 @@ pub fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             "database": store.db_path().display().to_string(),
             "schema_version": db.schema_version()?,
             "traces": counts,
+            "preference_pairs": db.count_pairs()?,
             "jobs": jobs.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -38,6 +39,7 @@ pub fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
             println!("  by {label:<9} {}", parts.join(", "));
         }
     }
+    println!("pairs      {}", db.count_pairs()?);
     let parts: Vec<String> = jobs.iter().map(|(status, n)| format!("{status} {n}")).collect();
     println!("jobs       {}", if parts.is_empty() { "none".to_string() } else { parts.join(", ") });
     Ok(ExitCode::SUCCESS)

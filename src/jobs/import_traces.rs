@@ -46,7 +46,8 @@ pub struct ImportReport {
 }
 
 impl ImportReport {
-    fn reject(&mut self, line: usize, reason: String) {
+    /// Count a rejected line; the first `MAX_REPORTED_ERRORS` are listed.
+    pub fn reject(&mut self, line: usize, reason: String) {
         self.rejected += 1;
         if self.errors.len() < MAX_REPORTED_ERRORS {
             self.errors.push(LineError { line, reason });

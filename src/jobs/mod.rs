@@ -6,6 +6,8 @@
 //! Job bodies (one module per kind) know nothing of HTTP or the terminal; they only see
 //! `JobContext`.
 
+pub mod bootstrap;
+pub mod import_dpo;
 pub mod import_traces;
 mod runner;
 
@@ -67,18 +69,24 @@ impl JobStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
     ImportTraces,
+    ImportDpo,
+    Bootstrap,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::ImportTraces => "import_traces",
+            JobKind::ImportDpo => "import_dpo",
+            JobKind::Bootstrap => "bootstrap",
         }
     }
 
     pub fn parse(text: &str) -> Option<JobKind> {
         match text {
             "import_traces" => Some(JobKind::ImportTraces),
+            "import_dpo" => Some(JobKind::ImportDpo),
+            "bootstrap" => Some(JobKind::Bootstrap),
             _ => None,
         }
     }
@@ -209,6 +217,8 @@ pub fn run_job(store: &Store, job: JobRecord, sink: Option<&dyn ProgressSink>) -
     let mut context = JobContext { job, db: store.connect()?, sink, last_progress_write: None };
     let outcome = match JobKind::parse(&context.job.kind) {
         Some(JobKind::ImportTraces) => import_traces::run(&mut context),
+        Some(JobKind::ImportDpo) => import_dpo::run(&mut context),
+        Some(JobKind::Bootstrap) => bootstrap::run(&mut context),
         None => Err(JobError::Failed(format!("unknown job kind {:?}", context.job.kind))),
     };
     let db = store.connect()?;

@@ -1,7 +1,7 @@
 //! Typed queries on `jobs`, `job_metrics` and `job_logs`: the durable queue (insert, claim,
 //! progress, finish), cancel and resume requests, crash recovery, metrics and logs.
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use super::{Db, StoreError, StoreResult};
@@ -10,6 +10,12 @@ use crate::traces::now_rfc3339;
 
 const JOB_COLUMNS: &str = "id, kind, status, params, checkpoint, result, error, progress_done, progress_total,
      message, cancel_requested, owner_pid, created_at, started_at, finished_at";
+
+/// Save a job's checkpoint inside the caller's transaction (a batch of imported records).
+pub(super) fn write_checkpoint(conn: &Connection, job_id: &str, state: &str, now: &str) -> StoreResult<()> {
+    conn.execute("UPDATE jobs SET checkpoint = ?, updated_at = ? WHERE id = ?", params![state, now, job_id])?;
+    Ok(())
+}
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let json = |index: usize| -> rusqlite::Result<Option<Value>> {

@@ -1,8 +1,11 @@
 //! The store: the only module that speaks SQL. One SQLite file (`understudy.db`) in the data
 //! dir, WAL, foreign keys on every connection, numbered migrations from `migrations/` applied at
-//! open. Typed queries per table live in the submodules; callers never see `rusqlite`.
+//! open. Typed queries per table live in the submodules (`traces`, `pairs`, `jobs`); callers
+//! never see `rusqlite`.
 
 mod jobs;
+mod pairs;
+mod templates;
 mod traces;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +15,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
+pub use pairs::{PairInsertOutcome, StoredPair};
+pub use templates::StoredTemplate;
 pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary};
 
 pub const DB_FILE: &str = "understudy.db";

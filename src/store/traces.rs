@@ -1,7 +1,7 @@
 //! Typed queries on `traces`: batched idempotent inserts (dedupe by content hash), lookup,
 //! filtered listing with pagination, counts, delete.
 
-use rusqlite::{params, params_from_iter, OptionalExtension, ToSql};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::{Db, StoreError, StoreResult};
 use crate::traces::formats::{parse_record, ImportFormat};
@@ -101,47 +101,11 @@ impl Db {
         let now = crate::traces::now_rfc3339();
         let transaction = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(traces.len());
-        {
-            let mut by_hash = transaction.prepare_cached("SELECT 1 FROM traces WHERE content_hash = ?")?;
-            let mut by_id = transaction.prepare_cached("SELECT 1 FROM traces WHERE id = ?")?;
-            let mut insert = transaction.prepare_cached(
-                "INSERT INTO traces (id, content_hash, source, category, prompt, split, outcome_status,
-                    n_messages, n_tool_calls, tool_names, body, created_at, stored_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )?;
-            for trace in traces {
-                if by_hash.exists([&trace.content_hash])? {
-                    outcomes.push(InsertOutcome::Duplicate);
-                    continue;
-                }
-                if by_id.exists([&trace.id])? {
-                    outcomes.push(InsertOutcome::IdConflict);
-                    continue;
-                }
-                let tool_names: Vec<&str> = trace.tool_calls().map(|c| c.name.as_str()).collect();
-                insert.execute(params![
-                    trace.id,
-                    trace.content_hash,
-                    trace.source.as_str(),
-                    trace.category,
-                    trace.prompt,
-                    trace.split.as_str(),
-                    trace.outcome.status.as_str(),
-                    trace.messages.len() as i64,
-                    trace.n_tool_calls() as i64,
-                    tool_names.join(" "),
-                    to_canonical_json(trace),
-                    trace.created_at,
-                    now,
-                ])?;
-                outcomes.push(InsertOutcome::Inserted);
-            }
+        for trace in traces {
+            outcomes.push(insert_trace_row(&transaction, trace, &now)?);
         }
         if let Some((job_id, state)) = checkpoint(&outcomes) {
-            transaction.execute(
-                "UPDATE jobs SET checkpoint = ?, updated_at = ? WHERE id = ?",
-                params![state, now, job_id],
-            )?;
+            super::jobs::write_checkpoint(&transaction, &job_id, &state, &now)?;
         }
         transaction.commit()?;
         Ok(outcomes)
@@ -231,6 +195,46 @@ impl Db {
         let rows = statement.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Insert one trace inside the caller's transaction; a stored hash or a taken id writes nothing.
+pub(super) fn insert_trace_row(conn: &Connection, trace: &Trace, now: &str) -> StoreResult<InsertOutcome> {
+    if conn.prepare_cached("SELECT 1 FROM traces WHERE content_hash = ?")?.exists([&trace.content_hash])? {
+        return Ok(InsertOutcome::Duplicate);
+    }
+    if conn.prepare_cached("SELECT 1 FROM traces WHERE id = ?")?.exists([&trace.id])? {
+        return Ok(InsertOutcome::IdConflict);
+    }
+    let tool_names: Vec<&str> = trace.tool_calls().map(|c| c.name.as_str()).collect();
+    conn.prepare_cached(
+        "INSERT INTO traces (id, content_hash, source, category, prompt, split, outcome_status,
+            n_messages, n_tool_calls, tool_names, body, created_at, stored_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        trace.id,
+        trace.content_hash,
+        trace.source.as_str(),
+        trace.category,
+        trace.prompt,
+        trace.split.as_str(),
+        trace.outcome.status.as_str(),
+        trace.messages.len() as i64,
+        trace.n_tool_calls() as i64,
+        tool_names.join(" "),
+        to_canonical_json(trace),
+        trace.created_at,
+        now,
+    ])?;
+    Ok(InsertOutcome::Inserted)
+}
+
+/// The id of the stored trace with this content, if any.
+pub(super) fn trace_id_by_hash(conn: &Connection, content_hash: &str) -> StoreResult<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM traces WHERE content_hash = ?")?
+        .query_row([content_hash], |row| row.get(0))
+        .optional()?)
 }
 
 fn decode_body(id: &str, body: &str) -> StoreResult<Trace> {

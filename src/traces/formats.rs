@@ -70,7 +70,7 @@ pub fn parse_record(format: ImportFormat, text: &str) -> Result<Trace, String> {
     result.map_err(|e| e.to_string())
 }
 
-fn decode<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+pub(crate) fn decode<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     // serde would read a struct from an array too; a record is an object and nothing else.
     if !text.trim_start().starts_with('{') {
         if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {

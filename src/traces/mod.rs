@@ -1,4 +1,5 @@
-//! The canonical data model (spec 2.1–2.3): `Trace`, `Message`, `ToolCall` and their invariants.
+//! The canonical data model (spec 2.1–2.3): `Trace`, `Message`, `ToolCall` and their invariants;
+//! preference pairs (spec 2.3) live in `preference`.
 //!
 //! A `Trace` can only be built through `Trace::new`, which validates roles, tool-call ids,
 //! argument JSON and split values and computes the content hash. Wire shapes (canonical JSONL,
@@ -6,6 +7,8 @@
 
 pub mod formats;
 pub mod jsonl;
+pub mod preference;
+pub mod tools;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -436,7 +439,13 @@ pub fn now_rfc3339() -> String {
 /// SHA-256 over a canonical JSON of prompt, messages and tools: object keys sorted and tool
 /// arguments parsed, so formatting differences do not defeat dedupe.
 pub fn content_hash(prompt: &str, messages: &[Message], tools: &[Value]) -> String {
-    let messages: Vec<Value> = messages
+    let document = serde_json::json!({"prompt": prompt, "messages": canonical_messages(messages), "tools": tools});
+    sha256_canonical(&document)
+}
+
+/// The hashed form of messages: role, content, calls with parsed arguments, answered call id.
+fn canonical_messages(messages: &[Message]) -> Vec<Value> {
+    messages
         .iter()
         .map(|m| {
             let calls: Vec<Value> = m
@@ -451,10 +460,13 @@ pub fn content_hash(prompt: &str, messages: &[Message], tools: &[Value]) -> Stri
                 "tool_call_id": m.tool_call_id,
             })
         })
-        .collect();
-    let document = serde_json::json!({"prompt": prompt, "messages": messages, "tools": tools});
+        .collect()
+}
+
+/// Hex SHA-256 of a value's canonical JSON (object keys sorted, no whitespace).
+fn sha256_canonical(document: &Value) -> String {
     let mut canonical = String::new();
-    write_canonical(&document, &mut canonical);
+    write_canonical(document, &mut canonical);
     hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 

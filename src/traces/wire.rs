@@ -237,6 +237,12 @@ pub fn to_canonical_json(trace: &Trace) -> String {
     .expect("serialising owned JSON values cannot fail")
 }
 
+/// Messages in the exact OpenAI wire form (as in exports), e.g. for a preference pair's
+/// conversational prompt, chosen and rejected.
+pub fn messages_to_wire(messages: &[Message]) -> Value {
+    serde_json::to_value(out_messages(messages)).expect("serialising owned JSON values cannot fail")
+}
+
 /// An OpenAI/TRL `{"messages", "tools"}` row.
 pub fn to_openai_json(trace: &Trace) -> String {
     serde_json::to_string(&OpenAiOut { messages: out_messages(&trace.messages), tools: &trace.tools })

@@ -3,6 +3,7 @@
 
 mod browser;
 mod cli;
+mod dpo;
 mod http;
 mod store;
 mod support;

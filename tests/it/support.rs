@@ -30,14 +30,24 @@ impl CliRun {
 
 /// Run the real `understudy` binary against a data dir.
 pub fn cli(data_dir: &Path, args: &[&str]) -> CliRun {
-    let output: Output = Command::new(env!("CARGO_BIN_EXE_understudy"))
+    cli_with_env(data_dir, args, &[])
+}
+
+/// Run the real binary with extra environment variables; the ones Understudy reads are
+/// otherwise removed, so the test machine's environment cannot leak in.
+pub fn cli_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> CliRun {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
+    command
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
         .env_remove("UNDERSTUDY_DATA_DIR")
-        .env("UNDERSTUDY_LOG", "warn")
-        .output()
-        .expect("running the understudy binary");
+        .env_remove("COMMAND_CENTER_DIR")
+        .env("UNDERSTUDY_LOG", "warn");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output: Output = command.output().expect("running the understudy binary");
     CliRun {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -1,0 +1,51 @@
+//! `understudy bench bootstrap [--traces N]`: time trace generation including the SQLite writes,
+//! on a fresh temporary data dir, and print the figures as one JSON document.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Subcommand;
+
+use super::print_json;
+use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
+use crate::jobs::{run_job, JobKind, JobStatus};
+use crate::store::Store;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Generate and store N traces from the built-in templates.
+    Bootstrap {
+        #[arg(long, default_value_t = 5000)]
+        traces: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Bootstrap { traces, seed } => {
+            let dir = std::env::temp_dir().join(format!("understudy-bench-{}", ulid::Ulid::new()));
+            let store = Store::open(&dir)?;
+            let started = Instant::now();
+            let params = BootstrapParams { traces, seed, templates: Vec::new() };
+            let job = store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
+            let job = run_job(&store, job, None)?;
+            let seconds = started.elapsed().as_secs_f64();
+            let _ = std::fs::remove_dir_all(&dir);
+            if job.status != JobStatus::Succeeded {
+                anyhow::bail!("bootstrap failed: {}", job.error.unwrap_or_default());
+            }
+            let report: BootstrapReport = serde_json::from_value(job.result.unwrap_or_default())?;
+            print_json(&serde_json::json!({
+                "benchmark": "bootstrap",
+                "traces": traces,
+                "stored": report.synthetic,
+                "seconds": seconds,
+                "traces_per_second": traces as f64 / seconds,
+                "includes": "workspace generation, tool execution, validation, hashing and SQLite writes",
+            }))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
