@@ -5,11 +5,14 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::config::{Config, ServeSettings};
-use crate::jobs::import_traces::{params_value, ImportParams, ImportReport};
+use super::progress::TerminalProgress;
+use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
 use crate::jobs::{run_job, JobKind, JobStatus};
 use crate::store::Store;
-use crate::traces::formats::ImportFormat;
 use crate::web::Application;
+
+/// Quickstart is reproducible: the same 500 traces on every machine.
+const QUICKSTART_SEED: u64 = 42;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -22,14 +25,10 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
 }
 
-/// Example traces shipped in the binary so a fresh data dir has something to look at.
-const SAMPLE_TRACES: &str = include_str!("../traces/sample_traces.jsonl");
-
 pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = ServeSettings::new(&args.host, args.port, args.api_key)?;
     let store = Store::open(config.data_dir())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    actix_web::rt::System::new().block_on(async move {
         let application = Application::build(config.clone(), store, settings).await?;
         eprintln!("Understudy is serving on http://{}/ (Ctrl-C stops it)", application.address());
         application.run_until_stopped().await
@@ -37,20 +36,23 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The embedded default run: every pipeline stage that exists, then serve.
 pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
-    eprintln!("[1/2] import the bundled example traces");
-    let sample_path = config.artifacts_dir().join("sample_traces.jsonl");
-    std::fs::create_dir_all(config.artifacts_dir())?;
-    std::fs::write(&sample_path, SAMPLE_TRACES)?;
-    let params = ImportParams { path: sample_path, format: ImportFormat::Canonical, display_name: Some("bundled examples".into()) };
-    let job = store.connect()?.insert_job(JobKind::ImportTraces.as_str(), &params_value(&params), Some(std::process::id()))?;
-    let job = run_job(&store, job, None)?;
+    eprintln!("[1/2] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
+    let params = BootstrapParams { traces: 500, seed: QUICKSTART_SEED, templates: Vec::new() };
+    let job = store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
+    let bar = TerminalProgress::count("bootstrap");
+    let job = run_job(&store, job, Some(&bar))?;
+    bar.finish();
     if job.status != JobStatus::Succeeded {
-        anyhow::bail!("importing the examples failed: {}", job.error.unwrap_or_default());
+        anyhow::bail!("bootstrap failed: {}", job.error.unwrap_or_default());
     }
-    let report: ImportReport = serde_json::from_value(job.result.unwrap_or_default())?;
-    eprintln!("      {} imported, {} already there", report.imported, report.duplicates);
+    let report: BootstrapReport = serde_json::from_value(job.result.unwrap_or_default())?;
+    eprintln!(
+        "      {} new traces, {} already there, {} in the store ({:.2}s)",
+        report.synthetic, report.duplicates, report.total_traces, report.seconds
+    );
     eprintln!("[2/2] serve");
     serve(config, args)
 }

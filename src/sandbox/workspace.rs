@@ -33,12 +33,15 @@ pub struct Workspace {
 const PROJECTS: &[&str] = &[
     "ledgerly", "tidepool", "orbitdesk", "parcelhub", "quillstack", "brightcart", "fernwood", "kitehq",
     "mosaicpay", "northwind-api", "harborline", "pinecrest", "lumenboard", "sparrowmail", "cobaltcrm",
-    "driftwood", "emberlog", "glasshouse", "ironbridge", "junipr",
+    "driftwood", "emberlog", "glasshouse", "ironbridge", "junipr", "acornbooks", "bluefin-ops", "canopy", "dockyard",
+    "everpost", "fieldnote", "granary", "hollowpine", "inkwell-api", "jetstream-billing", "keystone-hr", "larkspur",
+    "meridian-crm", "nimbus-desk", "oakline", "pebblepay", "quarry", "riverbend", "saltmarsh", "thimble",
 ];
 const ENTITIES: &[(&str, &str)] = &[
     ("user", "users"), ("order", "orders"), ("invoice", "invoices"), ("customer", "customers"),
     ("ticket", "tickets"), ("product", "products"), ("shipment", "shipments"), ("subscription", "subscriptions"),
-    ("booking", "bookings"), ("payment", "payments"),
+    ("booking", "bookings"), ("payment", "payments"), ("account", "accounts"), ("project", "projects"),
+    ("report", "reports"), ("vendor", "vendors"), ("warehouse", "warehouses"), ("coupon", "coupons"),
 ];
 const AUTHORS: &[&str] = &["Ana Ruiz", "Tom Becker", "Priya Natarajan", "Wei Zhang", "Sam O'Neill", "Lena Fischer", "Kofi Mensah"];
 const DEPENDENCIES: &[(&str, &str, &str)] = &[

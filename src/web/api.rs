@@ -22,10 +22,13 @@ pub const MAX_PER_PAGE: i64 = 500;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Understudy API", description = "Traces, jobs and statistics of an Understudy data dir."),
-    paths(health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job, resume_job),
+    paths(
+        health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job,
+        resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs
+    ),
     components(schemas(
         Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
-        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail
+        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage
     ))
 )]
 pub struct ApiDoc;
@@ -41,7 +44,13 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/jobs", web::get().to(list_jobs))
         .route("/jobs/{id}", web::get().to(get_job))
         .route("/jobs/{id}/cancel", web::post().to(cancel_job))
-        .route("/jobs/{id}/resume", web::post().to(resume_job));
+        .route("/jobs/{id}/resume", web::post().to(resume_job))
+        .route("/pairs", web::get().to(list_pairs))
+        .route("/pairs/import", web::post().to(import_pairs))
+        .route("/bootstrap", web::post().to(start_bootstrap))
+        .route("/templates", web::get().to(list_templates))
+        .route("/templates/{name}", web::get().to(get_template))
+        .route("/templates/{name}", web::put().to(put_template));
 }
 
 pub async fn openapi_json() -> HttpResponse {
@@ -257,7 +266,14 @@ pub async fn import_traces(
         .unwrap_or("canonical")
         .parse()
         .map_err(|e: String| WebError::BadRequest(format!("format: {e}")))?;
-    let upload = new_upload_path(&state, query.name.as_deref().unwrap_or("body.jsonl"));
+    let upload = save_body(&state, query.name.as_deref().unwrap_or("body.jsonl"), &mut body).await?;
+    let job = enqueue_import(&state, upload.0, upload.1, format).await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+/// Stream a request body into a new file under uploads/.
+async fn save_body(state: &AppState, name: &str, body: &mut web::Payload) -> Result<(std::path::PathBuf, String), WebError> {
+    let upload = new_upload_path(state, name);
     let mut file = tokio::fs::File::create(&upload.0).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
     let mut received = 0usize;
     while let Some(chunk) = body.next().await {
@@ -265,13 +281,75 @@ pub async fn import_traces(
         received += chunk.len();
         if received > super::MAX_UPLOAD_BYTES {
             let _ = tokio::fs::remove_file(&upload.0).await;
-            return Err(WebError::BadRequest(format!("body over the {}-byte limit", super::MAX_UPLOAD_BYTES)).into());
+            return Err(WebError::BadRequest(format!("body over the {}-byte limit", super::MAX_UPLOAD_BYTES)));
         }
         file.write_all(&chunk).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
     }
     file.flush().await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
-    let job = enqueue_import(&state, upload.0, upload.1, format).await?;
+    Ok(upload)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PairImportQuery {
+    /// A name for the file in job listings.
+    pub name: Option<String>,
+}
+
+/// Queue an import of Command Center / TRL preference pairs (JSONL, or one JSON array).
+#[utoipa::path(post, path = "/api/pairs/import", params(PairImportQuery),
+    request_body(content = String, description = "Preference pairs: JSONL or a JSON array", content_type = "application/x-ndjson"),
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn import_pairs(
+    state: web::Data<AppState>,
+    query: web::Query<PairImportQuery>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (path, name) = save_body(&state, query.name.as_deref().unwrap_or("dpo_pairs.jsonl"), &mut body).await?;
+    let job = enqueue_dpo_import(&state, path, name).await?;
     Ok(HttpResponse::Accepted().json(job))
+}
+
+/// Queue a preference-pair import job for a stored upload and wake the runner.
+pub async fn enqueue_dpo_import(state: &AppState, path: std::path::PathBuf, display_name: String) -> Result<JobRecord, WebError> {
+    let params = crate::jobs::import_dpo::params_value(&crate::jobs::import_dpo::ImportDpoParams { path, display_name: Some(display_name) });
+    let job = state.with_db(move |db| Ok(db.insert_job(JobKind::ImportDpo.as_str(), &params, None)?)).await?;
+    state.runner.notify();
+    Ok(job)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PairPage {
+    pub total: i64,
+    /// Pairs as `{"id","prompt","chosen","rejected","source","metadata",...,"trace_id"}`.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PairQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Stored preference pairs, newest first.
+#[utoipa::path(get, path = "/api/pairs", params(PairQuery), responses((status = 200, body = PairPage)))]
+pub async fn list_pairs(state: web::Data<AppState>, query: web::Query<PairQuery>) -> Result<web::Json<PairPage>, ApiError> {
+    let (limit, offset) = (query.limit.unwrap_or(50).clamp(1, 1000), query.offset.unwrap_or(0).max(0));
+    let page = state
+        .with_db(move |db| {
+            let items = db
+                .list_pairs(limit, offset)?
+                .into_iter()
+                .map(|stored| {
+                    let mut value = stored.pair.to_json();
+                    value["trace_id"] = serde_json::json!(stored.trace_id);
+                    value
+                })
+                .collect();
+            Ok(PairPage { total: db.count_pairs()?, items })
+        })
+        .await?;
+    Ok(web::Json(page))
 }
 
 /// A fresh path under the uploads dir, and the display name to show for it.
@@ -373,4 +451,83 @@ pub async fn resume(state: &AppState, id: String) -> Result<JobRecord, WebError>
         .await?;
     state.runner.notify();
     Ok(job)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BootstrapRequest {
+    /// How many traces to generate (1 to 100000).
+    pub traces: u64,
+    /// Seed for a reproducible run; random when omitted.
+    pub seed: Option<u64>,
+    /// Only these templates; all active ones when empty.
+    #[serde(default)]
+    pub templates: Vec<String>,
+}
+
+/// Queue a bootstrap job that generates executable synthetic traces.
+#[utoipa::path(post, path = "/api/bootstrap", request_body = BootstrapRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn start_bootstrap(state: web::Data<AppState>, request: web::Json<BootstrapRequest>) -> Result<HttpResponse, ApiError> {
+    let request = request.into_inner();
+    if !(1..=super::bootstrap::MAX_BOOTSTRAP_TRACES).contains(&request.traces) {
+        return Err(WebError::BadRequest(format!("traces: must be 1 to {}", super::bootstrap::MAX_BOOTSTRAP_TRACES)).into());
+    }
+    let params = crate::jobs::bootstrap::BootstrapParams {
+        traces: request.traces,
+        seed: request.seed.unwrap_or_else(|| u64::from(rand::random::<u32>())),
+        templates: request.templates,
+    };
+    let job = super::bootstrap::enqueue(&state, params).await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TemplateSummary {
+    pub name: String,
+    pub category: String,
+    /// builtin or custom
+    pub origin: String,
+    pub scenarios: usize,
+    pub description: String,
+}
+
+/// The active workflow templates.
+#[utoipa::path(get, path = "/api/templates", responses((status = 200, body = Vec<TemplateSummary>)))]
+pub async fn list_templates(state: web::Data<AppState>) -> Result<web::Json<Vec<TemplateSummary>>, ApiError> {
+    let templates = state.with_db(|db| Ok(crate::bootstrap::active_templates(db)?)).await?;
+    Ok(web::Json(
+        templates
+            .into_iter()
+            .map(|(t, origin)| TemplateSummary {
+                category: t.category().to_string(),
+                origin: format!("{origin:?}").to_lowercase(),
+                scenarios: t.scenarios.len(),
+                description: t.description,
+                name: t.name,
+            })
+            .collect(),
+    ))
+}
+
+/// One template as JSON.
+#[utoipa::path(get, path = "/api/templates/{name}", params(("name" = String, Path)),
+    responses((status = 200, description = "The template", body = Object), (status = 404, body = ErrorBody)))]
+pub async fn get_template(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    let templates = state.with_db(|db| Ok(crate::bootstrap::active_templates(db)?)).await?;
+    let template = templates
+        .into_iter()
+        .find(|(t, _)| t.name == name)
+        .ok_or_else(|| WebError::NotFound(format!("no template named {name:?}")))?;
+    Ok(HttpResponse::Ok().json(template.0))
+}
+
+/// Add or replace a template; it is validated first (unknown slots, tools, extractors).
+#[utoipa::path(put, path = "/api/templates/{name}", params(("name" = String, Path)),
+    request_body(content = Object, description = "A workflow template"),
+    responses((status = 200, description = "The stored template", body = Object), (status = 400, body = ErrorBody)))]
+pub async fn put_template(state: web::Data<AppState>, name: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let text = std::str::from_utf8(&body).map_err(|_| WebError::BadRequest("the body is not UTF-8".into()))?;
+    let template = super::bootstrap::store_template(&state, text, Some(&name)).await.map_err(WebError::BadRequest)?;
+    Ok(HttpResponse::Ok().json(template))
 }

@@ -5,6 +5,7 @@
 
 mod api;
 mod assets;
+mod bootstrap;
 mod error;
 mod pages;
 mod views;
@@ -71,6 +72,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::JsonConfig::default().limit(MAX_JSON_BYTES))
+                .app_data(web::FormConfig::default().limit(MAX_JSON_BYTES))
                 .app_data(web::PayloadConfig::default().limit(MAX_UPLOAD_BYTES))
                 .wrap(from_fn(access_control))
                 .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("understudy::http"))
@@ -105,6 +107,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(api::openapi_json))
         .service(web::scope("/api").configure(api::routes))
         .configure(pages::routes)
+        .configure(bootstrap::routes)
         .route("/static/{path:.*}", web::get().to(assets::serve))
         .default_service(web::to(pages::not_found));
 }

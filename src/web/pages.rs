@@ -17,6 +17,9 @@ use crate::store::{TraceFilter, TraceSummary};
 use crate::traces::formats::ImportFormat;
 use crate::traces::{OutcomeStatus, Role, Source, Split, Trace};
 
+/// The import form's choice for Command Center / TRL preference pairs.
+const DPO_CHOICE: &str = "dpo";
+
 /// Longest text shown inline in a conversation before it is cut.
 const MAX_SHOWN_CONTENT: usize = 20_000;
 
@@ -37,12 +40,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/docs", web::get().to(docs));
 }
 
-fn html(template: impl Template) -> Result<HttpResponse, PageError> {
+pub(super) fn html(template: impl Template) -> Result<HttpResponse, PageError> {
     let body = template.render().map_err(|e| WebError::Internal(format!("template: {e}")))?;
     Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(body))
 }
 
-fn see_other(location: &str) -> HttpResponse {
+pub(super) fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther().insert_header((header::LOCATION, location.to_string())).finish()
 }
 
@@ -74,7 +77,7 @@ fn shorten(text: &str, width: usize) -> String {
     }
 }
 
-fn trace_row(summary: TraceSummary) -> TraceRow {
+pub(super) fn trace_row(summary: TraceSummary) -> TraceRow {
     TraceRow {
         prompt_short: shorten(&summary.prompt, 90),
         id: summary.id,
@@ -142,7 +145,7 @@ fn cut(text: &str) -> (String, bool) {
     (text[..end].to_string(), true)
 }
 
-fn message_views(trace: &Trace) -> Vec<MessageView> {
+pub(super) fn message_views(trace: &Trace) -> Vec<MessageView> {
     trace
         .messages
         .iter()
@@ -218,7 +221,7 @@ async fn delete_trace(state: web::Data<AppState>, id: web::Path<String>) -> Resu
 fn import_page(format: &str, file_error: Option<String>, format_error: Option<String>) -> ImportPage {
     ImportPage {
         nav: Nav::new("/import"),
-        formats: SelectOption::list(ImportFormat::ALL.map(ImportFormat::as_str), format, None),
+        formats: SelectOption::list(ImportFormat::ALL.map(ImportFormat::as_str).into_iter().chain([DPO_CHOICE]), format, None),
         file_error,
         format_error,
     }
@@ -269,7 +272,8 @@ async fn import_upload(state: web::Data<AppState>, mut form: Multipart) -> Resul
             _ => while field.next().await.is_some() {},
         }
     }
-    let format = format_text.parse::<ImportFormat>();
+    let is_dpo = format_text == DPO_CHOICE;
+    let format = if is_dpo { Ok(ImportFormat::Canonical) } else { format_text.parse::<ImportFormat>() };
     let file_error = match &upload {
         None => Some("Choose a JSONL file to import.".to_string()),
         Some((_, name, 0)) => Some(format!("{name} is empty: there is nothing to import.")),
@@ -285,7 +289,11 @@ async fn import_upload(state: web::Data<AppState>, mut form: Multipart) -> Resul
         return Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body));
     }
     let (path, shown, _) = upload.expect("checked above");
-    let job = api::enqueue_import(&state, path, shown, format.expect("checked above")).await?;
+    let job = if is_dpo {
+        api::enqueue_dpo_import(&state, path, shown).await?
+    } else {
+        api::enqueue_import(&state, path, shown, format.expect("checked above")).await?
+    };
     Ok(see_other(&format!("/jobs/{}", job.id)))
 }
 

@@ -18,8 +18,14 @@ pub struct NavItem {
     pub active: bool,
 }
 
-const NAV: [(&str, &str); 5] =
-    [("/", "Dashboard"), ("/traces", "Traces"), ("/import", "Import"), ("/jobs", "Jobs"), ("/docs", "API")];
+const NAV: [(&str, &str); 6] = [
+    ("/", "Dashboard"),
+    ("/traces", "Traces"),
+    ("/bootstrap", "Bootstrap"),
+    ("/import", "Import"),
+    ("/jobs", "Jobs"),
+    ("/docs", "API"),
+];
 
 impl Nav {
     pub fn new(active: &str) -> Nav {
@@ -214,6 +220,65 @@ pub struct ImportPage {
     pub formats: Vec<SelectOption>,
     pub file_error: Option<String>,
     pub format_error: Option<String>,
+}
+
+pub struct TemplateRow {
+    pub name: String,
+    pub category: String,
+    pub origin: &'static str,
+    pub scenarios: usize,
+    pub prompts: usize,
+    pub description: String,
+}
+
+/// Values and errors of the generate form.
+#[derive(Default)]
+pub struct GenerateForm {
+    pub traces: String,
+    pub seed: String,
+    pub traces_error: Option<String>,
+    pub seed_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/bootstrap.html")]
+pub struct BootstrapPage {
+    pub nav: Nav,
+    pub form: GenerateForm,
+    pub template_options: Vec<SelectOption>,
+    pub templates: Vec<TemplateRow>,
+    pub rows: Vec<TraceRow>,
+    pub total: i64,
+    pub page: i64,
+    pub pages: i64,
+    pub prev_link: Option<String>,
+    pub next_link: Option<String>,
+    pub filter_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/template_edit.html")]
+pub struct TemplateEditPage {
+    pub nav: Nav,
+    pub name: String,
+    pub is_new: bool,
+    pub action: String,
+    pub body: String,
+    pub body_error: Option<String>,
+    pub facts: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/preview.html")]
+pub struct PreviewPage {
+    pub nav: Nav,
+    pub template: String,
+    pub seed: u64,
+    pub next_seed: u64,
+    pub prompt: String,
+    pub outcome: String,
+    pub checks: Vec<CheckView>,
+    pub messages: Vec<MessageView>,
 }
 
 pub struct RouteView {

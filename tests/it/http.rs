@@ -223,7 +223,7 @@ fn openapi_lists_every_api_route() {
     assert!(documented.contains("/health"));
     // Documented GET routes answer.
     for path in documented.iter().filter(|p| document["paths"][p.as_str()]["get"].is_object()) {
-        let concrete = path.replace("{id}", "tr_fixture_1");
+        let concrete = path.replace("{id}", "tr_fixture_1").replace("{name}", "code_search");
         let status = get(&app.url(&concrete)).status;
         assert!(status == 200 || (status == 404 && path.contains("jobs")), "{path} -> {status}");
     }
@@ -231,4 +231,27 @@ fn openapi_lists_every_api_route() {
     for route in &registered {
         assert!(docs.body.contains(route.as_str()), "docs page lacks {route}");
     }
+}
+
+#[test]
+fn preference_pairs_import_over_the_api_and_the_form() {
+    let app = spawn_app(|_| {});
+    let file = std::fs::read(crate::support::fixture("dpo_pairs.jsonl")).unwrap();
+    let queued = reply(http().post(&app.url("/api/pairs/import?name=dpo_pairs.jsonl")).send(&file[..]));
+    assert_eq!(queued.status, 202, "{}", queued.body);
+    let job_id = queued.json()["id"].as_str().unwrap().to_string();
+    let done = wait_for_job(&app.base, &job_id, |job| job["status"] == "succeeded");
+    assert_eq!(done["job"]["result"]["imported"], 3, "{}", done["job"]["result"]);
+    let pairs = get(&app.url("/api/pairs")).json();
+    assert_eq!(pairs["total"], 3);
+    assert!(pairs["items"][0]["trace_id"].is_string());
+    assert_eq!(get(&app.url("/api/traces?source=dpo_import")).json()["total"], 3);
+
+    // The import form takes the same file as "dpo"; everything is a duplicate now.
+    let form = post_form(&app.url("/import"), multipart("XyZ", &[("format", None, b"dpo"), ("file", Some("dpo_pairs.jsonl"), &file)]));
+    assert_eq!(form.status, 303, "{}", form.body);
+    let job_id = form.location.unwrap().trim_start_matches("/jobs/").to_string();
+    let again = wait_for_job(&app.base, &job_id, |job| job["status"] == "succeeded");
+    assert_eq!(again["job"]["kind"], "import_dpo");
+    assert_eq!(again["job"]["result"]["imported"], 0);
 }

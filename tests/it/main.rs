@@ -1,6 +1,7 @@
 //! The one integration test binary: CLI on temp data dirs, HTTP pages and API on port 0,
 //! migrations, and a real headless Chromium. Fixtures live in tests/data.
 
+mod bootstrap;
 mod browser;
 mod cli;
 mod dpo;
