@@ -72,12 +72,12 @@ fn default_explore() -> Vec<Step> {
         group: None,
     };
     vec![
-        step("Bash", json!({"command": "ls"}), &["Let me get a feel for the layout first.", "First, a quick look at the top level of the repo."]),
+        step("Bash", json!({"command": "ls"}), &["Let me get a feel for the layout first.", "A quick look at the top level of the repo."]),
         step("Read", json!({"file_path": "README.md"}), &["The README should describe the layout.", "I'll skim the README for orientation."]),
         step("Glob", json!({"pattern": "{src}/**/*.py"}), &["Let me list the Python modules.", "I'll see which source files exist."]),
         step("Bash", json!({"command": "git log --oneline -n 5"}), &["Recent history may give context.", "Let me check what changed recently."]),
-        step("Bash", json!({"command": "ls {src}"}), &["Let me see how the package is organised.", "A look at the package directories first."]),
-        step("Bash", json!({"command": "git status"}), &["Let me make sure the working tree is clean before I start.", "First, the state of the working tree."]),
+        step("Bash", json!({"command": "ls {src}"}), &["Let me see how the package is organised.", "A look at the package directories."]),
+        step("Bash", json!({"command": "git status"}), &["Let me make sure the working tree is clean before I start.", "Let me check the state of the working tree."]),
     ]
 }
 

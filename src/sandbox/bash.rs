@@ -642,7 +642,7 @@ pub(super) fn run_tests(workspace: &Workspace, args: &[&str]) -> (String, bool) 
         }
         out.push_str("=========================== short test summary info ============================\n");
         for outcome in &failed {
-            let reason = outcome.failure.as_deref().unwrap_or("").lines().last().unwrap_or("").trim_start_matches("E   ");
+            let reason = outcome.failure.as_deref().unwrap_or("").lines().last().unwrap_or("").trim_start_matches('E').trim();
             out.push_str(&format!("FAILED {}::{} - {reason}\n", outcome.file, outcome.name));
         }
     }
