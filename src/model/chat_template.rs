@@ -1,0 +1,362 @@
+//! Chat templates: one Jinja template per model is the single source of truth for how a
+//! conversation becomes text (datasets, evaluation, serving, GGUF metadata, the Ollama TEMPLATE).
+//! Two built-ins — ChatML with Hermes-style tool calls and Llama 3 — plus a model's own template.
+//! Rendering returns the text and the byte spans of assistant turns (reasoning, tool calls,
+//! answer, end-of-turn token), derived by rendering prefixes, from which loss masks follow.
+
+use std::ops::Range;
+
+use minijinja::{Environment, Error as JinjaError, ErrorKind, Value as JinjaValue};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::traces::{Message, Role};
+
+const CHATML_HERMES: &str = include_str!("chatml_hermes.jinja");
+const LLAMA3: &str = include_str!("llama3.jinja");
+
+/// Which family a template belongs to; decides the defaults for special tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateKind {
+    ChatmlHermes,
+    Llama3,
+    /// The model's own template.
+    Custom,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ChatTemplate {
+    pub kind: TemplateKind,
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+    /// Strings that end an assistant turn: the stop tokens everywhere.
+    pub end_of_turn: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("chat template error: {0}")]
+    Render(String),
+    #[error("the chat template is not prefix-stable at message {index}: rendering the conversation up to it does not start with the rendering before it, so assistant spans cannot be derived")]
+    NotPrefixStable { index: usize },
+}
+
+impl From<JinjaError> for TemplateError {
+    fn from(error: JinjaError) -> Self {
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            text.push_str(&format!(": {inner}"));
+            source = inner.source();
+        }
+        TemplateError::Render(text)
+    }
+}
+
+/// A rendered conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub text: String,
+    /// Byte ranges of assistant output (content, tool calls and the end-of-turn token).
+    pub assistant_spans: Vec<Range<usize>>,
+    /// Byte offset where each message's rendering ends (for truncation at turn boundaries).
+    pub message_ends: Vec<usize>,
+}
+
+#[derive(Serialize)]
+struct WireCall {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction,
+}
+
+#[derive(Serialize)]
+struct WireFunction {
+    name: String,
+    arguments: Value,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    tool_calls: Vec<WireCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+fn wire_messages(messages: &[Message]) -> Vec<WireMessage<'_>> {
+    messages
+        .iter()
+        .map(|m| WireMessage {
+            role: m.role.as_str(),
+            content: m.content.as_deref(),
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .map(|c| WireCall {
+                    id: c.id.clone(),
+                    kind: "function",
+                    function: WireFunction { name: c.name.clone(), arguments: c.arguments_value() },
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id.as_deref(),
+            name: m.name.as_deref(),
+        })
+        .collect()
+}
+
+/// JSON the way Python's `json.dumps` writes it (", " and ": " separators, non-ASCII kept),
+/// which is what Hugging Face chat templates produce with `tojson`.
+pub fn python_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_python_json(value, &mut out);
+    out
+}
+
+fn write_python_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            out.push('{');
+            for (index, (key, item)) in map.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push_str(": ");
+                write_python_json(item, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push_str(", ");
+                }
+                write_python_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn tojson_filter(value: JinjaValue) -> Result<JinjaValue, JinjaError> {
+    let json = serde_json::to_value(&value).map_err(|e| JinjaError::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(JinjaValue::from_safe_string(python_json(&json)))
+}
+
+fn raise_exception(message: String) -> Result<JinjaValue, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+}
+
+impl ChatTemplate {
+    pub fn chatml_hermes() -> ChatTemplate {
+        ChatTemplate {
+            kind: TemplateKind::ChatmlHermes,
+            source: CHATML_HERMES.to_string(),
+            bos_token: String::new(),
+            eos_token: "<|im_end|>".into(),
+            end_of_turn: vec!["<|im_end|>".into()],
+        }
+    }
+
+    pub fn llama3() -> ChatTemplate {
+        ChatTemplate {
+            kind: TemplateKind::Llama3,
+            source: LLAMA3.to_string(),
+            bos_token: "<|begin_of_text|>".into(),
+            eos_token: "<|eot_id|>".into(),
+            end_of_turn: vec!["<|eot_id|>".into(), "<|eom_id|>".into()],
+        }
+    }
+
+    /// Pick the template for a model: its own when it handles tool calls, else the built-in of
+    /// its family (ChatML or Llama 3), else its own as it is.
+    pub fn for_model(own: Option<&str>, bos_token: &str, eos_token: &str) -> ChatTemplate {
+        match own {
+            Some(source) if source.contains("tool_calls") && source.contains("tools") => {
+                let mut end_of_turn = vec![eos_token.to_string()];
+                for marker in ["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>"] {
+                    if source.contains(marker) && !end_of_turn.iter().any(|m| m == marker) {
+                        end_of_turn.push(marker.to_string());
+                    }
+                }
+                end_of_turn.retain(|m| !m.is_empty());
+                ChatTemplate {
+                    kind: TemplateKind::Custom,
+                    source: source.to_string(),
+                    bos_token: bos_token.to_string(),
+                    eos_token: eos_token.to_string(),
+                    end_of_turn,
+                }
+            }
+            Some(source) if source.contains("<|start_header_id|>") => ChatTemplate::llama3(),
+            Some(source) if source.contains("<|im_start|>") => ChatTemplate::chatml_hermes(),
+            Some(source) => ChatTemplate {
+                kind: TemplateKind::Custom,
+                source: source.to_string(),
+                bos_token: bos_token.to_string(),
+                eos_token: eos_token.to_string(),
+                end_of_turn: vec![eos_token.to_string()].into_iter().filter(|m| !m.is_empty()).collect(),
+            },
+            None => ChatTemplate::chatml_hermes(),
+        }
+    }
+
+    /// Special tokens the template writes, which a tokenizer must keep whole.
+    pub fn special_tokens(&self) -> Vec<String> {
+        match self.kind {
+            TemplateKind::ChatmlHermes => ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+                .map(str::to_string)
+                .to_vec(),
+            TemplateKind::Llama3 => ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"]
+                .map(str::to_string)
+                .to_vec(),
+            TemplateKind::Custom => {
+                let mut tokens = vec![self.bos_token.clone(), self.eos_token.clone()];
+                tokens.extend(self.end_of_turn.iter().cloned());
+                tokens.retain(|t| !t.is_empty());
+                tokens.dedup();
+                tokens
+            }
+        }
+    }
+
+    fn environment(&self) -> Result<Environment<'static>, TemplateError> {
+        let mut environment = Environment::new();
+        environment.set_trim_blocks(true);
+        environment.set_lstrip_blocks(true);
+        environment.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        environment.add_filter("tojson", tojson_filter);
+        environment.add_function("raise_exception", raise_exception);
+        environment.add_template_owned("chat", self.source.clone())?;
+        Ok(environment)
+    }
+
+    /// Render messages (and tools) to text.
+    pub fn render(&self, messages: &[Message], tools: &[Value], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        let environment = self.environment()?;
+        self.render_with(&environment, messages, tools, add_generation_prompt)
+    }
+
+    fn render_with(
+        &self,
+        environment: &Environment<'_>,
+        messages: &[Message],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let template = environment.get_template("chat")?;
+        let tools = if tools.is_empty() { None } else { Some(tools) };
+        let context = serde_json::json!({
+            "messages": wire_messages(messages),
+            "tools": tools,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        });
+        Ok(template.render(JinjaValue::from_serialize(&context))?)
+    }
+
+    /// Render a whole conversation and find the assistant spans: for each assistant message,
+    /// the text it adds after the generation prompt, up to and including its end-of-turn token.
+    pub fn render_with_spans(&self, messages: &[Message], tools: &[Value]) -> Result<Rendered, TemplateError> {
+        let environment = self.environment()?;
+        let text = self.render_with(&environment, messages, tools, false)?;
+        let mut assistant_spans = Vec::new();
+        let mut message_ends = Vec::with_capacity(messages.len());
+        for index in 0..messages.len() {
+            let upto = self.render_with(&environment, &messages[..=index], tools, false)?;
+            if !text.starts_with(&upto) {
+                return Err(TemplateError::NotPrefixStable { index });
+            }
+            message_ends.push(upto.len());
+            if messages[index].role != Role::Assistant {
+                continue;
+            }
+            let prompt = self.render_with(&environment, &messages[..index], tools, true)?;
+            if !upto.starts_with(&prompt) {
+                return Err(TemplateError::NotPrefixStable { index });
+            }
+            let added = &upto[prompt.len()..];
+            let end = self
+                .end_of_turn
+                .iter()
+                .filter_map(|marker| added.rfind(marker.as_str()).map(|at| at + marker.len()))
+                .max()
+                .unwrap_or(added.trim_end().len());
+            assistant_spans.push(prompt.len()..prompt.len() + end);
+        }
+        Ok(Rendered { text, assistant_spans, message_ends })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traces::ToolCall;
+
+    fn conversation() -> Vec<Message> {
+        vec![
+            Message::text(Role::System, "You are a coding agent."),
+            Message::text(Role::User, "Where is auth?"),
+            Message {
+                role: Role::Assistant,
+                content: Some("Searching.".into()),
+                tool_calls: vec![ToolCall { id: "call_1".into(), name: "Grep".into(), arguments: r#"{"pattern":"auth"}"#.into() }],
+                tool_call_id: None,
+                name: None,
+            },
+            Message { role: Role::Tool, content: Some("src/auth.py:1:def auth()".into()), tool_calls: vec![], tool_call_id: Some("call_1".into()), name: None },
+            Message::text(Role::Assistant, "In src/auth.py."),
+        ]
+    }
+
+    #[test]
+    fn chatml_spans_cover_exactly_the_assistant_turns() {
+        let template = ChatTemplate::chatml_hermes();
+        let rendered = template.render_with_spans(&conversation(), &[]).unwrap();
+        let spans: Vec<&str> = rendered.assistant_spans.iter().map(|s| &rendered.text[s.clone()]).collect();
+        assert_eq!(
+            spans,
+            vec![
+                "Searching.\n<tool_call>\n{\"name\": \"Grep\", \"arguments\": {\"pattern\": \"auth\"}}\n</tool_call><|im_end|>",
+                "In src/auth.py.<|im_end|>"
+            ]
+        );
+        assert!(rendered.text.contains("<|im_start|>user\n<tool_response>\nsrc/auth.py:1:def auth()\n</tool_response><|im_end|>"));
+        assert_eq!(*rendered.message_ends.last().unwrap(), rendered.text.len());
+    }
+
+    #[test]
+    fn llama3_spans_end_with_eot() {
+        let template = ChatTemplate::llama3();
+        let rendered = template.render_with_spans(&conversation(), &[]).unwrap();
+        assert!(rendered.text.starts_with("<|begin_of_text|><|start_header_id|>system"));
+        for span in &rendered.assistant_spans {
+            assert!(rendered.text[span.clone()].ends_with("<|eot_id|>"));
+            assert!(!rendered.text[span.clone()].contains("<|start_header_id|>"));
+        }
+        assert!(rendered.text.contains("{\"name\": \"Grep\", \"parameters\": {\"pattern\": \"auth\"}}"));
+    }
+
+    #[test]
+    fn a_template_without_tool_support_falls_back_to_its_family() {
+        let smollm = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
+        assert_eq!(ChatTemplate::for_model(Some(smollm), "", "<|im_end|>").kind, TemplateKind::ChatmlHermes);
+        assert_eq!(ChatTemplate::for_model(None, "", "").kind, TemplateKind::ChatmlHermes);
+    }
+
+    #[test]
+    fn python_json_matches_json_dumps() {
+        let value = serde_json::json!({"a": [1, "é"], "b": {"c": null}});
+        assert_eq!(python_json(&value), r#"{"a": [1, "é"], "b": {"c": null}}"#);
+    }
+}
