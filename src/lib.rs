@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod dataset;
 pub mod jobs;
 pub mod model;
 pub mod sandbox;

@@ -90,24 +90,34 @@ pub struct GenerateError {
     pub reason: String,
 }
 
-const PREFIXES: &[&str] = &["Hey, ", "Quick one: ", "Please ", "Can you help? ", "In this repo, ", "I need a hand. ", "Hi! "];
-const SUFFIXES: &[&str] = &[" Thanks!", " Keep it short.", " Explain what you find.", " This is blocking me.", " Thanks in advance."];
+const PREFIXES: &[&str] = &["Hey, ", "Quick one: ", "Can you help? ", "I need a hand. ", "Hi! ", "Hello. "];
+const SUFFIXES: &[&str] = &["Thanks!", "Keep it short.", "Explain what you find.", "This is blocking me.", "Thanks in advance."];
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        // Keep identifiers and acronyms (`DEFAULT_PORT`, `CI`) as they are.
+        Some(first) if chars.clone().next().is_some_and(|c| c.is_lowercase()) => first.to_lowercase().chain(chars).collect(),
+        _ => text.to_string(),
+    }
+}
 
 /// Natural surface variation: greetings, sign-offs, casing and punctuation.
 fn vary_prompt(prompt: &str, rng: &mut ChaCha8Rng) -> String {
     let mut text = prompt.to_string();
-    if rng.random_bool(0.15) {
-        text = text.trim_end_matches(['.', '?', '!']).to_string();
-    }
     if rng.random_bool(0.2) {
-        let prefix = *PREFIXES.choose(rng).expect("prefixes");
-        let lowered: String = text.chars().take(1).flat_map(char::to_lowercase).chain(text.chars().skip(1)).collect();
-        text = if prefix == "Please " && !lowered.starts_with("please") { format!("{prefix}{lowered}") } else { format!("{prefix}{text}") };
+        text = format!("{}{text}", PREFIXES.choose(rng).expect("prefixes"));
     } else if rng.random_bool(0.12) {
-        text = text.chars().take(1).flat_map(char::to_lowercase).chain(text.chars().skip(1)).collect();
+        text = lowercase_first(&text);
     }
     if rng.random_bool(0.15) {
+        if !text.ends_with(['.', '?', '!']) {
+            text.push('.');
+        }
+        text.push(' ');
         text.push_str(SUFFIXES.choose(rng).expect("suffixes"));
+    } else if rng.random_bool(0.15) {
+        text = text.trim_end_matches(['.', '?', '!']).to_string();
     }
     text
 }

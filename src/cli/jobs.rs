@@ -94,7 +94,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
             let job = db.get_job(&job.id)?.context("job vanished")?;
             let kind = JobKind::parse(&job.kind);
             let bar = match kind {
-                Some(JobKind::Bootstrap) => TerminalProgress::count(&job.kind),
+                Some(JobKind::Bootstrap | JobKind::BuildDataset) => TerminalProgress::count(&job.kind),
                 _ => TerminalProgress::bytes(&job.kind),
             };
             let finished = run_job(&store, job, Some(&bar))?;
@@ -102,6 +102,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
             return match kind {
                 Some(JobKind::ImportTraces | JobKind::ImportDpo) => super::import::report_import(&finished, args.json),
                 Some(JobKind::Bootstrap) => super::bootstrap::report_bootstrap(&store, &finished, 0, args.json),
+                Some(JobKind::BuildDataset) => super::dataset::report_build(&finished, args.json),
                 None => anyhow::bail!("unknown job kind {}", finished.kind),
             };
         }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bootstrap;
+mod dataset;
 mod import;
 mod jobs;
 mod progress;
@@ -34,6 +35,11 @@ pub struct Cli {
 pub enum Command {
     /// Generate executable synthetic traces (and import Command Center pairs).
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Build a versioned dataset (rendered, tokenized, masked) from the stored traces and pairs.
+    BuildDataset(dataset::BuildArgs),
+    /// List or show built datasets.
+    #[command(subcommand)]
+    Datasets(dataset::DatasetsCommand),
     /// List or export the workflow templates.
     #[command(subcommand)]
     Templates(templates::TemplatesCommand),
@@ -75,6 +81,8 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Bootstrap(args) => bootstrap::run(config, args),
         Command::Templates(command) => templates::run(config, command),
+        Command::BuildDataset(args) => dataset::build(config, args),
+        Command::Datasets(command) => dataset::run(config, command),
         Command::Bench(command) => bench::run(command),
         Command::Import(command) => import::run(config, command),
         Command::Traces(command) => traces::run(config, command),

@@ -7,6 +7,7 @@
 //! `JobContext`.
 
 pub mod bootstrap;
+pub mod build_dataset;
 pub mod import_dpo;
 pub mod import_traces;
 mod runner;
@@ -71,6 +72,7 @@ pub enum JobKind {
     ImportTraces,
     ImportDpo,
     Bootstrap,
+    BuildDataset,
 }
 
 impl JobKind {
@@ -79,6 +81,7 @@ impl JobKind {
             JobKind::ImportTraces => "import_traces",
             JobKind::ImportDpo => "import_dpo",
             JobKind::Bootstrap => "bootstrap",
+            JobKind::BuildDataset => "build_dataset",
         }
     }
 
@@ -87,6 +90,7 @@ impl JobKind {
             "import_traces" => Some(JobKind::ImportTraces),
             "import_dpo" => Some(JobKind::ImportDpo),
             "bootstrap" => Some(JobKind::Bootstrap),
+            "build_dataset" => Some(JobKind::BuildDataset),
             _ => None,
         }
     }
@@ -219,6 +223,7 @@ pub fn run_job(store: &Store, job: JobRecord, sink: Option<&dyn ProgressSink>) -
         Some(JobKind::ImportTraces) => import_traces::run(&mut context),
         Some(JobKind::ImportDpo) => import_dpo::run(&mut context),
         Some(JobKind::Bootstrap) => bootstrap::run(&mut context),
+        Some(JobKind::BuildDataset) => build_dataset::run(&mut context),
         None => Err(JobError::Failed(format!("unknown job kind {:?}", context.job.kind))),
     };
     let db = store.connect()?;

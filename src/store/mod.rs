@@ -3,6 +3,7 @@
 //! open. Typed queries per table live in the submodules (`traces`, `pairs`, `jobs`); callers
 //! never see `rusqlite`.
 
+mod datasets;
 mod jobs;
 mod pairs;
 mod templates;
@@ -16,6 +17,7 @@ use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
 pub use pairs::{PairInsertOutcome, StoredPair};
+pub use datasets::DatasetRow;
 pub use templates::StoredTemplate;
 pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary};
 

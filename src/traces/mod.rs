@@ -78,7 +78,7 @@ impl fmt::Display for Source {
 }
 
 /// Train/val/test membership, assigned from the content hash unless the record names one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
     Train,
@@ -101,15 +101,28 @@ impl Split {
         Split::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
-    /// 90/5/5 from the first four bytes of the content hash: a trace never changes split.
+    /// 90/5/5 from the content hash (see [`hash_bucket`]): a trace never changes split.
     pub fn from_hash(content_hash: &str) -> Split {
-        let bucket = u32::from_str_radix(&content_hash[..8.min(content_hash.len())], 16).unwrap_or(0) % 100;
-        match bucket {
-            0..=89 => Split::Train,
-            90..=94 => Split::Val,
-            _ => Split::Test,
+        Split::from_hash_with(content_hash, 0.05, 0.05)
+    }
+
+    /// The split for given validation and test shares, from the same hash bucket.
+    pub fn from_hash_with(content_hash: &str, val_ratio: f64, test_ratio: f64) -> Split {
+        let bucket = hash_bucket(content_hash);
+        if bucket >= 1.0 - test_ratio {
+            Split::Test
+        } else if bucket >= 1.0 - test_ratio - val_ratio {
+            Split::Val
+        } else {
+            Split::Train
         }
     }
+}
+
+/// A content hash's position in [0, 1), from its first 32 bits.
+pub fn hash_bucket(content_hash: &str) -> f64 {
+    let head = u32::from_str_radix(&content_hash[..8.min(content_hash.len())], 16).unwrap_or(0);
+    (head % 10_000) as f64 / 10_000.0
 }
 
 /// The result of a trace's outcome check.

@@ -24,11 +24,12 @@ pub const MAX_PER_PAGE: i64 = 500;
     info(title = "Understudy API", description = "Traces, jobs and statistics of an Understudy data dir."),
     paths(
         health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job,
-        resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs
+        resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs,
+        build_dataset, list_datasets, get_dataset, get_dataset_file
     ),
     components(schemas(
         Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
-        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage
+        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow
     ))
 )]
 pub struct ApiDoc;
@@ -47,6 +48,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/jobs/{id}/resume", web::post().to(resume_job))
         .route("/pairs", web::get().to(list_pairs))
         .route("/pairs/import", web::post().to(import_pairs))
+        .route("/datasets", web::get().to(list_datasets))
+        .route("/datasets", web::post().to(build_dataset))
+        .route("/datasets/{id}", web::get().to(get_dataset))
+        .route("/datasets/{id}/files/{name}", web::get().to(get_dataset_file))
         .route("/bootstrap", web::post().to(start_bootstrap))
         .route("/templates", web::get().to(list_templates))
         .route("/templates/{name}", web::get().to(get_template))
@@ -530,4 +535,75 @@ pub async fn put_template(state: web::Data<AppState>, name: web::Path<String>, b
     let text = std::str::from_utf8(&body).map_err(|_| WebError::BadRequest("the body is not UTF-8".into()))?;
     let template = super::bootstrap::store_template(&state, text, Some(&name)).await.map_err(WebError::BadRequest)?;
     Ok(HttpResponse::Ok().json(template))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DatasetRequest {
+    pub name: String,
+    /// `tiny`, or a model directory / .gguf under `<data dir>/models`.
+    #[serde(default = "tiny")]
+    pub model: String,
+    #[serde(default)]
+    pub sources: Vec<String>,
+    #[serde(default)]
+    pub categories: Vec<String>,
+    #[serde(default)]
+    pub min_tool_calls: usize,
+    #[serde(default)]
+    pub exclude_failed: bool,
+    pub real_weight: Option<u32>,
+    pub val_ratio: Option<f64>,
+    pub test_ratio: Option<f64>,
+    pub max_seq_len: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+fn tiny() -> String {
+    "tiny".into()
+}
+
+/// Queue a dataset build.
+#[utoipa::path(post, path = "/api/datasets", request_body = DatasetRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn build_dataset(state: web::Data<AppState>, request: web::Json<DatasetRequest>) -> Result<HttpResponse, ApiError> {
+    let request = request.into_inner();
+    let model = super::datasets::confined_model(&state, &request.model).map_err(|e| WebError::BadRequest(format!("model: {e}")))?;
+    let mut config = crate::dataset::DatasetConfig::new(request.name, model);
+    for source in &request.sources {
+        config.sources.push(Source::parse(source).ok_or_else(|| WebError::BadRequest(format!("sources: unknown source {source:?}")))?);
+    }
+    config.categories = request.categories;
+    config.min_tool_calls = request.min_tool_calls;
+    config.exclude_failed = request.exclude_failed;
+    config.real_weight = request.real_weight.unwrap_or(config.real_weight);
+    config.val_ratio = request.val_ratio.unwrap_or(config.val_ratio);
+    config.test_ratio = request.test_ratio.unwrap_or(config.test_ratio);
+    config.max_seq_len = request.max_seq_len.unwrap_or(config.max_seq_len);
+    config.seed = request.seed.unwrap_or(config.seed);
+    config.validate().map_err(|e| WebError::BadRequest(e.to_string()))?;
+    let job = super::datasets::enqueue(&state, config).await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+/// Built datasets, newest first.
+#[utoipa::path(get, path = "/api/datasets", responses((status = 200, body = Vec<crate::store::DatasetRow>)))]
+pub async fn list_datasets(state: web::Data<AppState>) -> Result<web::Json<Vec<crate::store::DatasetRow>>, ApiError> {
+    Ok(web::Json(state.with_db(|db| Ok(db.list_datasets()?)).await?))
+}
+
+/// One dataset: its config, statistics (with file checksums) and directory.
+#[utoipa::path(get, path = "/api/datasets/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::store::DatasetRow), (status = 404, body = ErrorBody)))]
+pub async fn get_dataset(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<crate::store::DatasetRow>, ApiError> {
+    let id = id.into_inner();
+    let row = state.with_db(move |db| db.get_dataset(&id)?.ok_or_else(|| WebError::NotFound(format!("no dataset with id {id:?}")))).await?;
+    Ok(web::Json(row))
+}
+
+/// Download one of a dataset's files (config.json, sft.jsonl, tokenizer.json, train.tokens, ...).
+#[utoipa::path(get, path = "/api/datasets/{id}/files/{name}", params(("id" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
+pub async fn get_dataset_file(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    Ok(super::datasets::dataset_file(&state, id, &name).await?)
 }

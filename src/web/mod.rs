@@ -6,6 +6,7 @@
 mod api;
 mod assets;
 mod bootstrap;
+mod datasets;
 mod error;
 mod pages;
 mod views;
@@ -108,6 +109,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(web::scope("/api").configure(api::routes))
         .configure(pages::routes)
         .configure(bootstrap::routes)
+        .configure(datasets::routes)
         .route("/static/{path:.*}", web::get().to(assets::serve))
         .default_service(web::to(pages::not_found));
 }

@@ -18,10 +18,11 @@ pub struct NavItem {
     pub active: bool,
 }
 
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("/", "Dashboard"),
     ("/traces", "Traces"),
     ("/bootstrap", "Bootstrap"),
+    ("/datasets", "Datasets"),
     ("/import", "Import"),
     ("/jobs", "Jobs"),
     ("/docs", "API"),
@@ -279,6 +280,110 @@ pub struct PreviewPage {
     pub outcome: String,
     pub checks: Vec<CheckView>,
     pub messages: Vec<MessageView>,
+}
+
+pub struct Bar {
+    pub label: String,
+    pub value: String,
+    pub width: u32,
+    pub y: u32,
+}
+
+/// A horizontal bar chart rendered as SVG on the server.
+pub struct BarChart {
+    pub title: String,
+    pub bars: Vec<Bar>,
+    pub width: u32,
+    pub height: u32,
+    pub label_width: u32,
+}
+
+impl BarChart {
+    pub fn new(title: &str, rows: &[(String, f64)]) -> BarChart {
+        const PLOT: f64 = 260.0;
+        let max = rows.iter().map(|(_, v)| *v).fold(0.0_f64, f64::max).max(1e-9);
+        let label_width = rows.iter().map(|(l, _)| l.chars().count() as u32 * 7 + 8).max().unwrap_or(40).clamp(40, 180);
+        let bars = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (label, value))| Bar {
+                label: label.clone(),
+                value: if value.fract() == 0.0 { format!("{value:.0}") } else { format!("{value:.2}") },
+                width: ((value / max) * PLOT).round().max(if *value > 0.0 { 1.0 } else { 0.0 }) as u32,
+                y: i as u32 * 22,
+            })
+            .collect();
+        BarChart { title: title.to_string(), height: rows.len() as u32 * 22 + 4, width: label_width + PLOT as u32 + 60, label_width, bars }
+    }
+}
+
+/// The build form's values and errors by field name.
+#[derive(Default)]
+pub struct DatasetForm {
+    pub name: String,
+    pub model: String,
+    pub sources: String,
+    pub categories: String,
+    pub min_tool_calls: String,
+    pub exclude_failed: bool,
+    pub real_weight: String,
+    pub val_ratio: String,
+    pub test_ratio: String,
+    pub max_seq_len: String,
+    pub seed: String,
+    pub errors: std::collections::BTreeMap<&'static str, String>,
+}
+
+pub struct DatasetListRow {
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub train: String,
+    pub val: String,
+    pub test: String,
+    pub coverage: String,
+    pub created_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/datasets.html")]
+pub struct DatasetsPage {
+    pub nav: Nav,
+    pub form: DatasetForm,
+    pub models_dir: String,
+    pub datasets: Vec<DatasetListRow>,
+}
+
+pub struct FileRow {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/dataset.html")]
+pub struct DatasetPage {
+    pub nav: Nav,
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub template: String,
+    pub end_of_turn: String,
+    pub train: String,
+    pub weighted_train: String,
+    pub val: String,
+    pub test: String,
+    pub tokens_total: String,
+    pub tokens_trained: String,
+    pub coverage: String,
+    pub mean_tokens: String,
+    pub max_tokens: String,
+    pub truncated: String,
+    pub dropped: String,
+    pub vocab_size: String,
+    pub dir: String,
+    pub charts: Vec<BarChart>,
+    pub files: Vec<FileRow>,
 }
 
 pub struct RouteView {
