@@ -311,7 +311,8 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
     metadata.insert("session_id".into(), Value::Null);
 
     Trace::new(TraceDraft {
-        id: None,
+        // The same run seed and index always give the same id, as they give the same trace.
+        id: Some(format!("tr_syn_{seed:016x}")),
         source: Some(Source::Synthetic),
         category: Some(template.category().to_string()),
         prompt: Some(prompt),

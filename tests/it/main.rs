@@ -4,6 +4,7 @@
 mod bootstrap;
 mod browser;
 mod cli;
+mod dataset;
 mod dpo;
 mod http;
 mod store;
