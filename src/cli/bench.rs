@@ -13,6 +13,17 @@ use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Tokenize a dataset's training text with its tokenizer (one thread and batched).
+    Tokenize {
+        /// A dataset directory (artifacts/datasets/<id>).
+        #[arg(long)]
+        dataset_dir: std::path::PathBuf,
+        /// Also write the rendered texts as a JSON list here, for another tokenizer to time.
+        #[arg(long)]
+        dump_corpus: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        repeats: u32,
+    },
     /// Generate and store N traces from the built-in templates.
     Bootstrap {
         #[arg(long, default_value_t = 5000)]
@@ -24,6 +35,10 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
+        BenchCommand::Tokenize { dataset_dir, dump_corpus, repeats } => {
+            let figures = crate::dataset::bench::tokenize(&dataset_dir, dump_corpus.as_deref(), repeats)?;
+            print_json(&figures)?;
+        }
         BenchCommand::Bootstrap { traces, seed } => {
             let dir = std::env::temp_dir().join(format!("understudy-bench-{}", ulid::Ulid::new()));
             let store = Store::open(&dir)?;

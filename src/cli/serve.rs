@@ -6,7 +6,10 @@ use clap::Args;
 
 use crate::config::{Config, ServeSettings};
 use super::progress::TerminalProgress;
+use crate::dataset::{datasets_dir, DatasetConfig};
 use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
+use crate::jobs::build_dataset::{params_value as build_params_value, BuildParams};
+use crate::model::source::ModelSource;
 use crate::jobs::{run_job, JobKind, JobStatus};
 use crate::store::Store;
 use crate::web::Application;
@@ -39,7 +42,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// The embedded default run: every pipeline stage that exists, then serve.
 pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
-    eprintln!("[1/2] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
+    eprintln!("[1/3] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
     let params = BootstrapParams { traces: 500, seed: QUICKSTART_SEED, templates: Vec::new() };
     let job = store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
     let bar = TerminalProgress::count("bootstrap");
@@ -53,6 +56,26 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         "      {} new traces, {} already there, {} in the store ({:.2}s)",
         report.synthetic, report.duplicates, report.total_traces, report.seconds
     );
-    eprintln!("[2/2] serve");
+    eprintln!("[2/3] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks");
+    let dataset_config = DatasetConfig::new("quickstart".into(), ModelSource::Tiny);
+    let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
+    let job = store.connect()?.insert_job(JobKind::BuildDataset.as_str(), &build_params_value(&params), Some(std::process::id()))?;
+    let bar = TerminalProgress::count("dataset");
+    let job = run_job(&store, job, Some(&bar))?;
+    bar.finish();
+    if job.status != JobStatus::Succeeded {
+        anyhow::bail!("the dataset build failed: {}", job.error.unwrap_or_default());
+    }
+    let result = job.result.unwrap_or_default();
+    eprintln!(
+        "      dataset {}: train {}, val {}, test {} examples ({} truncated, {} dropped)",
+        result["id"].as_str().unwrap_or(""),
+        result["counts"]["train"],
+        result["counts"]["val"],
+        result["counts"]["test"],
+        result["truncated"],
+        result["dropped"]
+    );
+    eprintln!("[3/3] serve");
     serve(config, args)
 }

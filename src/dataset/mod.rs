@@ -5,6 +5,7 @@
 //! tokenizer, the chat template, the token cache and the statistics. Same inputs and seed →
 //! byte-identical files. Knows nothing of SQL or HTTP: the job feeds it traces and pairs.
 
+pub mod bench;
 pub mod cache;
 
 use std::collections::{BTreeMap, BTreeSet};
