@@ -14,4 +14,5 @@ pub mod model;
 pub mod sandbox;
 pub mod store;
 pub mod traces;
+pub mod train;
 pub mod web;

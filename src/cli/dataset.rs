@@ -25,10 +25,10 @@ pub struct BuildArgs {
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Only these sources (comma-separated): synthetic, claude_code, dpo_import, served, import.
-    #[arg(long, value_delimiter = ',', value_parser = parse_source)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., value_parser = parse_source)]
     pub sources: Vec<Source>,
     /// Only these categories (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
     pub categories: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub min_tool_calls: usize,

@@ -2,5 +2,6 @@
 //! sampling join here with training). `source` resolves what a `--model` argument names.
 
 pub mod chat_template;
+pub mod llama;
 pub mod source;
 pub mod tokenizer;

@@ -1,0 +1,300 @@
+//! The LLaMA architecture in candle: RMSNorm, RoPE (with Llama-3 rope scaling), grouped-query
+//! attention with a causal mask, SwiGLU, tied or untied embeddings. One forward pass serves
+//! training (all positions, only differentiable ops: manual RMSNorm, `rope_slow`,
+//! `ops::softmax`) and generation (with a KV cache). Weight names follow Hugging Face, so
+//! checkpoints load from and save to the same safetensors layout.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Llama 3 RoPE frequency scaling (`rope_scaling` with `rope_type: "llama3"` in config.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+    #[serde(default)]
+    pub rope_type: Option<String>,
+}
+
+/// The architecture, with Hugging Face `config.json` field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_positions() -> usize {
+    2048
+}
+
+impl LlamaConfig {
+    /// The `tiny` preset: d256, 4 layers, 4 heads over 2 KV heads, SwiGLU 768, tied embeddings.
+    /// Every weight row is a multiple of 256 long, so K-quants can take it.
+    pub fn tiny(vocab_size: usize) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size,
+            hidden_size: 256,
+            intermediate_size: 768,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 2048,
+            tie_word_embeddings: true,
+            rope_scaling: None,
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err("hidden_size must be a multiple of num_attention_heads".into());
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err("the head dimension must be even for RoPE".into());
+        }
+        Ok(())
+    }
+
+    /// Inverse RoPE frequencies, with Llama 3 scaling when configured.
+    fn inverse_frequencies(&self) -> Vec<f32> {
+        let head_dim = self.head_dim();
+        let base: Vec<f64> = (0..head_dim).step_by(2).map(|i| 1.0 / self.rope_theta.powf(i as f64 / head_dim as f64)).collect();
+        let Some(scaling) = &self.rope_scaling else {
+            return base.into_iter().map(|f| f as f32).collect();
+        };
+        let low_wavelen = scaling.original_max_position_embeddings as f64 / scaling.low_freq_factor;
+        let high_wavelen = scaling.original_max_position_embeddings as f64 / scaling.high_freq_factor;
+        base.into_iter()
+            .map(|freq| {
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                let scaled = if wavelen < high_wavelen {
+                    freq
+                } else if wavelen > low_wavelen {
+                    freq / scaling.factor
+                } else {
+                    let smooth = (scaling.original_max_position_embeddings as f64 / wavelen - scaling.low_freq_factor)
+                        / (scaling.high_freq_factor - scaling.low_freq_factor);
+                    (1.0 - smooth) * freq / scaling.factor + smooth * freq
+                };
+                scaled as f32
+            })
+            .collect()
+    }
+}
+
+struct Block {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    input_norm: Tensor,
+    post_attention_norm: Tensor,
+}
+
+/// Keys and values of earlier positions, per layer, for generation.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> KvCache {
+        KvCache { layers: (0..n_layers).map(|_| None).collect() }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed_tokens: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(mean_square + eps)?.sqrt()?)?.broadcast_mul(weight)
+}
+
+fn repeat_kv(x: Tensor, times: usize) -> Result<Tensor> {
+    if times == 1 {
+        return Ok(x);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, times, t, d))?.reshape((b, h * times, t, d))
+}
+
+impl Llama {
+    /// Build from weights named as in Hugging Face checkpoints.
+    pub fn new(config: LlamaConfig, vb: VarBuilder) -> Result<Llama> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let (d, head_dim) = (config.hidden_size, config.head_dim());
+        let (n_heads, n_kv) = (config.num_attention_heads, config.num_key_value_heads);
+        let embed_weight = vb.pp("model.embed_tokens").get((config.vocab_size, d), "weight")?;
+        let embed_tokens = Embedding::new(embed_weight.clone(), d);
+        let linear = |vb: VarBuilder, input: usize, output: usize| -> Result<Linear> { Ok(Linear::new(vb.get((output, input), "weight")?, None)) };
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for index in 0..config.num_hidden_layers {
+            let vb = vb.pp(format!("model.layers.{index}"));
+            let attention = vb.pp("self_attn");
+            let mlp = vb.pp("mlp");
+            blocks.push(Block {
+                q_proj: linear(attention.pp("q_proj"), d, n_heads * head_dim)?,
+                k_proj: linear(attention.pp("k_proj"), d, n_kv * head_dim)?,
+                v_proj: linear(attention.pp("v_proj"), d, n_kv * head_dim)?,
+                o_proj: linear(attention.pp("o_proj"), n_heads * head_dim, d)?,
+                gate_proj: linear(mlp.pp("gate_proj"), d, config.intermediate_size)?,
+                up_proj: linear(mlp.pp("up_proj"), d, config.intermediate_size)?,
+                down_proj: linear(mlp.pp("down_proj"), config.intermediate_size, d)?,
+                input_norm: vb.pp("input_layernorm").get(d, "weight")?,
+                post_attention_norm: vb.pp("post_attention_layernorm").get(d, "weight")?,
+            });
+        }
+        let norm = vb.pp("model.norm").get(d, "weight")?;
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(embed_weight, None)
+        } else {
+            linear(vb.pp("lm_head"), d, config.vocab_size)?
+        };
+        let device = vb.device().clone();
+        let inverse = config.inverse_frequencies();
+        let positions = config.max_position_embeddings;
+        let inverse = Tensor::from_vec(inverse.clone(), (1, inverse.len()), &device)?;
+        let steps = Tensor::arange(0u32, positions as u32, &device)?.to_dtype(DType::F32)?.reshape((positions, 1))?;
+        let angles = steps.matmul(&inverse)?;
+        Ok(Llama { cos: angles.cos()?, sin: angles.sin()?, config, embed_tokens, blocks, norm, lm_head })
+    }
+
+    /// The hidden states after the final norm, `(b, t, d)`. `cache` makes this an incremental step.
+    pub fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + t > self.config.max_position_embeddings {
+            candle_core::bail!("sequence of {} tokens is longer than the model's {} positions", offset + t, self.config.max_position_embeddings);
+        }
+        let (n_heads, n_kv, head_dim) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
+        let cos = self.cos.narrow(0, offset, t)?;
+        let sin = self.sin.narrow(0, offset, t)?;
+        let total = offset + t;
+        // Causal mask over (t, offset + t): position i may see keys up to offset + i.
+        let mask: Vec<u8> = (0..t).flat_map(|i| (0..total).map(move |j| u8::from(j > offset + i))).collect();
+        let mask = Tensor::from_vec(mask, (t, total), ids.device())?;
+        let mut x = self.embed_tokens.forward(ids)?;
+        for (index, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &block.input_norm, self.config.rms_norm_eps)?;
+            let q = block.q_proj.forward(&h)?.reshape((b, t, n_heads, head_dim))?.transpose(1, 2)?.contiguous()?;
+            let k = block.k_proj.forward(&h)?.reshape((b, t, n_kv, head_dim))?.transpose(1, 2)?.contiguous()?;
+            let v = block.v_proj.forward(&h)?.reshape((b, t, n_kv, head_dim))?.transpose(1, 2)?.contiguous()?;
+            let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
+            let mut k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
+            let mut v = v;
+            if let Some(cache) = cache.as_deref_mut() {
+                if let Some((past_k, past_v)) = &cache.layers[index] {
+                    k = Tensor::cat(&[past_k, &k], 2)?.contiguous()?;
+                    v = Tensor::cat(&[past_v, &v], 2)?.contiguous()?;
+                }
+                cache.layers[index] = Some((k.clone(), v.clone()));
+            }
+            let k = repeat_kv(k, n_heads / n_kv)?.contiguous()?;
+            let v = repeat_kv(v, n_heads / n_kv)?.contiguous()?;
+            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+            let neg_inf = Tensor::new(f32::NEG_INFINITY, ids.device())?.broadcast_as(scores.shape())?;
+            let scores = mask.broadcast_as(scores.shape())?.where_cond(&neg_inf, &scores)?;
+            let attention = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let y = attention.matmul(&v)?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
+            x = (x + block.o_proj.forward(&y)?)?;
+            let h = rms_norm(&x, &block.post_attention_norm, self.config.rms_norm_eps)?;
+            let mlp = block.down_proj.forward(&(block.gate_proj.forward(&h)?.silu()? * block.up_proj.forward(&h)?)?)?;
+            x = (x + mlp)?;
+        }
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// The output projection (tied to the embeddings when the config says so).
+    pub fn head(&self) -> Linear {
+        self.lm_head.clone()
+    }
+
+    /// Logits for every position, `(b, t, vocab)`.
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.lm_head.forward(&self.hidden(ids, cache)?)
+    }
+
+    /// Logits of the last position only, `(b, vocab)` — the generation step.
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.hidden(ids, cache)?;
+        let t = hidden.dim(1)?;
+        self.lm_head.forward(&hidden.i((.., t - 1, ..))?.contiguous()?)
+    }
+}
+
+/// Mean negative log-likelihood of `targets` over positions where `mask` is 1.
+/// `logits`: (n, vocab) f32; `targets`: (n,) u32; `mask`: (n,) f32.
+pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = log_probs.gather(&targets.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
+    let total = mask.sum_all()?;
+    (picked * mask)?.sum_all()?.neg()?.broadcast_div(&total.maximum(1.0)?)
+}
+
+pub fn device_for(name: &str) -> std::result::Result<Device, String> {
+    match name {
+        "cpu" | "auto" => Ok(Device::Cpu),
+        other if other.starts_with("cuda") => {
+            let ordinal = other.strip_prefix("cuda:").map(|n| n.parse::<usize>().map_err(|_| format!("bad device {other:?}"))).transpose()?.unwrap_or(0);
+            Device::new_cuda(ordinal).map_err(|e| format!("{other}: {e} (build with --features cuda on a machine with CUDA)"))
+        }
+        other => Err(format!("unknown device {other:?} (expected auto, cpu or cuda[:N])")),
+    }
+}

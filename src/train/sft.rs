@@ -1,0 +1,495 @@
+//! Supervised fine-tuning on a dataset's token cache: right-padded batches, loss only on the
+//! assistant tokens the dataset masked in, gradient accumulation, global-norm clipping, AdamW
+//! with warmup + cosine, eval loss on the validation split, checkpoints (weights, optimizer
+//! moments, step and data position) every N steps and at the end. A resumed run is
+//! step-for-step identical to an uninterrupted one: data order and initialisation derive from
+//! the seed alone.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::{clip_global_norm, learning_rate, AdamW};
+use super::params::{init_varmap, ordered_vars};
+use crate::dataset::cache::{self, Example};
+use crate::model::llama::{masked_cross_entropy, Llama, LlamaConfig};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftConfig {
+    pub epochs: u32,
+    pub max_steps: Option<u64>,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    /// Longest training sequence; longer examples are cut (the dataset already cut at turns).
+    pub max_seq_len: usize,
+    /// Validation examples used for the eval loss.
+    pub eval_examples: usize,
+    pub seed: u64,
+    pub device: String,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            epochs: 1,
+            max_steps: None,
+            lr: 3e-3,
+            batch_size: 4,
+            grad_accum: 1,
+            warmup_steps: 10,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            eval_every: 25,
+            checkpoint_every: 50,
+            max_seq_len: 2048,
+            eval_examples: 16,
+            seed: 0,
+            device: "cpu".into(),
+        }
+    }
+}
+
+impl SftConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.lr > 0.0 && self.lr < 1.0) {
+            return Err("lr: must be between 0 and 1".into());
+        }
+        if self.batch_size == 0 || self.batch_size > 1024 {
+            return Err("batch_size: must be 1 to 1024".into());
+        }
+        if self.grad_accum == 0 || self.grad_accum > 1024 {
+            return Err("grad_accum: must be 1 to 1024".into());
+        }
+        if self.epochs == 0 && self.max_steps.is_none() {
+            return Err("epochs: at least one epoch (or --max-steps)".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the trainer reports as it goes; the job layer stores it.
+pub trait TrainHooks {
+    fn step(&mut self, step: u64, total: u64, metrics: &[(&str, f64)]) -> Result<(), TrainError>;
+    fn checkpoint(&mut self, step: u64, dir: &Path) -> Result<(), TrainError>;
+    fn log(&mut self, message: &str);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Config(String),
+    #[error("the loss became {value} at step {step}; training stopped (lower --lr or check the data)")]
+    NotFinite { step: u64, value: f64 },
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Progress saved with each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: u64,
+    pub total_steps: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub last_eval_loss: Option<f64>,
+    pub tokens_seen: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub final_eval_loss: Option<f64>,
+    pub tokens_per_second: f64,
+    pub model_dir: PathBuf,
+}
+
+fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
+    Ok(cache::read(&mut std::io::BufReader::new(std::fs::File::open(path)?))?)
+}
+
+/// One micro-batch: inputs (b, t), targets and loss mask flattened to (b*t).
+fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor, Tensor, usize)> {
+    let t = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
+    let mut inputs = Vec::with_capacity(examples.len() * t);
+    let mut targets = Vec::with_capacity(examples.len() * t);
+    let mut mask = Vec::with_capacity(examples.len() * t);
+    let mut trained = 0;
+    for example in examples {
+        let n = example.ids.len().min(max_len);
+        for position in 0..t {
+            if position + 1 < n {
+                inputs.push(example.ids[position]);
+                targets.push(example.ids[position + 1]);
+                let m = f32::from(example.mask[position + 1]);
+                trained += m as usize;
+                mask.push(m);
+            } else {
+                inputs.push(0);
+                targets.push(0);
+                mask.push(0.0);
+            }
+        }
+    }
+    let b = examples.len();
+    Ok((
+        Tensor::from_vec(inputs, (b, t), device)?,
+        Tensor::from_vec(targets, b * t, device)?,
+        Tensor::from_vec(mask, b * t, device)?,
+        trained,
+    ))
+}
+
+/// Loss of one batch, computing logits only where the mask trains.
+fn batch_loss(model: &Llama, inputs: &Tensor, targets: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t) = inputs.dims2()?;
+    let hidden = model.hidden(inputs, None)?.reshape((b * t, model.config.hidden_size))?;
+    let rows: Vec<u32> = mask.to_vec1::<f32>()?.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
+    if rows.is_empty() {
+        return Tensor::new(0f32, inputs.device());
+    }
+    let index = Tensor::from_vec(rows.clone(), rows.len(), inputs.device())?;
+    let hidden = hidden.index_select(&index, 0)?;
+    let logits = candle_nn::Module::forward(&model_head(model), &hidden)?;
+    let targets = targets.index_select(&index, 0)?;
+    let ones = Tensor::ones(rows.len(), DType::F32, inputs.device())?;
+    masked_cross_entropy(&logits, &targets, &ones)
+}
+
+fn model_head(model: &Llama) -> candle_nn::Linear {
+    model.head()
+}
+
+/// The order of training examples in an epoch: a seeded shuffle.
+fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    order.shuffle(&mut rng);
+    order
+}
+
+pub fn eval_loss(model: &Llama, examples: &[Example], config: &SftConfig, device: &Device) -> Result<Option<f64>, TrainError> {
+    let chosen: Vec<&Example> = examples.iter().take(config.eval_examples).collect();
+    if chosen.is_empty() {
+        return Ok(None);
+    }
+    let (mut total, mut weight) = (0.0, 0.0);
+    for chunk in chosen.chunks(config.batch_size) {
+        let (inputs, targets, mask, trained) = batch_tensors(chunk, config.max_seq_len, device)?;
+        if trained == 0 {
+            continue;
+        }
+        let loss = batch_loss(model, &inputs, &targets, &mask)?.to_scalar::<f32>()? as f64;
+        total += loss * trained as f64;
+        weight += trained as f64;
+    }
+    Ok((weight > 0.0).then(|| total / weight))
+}
+
+/// Train. `resume` is a checkpoint directory to continue from. Writes checkpoints and the final
+/// model (config.json + model.safetensors) under `run_dir`.
+pub fn train(
+    dataset_dir: &Path,
+    model_config: &LlamaConfig,
+    config: &SftConfig,
+    run_dir: &Path,
+    resume: Option<&Path>,
+    hooks: &mut dyn TrainHooks,
+) -> Result<TrainSummary, TrainError> {
+    config.validate().map_err(TrainError::Config)?;
+    let device = crate::model::llama::device_for(&config.device).map_err(TrainError::Config)?;
+    let train_examples = read_examples(&dataset_dir.join("train.tokens"))?;
+    let val_examples = read_examples(&dataset_dir.join("val.tokens"))?;
+    if train_examples.is_empty() {
+        return Err(TrainError::Config("the dataset has no training examples".into()));
+    }
+    let varmap = init_varmap(model_config, config.seed, &device)?;
+    let model = Llama::new(model_config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let vars = ordered_vars(model_config, &varmap);
+    let mut optimizer = AdamW::new(&vars, config.weight_decay)?;
+    let per_step = config.batch_size * config.grad_accum;
+    let steps_per_epoch = train_examples.len().div_ceil(per_step) as u64;
+    let total_steps = config.max_steps.unwrap_or(u64::MAX).min(steps_per_epoch * u64::from(config.epochs.max(1))).max(1);
+
+    let mut state = TrainState { total_steps, ..TrainState::default() };
+    if let Some(checkpoint) = resume {
+        let saved: TrainState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)
+            .map_err(|e| TrainError::Other(format!("bad checkpoint state: {e}")))?;
+        let mut varmap_mut = varmap.clone();
+        varmap_mut.load(checkpoint.join("model.safetensors"))?;
+        optimizer.load(&vars, &checkpoint.join("optimizer.safetensors"), saved.step)?;
+        hooks.log(&format!("resumed from {} at step {}", checkpoint.display(), saved.step));
+        state = TrainState { total_steps, ..saved };
+    }
+    std::fs::create_dir_all(run_dir)?;
+    std::fs::write(run_dir.join("config.json"), serde_json::to_string_pretty(model_config).expect("config serialises"))?;
+    let started = Instant::now();
+    let seconds_before = state.seconds;
+    let tokens_before = state.tokens_seen;
+    while state.step < total_steps {
+        let step_started = Instant::now();
+        let epoch = state.step / steps_per_epoch;
+        let order = epoch_order(train_examples.len(), config.seed, epoch);
+        let start = ((state.step % steps_per_epoch) as usize) * per_step;
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut step_loss = 0.0;
+        let mut step_tokens = 0usize;
+        let mut micro_batches = 0;
+        for micro in 0..config.grad_accum {
+            let from = start + micro * config.batch_size;
+            let chosen: Vec<&Example> = order.iter().skip(from).take(config.batch_size).map(|&i| &train_examples[i]).collect();
+            if chosen.is_empty() {
+                break;
+            }
+            let (inputs, targets, mask, trained) = batch_tensors(&chosen, config.max_seq_len, &device)?;
+            if trained == 0 {
+                continue;
+            }
+            let loss = batch_loss(&model, &inputs, &targets, &mask)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(TrainError::NotFinite { step: state.step + 1, value });
+            }
+            let scaled = (loss / config.grad_accum as f64)?;
+            let store = scaled.backward()?;
+            for ((_, var, _), slot) in vars.iter().zip(grads.iter_mut()) {
+                if let Some(grad) = store.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(sum) => (sum + grad)?,
+                        None => grad.clone(),
+                    });
+                }
+            }
+            step_loss += value;
+            step_tokens += inputs.elem_count();
+            micro_batches += 1;
+        }
+        if micro_batches == 0 {
+            state.step += 1;
+            continue;
+        }
+        let loss = step_loss / micro_batches as f64;
+        let grad_norm = clip_global_norm(&mut grads, config.max_grad_norm)?;
+        let lr = learning_rate(state.step, total_steps, config.warmup_steps, config.lr, 0.1);
+        optimizer.apply(&vars, &grads, lr)?;
+        state.step += 1;
+        state.tokens_seen += step_tokens as u64;
+        state.first_loss.get_or_insert(loss);
+        state.last_loss = Some(loss);
+        state.seconds = seconds_before + started.elapsed().as_secs_f64();
+        let step_seconds = step_started.elapsed().as_secs_f64();
+        let mut metrics = vec![("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("tokens_per_second", step_tokens as f64 / step_seconds.max(1e-9))];
+        if state.step % config.eval_every == 0 || state.step == total_steps {
+            if let Some(eval) = eval_loss(&model, &val_examples, config, &device)? {
+                state.last_eval_loss = Some(eval);
+                metrics.push(("eval_loss", eval));
+            }
+        }
+        hooks.step(state.step, total_steps, &metrics)?;
+        if state.step % config.checkpoint_every == 0 || state.step == total_steps {
+            let dir = save_checkpoint(run_dir, &varmap, &optimizer, &vars, &state)?;
+            hooks.checkpoint(state.step, &dir)?;
+        }
+    }
+    let model_dir = run_dir.join("model");
+    let staging = run_dir.join("model.partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    varmap.save(staging.join("model.safetensors"))?;
+    std::fs::write(staging.join("config.json"), serde_json::to_string_pretty(model_config).expect("config serialises"))?;
+    for name in ["tokenizer.json", "chat_template.jinja", "template.json"] {
+        std::fs::copy(dataset_dir.join(name), staging.join(name))?;
+    }
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir)?;
+    }
+    std::fs::rename(&staging, &model_dir)?;
+    let seconds = state.seconds.max(1e-9);
+    Ok(TrainSummary {
+        steps: state.step,
+        first_loss: state.first_loss.unwrap_or(f64::NAN),
+        final_loss: state.last_loss.unwrap_or(f64::NAN),
+        final_eval_loss: state.last_eval_loss,
+        tokens_per_second: (state.tokens_seen - tokens_before.min(state.tokens_seen)) as f64 / (seconds - seconds_before).max(1e-9),
+        model_dir,
+    })
+}
+
+fn save_checkpoint(
+    run_dir: &Path,
+    varmap: &candle_nn::VarMap,
+    optimizer: &AdamW,
+    vars: &[(String, candle_core::Var, bool)],
+    state: &TrainState,
+) -> Result<PathBuf, TrainError> {
+    let dir = run_dir.join(format!("checkpoint-{:06}", state.step));
+    let staging = run_dir.join(format!("checkpoint-{:06}.partial", state.step));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    varmap.save(staging.join("model.safetensors"))?;
+    optimizer.save(vars, &staging.join("optimizer.safetensors"))?;
+    std::fs::write(staging.join("state.json"), serde_json::to_string_pretty(state).expect("state serialises"))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&staging, &dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::params::parameter_shapes;
+
+    fn micro_config() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 32,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            rope_scaling: None,
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+
+    fn examples() -> Vec<Example> {
+        (0..12u32)
+            .map(|k| {
+                let ids: Vec<u32> = (0..10).map(|i| (k * 3 + i * 7) % 32).collect();
+                let mask = (0..10).map(|i| u8::from(i >= 4)).collect();
+                Example { ids, mask }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient_that_matches_finite_differences() {
+        let config = micro_config();
+        let device = Device::Cpu;
+        let varmap = init_varmap(&config, 3, &device).unwrap();
+        let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+        let data = examples();
+        let chosen: Vec<&Example> = data.iter().take(3).collect();
+        let (inputs, targets, mask, _) = batch_tensors(&chosen, 64, &device).unwrap();
+        let loss = batch_loss(&model, &inputs, &targets, &mask).unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = ordered_vars(&config, &varmap);
+        assert_eq!(vars.len(), parameter_shapes(&config).len());
+        let eps = 1e-2f32;
+        for (name, var, _) in &vars {
+            let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name} got no gradient"));
+            let analytic = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(analytic.iter().any(|g| *g != 0.0), "{name}: all-zero gradient");
+            // Check the entry with the largest gradient by central differences.
+            let (index, expected) = analytic.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
+            let original = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut shifted = original.clone();
+            let eval = |values: &Vec<f32>| -> f32 {
+                var.set(&Tensor::from_vec(values.clone(), var.shape(), &device).unwrap()).unwrap();
+                batch_loss(&model, &inputs, &targets, &mask).unwrap().to_scalar::<f32>().unwrap()
+            };
+            shifted[index] = original[index] + eps;
+            let up = eval(&shifted);
+            shifted[index] = original[index] - eps;
+            let down = eval(&shifted);
+            eval(&original);
+            let numeric = (up - down) / (2.0 * eps);
+            let tolerance = 0.05 * expected.abs().max(numeric.abs()) + 1e-3;
+            assert!((numeric - expected).abs() <= tolerance, "{name}[{index}]: analytic {expected}, numeric {numeric}");
+        }
+    }
+
+    struct Recorder {
+        losses: Vec<f64>,
+    }
+
+    impl TrainHooks for Recorder {
+        fn step(&mut self, _step: u64, _total: u64, metrics: &[(&str, f64)]) -> Result<(), TrainError> {
+            self.losses.push(metrics[0].1);
+            Ok(())
+        }
+        fn checkpoint(&mut self, _step: u64, _dir: &Path) -> Result<(), TrainError> {
+            Ok(())
+        }
+        fn log(&mut self, _message: &str) {}
+    }
+
+    fn write_dataset(dir: &Path) {
+        let data = examples();
+        cache::write(&mut std::fs::File::create(dir.join("train.tokens")).unwrap(), &data).unwrap();
+        cache::write(&mut std::fs::File::create(dir.join("val.tokens")).unwrap(), &data[..2]).unwrap();
+        for name in ["tokenizer.json", "chat_template.jinja", "template.json"] {
+            std::fs::write(dir.join(name), "{}").unwrap();
+        }
+    }
+
+    fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+        let tensors = candle_core::safetensors::load(dir.join("model/model.safetensors"), &Device::Cpu).unwrap();
+        let mut out: Vec<(String, Vec<f32>)> =
+            tensors.into_iter().map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn loss_falls_and_a_resumed_run_ends_with_the_same_weights() {
+        let data_dir = tempfile::tempdir().unwrap();
+        write_dataset(data_dir.path());
+        let config = SftConfig { epochs: 10, lr: 1e-2, batch_size: 3, grad_accum: 2, warmup_steps: 2, eval_every: 5, checkpoint_every: 4, seed: 7, ..SftConfig::default() };
+        let whole = tempfile::tempdir().unwrap();
+        let mut recorder = Recorder { losses: Vec::new() };
+        let summary = train(data_dir.path(), &micro_config(), &config, whole.path(), None, &mut recorder).unwrap();
+        assert_eq!(summary.steps, 20);
+        assert!(summary.final_loss < summary.first_loss * 0.7, "{} -> {}", summary.first_loss, summary.final_loss);
+
+        // Stop after 8 steps (as a kill would), then resume from the step-8 checkpoint.
+        let split = tempfile::tempdir().unwrap();
+        struct StopAt(u64);
+        impl TrainHooks for StopAt {
+            fn step(&mut self, step: u64, _total: u64, _metrics: &[(&str, f64)]) -> Result<(), TrainError> {
+                if step > self.0 { Err(TrainError::Cancelled) } else { Ok(()) }
+            }
+            fn checkpoint(&mut self, _step: u64, _dir: &Path) -> Result<(), TrainError> {
+                Ok(())
+            }
+            fn log(&mut self, _message: &str) {}
+        }
+        let interrupted = train(data_dir.path(), &micro_config(), &config, split.path(), None, &mut StopAt(8));
+        assert!(matches!(interrupted, Err(TrainError::Cancelled)));
+        let checkpoint = split.path().join("checkpoint-000008");
+        assert!(checkpoint.join("optimizer.safetensors").exists());
+        train(data_dir.path(), &micro_config(), &config, split.path(), Some(&checkpoint), &mut Recorder { losses: Vec::new() }).unwrap();
+        assert_eq!(weights(whole.path()), weights(split.path()), "resumed weights equal uninterrupted weights");
+    }
+}
