@@ -45,6 +45,8 @@ pub struct ResumeArgs {
 pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
     let db = store.connect()?;
+    // Jobs whose process died (kill -9, power loss) show as interrupted, not running.
+    db.mark_orphaned_jobs_interrupted(crate::jobs::other_process_is_alive)?;
     match command {
         JobsCommand::List { limit, json } => {
             let jobs = db.list_jobs(limit)?;
@@ -94,7 +96,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
             let job = db.get_job(&job.id)?.context("job vanished")?;
             let kind = JobKind::parse(&job.kind);
             let bar = match kind {
-                Some(JobKind::Bootstrap | JobKind::BuildDataset) => TerminalProgress::count(&job.kind),
+                Some(JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train) => TerminalProgress::count(&job.kind),
                 _ => TerminalProgress::bytes(&job.kind),
             };
             let finished = run_job(&store, job, Some(&bar))?;
@@ -103,6 +105,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 Some(JobKind::ImportTraces | JobKind::ImportDpo) => super::import::report_import(&finished, args.json),
                 Some(JobKind::Bootstrap) => super::bootstrap::report_bootstrap(&store, &finished, 0, args.json),
                 Some(JobKind::BuildDataset) => super::dataset::report_build(&finished, args.json),
+                Some(JobKind::Train) => super::train::report_train(&finished, args.json),
                 None => anyhow::bail!("unknown job kind {}", finished.kind),
             };
         }

@@ -5,6 +5,7 @@
 mod bench;
 mod bootstrap;
 mod dataset;
+mod generate;
 mod import;
 mod jobs;
 mod progress;
@@ -12,6 +13,7 @@ mod serve;
 mod status;
 mod templates;
 mod traces;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,10 @@ pub enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// Build a versioned dataset (rendered, tokenized, masked) from the stored traces and pairs.
     BuildDataset(dataset::BuildArgs),
+    /// Train a model (SFT today) as a resumable run.
+    Train(train::TrainArgs),
+    /// One reply from a trained model, with tool calls parsed.
+    Generate(generate::GenerateArgs),
     /// List or show built datasets.
     #[command(subcommand)]
     Datasets(dataset::DatasetsCommand),
@@ -82,6 +88,8 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Bootstrap(args) => bootstrap::run(config, args),
         Command::Templates(command) => templates::run(config, command),
         Command::BuildDataset(args) => dataset::build(config, args),
+        Command::Train(args) => train::run(config, args),
+        Command::Generate(args) => generate::run(config, args),
         Command::Datasets(command) => dataset::run(config, command),
         Command::Bench(command) => bench::run(command),
         Command::Import(command) => import::run(config, command),

@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod build_dataset;
 pub mod import_dpo;
 pub mod import_traces;
+pub mod train;
 mod runner;
 
 use std::time::{Duration, Instant};
@@ -73,6 +74,7 @@ pub enum JobKind {
     ImportDpo,
     Bootstrap,
     BuildDataset,
+    Train,
 }
 
 impl JobKind {
@@ -82,6 +84,7 @@ impl JobKind {
             JobKind::ImportDpo => "import_dpo",
             JobKind::Bootstrap => "bootstrap",
             JobKind::BuildDataset => "build_dataset",
+            JobKind::Train => "train",
         }
     }
 
@@ -91,6 +94,7 @@ impl JobKind {
             "import_dpo" => Some(JobKind::ImportDpo),
             "bootstrap" => Some(JobKind::Bootstrap),
             "build_dataset" => Some(JobKind::BuildDataset),
+            "train" => Some(JobKind::Train),
             _ => None,
         }
     }
@@ -224,6 +228,7 @@ pub fn run_job(store: &Store, job: JobRecord, sink: Option<&dyn ProgressSink>) -
         Some(JobKind::ImportDpo) => import_dpo::run(&mut context),
         Some(JobKind::Bootstrap) => bootstrap::run(&mut context),
         Some(JobKind::BuildDataset) => build_dataset::run(&mut context),
+        Some(JobKind::Train) => train::run(&mut context),
         None => Err(JobError::Failed(format!("unknown job kind {:?}", context.job.kind))),
     };
     let db = store.connect()?;

@@ -167,14 +167,6 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_div(&(mean_square + eps)?.sqrt()?)?.broadcast_mul(weight)
 }
 
-fn repeat_kv(x: Tensor, times: usize) -> Result<Tensor> {
-    if times == 1 {
-        return Ok(x);
-    }
-    let (b, h, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, h, times, t, d))?.reshape((b, h * times, t, d))
-}
-
 impl Llama {
     /// Build from weights named as in Hugging Face checkpoints.
     pub fn new(config: LlamaConfig, vb: VarBuilder) -> Result<Llama> {
@@ -227,9 +219,12 @@ impl Llama {
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
         let total = offset + t;
-        // Causal mask over (t, offset + t): position i may see keys up to offset + i.
-        let mask: Vec<u8> = (0..t).flat_map(|i| (0..total).map(move |j| u8::from(j > offset + i))).collect();
-        let mask = Tensor::from_vec(mask, (t, total), ids.device())?;
+        // Additive causal mask over (t, offset + t): position i may see keys up to offset + i.
+        let group = n_heads / n_kv;
+        let mask: Vec<f32> = (0..group)
+            .flat_map(|_| (0..t).flat_map(move |i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })))
+            .collect();
+        let mask = Tensor::from_vec(mask, (group * t, total), ids.device())?;
         let mut x = self.embed_tokens.forward(ids)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, self.config.rms_norm_eps)?;
@@ -246,19 +241,23 @@ impl Llama {
                 }
                 cache.layers[index] = Some((k.clone(), v.clone()));
             }
-            let k = repeat_kv(k, n_heads / n_kv)?.contiguous()?;
-            let v = repeat_kv(v, n_heads / n_kv)?.contiguous()?;
+            // Grouped-query attention without copying K/V: the query heads that share a KV head
+            // are stacked along the time axis, (b, n_kv, group * t, head_dim).
+            let q = q.reshape((b, n_kv, group * t, head_dim))?;
             let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-            let neg_inf = Tensor::new(f32::NEG_INFINITY, ids.device())?.broadcast_as(scores.shape())?;
-            let scores = mask.broadcast_as(scores.shape())?.where_cond(&neg_inf, &scores)?;
+            let scores = scores.broadcast_add(&mask)?;
             let attention = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let y = attention.matmul(&v)?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
+            let y = attention.matmul(&v)?.reshape((b, n_heads, t, head_dim))?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
             x = (x + block.o_proj.forward(&y)?)?;
             let h = rms_norm(&x, &block.post_attention_norm, self.config.rms_norm_eps)?;
             let mlp = block.down_proj.forward(&(block.gate_proj.forward(&h)?.silu()? * block.up_proj.forward(&h)?)?)?;
             x = (x + mlp)?;
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    pub fn cos_device(&self) -> Device {
+        self.cos.device().clone()
     }
 
     /// The output projection (tied to the embeddings when the config says so).

@@ -5,6 +5,7 @@
 
 mod datasets;
 mod jobs;
+mod models;
 mod pairs;
 mod templates;
 mod traces;
@@ -18,6 +19,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub use pairs::{PairInsertOutcome, StoredPair};
 pub use datasets::DatasetRow;
+pub use models::{ModelRow, NewModel};
 pub use templates::StoredTemplate;
 pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary};
 

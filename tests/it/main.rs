@@ -9,3 +9,4 @@ mod dpo;
 mod http;
 mod store;
 mod support;
+mod train;

@@ -1,0 +1,142 @@
+//! The `train` job: one training run. SFT today; the run reports loss, learning rate, gradient
+//! norm, tokens/s and eval loss as job metrics, saves its last checkpoint in the job checkpoint
+//! (so `resume` continues from it), honours cancel at the next step, and registers the trained
+//! model with its lineage when it finishes.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{JobContext, JobError};
+use crate::model::llama::LlamaConfig;
+use crate::store::NewModel;
+use crate::train::sft::{self, SftConfig, TrainError, TrainHooks};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainParams {
+    pub phase: String,
+    pub dataset_id: String,
+    pub dataset_dir: PathBuf,
+    /// `tiny` or the path of the base model.
+    pub base_model: String,
+    pub model_config: LlamaConfig,
+    pub sft: SftConfig,
+    /// Where checkpoints and the final model go; resolved by the caller from its Config.
+    pub runs_dir: PathBuf,
+}
+
+pub fn params_value(params: &TrainParams) -> Value {
+    serde_json::to_value(params).expect("train params serialise")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    step: u64,
+    dir: PathBuf,
+}
+
+struct JobHooks<'c, 'a> {
+    context: &'c mut JobContext<'a>,
+    started: std::time::Instant,
+}
+
+impl TrainHooks for JobHooks<'_, '_> {
+    fn step(&mut self, step: u64, total: u64, metrics: &[(&str, f64)]) -> Result<(), TrainError> {
+        let failed = |e: JobError| match e {
+            JobError::Cancelled => TrainError::Cancelled,
+            other => TrainError::Other(other.to_string()),
+        };
+        for (name, value) in metrics {
+            self.context.metric(step as i64, name, *value).map_err(failed)?;
+        }
+        let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |(_, v)| *v);
+        let speed = metrics.iter().find(|(n, _)| *n == "tokens_per_second").map_or(0.0, |(_, v)| *v);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = if step > 0 { elapsed / step as f64 * (total - step.min(total)) as f64 } else { 0.0 };
+        let message = format!("step {step}/{total} loss {loss:.4} {speed:.0} tok/s ETA {eta:.0}s");
+        self.context.progress(step, Some(total), &message, step == total).map_err(failed)?;
+        self.context.check_cancelled().map_err(failed)
+    }
+
+    fn checkpoint(&mut self, step: u64, dir: &Path) -> Result<(), TrainError> {
+        let value = serde_json::to_value(Checkpoint { step, dir: dir.to_path_buf() }).expect("checkpoint serialises");
+        let job_id = self.context.job().id.clone();
+        self.context.db().save_job_checkpoint(&job_id, &value).map_err(|e| TrainError::Other(e.to_string()))?;
+        let _ = self.context.log("info", &format!("checkpoint at step {step}: {}", dir.display()));
+        Ok(())
+    }
+
+    fn log(&mut self, message: &str) {
+        let _ = self.context.log("info", message);
+    }
+}
+
+pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
+    let params: TrainParams = serde_json::from_value(context.job().params.clone())
+        .map_err(|e| JobError::Failed(format!("bad train parameters: {e}")))?;
+    if params.phase != "sft" {
+        return Err(JobError::Failed(format!("phase {:?} is not available in this build yet (only sft)", params.phase)));
+    }
+    let run_id = context.job().id.clone();
+    let run_dir = params.runs_dir.join(&run_id);
+    let resume: Option<Checkpoint> = context.job().checkpoint.clone().and_then(|v| serde_json::from_value(v).ok());
+    let resume_dir = resume.as_ref().map(|c| c.dir.clone()).filter(|d| d.join("state.json").exists());
+    context.log(
+        "info",
+        &format!(
+            "SFT on dataset {} from {}: {} layers, d{}, vocab {}; lr {}, batch {}x{}, seed {}",
+            params.dataset_id,
+            params.base_model,
+            params.model_config.num_hidden_layers,
+            params.model_config.hidden_size,
+            params.model_config.vocab_size,
+            params.sft.lr,
+            params.sft.batch_size,
+            params.sft.grad_accum,
+            params.sft.seed
+        ),
+    )?;
+    let started = std::time::Instant::now();
+    let summary = {
+        let mut hooks = JobHooks { context: &mut *context, started };
+        sft::train(&params.dataset_dir, &params.model_config, &params.sft, &run_dir, resume_dir.as_deref(), &mut hooks)
+    };
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(TrainError::Cancelled) => return Err(JobError::Cancelled),
+        Err(other) => return Err(JobError::Failed(other.to_string())),
+    };
+    let metrics = json!({
+        "first_loss": summary.first_loss,
+        "final_loss": summary.final_loss,
+        "final_eval_loss": summary.final_eval_loss,
+        "tokens_per_second": summary.tokens_per_second,
+        "steps": summary.steps,
+    });
+    let model_path = summary.model_dir.display().to_string();
+    let name = format!("{}-sft-{}", params.base_model.rsplit('/').next().unwrap_or("model"), &run_id[run_id.len().saturating_sub(6)..]);
+    let model_id = match context.db().model_of_run(&run_id)? {
+        Some(existing) => existing.id,
+        None => context.db().insert_model(&NewModel {
+            name: &name,
+            base_model: &params.base_model,
+            parent_id: None,
+            dataset_id: Some(&params.dataset_id),
+            run_id: Some(&run_id),
+            path: &model_path,
+            metrics: &metrics,
+        })?,
+    };
+    context.log("info", &format!("model {model_id} saved at {model_path}"))?;
+    Ok(json!({
+        "run_id": run_id,
+        "model_id": model_id,
+        "steps": summary.steps,
+        "first_loss": summary.first_loss,
+        "final_loss": summary.final_loss,
+        "final_eval_loss": summary.final_eval_loss,
+        "tokens_per_second": summary.tokens_per_second,
+        "checkpoint_dir": run_dir.display().to_string(),
+    }))
+}

@@ -1,0 +1,134 @@
+//! Generation from a trained model directory (config.json, model.safetensors, tokenizer.json,
+//! template.json): render the conversation with the model's chat template, decode with a KV
+//! cache (greedy, or temperature with top-p, seeded), stop at an end-of-turn token, and parse
+//! tool calls from the reply.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use super::chat_template::{ChatTemplate, ParsedReply};
+use super::llama::{KvCache, Llama, LlamaConfig};
+use crate::traces::Message;
+
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generation {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// `stop` (end-of-turn token), `length` (max tokens) or `tool_calls`.
+    pub finish_reason: &'static str,
+    #[serde(skip)]
+    pub parsed: ParsedReply,
+    pub prompt_tokens: usize,
+}
+
+fn error(message: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{message}")
+}
+
+impl LoadedModel {
+    pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| error(format!("{}: {e}", dir.join(name).display())));
+        let config: LlamaConfig = serde_json::from_str(&read("config.json")?)?;
+        let template: ChatTemplate = serde_json::from_str(&read("template.json")?)?;
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(error)?;
+        let weights = dir.join("model.safetensors");
+        // Safety: the file is ours and is not modified while mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
+        Ok(LoadedModel { model: Llama::new(config, vb)?, tokenizer, template })
+    }
+
+    fn stop_ids(&self) -> Vec<u32> {
+        self.template.end_of_turn.iter().filter_map(|t| self.tokenizer.token_to_id(t)).collect()
+    }
+
+    pub fn generate(&self, messages: &[Message], tools: &[Value], options: &GenerateOptions) -> anyhow::Result<Generation> {
+        let prompt = self.template.render(messages, tools, true)?;
+        let encoding = self.tokenizer.encode(prompt.as_str(), false).map_err(error)?;
+        let prompt_ids = encoding.get_ids().to_vec();
+        self.generate_ids(&prompt_ids, options)
+    }
+
+    pub fn generate_ids(&self, prompt_ids: &[u32], options: &GenerateOptions) -> anyhow::Result<Generation> {
+        let device = self.model.cos_device();
+        let stops = self.stop_ids();
+        let mut cache = KvCache::new(self.model.config.num_hidden_layers);
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let mut generated: Vec<u32> = Vec::new();
+        let mut input = Tensor::from_vec(prompt_ids.to_vec(), (1, prompt_ids.len()), &device)?;
+        let mut finish_reason = "length";
+        let room = self.model.config.max_position_embeddings.saturating_sub(prompt_ids.len());
+        for _ in 0..options.max_tokens.min(room) {
+            let logits = self.model.forward_last(&input, Some(&mut cache))?.squeeze(0)?.to_vec1::<f32>()?;
+            let next = sample(&logits, options, &mut rng);
+            if stops.contains(&next) {
+                finish_reason = "stop";
+                break;
+            }
+            generated.push(next);
+            input = Tensor::from_vec(vec![next], (1, 1), &device)?;
+        }
+        let text = self.tokenizer.decode(&generated, false).map_err(error)?;
+        let parsed = self.template.parse_reply(&text);
+        if finish_reason == "stop" && !parsed.tool_calls.is_empty() {
+            finish_reason = "tool_calls";
+        }
+        Ok(Generation { text, token_ids: generated, finish_reason, parsed, prompt_tokens: prompt_ids.len() })
+    }
+}
+
+/// Greedy when temperature is 0; else temperature then nucleus (top-p) sampling.
+pub fn sample(logits: &[f32], options: &GenerateOptions, rng: &mut ChaCha8Rng) -> u32 {
+    if options.temperature <= 0.0 {
+        return logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut probabilities: Vec<(usize, f64)> =
+        logits.iter().enumerate().map(|(i, l)| (i, (((l - max) as f64) / options.temperature).exp())).collect();
+    let total: f64 = probabilities.iter().map(|(_, p)| p).sum();
+    probabilities.iter_mut().for_each(|(_, p)| *p /= total);
+    probabilities.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut kept = Vec::new();
+    let mut mass = 0.0;
+    for (index, p) in probabilities {
+        kept.push((index, p));
+        mass += p;
+        if mass >= options.top_p {
+            break;
+        }
+    }
+    let mut draw = rng.random::<f64>() * mass;
+    for (index, p) in &kept {
+        if draw < *p {
+            return *index as u32;
+        }
+        draw -= p;
+    }
+    kept.last().map_or(0, |(i, _)| *i as u32)
+}

@@ -1,0 +1,105 @@
+//! Training through the real binary: a tiny model overfits three traces and then reproduces
+//! their tool calls with `generate`; a run killed with SIGKILL resumes from its checkpoint and
+//! ends with the weights of an uninterrupted run; bad flags are refused before anything runs.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::{cli, fixture, wait_for};
+
+fn overfit_dataset(dir: &Path) {
+    let run = cli(dir, &["import", "traces", fixture("overfit.jsonl").to_str().unwrap(), "--json"]);
+    assert_eq!(run.json()["imported"], 3, "{}", run.stderr);
+    let built = cli(dir, &["build-dataset", "--val-ratio", "0", "--test-ratio", "0", "--json"]);
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    assert_eq!(built.json()["counts"]["train"], 3);
+}
+
+#[test]
+fn a_tiny_model_overfits_and_reproduces_the_tool_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    overfit_dataset(dir.path());
+    let run = cli(dir.path(), &["train", "--phase", "sft", "--max-steps", "60", "--epochs", "60", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary = run.json();
+    let keys: Vec<&String> = summary.as_object().unwrap().keys().collect();
+    assert_eq!(keys, vec!["checkpoint_dir", "final_eval_loss", "final_loss", "first_loss", "model_id", "run_id", "steps", "tokens_per_second"]);
+    assert_eq!(summary["steps"], 60);
+    let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["final_loss"].as_f64().unwrap());
+    assert!(first > 5.0 && last < 0.2, "loss {first} -> {last}");
+    let model = summary["model_id"].as_str().unwrap();
+    let expectations = [
+        ("Where is the login code?", "Grep", serde_json::json!({"pattern": "def login", "path": "src"})),
+        ("How many users are in data/users.csv?", "Bash", serde_json::json!({"command": "wc -l data/users.csv"})),
+        ("Show me the README.", "Read", serde_json::json!({"file_path": "README.md"})),
+    ];
+    for (prompt, tool, arguments) in expectations {
+        let generated = cli(dir.path(), &["generate", "--model", model, "--system", "You are a coding agent. Use the tools.", "--prompt", prompt, "--max-tokens", "60", "--json"]);
+        assert_eq!(generated.code, 0, "{}", generated.stderr);
+        let reply = generated.json();
+        assert_eq!(reply["finish_reason"], "tool_calls", "{reply}");
+        assert_eq!(reply["tool_calls"][0]["name"], tool, "{reply}");
+        assert_eq!(reply["tool_calls"][0]["arguments"], arguments, "{reply}");
+        assert!(!reply["token_ids"].as_array().unwrap().is_empty());
+    }
+    let listed = cli(dir.path(), &["jobs", "show", summary["run_id"].as_str().unwrap(), "--json"]).json();
+    let metrics = listed["metrics"].as_array().unwrap();
+    for name in ["loss", "lr", "grad_norm", "tokens_per_second"] {
+        assert_eq!(metrics.iter().filter(|m| m["name"] == name).count(), 60, "{name} recorded every step");
+    }
+}
+
+fn final_weights(summary: &Value) -> Vec<u8> {
+    std::fs::read(Path::new(summary["checkpoint_dir"].as_str().unwrap()).join("model/model.safetensors")).unwrap()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let args = ["train", "--phase", "sft", "--max-steps", "24", "--epochs", "24", "--batch-size", "2", "--checkpoint-every", "4", "--eval-every", "100", "--seed", "5", "--json"];
+    let whole = tempfile::tempdir().unwrap();
+    overfit_dataset(whole.path());
+    let uninterrupted = cli(whole.path(), &args);
+    assert_eq!(uninterrupted.code, 0, "{}", uninterrupted.stderr);
+
+    let killed = tempfile::tempdir().unwrap();
+    overfit_dataset(killed.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .arg("--data-dir")
+        .arg(killed.path())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a checkpoint past the first, then SIGKILL.
+    let run_id = wait_for(120, "a checkpoint", || {
+        let jobs = cli(killed.path(), &["jobs", "list", "--json"]).json();
+        let job = jobs.as_array().unwrap().iter().find(|j| j["kind"] == "train")?.clone();
+        (job["checkpoint"]["step"].as_u64().unwrap_or(0) >= 8).then(|| job["id"].as_str().unwrap().to_string())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let shown = cli(killed.path(), &["jobs", "show", &run_id, "--json"]).json();
+    assert_eq!(shown["job"]["status"], "interrupted", "{shown}");
+    let resumed = cli(killed.path(), &["train", "--resume", &run_id, "--json"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert_eq!(resumed.json()["steps"], 24);
+    assert!(final_weights(&resumed.json()) == final_weights(&uninterrupted.json()), "resumed weights differ from an uninterrupted run");
+}
+
+#[test]
+fn bad_training_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_dataset = cli(dir.path(), &["train", "--phase", "sft"]);
+    assert_ne!(no_dataset.code, 0);
+    assert!(no_dataset.stderr.contains("build-dataset"), "{}", no_dataset.stderr);
+    overfit_dataset(dir.path());
+    let bad_lr = cli(dir.path(), &["train", "--phase", "sft", "--lr", "5"]);
+    assert_ne!(bad_lr.code, 0);
+    assert!(bad_lr.stderr.contains("lr"), "{}", bad_lr.stderr);
+    let bad_device = cli(dir.path(), &["train", "--phase", "sft", "--device", "tpu"]);
+    assert!(bad_device.stderr.contains("tpu"), "{}", bad_device.stderr);
+    assert!(cli(dir.path(), &["jobs", "list", "--json"]).json().as_array().unwrap().iter().all(|j| j["kind"] != "train"));
+}
