@@ -9,13 +9,18 @@ use super::progress::TerminalProgress;
 use crate::dataset::{datasets_dir, DatasetConfig};
 use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
 use crate::jobs::build_dataset::{params_value as build_params_value, BuildParams};
+use crate::jobs::train::{params_value as train_params_value, TrainParams};
+use crate::model::llama::LlamaConfig;
 use crate::model::source::ModelSource;
+use crate::train::sft::SftConfig;
 use crate::jobs::{run_job, JobKind, JobStatus};
 use crate::store::Store;
 use crate::web::Application;
 
 /// Quickstart is reproducible: the same 500 traces on every machine.
 const QUICKSTART_SEED: u64 = 42;
+/// A short SFT run: enough to show the loss falling on 2 CPU cores within minutes.
+const QUICKSTART_SFT_STEPS: u64 = 40;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -42,7 +47,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// The embedded default run: every pipeline stage that exists, then serve.
 pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
-    eprintln!("[1/3] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
+    eprintln!("[1/4] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
     let params = BootstrapParams { traces: 500, seed: QUICKSTART_SEED, templates: Vec::new() };
     let job = store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
     let bar = TerminalProgress::count("bootstrap");
@@ -56,7 +61,7 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         "      {} new traces, {} already there, {} in the store ({:.2}s)",
         report.synthetic, report.duplicates, report.total_traces, report.seconds
     );
-    eprintln!("[2/3] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks");
+    eprintln!("[2/4] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks");
     let dataset_config = DatasetConfig::new("quickstart".into(), ModelSource::Tiny);
     let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
     let job = store.connect()?.insert_job(JobKind::BuildDataset.as_str(), &build_params_value(&params), Some(std::process::id()))?;
@@ -76,6 +81,43 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         result["truncated"],
         result["dropped"]
     );
-    eprintln!("[3/3] serve");
+    eprintln!("[3/4] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU");
+    let dataset_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap_or_default());
+    let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sft = SftConfig {
+        max_steps: Some(QUICKSTART_SFT_STEPS),
+        epochs: 1,
+        batch_size: 2,
+        max_seq_len: 1024,
+        eval_every: 20,
+        checkpoint_every: 20,
+        seed: QUICKSTART_SEED,
+        ..SftConfig::default()
+    };
+    let params = TrainParams {
+        phase: "sft".into(),
+        dataset_id: result["id"].as_str().unwrap_or_default().to_string(),
+        dataset_dir,
+        base_model: "tiny".into(),
+        model_config: LlamaConfig::tiny(tokenizer.get_vocab_size(true)),
+        sft,
+        runs_dir: config.artifacts_dir().join("runs"),
+    };
+    let job = store.connect()?.insert_job(JobKind::Train.as_str(), &train_params_value(&params), Some(std::process::id()))?;
+    let bar = TerminalProgress::count("train");
+    let job = run_job(&store, job, Some(&bar))?;
+    bar.finish();
+    if job.status != JobStatus::Succeeded {
+        anyhow::bail!("training failed: {}", job.error.unwrap_or_default());
+    }
+    let run = job.result.unwrap_or_default();
+    eprintln!(
+        "      model {}: loss {:.3} -> {:.3}, {:.0} tokens/s",
+        run["model_id"].as_str().unwrap_or(""),
+        run["first_loss"].as_f64().unwrap_or(f64::NAN),
+        run["final_loss"].as_f64().unwrap_or(f64::NAN),
+        run["tokens_per_second"].as_f64().unwrap_or(0.0)
+    );
+    eprintln!("[4/4] serve");
     serve(config, args)
 }

@@ -25,11 +25,11 @@ pub const MAX_PER_PAGE: i64 = 500;
     paths(
         health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job,
         resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs,
-        build_dataset, list_datasets, get_dataset, get_dataset_file
+        build_dataset, list_datasets, get_dataset, get_dataset_file, start_run, list_models, get_model
     ),
     components(schemas(
         Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
-        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow
+        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow, RunRequest, crate::store::ModelRow
     ))
 )]
 pub struct ApiDoc;
@@ -52,6 +52,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/datasets", web::post().to(build_dataset))
         .route("/datasets/{id}", web::get().to(get_dataset))
         .route("/datasets/{id}/files/{name}", web::get().to(get_dataset_file))
+        .route("/runs", web::post().to(start_run))
+        .route("/models", web::get().to(list_models))
+        .route("/models/{id}", web::get().to(get_model))
         .route("/bootstrap", web::post().to(start_bootstrap))
         .route("/templates", web::get().to(list_templates))
         .route("/templates/{name}", web::get().to(get_template))
@@ -606,4 +609,60 @@ pub async fn get_dataset(state: web::Data<AppState>, id: web::Path<String>) -> R
 pub async fn get_dataset_file(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
     Ok(super::datasets::dataset_file(&state, id, &name).await?)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RunRequest {
+    /// Only `sft` in this build.
+    #[serde(default = "sft")]
+    pub phase: String,
+    pub dataset: String,
+    pub epochs: Option<u32>,
+    pub max_steps: Option<u64>,
+    pub lr: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub grad_accum: Option<usize>,
+    pub seed: Option<u64>,
+}
+
+fn sft() -> String {
+    "sft".into()
+}
+
+/// Start a training run (a `train` job); its metrics appear under /api/jobs/{id}.
+#[utoipa::path(post, path = "/api/runs", request_body = RunRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn start_run(state: web::Data<AppState>, request: web::Json<RunRequest>) -> Result<HttpResponse, ApiError> {
+    let request = request.into_inner();
+    if request.phase != "sft" {
+        return Err(WebError::BadRequest(format!("phase: {:?} is not available in this build yet (only sft)", request.phase)).into());
+    }
+    let defaults = crate::train::sft::SftConfig::default();
+    let config = crate::train::sft::SftConfig {
+        epochs: request.epochs.unwrap_or(defaults.epochs),
+        max_steps: request.max_steps,
+        lr: request.lr.unwrap_or(defaults.lr),
+        batch_size: request.batch_size.unwrap_or(defaults.batch_size),
+        grad_accum: request.grad_accum.unwrap_or(defaults.grad_accum),
+        seed: request.seed.unwrap_or(defaults.seed),
+        ..defaults
+    };
+    config.validate().map_err(WebError::BadRequest)?;
+    let job = super::training::enqueue(&state, request.dataset, config).await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+/// Trained models with lineage, newest first.
+#[utoipa::path(get, path = "/api/models", responses((status = 200, body = Vec<crate::store::ModelRow>)))]
+pub async fn list_models(state: web::Data<AppState>) -> Result<web::Json<Vec<crate::store::ModelRow>>, ApiError> {
+    Ok(web::Json(state.with_db(|db| Ok(db.list_models()?)).await?))
+}
+
+/// One model.
+#[utoipa::path(get, path = "/api/models/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::store::ModelRow), (status = 404, body = ErrorBody)))]
+pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<crate::store::ModelRow>, ApiError> {
+    let id = id.into_inner();
+    let row = state.with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}")))).await?;
+    Ok(web::Json(row))
 }

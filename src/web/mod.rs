@@ -9,6 +9,7 @@ mod bootstrap;
 mod datasets;
 mod error;
 mod pages;
+mod training;
 mod views;
 
 use std::net::{SocketAddr, TcpListener};
@@ -110,6 +111,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .configure(pages::routes)
         .configure(bootstrap::routes)
         .configure(datasets::routes)
+        .configure(training::routes)
         .route("/static/{path:.*}", web::get().to(assets::serve))
         .default_service(web::to(pages::not_found));
 }

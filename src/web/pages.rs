@@ -297,14 +297,21 @@ async fn import_upload(state: web::Data<AppState>, mut form: Multipart) -> Resul
     Ok(see_other(&format!("/jobs/{}", job.id)))
 }
 
-async fn recent_jobs(state: &AppState, limit: i64) -> Result<Vec<JobRow>, WebError> {
-    let jobs = state.with_db(move |db| Ok(db.list_jobs(limit)?)).await?;
-    Ok(jobs.iter().map(JobRow::from).collect())
+pub(super) async fn recent_jobs(state: &AppState, limit: i64) -> Result<Vec<JobRow>, WebError> {
+    recent_jobs_of(state, limit, None).await
+}
+
+pub(super) async fn recent_jobs_of(state: &AppState, limit: i64, kind: Option<String>) -> Result<Vec<JobRow>, WebError> {
+    let fetch = limit * if kind.is_some() { 10 } else { 1 };
+    let jobs = state.with_db(move |db| Ok(db.list_jobs(fetch)?)).await?;
+    Ok(jobs.iter().filter(|j| kind.as_ref().is_none_or(|k| &j.kind == k)).take(limit as usize).map(JobRow::from).collect())
 }
 
 #[derive(serde::Deserialize)]
 struct RowsQuery {
     limit: Option<i64>,
+    /// Only jobs of this kind.
+    kind: Option<String>,
 }
 
 async fn jobs(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
@@ -312,16 +319,33 @@ async fn jobs(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
 }
 
 async fn job_rows(state: web::Data<AppState>, query: web::Query<RowsQuery>) -> Result<HttpResponse, PageError> {
-    html(JobRowsPartial { jobs: recent_jobs(&state, query.limit.unwrap_or(50).clamp(1, 500)).await? })
+    let query = query.into_inner();
+    html(JobRowsPartial { jobs: recent_jobs_of(&state, query.limit.unwrap_or(50).clamp(1, 500), query.kind).await? })
 }
 
-async fn load_job(state: &AppState, id: String) -> Result<(JobRecord, Vec<crate::jobs::JobLog>), WebError> {
+async fn load_job(state: &AppState, id: String) -> Result<(JobRecord, Vec<crate::jobs::JobLog>, Vec<LineChart>), WebError> {
     state
         .with_db(move |db| {
             let job = db.get_job(&id)?.ok_or_else(|| WebError::NotFound(format!("no job with id {id:?}")))?;
-            Ok((job, db.job_logs(&id, 100)?))
+            let charts = metric_charts(&db.job_metrics(&id)?);
+            Ok((job, db.job_logs(&id, 100)?, charts))
         })
         .await
+}
+
+/// Line charts of a job's metrics (training: loss with eval loss, learning rate, gradient norm,
+/// tokens/s).
+fn metric_charts(metrics: &[crate::jobs::JobMetric]) -> Vec<LineChart> {
+    let series = |name: &str| -> Vec<(i64, f64)> { metrics.iter().filter(|m| m.name == name).map(|m| (m.step, m.value)).collect() };
+    [
+        LineChart::new("Loss", vec![("loss", "#2f6fdb", series("loss")), ("eval loss", "#d9480f", series("eval_loss"))]),
+        LineChart::new("Learning rate", vec![("lr", "#2b8a3e", series("lr"))]),
+        LineChart::new("Gradient norm", vec![("grad norm", "#7048e8", series("grad_norm"))]),
+        LineChart::new("Tokens per second", vec![("tokens/s", "#495057", series("tokens_per_second"))]),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn result_json(job: &JobRecord) -> Option<String> {
@@ -329,13 +353,13 @@ fn result_json(job: &JobRecord) -> Option<String> {
 }
 
 async fn job(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, PageError> {
-    let (job, logs) = load_job(&state, id.into_inner()).await?;
-    html(JobPage { nav: Nav::new("/jobs"), result_json: result_json(&job), job: JobRow::from(&job), logs })
+    let (job, logs, charts) = load_job(&state, id.into_inner()).await?;
+    html(JobPage { nav: Nav::new("/jobs"), result_json: result_json(&job), job: JobRow::from(&job), logs, charts })
 }
 
 async fn job_panel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, PageError> {
-    let (job, logs) = load_job(&state, id.into_inner()).await?;
-    html(JobPanelPartial { result_json: result_json(&job), job: JobRow::from(&job), logs })
+    let (job, logs, charts) = load_job(&state, id.into_inner()).await?;
+    html(JobPanelPartial { result_json: result_json(&job), job: JobRow::from(&job), logs, charts })
 }
 
 async fn cancel_job(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, PageError> {

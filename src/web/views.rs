@@ -18,11 +18,13 @@ pub struct NavItem {
     pub active: bool,
 }
 
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 9] = [
     ("/", "Dashboard"),
     ("/traces", "Traces"),
     ("/bootstrap", "Bootstrap"),
     ("/datasets", "Datasets"),
+    ("/training", "Training"),
+    ("/models", "Models"),
     ("/import", "Import"),
     ("/jobs", "Jobs"),
     ("/docs", "API"),
@@ -125,6 +127,7 @@ pub struct JobPage {
     pub job: JobRow,
     pub logs: Vec<JobLog>,
     pub result_json: Option<String>,
+    pub charts: Vec<LineChart>,
 }
 
 #[derive(Template)]
@@ -133,6 +136,101 @@ pub struct JobPanelPartial {
     pub job: JobRow,
     pub logs: Vec<JobLog>,
     pub result_json: Option<String>,
+    pub charts: Vec<LineChart>,
+}
+
+pub struct Series {
+    pub name: String,
+    pub color: &'static str,
+    pub points: String,
+    pub last: Option<String>,
+}
+
+/// A line chart of metrics over steps, rendered as SVG on the server.
+pub struct LineChart {
+    pub title: String,
+    pub width: u32,
+    pub height: u32,
+    pub y_min: String,
+    pub y_max: String,
+    pub x_max: i64,
+    pub series: Vec<Series>,
+}
+
+impl LineChart {
+    /// `series`: (name, color, [(step, value)]). Non-finite values are skipped.
+    pub fn new(title: &str, series: Vec<(&str, &'static str, Vec<(i64, f64)>)>) -> Option<LineChart> {
+        let values: Vec<f64> = series.iter().flat_map(|(_, _, p)| p.iter().map(|(_, v)| *v)).filter(|v| v.is_finite()).collect();
+        if values.is_empty() {
+            return None;
+        }
+        let (width, height) = (420u32, 160u32);
+        let x_max = series.iter().flat_map(|(_, _, p)| p.iter().map(|(s, _)| *s)).max().unwrap_or(1).max(1);
+        let y_min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let y_max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let span = (y_max - y_min).max(1e-12);
+        let (left, right, top, bottom) = (40.0, width as f64 - 5.0, 10.0, height as f64 - 20.0);
+        let format = |v: f64| if v.abs() >= 100.0 { format!("{v:.0}") } else if v.abs() >= 1.0 { format!("{v:.3}") } else { format!("{v:.2e}") };
+        let series = series
+            .into_iter()
+            .map(|(name, color, points)| {
+                let last = points.iter().rev().find(|(_, v)| v.is_finite()).map(|(_, v)| format(*v));
+                let points = points
+                    .iter()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(s, v)| {
+                        let x = left + (*s as f64 / x_max as f64) * (right - left);
+                        let y = bottom - ((v - y_min) / span) * (bottom - top);
+                        format!("{x:.1},{y:.1}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                Series { name: name.to_string(), color, points, last }
+            })
+            .collect();
+        Some(LineChart { title: title.to_string(), width, height, y_min: format(y_min), y_max: format(y_max), x_max, series })
+    }
+}
+
+pub struct FormField {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub value: String,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct TrainingForm {
+    pub fields: Vec<FormField>,
+    pub errors: std::collections::BTreeMap<&'static str, String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/training.html")]
+pub struct TrainingPage {
+    pub nav: Nav,
+    pub form: TrainingForm,
+    pub datasets: Vec<SelectOption>,
+    pub jobs: Vec<JobRow>,
+}
+
+pub struct ModelListRow {
+    pub id: String,
+    pub name: String,
+    pub base: String,
+    pub dataset: Option<String>,
+    pub run: Option<String>,
+    pub loss: String,
+    pub eval_loss: String,
+    pub speed: String,
+    pub created_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/models.html")]
+pub struct ModelsPage {
+    pub nav: Nav,
+    pub models: Vec<ModelListRow>,
 }
 
 pub struct TraceRow {

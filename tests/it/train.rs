@@ -103,3 +103,34 @@ fn bad_training_flags_are_refused() {
     assert!(bad_device.stderr.contains("tpu"), "{}", bad_device.stderr);
     assert!(cli(dir.path(), &["jobs", "list", "--json"]).json().as_array().unwrap().iter().all(|j| j["kind"] != "train"));
 }
+
+#[test]
+fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
+    use crate::support::{get, http, reply, spawn_app};
+    let app = spawn_app(overfit_dataset);
+    let page = get(&app.url("/training"));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Start training"));
+    let form = |body: &str| reply(http().post(&app.url("/training/start")).header("Content-Type", "application/x-www-form-urlencoded").send(body.as_bytes()));
+    let dataset = get(&app.url("/api/datasets")).json()[0]["id"].as_str().unwrap().to_string();
+    let bad = form(&format!("dataset={dataset}&phase=sft&epochs=0&max_steps=&lr=5&batch_size=2&grad_accum=1&warmup_steps=1&eval_every=2&checkpoint_every=2&seed=0"));
+    assert_eq!(bad.status, 422);
+    assert!(bad.body.contains("id=\"lr-error\"") && bad.body.contains("id=\"epochs-error\""), "{}", bad.body);
+    let good = form(&format!("dataset={dataset}&phase=sft&epochs=4&max_steps=4&lr=0.003&batch_size=2&grad_accum=1&warmup_steps=1&eval_every=2&checkpoint_every=2&seed=0"));
+    assert_eq!(good.status, 303, "{}", good.body);
+    let job = good.location.unwrap();
+    let id = job.trim_start_matches("/jobs/").to_string();
+    let detail = wait_for(120, "the run", || {
+        let detail = get(&app.url(&format!("/api/jobs/{id}"))).json();
+        (detail["job"]["status"] == "succeeded" || detail["job"]["status"] == "failed").then_some(detail)
+    });
+    assert_eq!(detail["job"]["status"], "succeeded", "{detail}");
+    let panel = get(&app.url(&format!("/jobs/{id}/panel")));
+    assert!(panel.body.contains("<polyline") && panel.body.contains("Loss") && panel.body.contains("eval loss"), "{}", panel.body);
+    let models = get(&app.url("/api/models")).json();
+    assert_eq!(models[0]["run_id"], id.as_str());
+    assert_eq!(models[0]["dataset_id"], dataset.as_str());
+    assert!(get(&app.url("/models")).body.contains(models[0]["id"].as_str().unwrap()));
+    let api = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"dataset": dataset, "phase": "ppo"})));
+    assert_eq!(api.status, 400);
+}
