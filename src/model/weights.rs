@@ -1,0 +1,124 @@
+//! Loading pretrained weights into Hugging Face names: a Hugging Face directory (config.json and
+//! one or sharded safetensors) or a GGUF file (metadata → config; tensors dequantized to f32;
+//! llama.cpp's Q/K row permutation undone; GGUF names mapped to HF names).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+
+use super::llama::LlamaConfig;
+use super::source::ModelSource;
+
+fn err(message: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{message}")
+}
+
+/// Config and f32 tensors (HF names) of a pretrained model.
+pub fn load(source: &ModelSource, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
+    match source {
+        ModelSource::Tiny => Err(err("the tiny preset has no pretrained weights")),
+        ModelSource::HfDir(dir) => load_hf_dir(dir, device),
+        ModelSource::Gguf(path) => load_gguf(path, device),
+    }
+}
+
+fn load_hf_dir(dir: &Path, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
+    let config: LlamaConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
+        .map_err(|e| err(format!("{}: {e}", dir.join("config.json").display())))?;
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(err(format!("{}: no *.safetensors files", dir.display())));
+    }
+    let mut tensors = HashMap::new();
+    for file in files {
+        for (name, tensor) in candle_core::safetensors::load(&file, device)? {
+            tensors.insert(name, tensor.to_dtype(DType::F32)?);
+        }
+    }
+    Ok((config, tensors))
+}
+
+fn metadata_usize(content: &gguf_file::Content, key: &str) -> anyhow::Result<usize> {
+    let value = content.metadata.get(key).ok_or_else(|| err(format!("GGUF metadata lacks {key}")))?;
+    Ok(value.to_u32().map(|v| v as usize).or_else(|_| value.to_u64().map(|v| v as usize))?)
+}
+
+fn metadata_f64(content: &gguf_file::Content, key: &str, default: f64) -> f64 {
+    content.metadata.get(key).and_then(|v| v.to_f32().ok()).map_or(default, f64::from)
+}
+
+/// Undo convert_hf_to_gguf's Q/K permutation: rows go back to HF's rotate-half layout.
+fn unpermute(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, columns) = weight.dims2()?;
+    weight.reshape((heads, rows / heads / 2, 2, columns))?.transpose(1, 2)?.contiguous()?.reshape((rows, columns))
+}
+
+fn load_gguf(path: &Path, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    if arch != "llama" {
+        return Err(err(format!("{}: architecture {arch:?} is not llama", path.display())));
+    }
+    let vocab_size = content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()).map_or(0, |v| v.len());
+    let heads = metadata_usize(&content, "llama.attention.head_count")?;
+    let kv_heads = metadata_usize(&content, "llama.attention.head_count_kv").unwrap_or(heads);
+    let tied = !content.tensor_infos.contains_key("output.weight");
+    let config = LlamaConfig {
+        vocab_size,
+        hidden_size: metadata_usize(&content, "llama.embedding_length")?,
+        intermediate_size: metadata_usize(&content, "llama.feed_forward_length")?,
+        num_hidden_layers: metadata_usize(&content, "llama.block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        rms_norm_eps: metadata_f64(&content, "llama.attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta: metadata_f64(&content, "llama.rope.freq_base", 10_000.0),
+        max_position_embeddings: metadata_usize(&content, "llama.context_length").unwrap_or(2048),
+        tie_word_embeddings: tied,
+        rope_scaling: None,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let mut tensors = HashMap::new();
+    let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    for gguf_name in names {
+        let tensor = content.tensor(&mut file, &gguf_name, device)?.dequantize(device)?.to_dtype(DType::F32)?;
+        let hf_name = match gguf_name.as_str() {
+            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
+            "output_norm.weight" => "model.norm.weight".to_string(),
+            "output.weight" => "lm_head.weight".to_string(),
+            other => {
+                let Some(rest) = other.strip_prefix("blk.") else { continue };
+                let (layer, part) = rest.split_once('.').ok_or_else(|| err(format!("unexpected tensor {other}")))?;
+                let mapped = match part {
+                    "attn_norm.weight" => "input_layernorm.weight",
+                    "ffn_norm.weight" => "post_attention_layernorm.weight",
+                    "attn_q.weight" => "self_attn.q_proj.weight",
+                    "attn_k.weight" => "self_attn.k_proj.weight",
+                    "attn_v.weight" => "self_attn.v_proj.weight",
+                    "attn_output.weight" => "self_attn.o_proj.weight",
+                    "ffn_gate.weight" => "mlp.gate_proj.weight",
+                    "ffn_up.weight" => "mlp.up_proj.weight",
+                    "ffn_down.weight" => "mlp.down_proj.weight",
+                    _ => continue,
+                };
+                format!("model.layers.{layer}.{mapped}")
+            }
+        };
+        let tensor = if hf_name.ends_with("q_proj.weight") {
+            unpermute(&tensor, heads)?
+        } else if hf_name.ends_with("k_proj.weight") {
+            unpermute(&tensor, kv_heads)?
+        } else {
+            tensor
+        };
+        tensors.insert(hf_name, tensor);
+    }
+    Ok((config, tensors))
+}
