@@ -53,9 +53,15 @@ pub struct TrainArgs {
     /// Cut training sequences to this many tokens.
     #[arg(long, default_value_t = 2048)]
     pub max_seq_len: usize,
-    /// LoRA rank (LoRA is not in this build yet).
+    /// Train LoRA adapters of this rank on a frozen pretrained base (needs --model PATH).
     #[arg(long)]
     pub lora_rank: Option<usize>,
+    /// LoRA alpha (default: twice the rank).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Projections that get adapters (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+    pub lora_targets: Vec<String>,
     /// auto, cpu or cuda[:N].
     #[arg(long, default_value = "auto")]
     pub device: String,
@@ -91,22 +97,30 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
             if args.phase != Phase::Sft {
                 anyhow::bail!("--phase {:?} is not available in this build yet; run --phase sft", args.phase);
             }
-            if args.lora_rank.is_some() {
-                anyhow::bail!("--lora-rank: LoRA is not available in this build yet (full fine-tuning only)");
-            }
             let dataset = match &args.dataset {
                 Some(id) => db.get_dataset(id)?.with_context(|| format!("no dataset with id {id:?}"))?,
                 None => db.list_datasets()?.into_iter().next().context("no dataset yet: run `understudy build-dataset` first")?,
             };
             let base = ModelSource::parse(&args.model)?;
-            if base != ModelSource::Tiny {
-                anyhow::bail!("--model {}: training from a pretrained base is not available in this build yet; use --model tiny", args.model);
-            }
             let dataset_dir = std::path::PathBuf::from(&dataset.path);
-            let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json"))
-                .map_err(|e| anyhow::anyhow!("the dataset's tokenizer: {e}"))?;
-            let mut model_config = LlamaConfig::tiny(tokenizer.get_vocab_size(true));
-            model_config.max_position_embeddings = model_config.max_position_embeddings.max(args.max_seq_len);
+            let model_config = match &base {
+                ModelSource::Tiny => {
+                    let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json"))
+                        .map_err(|e| anyhow::anyhow!("the dataset's tokenizer: {e}"))?;
+                    let mut model_config = LlamaConfig::tiny(tokenizer.get_vocab_size(true));
+                    model_config.max_position_embeddings = model_config.max_position_embeddings.max(args.max_seq_len);
+                    model_config
+                }
+                pretrained => crate::model::weights::load(pretrained, &candle_core::Device::Cpu)?.0,
+            };
+            if args.lora_rank.is_some() && base == ModelSource::Tiny {
+                anyhow::bail!("--lora-rank: LoRA needs a pretrained base (--model DIR or FILE.gguf), not tiny");
+            }
+            let lora = args.lora_rank.map(|rank| crate::model::llama::LoraConfig {
+                rank,
+                alpha: args.lora_alpha.unwrap_or(2.0 * rank as f64),
+                targets: args.lora_targets.clone(),
+            });
             let sft = SftConfig {
                 epochs: args.epochs,
                 max_steps: args.max_steps,
@@ -119,6 +133,7 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
                 max_seq_len: args.max_seq_len,
                 seed: args.seed,
                 device: args.device.clone(),
+                lora,
                 ..SftConfig::default()
             };
             sft.validate().map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
@@ -127,7 +142,10 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
                 phase: "sft".into(),
                 dataset_id: dataset.id.clone(),
                 dataset_dir,
-                base_model: "tiny".into(),
+                base_model: match &base {
+                    ModelSource::Tiny => "tiny".into(),
+                    other => other.label(),
+                },
                 model_config,
                 sft,
                 runs_dir: config.artifacts_dir().join("runs"),

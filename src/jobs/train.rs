@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::{JobContext, JobError};
 use crate::model::llama::LlamaConfig;
+use crate::model::source::ModelSource;
 use crate::store::NewModel;
 use crate::train::sft::{self, SftConfig, TrainError, TrainHooks};
 
@@ -97,10 +98,18 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
             params.sft.seed
         ),
     )?;
+    let init = if params.base_model == "tiny" {
+        sft::Init::Scratch
+    } else {
+        let source = ModelSource::parse(&params.base_model).map_err(|e| JobError::Failed(e.to_string()))?;
+        let device = crate::model::llama::device_for(&params.sft.device).map_err(JobError::Failed)?;
+        let (_, tensors) = crate::model::weights::load(&source, &device).map_err(|e| JobError::Failed(format!("loading {}: {e}", params.base_model)))?;
+        sft::Init::Pretrained(tensors)
+    };
     let started = std::time::Instant::now();
     let summary = {
         let mut hooks = JobHooks { context: &mut *context, started };
-        sft::train(&params.dataset_dir, &params.model_config, &params.sft, &run_dir, resume_dir.as_deref(), &mut hooks)
+        sft::train(&params.dataset_dir, &params.model_config, &params.sft, init, &run_dir, resume_dir.as_deref(), &mut hooks)
     };
     let summary = match summary {
         Ok(summary) => summary,

@@ -119,14 +119,60 @@ impl LlamaConfig {
     }
 }
 
+/// LoRA adapters: `y = W x + (alpha / rank) · B A x` on the targeted projections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Projection names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    pub const PROJECTIONS: [&'static str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.rank == 0 || self.rank > 1024 {
+            return Err("lora rank must be 1 to 1024".into());
+        }
+        if let Some(bad) = self.targets.iter().find(|t| !Self::PROJECTIONS.contains(&t.as_str())) {
+            return Err(format!("lora target {bad:?} is not one of {}", Self::PROJECTIONS.join(", ")));
+        }
+        if self.targets.is_empty() {
+            return Err("lora needs at least one target".into());
+        }
+        Ok(())
+    }
+}
+
+/// A projection, frozen or trainable, with an optional LoRA adapter.
+struct Proj {
+    base: Linear,
+    adapter: Option<(Linear, Linear, f64)>,
+}
+
+impl Proj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.adapter {
+            Some((a, b, scale)) => y + (b.forward(&a.forward(x)?)? * *scale)?,
+            None => Ok(y),
+        }
+    }
+}
+
 struct Block {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
     input_norm: Tensor,
     post_attention_norm: Tensor,
 }
@@ -170,25 +216,47 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 impl Llama {
     /// Build from weights named as in Hugging Face checkpoints.
     pub fn new(config: LlamaConfig, vb: VarBuilder) -> Result<Llama> {
+        Llama::new_with_lora(config, vb, None)
+    }
+
+    /// Build with LoRA adapters on the targeted projections, read from `adapters`
+    /// (`<projection>.lora_A.weight` (rank, in) and `.lora_B.weight` (out, rank)).
+    pub fn new_with_lora(config: LlamaConfig, vb: VarBuilder, lora: Option<(&LoraConfig, VarBuilder)>) -> Result<Llama> {
         config.validate().map_err(candle_core::Error::msg)?;
         let (d, head_dim) = (config.hidden_size, config.head_dim());
         let (n_heads, n_kv) = (config.num_attention_heads, config.num_key_value_heads);
         let embed_weight = vb.pp("model.embed_tokens").get((config.vocab_size, d), "weight")?;
         let embed_tokens = Embedding::new(embed_weight.clone(), d);
         let linear = |vb: VarBuilder, input: usize, output: usize| -> Result<Linear> { Ok(Linear::new(vb.get((output, input), "weight")?, None)) };
+        let proj = |prefix: &str, vb: VarBuilder, input: usize, output: usize| -> Result<Proj> {
+            let base = linear(vb, input, output)?;
+            let name = prefix.rsplit('.').next().unwrap_or(prefix);
+            let adapter = match &lora {
+                Some((spec, adapters)) if spec.targets.iter().any(|t| t == name) => {
+                    let at = adapters.pp(prefix);
+                    let a = Linear::new(at.pp("lora_A").get((spec.rank, input), "weight")?, None);
+                    let b = Linear::new(at.pp("lora_B").get((output, spec.rank), "weight")?, None);
+                    Some((a, b, spec.scale()))
+                }
+                _ => None,
+            };
+            Ok(Proj { base, adapter })
+        };
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for index in 0..config.num_hidden_layers {
-            let vb = vb.pp(format!("model.layers.{index}"));
+            let layer = format!("model.layers.{index}");
+            let vb = vb.pp(&layer);
             let attention = vb.pp("self_attn");
             let mlp = vb.pp("mlp");
+            let at = |part: &str| format!("{layer}.{part}");
             blocks.push(Block {
-                q_proj: linear(attention.pp("q_proj"), d, n_heads * head_dim)?,
-                k_proj: linear(attention.pp("k_proj"), d, n_kv * head_dim)?,
-                v_proj: linear(attention.pp("v_proj"), d, n_kv * head_dim)?,
-                o_proj: linear(attention.pp("o_proj"), n_heads * head_dim, d)?,
-                gate_proj: linear(mlp.pp("gate_proj"), d, config.intermediate_size)?,
-                up_proj: linear(mlp.pp("up_proj"), d, config.intermediate_size)?,
-                down_proj: linear(mlp.pp("down_proj"), config.intermediate_size, d)?,
+                q_proj: proj(&at("self_attn.q_proj"), attention.pp("q_proj"), d, n_heads * head_dim)?,
+                k_proj: proj(&at("self_attn.k_proj"), attention.pp("k_proj"), d, n_kv * head_dim)?,
+                v_proj: proj(&at("self_attn.v_proj"), attention.pp("v_proj"), d, n_kv * head_dim)?,
+                o_proj: proj(&at("self_attn.o_proj"), attention.pp("o_proj"), n_heads * head_dim, d)?,
+                gate_proj: proj(&at("mlp.gate_proj"), mlp.pp("gate_proj"), d, config.intermediate_size)?,
+                up_proj: proj(&at("mlp.up_proj"), mlp.pp("up_proj"), d, config.intermediate_size)?,
+                down_proj: proj(&at("mlp.down_proj"), mlp.pp("down_proj"), config.intermediate_size, d)?,
                 input_norm: vb.pp("input_layernorm").get(d, "weight")?,
                 post_attention_norm: vb.pp("post_attention_layernorm").get(d, "weight")?,
             });

@@ -38,6 +38,9 @@ pub struct SftConfig {
     pub eval_examples: usize,
     pub seed: u64,
     pub device: String,
+    /// Train LoRA adapters on a frozen pretrained base instead of every weight.
+    #[serde(default)]
+    pub lora: Option<crate::model::llama::LoraConfig>,
 }
 
 impl Default for SftConfig {
@@ -57,6 +60,7 @@ impl Default for SftConfig {
             eval_examples: 16,
             seed: 0,
             device: "cpu".into(),
+            lora: None,
         }
     }
 }
@@ -74,6 +78,9 @@ impl SftConfig {
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return Err("epochs: at least one epoch (or --max-steps)".into());
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
         }
         Ok(())
     }
@@ -206,12 +213,22 @@ pub fn eval_loss(model: &Llama, examples: &[Example], config: &SftConfig, device
     Ok((weight > 0.0).then(|| total / weight))
 }
 
+/// Where the weights start.
+pub enum Init {
+    /// Seeded random initialisation (the `tiny` preset).
+    Scratch,
+    /// A pretrained model's tensors, by Hugging Face name.
+    Pretrained(std::collections::HashMap<String, Tensor>),
+}
+
 /// Train. `resume` is a checkpoint directory to continue from. Writes checkpoints and the final
-/// model (config.json + model.safetensors) under `run_dir`.
+/// model (config.json + model.safetensors; with LoRA also adapter.safetensors, and the weights
+/// merged) under `run_dir`.
 pub fn train(
     dataset_dir: &Path,
     model_config: &LlamaConfig,
     config: &SftConfig,
+    init: Init,
     run_dir: &Path,
     resume: Option<&Path>,
     hooks: &mut dyn TrainHooks,
@@ -223,9 +240,36 @@ pub fn train(
     if train_examples.is_empty() {
         return Err(TrainError::Config("the dataset has no training examples".into()));
     }
-    let varmap = init_varmap(model_config, config.seed, &device)?;
-    let model = Llama::new(model_config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-    let vars = ordered_vars(model_config, &varmap);
+    let (varmap, model, vars, frozen_base) = match (&config.lora, init) {
+        (None, Init::Scratch) => {
+            let varmap = init_varmap(model_config, config.seed, &device)?;
+            let model = Llama::new(model_config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+            let vars = ordered_vars(model_config, &varmap);
+            (varmap, model, vars, None)
+        }
+        (None, Init::Pretrained(tensors)) => {
+            let varmap = super::params::varmap_from_tensors(model_config, &tensors)?;
+            let model = Llama::new(model_config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+            let vars = ordered_vars(model_config, &varmap);
+            (varmap, model, vars, None)
+        }
+        (Some(_), Init::Scratch) => return Err(TrainError::Config("lora: LoRA needs a pretrained base model (--model PATH), not tiny".into())),
+        (Some(lora), Init::Pretrained(tensors)) => {
+            let varmap = super::params::init_lora_varmap(model_config, lora, config.seed, &device)?;
+            let base = VarBuilder::from_tensors(tensors.clone(), DType::F32, &device);
+            let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+            let model = Llama::new_with_lora(model_config.clone(), base, Some((lora, adapters)))?;
+            let vars = super::params::ordered_lora_vars(model_config, lora, &varmap);
+            (varmap, model, vars, Some(tensors))
+        }
+    };
+    let max_id = train_examples.iter().flat_map(|e| e.ids.iter()).copied().max().unwrap_or(0);
+    if max_id as usize >= model_config.vocab_size {
+        return Err(TrainError::Config(format!(
+            "the dataset has token id {max_id} but the model's vocabulary has {} entries: build the dataset with this model's tokenizer (--model)",
+            model_config.vocab_size
+        )));
+    }
     let mut optimizer = AdamW::new(&vars, config.weight_decay)?;
     let per_step = config.batch_size * config.grad_accum;
     let steps_per_epoch = train_examples.len().div_ceil(per_step) as u64;
@@ -317,7 +361,17 @@ pub fn train(
         std::fs::remove_dir_all(&staging)?;
     }
     std::fs::create_dir_all(&staging)?;
-    varmap.save(staging.join("model.safetensors"))?;
+    match (&config.lora, &frozen_base) {
+        (Some(lora), Some(base)) => {
+            varmap.save(staging.join("adapter.safetensors"))?;
+            let adapters: std::collections::HashMap<String, Tensor> =
+                vars.iter().map(|(name, var, _)| (name.clone(), var.as_tensor().clone())).collect();
+            let merged = super::params::merge_lora(lora, base, &adapters)?;
+            candle_core::safetensors::save(&merged, staging.join("model.safetensors"))?;
+            std::fs::write(staging.join("adapter_config.json"), serde_json::to_string_pretty(lora).expect("lora serialises"))?;
+        }
+        _ => varmap.save(staging.join("model.safetensors"))?,
+    }
     std::fs::write(staging.join("config.json"), serde_json::to_string_pretty(model_config).expect("config serialises"))?;
     for name in ["tokenizer.json", "chat_template.jinja", "template.json"] {
         std::fs::copy(dataset_dir.join(name), staging.join(name))?;
@@ -469,7 +523,7 @@ mod tests {
         let config = SftConfig { epochs: 10, lr: 1e-2, batch_size: 3, grad_accum: 2, warmup_steps: 2, eval_every: 5, checkpoint_every: 4, seed: 7, ..SftConfig::default() };
         let whole = tempfile::tempdir().unwrap();
         let mut recorder = Recorder { losses: Vec::new() };
-        let summary = train(data_dir.path(), &micro_config(), &config, whole.path(), None, &mut recorder).unwrap();
+        let summary = train(data_dir.path(), &micro_config(), &config, Init::Scratch, whole.path(), None, &mut recorder).unwrap();
         assert_eq!(summary.steps, 20);
         assert!(summary.final_loss < summary.first_loss * 0.7, "{} -> {}", summary.first_loss, summary.final_loss);
 
@@ -485,11 +539,11 @@ mod tests {
             }
             fn log(&mut self, _message: &str) {}
         }
-        let interrupted = train(data_dir.path(), &micro_config(), &config, split.path(), None, &mut StopAt(8));
+        let interrupted = train(data_dir.path(), &micro_config(), &config, Init::Scratch, split.path(), None, &mut StopAt(8));
         assert!(matches!(interrupted, Err(TrainError::Cancelled)));
         let checkpoint = split.path().join("checkpoint-000008");
         assert!(checkpoint.join("optimizer.safetensors").exists());
-        train(data_dir.path(), &micro_config(), &config, split.path(), Some(&checkpoint), &mut Recorder { losses: Vec::new() }).unwrap();
+        train(data_dir.path(), &micro_config(), &config, Init::Scratch, split.path(), Some(&checkpoint), &mut Recorder { losses: Vec::new() }).unwrap();
         assert_eq!(weights(whole.path()), weights(split.path()), "resumed weights equal uninterrupted weights");
     }
 }
