@@ -13,6 +13,17 @@ use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// SFT steps of the tiny preset on CPU: tokens/s and peak memory.
+    Sft {
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+    },
     /// Tokenize a dataset's training text with its tokenizer (one thread and batched).
     Tokenize {
         /// A dataset directory (artifacts/datasets/<id>).
@@ -35,6 +46,9 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
+        BenchCommand::Sft { vocab_size, batch_size, seq_len, steps } => {
+            print_json(&crate::train::bench::sft(vocab_size, batch_size, seq_len, steps)?)?;
+        }
         BenchCommand::Tokenize { dataset_dir, dump_corpus, repeats } => {
             let figures = crate::dataset::bench::tokenize(&dataset_dir, dump_corpus.as_deref(), repeats)?;
             print_json(&figures)?;

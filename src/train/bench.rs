@@ -1,0 +1,78 @@
+//! SFT throughput on the `tiny` preset: a few optimizer steps on random tokens (every position
+//! trained), timed, with the process's peak resident memory. Printed by `understudy bench sft`
+//! and compared with PyTorch by `bench/sft_speed.py`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::optimizer::{clip_global_norm, AdamW};
+use super::params::{init_varmap, ordered_vars};
+use crate::model::llama::{masked_cross_entropy, Llama, LlamaConfig};
+
+#[derive(Debug, serde::Serialize)]
+pub struct SftFigures {
+    pub benchmark: &'static str,
+    pub config: LlamaConfig,
+    pub parameters: usize,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub steps: usize,
+    pub seconds_per_step: f64,
+    pub tokens_per_second: f64,
+    pub peak_rss_mib: Option<f64>,
+    pub threads: usize,
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn sft(vocab_size: usize, batch_size: usize, seq_len: usize, steps: usize) -> candle_core::Result<SftFigures> {
+    let device = Device::Cpu;
+    let config = LlamaConfig::tiny(vocab_size);
+    let varmap = init_varmap(&config, 0, &device)?;
+    let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let vars = ordered_vars(&config, &varmap);
+    let parameters = vars.iter().map(|(_, v, _)| v.elem_count()).sum();
+    let mut optimizer = AdamW::new(&vars, 0.01)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut timings = Vec::new();
+    for step in 0..steps + 1 {
+        let ids: Vec<u32> = (0..batch_size * (seq_len + 1)).map(|_| rng.random_range(0..vocab_size as u32)).collect();
+        let all = Tensor::from_vec(ids, (batch_size, seq_len + 1), &device)?;
+        let started = Instant::now();
+        let inputs = all.narrow(1, 0, seq_len)?.contiguous()?;
+        let targets = all.narrow(1, 1, seq_len)?.contiguous()?.flatten_all()?;
+        let logits = model.forward(&inputs, None)?.reshape((batch_size * seq_len, vocab_size))?;
+        let mask = Tensor::ones(batch_size * seq_len, DType::F32, &device)?;
+        let loss = masked_cross_entropy(&logits, &targets, &mask)?;
+        let store = loss.backward()?;
+        let mut grads: Vec<Option<Tensor>> = vars.iter().map(|(_, v, _)| store.get(v.as_tensor()).cloned()).collect();
+        clip_global_norm(&mut grads, 1.0)?;
+        optimizer.apply(&vars, &grads, 1e-3)?;
+        // The first step pays one-time allocation costs; it is not counted.
+        if step > 0 {
+            timings.push(started.elapsed().as_secs_f64());
+        }
+    }
+    let seconds_per_step = timings.iter().sum::<f64>() / timings.len().max(1) as f64;
+    Ok(SftFigures {
+        benchmark: "sft_tiny_cpu",
+        config,
+        parameters,
+        batch_size,
+        seq_len,
+        steps,
+        seconds_per_step,
+        tokens_per_second: (batch_size * seq_len) as f64 / seconds_per_step,
+        peak_rss_mib: peak_rss_mib(),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    })
+}
