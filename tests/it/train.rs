@@ -197,3 +197,53 @@ fn lora_trains_adapters_and_leaves_the_base_untouched() {
     let generated = cli(dir.path(), &["generate", "--model", summary["model_id"].as_str().unwrap(), "--prompt", "Show me the README.", "--max-tokens", "8", "--json"]);
     assert_eq!(generated.code, 0, "{}", generated.stderr);
 }
+
+/// The forward-pass correctness anchor: SmolLM2-135M-Instruct from its GGUF gives the same greedy
+/// continuations as llama.cpp (PyPI llama-cpp-python) on the same file, with logits close to it.
+#[test]
+fn smollm2_matches_llama_cpp() {
+    use std::io::Write;
+    use understudy::model::chat_template::ChatTemplate;
+    use understudy::model::generate::{GenerateOptions, LoadedModel};
+    use understudy::model::llama::Llama;
+    use understudy::model::source::ModelSource;
+    use understudy::traces::{Message, Role};
+    let gguf = crate::dataset::smollm2_gguf();
+    let device = candle_core::Device::Cpu;
+    let (config, tensors) = understudy::model::weights::load(&ModelSource::Gguf(gguf.clone()), &device).unwrap();
+    let model = Llama::new(config, candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device)).unwrap();
+    let tokenizer = understudy::model::tokenizer::from_gguf(&understudy::model::tokenizer::read_gguf(&gguf).unwrap()).unwrap().tokenizer;
+    let loaded = LoadedModel { model, tokenizer, template: ChatTemplate::chatml_hermes() };
+    let questions = ["What is the capital of France?", "Write a Python function that adds two numbers.", "List three colors."];
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            let text = loaded.template.render(&[Message::text(Role::User, *q)], &[], true).unwrap();
+            loaded.tokenizer.encode(text.as_str(), false).unwrap().get_ids().to_vec()
+        })
+        .collect();
+    let max_tokens = 12;
+    let stop: Vec<u32> = vec![loaded.tokenizer.token_to_id("<|im_end|>").unwrap()];
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/llama_cpp_greedy.py");
+    let mut child = Command::new("python3").arg(script).arg(&gguf).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::json!({"prompts": prompts, "max_tokens": max_tokens, "stop": stop}).to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "llama.cpp reference failed (pip install llama-cpp-python; .ci/run does)");
+    let reference: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (index, prompt) in prompts.iter().enumerate() {
+        let ours = loaded.generate_ids(prompt, &GenerateOptions { max_tokens, ..GenerateOptions::default() }).unwrap();
+        let theirs: Vec<u32> = serde_json::from_value(reference["continuations"][index].clone()).unwrap();
+        assert_eq!(ours.token_ids, theirs, "greedy continuation of {:?}", questions[index]);
+        let input = candle_core::Tensor::from_vec(prompt.clone(), (1, prompt.len()), &device).unwrap();
+        let logits = loaded.model.forward_last(&input, None).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let reference_logits: Vec<f64> = serde_json::from_value(reference["logits"][index].clone()).unwrap();
+        let max_diff = logits.iter().zip(&reference_logits).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        eprintln!("{:?}: max |logit diff| vs llama.cpp = {max_diff:.4}", questions[index]);
+        assert!(max_diff < 1.0, "logits differ by up to {max_diff}");
+    }
+}
