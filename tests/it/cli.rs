@@ -7,21 +7,9 @@ use serde_json::{json, Value};
 use understudy::jobs::JobRunner;
 use understudy::store::Store;
 
-use crate::support::{cli, fixture, import_fixture};
+use crate::support::{cli, error_lines, fixture, import_fixture, reason};
 
-fn error_lines(report: &Value) -> Vec<u64> {
-    report["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect()
-}
 
-fn reason(report: &Value, line: u64) -> String {
-    report["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["line"] == line)
-        .map(|e| e["reason"].as_str().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no error for line {line}: {report}"))
-}
 
 fn trace_count(dir: &std::path::Path) -> usize {
     let run = cli(dir, &["traces", "list", "--json", "--limit", "100000"]);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use understudy::jobs::JobRunner;
 use understudy::store::Store;
 
-use crate::support::{cli, cli_with_env, fixture, wait_for};
+use crate::support::{cli, cli_with_env, error_lines, fixture, reason, wait_for};
 
 fn import_dpo(dir: &Path, name: &str) -> Value {
     let run = cli(dir, &["import", "dpo", fixture(name).to_str().unwrap(), "--json"]);
@@ -17,19 +17,7 @@ fn import_dpo(dir: &Path, name: &str) -> Value {
     run.json()
 }
 
-fn error_lines(report: &Value) -> Vec<u64> {
-    report["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect()
-}
 
-fn reason(report: &Value, line: u64) -> String {
-    report["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["line"] == line)
-        .map(|e| e["reason"].as_str().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no error for line {line}: {report}"))
-}
 
 fn counts(report: &Value) -> (u64, u64, u64) {
     (report["imported"].as_u64().unwrap(), report["duplicates"].as_u64().unwrap(), report["rejected"].as_u64().unwrap())

@@ -156,3 +156,19 @@ pub fn wait_for<T>(seconds: u64, what: &str, mut check: impl FnMut() -> Option<T
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Line numbers of an import report's errors.
+pub fn error_lines(report: &Value) -> Vec<u64> {
+    report["errors"].as_array().unwrap().iter().map(|e| e["line"].as_u64().unwrap()).collect()
+}
+
+/// The reason an import report gives for one line.
+pub fn reason(report: &Value, line: u64) -> String {
+    report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["line"] == line)
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no error for line {line}: {report}"))
+}
