@@ -13,6 +13,17 @@ use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// LoRA (rank 8, q/k/v/o) steps on a pretrained base, e.g. SmolLM2-135M's GGUF.
+    Lora {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+    },
     /// SFT steps of the tiny preset on CPU: tokens/s and peak memory.
     Sft {
         #[arg(long, default_value_t = 4096)]
@@ -46,6 +57,11 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
+        BenchCommand::Lora { model, batch_size, seq_len, steps } => {
+            let source = crate::model::source::ModelSource::parse(&model)?;
+            let (config, tensors) = crate::model::weights::load(&source, &candle_core::Device::Cpu)?;
+            print_json(&crate::train::bench::lora(config, tensors, batch_size, seq_len, steps)?)?;
+        }
         BenchCommand::Sft { vocab_size, batch_size, seq_len, steps } => {
             print_json(&crate::train::bench::sft(vocab_size, batch_size, seq_len, steps)?)?;
         }

@@ -357,7 +357,9 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) ->
 
 pub fn device_for(name: &str) -> std::result::Result<Device, String> {
     match name {
-        "cpu" | "auto" => Ok(Device::Cpu),
+        "cpu" => Ok(Device::Cpu),
+        // The first CUDA device when built with `--features cuda` and one is present, else CPU.
+        "auto" => Device::cuda_if_available(0).map_err(|e| e.to_string()),
         other if other.starts_with("cuda") => {
             let ordinal = other.strip_prefix("cuda:").map(|n| n.parse::<usize>().map_err(|_| format!("bad device {other:?}"))).transpose()?.unwrap_or(0);
             Device::new_cuda(ordinal).map_err(|e| format!("{other}: {e} (build with --features cuda on a machine with CUDA)"))

@@ -40,6 +40,41 @@ pub fn sft(vocab_size: usize, batch_size: usize, seq_len: usize, steps: usize) -
     let varmap = init_varmap(&config, 0, &device)?;
     let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     let vars = ordered_vars(&config, &varmap);
+    run_steps("sft_tiny_cpu", &model, &vars, batch_size, seq_len, steps)
+}
+
+/// LoRA steps (rank 8 on q/k/v/o) on a pretrained base, e.g. SmolLM2-135M from its GGUF.
+pub fn lora(
+    config: LlamaConfig,
+    base: std::collections::HashMap<String, Tensor>,
+    batch_size: usize,
+    seq_len: usize,
+    steps: usize,
+) -> candle_core::Result<SftFigures> {
+    let device = Device::Cpu;
+    let lora = crate::model::llama::LoraConfig { rank: 8, alpha: 16.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec() };
+    let varmap = super::params::init_lora_varmap(&config, &lora, 0, &device)?;
+    let model = Llama::new_with_lora(
+        config.clone(),
+        VarBuilder::from_tensors(base, DType::F32, &device),
+        Some((&lora, VarBuilder::from_varmap(&varmap, DType::F32, &device))),
+    )?;
+    let vars = super::params::ordered_lora_vars(&config, &lora, &varmap);
+    run_steps("lora_r8_cpu", &model, &vars, batch_size, seq_len, steps)
+}
+
+fn run_steps(
+    benchmark: &'static str,
+    model: &Llama,
+    vars: &[(String, candle_core::Var, bool)],
+    batch_size: usize,
+    seq_len: usize,
+    steps: usize,
+) -> candle_core::Result<SftFigures> {
+    let device = Device::Cpu;
+    let config = model.config.clone();
+    let vocab_size = config.vocab_size;
+    let vars = vars.to_vec();
     let parameters = vars.iter().map(|(_, v, _)| v.elem_count()).sum();
     let mut optimizer = AdamW::new(&vars, 0.01)?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -64,7 +99,7 @@ pub fn sft(vocab_size: usize, batch_size: usize, seq_len: usize, steps: usize) -
     }
     let seconds_per_step = timings.iter().sum::<f64>() / timings.len().max(1) as f64;
     Ok(SftFigures {
-        benchmark: "sft_tiny_cpu",
+        benchmark,
         config,
         parameters,
         batch_size,
