@@ -59,6 +59,9 @@ pub struct TrainArgs {
     /// LoRA alpha (default: twice the rank).
     #[arg(long)]
     pub lora_alpha: Option<f64>,
+    /// Dropout on the adapters' input during training.
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f64,
     /// Projections that get adapters (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
     pub lora_targets: Vec<String>,
@@ -119,6 +122,7 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
             let lora = args.lora_rank.map(|rank| crate::model::llama::LoraConfig {
                 rank,
                 alpha: args.lora_alpha.unwrap_or(2.0 * rank as f64),
+                dropout: args.lora_dropout,
                 targets: args.lora_targets.clone(),
             });
             let sft = SftConfig {

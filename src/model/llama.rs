@@ -124,6 +124,9 @@ impl LlamaConfig {
 pub struct LoraConfig {
     pub rank: usize,
     pub alpha: f64,
+    /// Dropout on the adapter's input during training (0 disables it).
+    #[serde(default)]
+    pub dropout: f64,
     /// Projection names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj.
     pub targets: Vec<String>,
 }
@@ -145,7 +148,21 @@ impl LoraConfig {
         if self.targets.is_empty() {
             return Err("lora needs at least one target".into());
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err("lora dropout must be at least 0 and below 1".into());
+        }
         Ok(())
+    }
+}
+
+/// Seeds LoRA dropout masks while training; `None` (evaluation, generation) disables dropout.
+/// Masks come from a seeded generator, so a resumed run draws the same masks.
+#[derive(Clone, Default)]
+pub struct DropoutSeed(std::rc::Rc<std::cell::Cell<Option<u64>>>);
+
+impl DropoutSeed {
+    pub fn set(&self, seed: Option<u64>) {
+        self.0.set(seed);
     }
 }
 
@@ -153,15 +170,28 @@ impl LoraConfig {
 struct Proj {
     base: Linear,
     adapter: Option<(Linear, Linear, f64)>,
+    dropout: f64,
+    /// Distinguishes this projection's masks from the others'.
+    index: u64,
+    seed: DropoutSeed,
 }
 
 impl Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.base.forward(x)?;
-        match &self.adapter {
-            Some((a, b, scale)) => y + (b.forward(&a.forward(x)?)? * *scale)?,
-            None => Ok(y),
-        }
+        let Some((a, b, scale)) = &self.adapter else { return Ok(y) };
+        let input = match self.seed.0.get() {
+            Some(seed) if self.dropout > 0.0 => {
+                use rand::{Rng, SeedableRng};
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let keep = 1.0 - self.dropout;
+                let mask: Vec<f32> =
+                    (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+                (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+            }
+            _ => x.clone(),
+        };
+        y + (b.forward(&a.forward(&input)?)? * *scale)?
     }
 }
 
@@ -200,6 +230,8 @@ impl KvCache {
 
 pub struct Llama {
     pub config: LlamaConfig,
+    /// Set by the trainer each step to enable LoRA dropout.
+    pub dropout_seed: DropoutSeed,
     embed_tokens: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -228,7 +260,10 @@ impl Llama {
         let embed_weight = vb.pp("model.embed_tokens").get((config.vocab_size, d), "weight")?;
         let embed_tokens = Embedding::new(embed_weight.clone(), d);
         let linear = |vb: VarBuilder, input: usize, output: usize| -> Result<Linear> { Ok(Linear::new(vb.get((output, input), "weight")?, None)) };
+        let dropout_seed = DropoutSeed::default();
+        let counter = std::cell::Cell::new(0u64);
         let proj = |prefix: &str, vb: VarBuilder, input: usize, output: usize| -> Result<Proj> {
+            counter.set(counter.get() + 1);
             let base = linear(vb, input, output)?;
             let name = prefix.rsplit('.').next().unwrap_or(prefix);
             let adapter = match &lora {
@@ -240,7 +275,8 @@ impl Llama {
                 }
                 _ => None,
             };
-            Ok(Proj { base, adapter })
+            let dropout = lora.as_ref().map_or(0.0, |(spec, _)| spec.dropout);
+            Ok(Proj { base, adapter, dropout, index: counter.get(), seed: dropout_seed.clone() })
         };
         let mut blocks = Vec::with_capacity(config.num_hidden_layers);
         for index in 0..config.num_hidden_layers {
@@ -273,7 +309,7 @@ impl Llama {
         let inverse = Tensor::from_vec(inverse.clone(), (1, inverse.len()), &device)?;
         let steps = Tensor::arange(0u32, positions as u32, &device)?.to_dtype(DType::F32)?.reshape((positions, 1))?;
         let angles = steps.matmul(&inverse)?;
-        Ok(Llama { cos: angles.cos()?, sin: angles.sin()?, config, embed_tokens, blocks, norm, lm_head })
+        Ok(Llama { cos: angles.cos()?, sin: angles.sin()?, config, dropout_seed, embed_tokens, blocks, norm, lm_head })
     }
 
     /// The hidden states after the final norm, `(b, t, d)`. `cache` makes this an incremental step.

@@ -52,7 +52,7 @@ pub fn lora(
     steps: usize,
 ) -> candle_core::Result<SftFigures> {
     let device = Device::Cpu;
-    let lora = crate::model::llama::LoraConfig { rank: 8, alpha: 16.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec() };
+    let lora = crate::model::llama::LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec() };
     let varmap = super::params::init_lora_varmap(&config, &lora, 0, &device)?;
     let model = Llama::new_with_lora(
         config.clone(),

@@ -309,7 +309,10 @@ pub fn train(
             if trained == 0 {
                 continue;
             }
+            // LoRA dropout masks depend only on the seed, step and micro-batch.
+            model.dropout_seed.set(Some(config.seed ^ (state.step << 16) ^ micro as u64));
             let loss = batch_loss(&model, &inputs, &targets, &mask)?;
+            model.dropout_seed.set(None);
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 return Err(TrainError::NotFinite { step: state.step + 1, value });
@@ -545,5 +548,23 @@ mod tests {
         assert!(checkpoint.join("optimizer.safetensors").exists());
         train(data_dir.path(), &micro_config(), &config, Init::Scratch, split.path(), Some(&checkpoint), &mut Recorder { losses: Vec::new() }).unwrap();
         assert_eq!(weights(whole.path()), weights(split.path()), "resumed weights equal uninterrupted weights");
+    }
+
+    #[test]
+    fn a_non_finite_loss_stops_the_run_naming_the_step() {
+        let data_dir = tempfile::tempdir().unwrap();
+        write_dataset(data_dir.path());
+        // A base whose weights hold a NaN (as a corrupt checkpoint would) poisons the first loss.
+        let varmap = init_varmap(&micro_config(), 1, &Device::Cpu).unwrap();
+        let mut tensors: std::collections::HashMap<String, Tensor> =
+            varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let norm = tensors.get_mut("model.norm.weight").unwrap();
+        *norm = Tensor::full(f32::NAN, norm.shape(), &Device::Cpu).unwrap();
+        let config = SftConfig { epochs: 2, batch_size: 3, seed: 1, ..SftConfig::default() };
+        let run = tempfile::tempdir().unwrap();
+        match train(data_dir.path(), &micro_config(), &config, Init::Pretrained(tensors), run.path(), None, &mut Recorder { losses: Vec::new() }) {
+            Err(error @ TrainError::NotFinite { step: 1, .. }) => assert!(error.to_string().contains("step 1"), "{error}"),
+            other => panic!("expected the run to stop at step 1, got {:?}", other.map(|s| s.final_loss)),
+        }
     }
 }
