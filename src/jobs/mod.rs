@@ -152,6 +152,9 @@ pub struct JobLog {
 pub enum JobError {
     #[error("cancelled")]
     Cancelled,
+    /// The process is shutting down; the job stops at a checkpoint and can be resumed.
+    #[error("interrupted by shutdown")]
+    Interrupted,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -171,6 +174,8 @@ pub struct JobContext<'a> {
     db: Db,
     sink: Option<&'a dyn ProgressSink>,
     last_progress_write: Option<Instant>,
+    /// Set when the runner shuts down.
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl<'a> JobContext<'a> {
@@ -195,8 +200,12 @@ impl<'a> JobContext<'a> {
         Ok(())
     }
 
-    /// Err(Cancelled) once someone asked this job to stop.
+    /// Err(Cancelled) once someone asked this job to stop; Err(Interrupted) when the process
+    /// that runs it is shutting down.
     pub fn check_cancelled(&self) -> Result<(), JobError> {
+        if self.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(JobError::Interrupted);
+        }
         if self.db.is_cancel_requested(&self.job.id)? {
             Err(JobError::Cancelled)
         } else {
@@ -219,10 +228,20 @@ impl<'a> JobContext<'a> {
 /// Execute a job that is already marked running for this process, and record how it ended.
 /// Returns the final record.
 pub fn run_job(store: &Store, job: JobRecord, sink: Option<&dyn ProgressSink>) -> Result<JobRecord, StoreError> {
+    run_job_until(store, job, sink, None)
+}
+
+/// `run_job`, stopping at the job's next check (as `interrupted`) once `stop` is set.
+pub fn run_job_until(
+    store: &Store,
+    job: JobRecord,
+    sink: Option<&dyn ProgressSink>,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> Result<JobRecord, StoreError> {
     let job_id = job.id.clone();
     let span = tracing::info_span!("job", id = %job_id, kind = %job.kind);
     let _entered = span.enter();
-    let mut context = JobContext { job, db: store.connect()?, sink, last_progress_write: None };
+    let mut context = JobContext { job, db: store.connect()?, sink, last_progress_write: None, stop };
     let outcome = match JobKind::parse(&context.job.kind) {
         Some(JobKind::ImportTraces) => import_traces::run(&mut context),
         Some(JobKind::ImportDpo) => import_dpo::run(&mut context),
@@ -237,6 +256,10 @@ pub fn run_job(store: &Store, job: JobRecord, sink: Option<&dyn ProgressSink>) -
         Err(JobError::Cancelled) => {
             let _ = db.add_job_log(&job_id, "warn", "cancelled; resume continues from the last checkpoint");
             db.finish_job(&job_id, JobStatus::Cancelled, None, None)?
+        }
+        Err(JobError::Interrupted) => {
+            let _ = db.add_job_log(&job_id, "warn", "interrupted by shutdown; resume continues from the last checkpoint");
+            db.finish_job(&job_id, JobStatus::Interrupted, None, None)?
         }
         Err(error) => {
             let message = error.to_string();

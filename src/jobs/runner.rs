@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{other_process_is_alive, run_job};
+use super::{other_process_is_alive, run_job_until};
 use crate::store::{Store, StoreError};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -16,7 +16,8 @@ struct Shared {
     store: Store,
     wake: Mutex<bool>,
     signal: Condvar,
-    stopping: AtomicBool,
+    /// Shared with running jobs, which stop at their next check when it is set.
+    stopping: Arc<AtomicBool>,
 }
 
 pub struct JobRunner {
@@ -35,7 +36,7 @@ impl JobRunner {
             store,
             wake: Mutex::new(false),
             signal: Condvar::new(),
-            stopping: AtomicBool::new(false),
+            stopping: Arc::new(AtomicBool::new(false)),
         });
         let workers = (0..n_workers.max(1))
             .map(|index| {
@@ -55,7 +56,8 @@ impl JobRunner {
         self.shared.signal.notify_all();
     }
 
-    /// Stop taking new jobs and wait for the workers to finish their current job.
+    /// Stop taking new jobs; running jobs stop at their next check (marked `interrupted`,
+    /// resumable) and the workers are joined.
     pub fn shutdown(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.notify();
@@ -78,7 +80,7 @@ fn worker_loop(shared: &Shared) {
         let claimed = shared.store.connect().and_then(|db| db.claim_next_job(pid));
         match claimed {
             Ok(Some(job)) => {
-                if let Err(e) = run_job(&shared.store, job, None) {
+                if let Err(e) = run_job_until(&shared.store, job, None, Some(Arc::clone(&shared.stopping))) {
                     tracing::error!("recording a job's end failed: {e}");
                 }
                 continue;

@@ -46,6 +46,7 @@ impl TrainHooks for JobHooks<'_, '_> {
     fn step(&mut self, step: u64, total: u64, metrics: &[(&str, f64)]) -> Result<(), TrainError> {
         let failed = |e: JobError| match e {
             JobError::Cancelled => TrainError::Cancelled,
+            JobError::Interrupted => TrainError::Interrupted,
             other => TrainError::Other(other.to_string()),
         };
         for (name, value) in metrics {
@@ -114,6 +115,7 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     let summary = match summary {
         Ok(summary) => summary,
         Err(TrainError::Cancelled) => return Err(JobError::Cancelled),
+        Err(TrainError::Interrupted) => return Err(JobError::Interrupted),
         Err(other) => return Err(JobError::Failed(other.to_string())),
     };
     let metrics = json!({

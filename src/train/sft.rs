@@ -105,6 +105,8 @@ pub enum TrainError {
     Io(#[from] std::io::Error),
     #[error("cancelled")]
     Cancelled,
+    #[error("interrupted by shutdown")]
+    Interrupted,
     #[error("{0}")]
     Other(String),
 }

@@ -66,6 +66,16 @@ impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
+
+    pub fn data_dir(&self) -> &Path {
+        self._data_dir.path()
+    }
+
+    /// Stop the server gracefully (as Ctrl-C does), waiting until it has stopped.
+    pub fn stop(&self) {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(true))).join().unwrap();
+    }
 }
 
 impl Drop for TestApp {

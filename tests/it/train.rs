@@ -248,3 +248,27 @@ fn smollm2_matches_llama_cpp() {
         assert!(max_diff < 1.0, "logits differ by up to {max_diff}");
     }
 }
+
+/// Stopping the server while a run trains stops the run at a step boundary and leaves it
+/// `interrupted`, which `train --resume` accepts (resuming itself is covered by the SIGKILL test).
+#[test]
+fn a_server_shutdown_leaves_a_running_run_interrupted() {
+    use crate::support::{get, http, reply, spawn_app};
+    let app = spawn_app(overfit_dataset);
+    let dataset = get(&app.url("/api/datasets")).json()[0]["id"].as_str().unwrap().to_string();
+    let started = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"dataset": dataset, "max_steps": 400, "epochs": 400, "batch_size": 1})));
+    assert_eq!(started.status, 202, "{}", started.body);
+    let id = started.json()["id"].as_str().unwrap().to_string();
+    wait_for(60, "the run to make progress", || {
+        let job = get(&app.url(&format!("/api/jobs/{id}"))).json();
+        (job["job"]["progress_done"].as_u64().unwrap_or(0) >= 2).then_some(())
+    });
+    app.stop();
+    let shown = wait_for(30, "the run to stop", || {
+        let shown = cli(app.data_dir(), &["jobs", "show", &id, "--json"]).json();
+        (shown["job"]["status"] != "running").then_some(shown)
+    });
+    assert_eq!(shown["job"]["status"], "interrupted", "{shown}");
+    let done = shown["job"]["progress_done"].as_u64().unwrap();
+    assert!(done < 400, "stopped early, at step {done}");
+}
