@@ -72,6 +72,15 @@ pub enum Command {
 /// Entry point used by `main`: parse, run, map the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Quickstart(_)) {
+        // Like other Unix tools, end quietly when the reader of our output goes away
+        // (`understudy traces list | head`) instead of panicking on a broken pipe.
+        #[cfg(unix)]
+        // Safety: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_tracing();
     let config = Config::new(cli.data_dir.clone());
     match run(&config, cli.command) {
