@@ -174,6 +174,15 @@ fn truncation_cuts_at_turn_boundaries_and_builds_are_reproducible() {
             }
         }
     }
+    // Hugging Face `datasets` (what TRL reads) loads it as a conversational dataset.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/load_sft.py");
+    let loaded = std::process::Command::new("python3").arg(script).arg(&dir_a).output().unwrap();
+    assert!(loaded.status.success(), "datasets could not load sft.jsonl: {}", String::from_utf8_lossy(&loaded.stderr));
+    let loaded: Value = serde_json::from_slice(&loaded.stdout).unwrap();
+    assert_eq!(loaded["rows"], std::fs::read_to_string(dir_a.join("sft.jsonl")).unwrap().lines().count());
+    assert_eq!(loaded["columns"], serde_json::json!(["messages", "tools"]));
+    assert_eq!(loaded["roles"], serde_json::json!(["assistant", "system", "tool", "user"]));
+    assert!(loaded["tool_calls"].as_u64().unwrap() > 100);
     let dpo = std::fs::read_to_string(dir_a.join("dpo.jsonl")).unwrap();
     for line in dpo.lines() {
         let row: Value = serde_json::from_str(line).unwrap();
