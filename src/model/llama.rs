@@ -241,8 +241,7 @@ pub struct Llama {
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(mean_square + eps)?.sqrt()?)?.broadcast_mul(weight)
+    super::ops::rms_norm(x, weight, eps)
 }
 
 impl Llama {
