@@ -241,7 +241,8 @@ pub struct Llama {
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    super::ops::rms_norm(x, weight, eps)
+    let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(mean_square + eps)?.sqrt()?)?.broadcast_mul(weight)
 }
 
 impl Llama {
@@ -349,7 +350,7 @@ impl Llama {
             let q = q.reshape((b, n_kv, group * t, head_dim))?;
             let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
             let scores = scores.broadcast_add(&mask)?;
-            let attention = super::ops::softmax_last_dim(&scores)?;
+            let attention = candle_nn::ops::softmax(&scores, D::Minus1)?;
             let y = attention.matmul(&v)?.reshape((b, n_heads, t, head_dim))?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
             x = (x + block.o_proj.forward(&y)?)?;
             let h = rms_norm(&x, &block.post_attention_norm, self.config.rms_norm_eps)?;

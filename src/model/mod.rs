@@ -4,7 +4,6 @@
 pub mod chat_template;
 pub mod generate;
 pub mod llama;
-pub mod ops;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;
