@@ -19,8 +19,6 @@ use crate::web::Application;
 
 /// Quickstart is reproducible: the same 500 traces on every machine.
 const QUICKSTART_SEED: u64 = 42;
-/// A short SFT run: enough to show the loss falling on 2 CPU cores within minutes.
-const QUICKSTART_SFT_STEPS: u64 = 40;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -81,16 +79,16 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         result["truncated"],
         result["dropped"]
     );
-    eprintln!("[3/4] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU");
+    eprintln!("[3/4] train --phase sft: the tiny preset, one epoch on CPU (several minutes on 2 cores)");
     let dataset_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap_or_default());
     let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sft = SftConfig {
-        max_steps: Some(QUICKSTART_SFT_STEPS),
+        max_steps: None,
         epochs: 1,
         batch_size: 2,
         max_seq_len: 1024,
-        eval_every: 20,
-        checkpoint_every: 20,
+        eval_every: 50,
+        checkpoint_every: 50,
         seed: QUICKSTART_SEED,
         ..SftConfig::default()
     };
