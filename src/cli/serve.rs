@@ -19,6 +19,8 @@ use crate::web::Application;
 
 /// Quickstart is reproducible: the same 500 traces on every machine.
 const QUICKSTART_SEED: u64 = 42;
+/// Two thirds of an epoch: keeps the whole quickstart under 10 minutes on 2 CPU cores.
+const QUICKSTART_SFT_STEPS: u64 = 150;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -79,15 +81,16 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         result["truncated"],
         result["dropped"]
     );
-    eprintln!("[3/4] train --phase sft: the tiny preset, one epoch on CPU (several minutes on 2 cores)");
+    eprintln!("[3/4] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 5 minutes on 2 cores)");
     let dataset_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap_or_default());
     let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sft = SftConfig {
-        max_steps: None,
+        max_steps: Some(QUICKSTART_SFT_STEPS),
         epochs: 1,
         batch_size: 2,
         max_seq_len: 1024,
-        eval_every: 50,
+        // Evaluate once, at the end: evaluation on the way costs minutes on CPU.
+        eval_every: QUICKSTART_SFT_STEPS,
         checkpoint_every: 50,
         seed: QUICKSTART_SEED,
         ..SftConfig::default()

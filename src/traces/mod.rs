@@ -270,21 +270,8 @@ impl Trace {
         if prompt.trim().is_empty() {
             return Err(invalid("prompt", "the trace has no user prompt (no user message with text)"));
         }
-        let id = match draft.id {
-            Some(id) => {
-                validate_id(&id).map_err(|reason| invalid("id", reason))?;
-                id
-            }
-            None => new_trace_id(),
-        };
-        let created_at = match draft.created_at {
-            Some(text) => {
-                chrono::DateTime::parse_from_rfc3339(&text)
-                    .map_err(|e| invalid("created_at", format!("not an RFC 3339 timestamp ({e}): {text:?}")))?;
-                text
-            }
-            None => now_rfc3339(),
-        };
+        let id = id_or_new(draft.id, new_trace_id)?;
+        let created_at = created_at_or_now(draft.created_at)?;
         let content_hash = content_hash(&prompt, &draft.messages, &draft.tools);
         let category = match draft.category {
             Some(category) if !category.trim().is_empty() => {
@@ -326,6 +313,29 @@ impl Trace {
             .find(|m| m.role == Role::Assistant)
             .filter(|m| m.tool_calls.is_empty())
             .and_then(|m| m.content.as_deref())
+    }
+}
+
+/// A record's own id, checked, or a fresh one.
+pub(crate) fn id_or_new(id: Option<String>, new: fn() -> String) -> Result<String, ValidationError> {
+    match id {
+        Some(id) => {
+            validate_id(&id).map_err(|reason| invalid("id", reason))?;
+            Ok(id)
+        }
+        None => Ok(new()),
+    }
+}
+
+/// A record's own RFC 3339 timestamp, checked, or now.
+pub(crate) fn created_at_or_now(created_at: Option<String>) -> Result<String, ValidationError> {
+    match created_at {
+        Some(text) => {
+            chrono::DateTime::parse_from_rfc3339(&text)
+                .map_err(|e| invalid("created_at", format!("not an RFC 3339 timestamp ({e}): {text:?}")))?;
+            Ok(text)
+        }
+        None => Ok(now_rfc3339()),
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::formats::decode;
 use super::wire::{messages_from_wire, messages_to_wire, WireMessage};
 use super::{
-    canonical_messages, invalid, json_kind, new_trace_id, now_rfc3339, sha256_canonical, validate_id,
+    canonical_messages, invalid, json_kind, new_trace_id, sha256_canonical,
     validate_messages, validate_tool_schema, Message, Role, Source, Trace, TraceDraft, ValidationError,
 };
 
@@ -120,21 +120,8 @@ impl PreferencePair {
         for (index, tool) in draft.tools.iter().enumerate() {
             validate_tool_schema(tool).map_err(|reason| invalid(format!("tools[{index}]"), reason))?;
         }
-        let id = match draft.id {
-            Some(id) => {
-                validate_id(&id).map_err(|reason| invalid("id", reason))?;
-                id
-            }
-            None => new_pair_id(),
-        };
-        let created_at = match draft.created_at {
-            Some(text) => {
-                chrono::DateTime::parse_from_rfc3339(&text)
-                    .map_err(|e| invalid("created_at", format!("not an RFC 3339 timestamp ({e}): {text:?}")))?;
-                text
-            }
-            None => now_rfc3339(),
-        };
+        let id = super::id_or_new(draft.id, new_pair_id)?;
+        let created_at = super::created_at_or_now(draft.created_at)?;
         let content_hash = pair_hash(&prompt, &chosen, &rejected);
         Ok(PreferencePair {
             id,
