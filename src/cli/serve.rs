@@ -44,19 +44,25 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Run one pipeline stage as a foreground job with a progress bar; its result, or why it failed.
+fn run_stage(store: &Store, kind: JobKind, params: &serde_json::Value, label: &str) -> anyhow::Result<serde_json::Value> {
+    let job = store.connect()?.insert_job(kind.as_str(), params, Some(std::process::id()))?;
+    let bar = TerminalProgress::count(label);
+    let job = run_job(store, job, Some(&bar))?;
+    bar.finish();
+    if job.status != JobStatus::Succeeded {
+        anyhow::bail!("{label} failed: {}", job.error.unwrap_or_else(|| job.status.as_str().to_string()));
+    }
+    Ok(job.result.unwrap_or_default())
+}
+
 /// The embedded default run: every pipeline stage that exists, then serve.
 pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
     eprintln!("[1/4] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
     let params = BootstrapParams { traces: 500, seed: QUICKSTART_SEED, templates: Vec::new() };
-    let job = store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
-    let bar = TerminalProgress::count("bootstrap");
-    let job = run_job(&store, job, Some(&bar))?;
-    bar.finish();
-    if job.status != JobStatus::Succeeded {
-        anyhow::bail!("bootstrap failed: {}", job.error.unwrap_or_default());
-    }
-    let report: BootstrapReport = serde_json::from_value(job.result.unwrap_or_default())?;
+    let result = run_stage(&store, JobKind::Bootstrap, &params_value(&params), "bootstrap")?;
+    let report: BootstrapReport = serde_json::from_value(result)?;
     eprintln!(
         "      {} new traces, {} already there, {} in the store ({:.2}s)",
         report.synthetic, report.duplicates, report.total_traces, report.seconds
@@ -64,14 +70,7 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
     eprintln!("[2/4] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks");
     let dataset_config = DatasetConfig::new("quickstart".into(), ModelSource::Tiny);
     let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
-    let job = store.connect()?.insert_job(JobKind::BuildDataset.as_str(), &build_params_value(&params), Some(std::process::id()))?;
-    let bar = TerminalProgress::count("dataset");
-    let job = run_job(&store, job, Some(&bar))?;
-    bar.finish();
-    if job.status != JobStatus::Succeeded {
-        anyhow::bail!("the dataset build failed: {}", job.error.unwrap_or_default());
-    }
-    let result = job.result.unwrap_or_default();
+    let result = run_stage(&store, JobKind::BuildDataset, &build_params_value(&params), "dataset")?;
     eprintln!(
         "      dataset {}: train {}, val {}, test {} examples ({} truncated, {} dropped)",
         result["id"].as_str().unwrap_or(""),
@@ -104,14 +103,7 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         sft,
         runs_dir: config.artifacts_dir().join("runs"),
     };
-    let job = store.connect()?.insert_job(JobKind::Train.as_str(), &train_params_value(&params), Some(std::process::id()))?;
-    let bar = TerminalProgress::count("train");
-    let job = run_job(&store, job, Some(&bar))?;
-    bar.finish();
-    if job.status != JobStatus::Succeeded {
-        anyhow::bail!("training failed: {}", job.error.unwrap_or_default());
-    }
-    let run = job.result.unwrap_or_default();
+    let run = run_stage(&store, JobKind::Train, &train_params_value(&params), "train")?;
     eprintln!(
         "      model {}: loss {:.3} -> {:.3}, {:.0} tokens/s",
         run["model_id"].as_str().unwrap_or(""),
