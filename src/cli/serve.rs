@@ -80,7 +80,7 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         result["truncated"],
         result["dropped"]
     );
-    eprintln!("[3/4] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 5 minutes on 2 cores)");
+    eprintln!("[3/4] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 7 minutes on 2 cores)");
     let dataset_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap_or_default());
     let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sft = SftConfig {
