@@ -79,13 +79,8 @@ pub fn run(config: &Config, args: BootstrapArgs) -> anyhow::Result<ExitCode> {
 
 /// Print a bootstrap job's statistics; shared with `jobs resume`.
 pub fn report_bootstrap(store: &Store, job: &JobRecord, imported: u64, json: bool) -> anyhow::Result<ExitCode> {
-    match job.status {
-        JobStatus::Succeeded => {}
-        JobStatus::Cancelled => anyhow::bail!("bootstrap {} was cancelled; `understudy jobs resume {}` continues it", job.id, job.id),
-        _ => anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("bootstrap ended as {}", job.status.as_str()))),
-    }
-    let mut report: BootstrapReport =
-        serde_json::from_value(job.result.clone().unwrap_or_default()).context("the bootstrap job stored no report")?;
+    let result = super::finished_result(job, "bootstrap", "understudy jobs resume")?;
+    let mut report: BootstrapReport = serde_json::from_value(result).context("the bootstrap job stored an unreadable report")?;
     report.imported = imported;
     report.total_traces = store.connect()?.count_traces(&Default::default())? as u64;
     if json {

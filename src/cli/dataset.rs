@@ -11,7 +11,7 @@ use super::print_json;
 use crate::config::Config;
 use crate::dataset::{datasets_dir, DatasetConfig};
 use crate::jobs::build_dataset::{params_value, BuildParams};
-use crate::jobs::{run_job, JobKind, JobRecord, JobStatus};
+use crate::jobs::{run_job, JobKind, JobRecord};
 use crate::model::source::ModelSource;
 use crate::store::Store;
 use crate::traces::Source;
@@ -103,12 +103,7 @@ pub fn build(config: &Config, args: BuildArgs) -> anyhow::Result<ExitCode> {
 
 /// Print a dataset build's outcome; shared with `jobs resume`.
 pub fn report_build(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
-    match job.status {
-        JobStatus::Succeeded => {}
-        JobStatus::Cancelled => anyhow::bail!("dataset build {} was cancelled; `understudy jobs resume {}` builds it again", job.id, job.id),
-        _ => anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("the build ended as {}", job.status.as_str()))),
-    }
-    let result = job.result.clone().context("the build stored no result")?;
+    let result = super::finished_result(job, "dataset build", "understudy jobs resume")?;
     if json {
         print_json(&result)?;
         return Ok(ExitCode::SUCCESS);

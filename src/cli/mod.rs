@@ -126,3 +126,15 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// The result of a job that ran in the foreground, or a one-line reason it has none:
+/// cancelled (with how to resume it) or failed (with the job's error).
+fn finished_result(job: &crate::jobs::JobRecord, what: &str, resume: &str) -> anyhow::Result<serde_json::Value> {
+    use crate::jobs::JobStatus;
+    match job.status {
+        JobStatus::Succeeded => {}
+        JobStatus::Cancelled => anyhow::bail!("{what} {} was cancelled; `{resume} {}` continues it", job.id, job.id),
+        _ => anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("{what} {} ended as {}", job.id, job.status.as_str()))),
+    }
+    job.result.clone().ok_or_else(|| anyhow::anyhow!("{what} {} stored no result", job.id))
+}

@@ -10,7 +10,7 @@ use super::progress::TerminalProgress;
 use super::print_json;
 use crate::config::Config;
 use crate::jobs::train::{params_value, TrainParams};
-use crate::jobs::{run_job, JobKind, JobRecord, JobStatus};
+use crate::jobs::{run_job, JobKind, JobRecord};
 use crate::model::llama::LlamaConfig;
 use crate::model::source::ModelSource;
 use crate::store::Store;
@@ -166,12 +166,7 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
 
 /// Print a run's outcome; shared with `jobs resume`.
 pub fn report_train(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
-    match job.status {
-        JobStatus::Succeeded => {}
-        JobStatus::Cancelled => anyhow::bail!("run {} was cancelled; `understudy train --resume {}` continues it", job.id, job.id),
-        _ => anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("the run ended as {}", job.status.as_str()))),
-    }
-    let result = job.result.clone().context("the run stored no result")?;
+    let result = super::finished_result(job, "run", "understudy train --resume")?;
     if json {
         print_json(&result)?;
         return Ok(ExitCode::SUCCESS);
