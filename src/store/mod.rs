@@ -4,6 +4,7 @@
 //! never see `rusqlite`.
 
 mod datasets;
+mod exports;
 mod jobs;
 mod models;
 mod pairs;
@@ -19,6 +20,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub use pairs::{PairInsertOutcome, StoredPair};
 pub use datasets::DatasetRow;
+pub use exports::ExportRow;
 pub use models::{ModelRow, NewModel};
 pub use templates::StoredTemplate;
 pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary};
@@ -26,7 +28,10 @@ pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSumma
 pub const DB_FILE: &str = "understudy.db";
 
 static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
-    Migrations::new(vec![M::up(include_str!("../../migrations/0001_init.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_init.sql")),
+        M::up(include_str!("../../migrations/0002_exports.sql")),
+    ])
 });
 
 /// The migration list, exposed so the test suite can validate it.
