@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod dataset;
+pub mod deploy;
 pub mod export;
 pub mod jobs;
 pub mod model;

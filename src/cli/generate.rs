@@ -17,7 +17,7 @@ use crate::traces::{Message, Role};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A model id (mdl_...), `latest`, or a model directory.
+    /// A model id (mdl_...), `latest`, a model directory or a GGUF file.
     #[arg(long, default_value = "latest")]
     pub model: String,
     #[arg(long)]
@@ -43,7 +43,7 @@ pub struct GenerateArgs {
 /// Resolve `--model` to a model directory.
 pub fn model_dir(config: &Config, model: &str) -> anyhow::Result<PathBuf> {
     let path = PathBuf::from(model);
-    if path.join("config.json").exists() {
+    if path.join("config.json").exists() || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return Ok(path);
     }
     let store = Store::open(config.data_dir())?;
@@ -58,7 +58,7 @@ pub fn model_dir(config: &Config, model: &str) -> anyhow::Result<PathBuf> {
 
 pub fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let dir = model_dir(config, &args.model)?;
-    let model = LoadedModel::load(&dir, &candle_core::Device::Cpu)?;
+    let model = LoadedModel::load_path(&dir, &candle_core::Device::Cpu)?;
     let system = args.system.clone().unwrap_or_else(|| system_prompt("."));
     let messages = vec![Message::text(Role::System, system), Message::text(Role::User, args.prompt.clone())];
     let tools = if args.tools { default_tools() } else { Vec::new() };

@@ -96,7 +96,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
             let job = db.get_job(&job.id)?.context("job vanished")?;
             let kind = JobKind::parse(&job.kind);
             let bar = match kind {
-                Some(JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train) => TerminalProgress::count(&job.kind),
+                Some(JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train | JobKind::Export) => TerminalProgress::count(&job.kind),
                 _ => TerminalProgress::bytes(&job.kind),
             };
             let finished = run_job(&store, job, Some(&bar))?;
@@ -106,6 +106,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 Some(JobKind::Bootstrap) => super::bootstrap::report_bootstrap(&store, &finished, 0, args.json),
                 Some(JobKind::BuildDataset) => super::dataset::report_build(&finished, args.json),
                 Some(JobKind::Train) => super::train::report_train(&finished, args.json),
+                Some(JobKind::Export) => super::export::report_export(&store, &finished, args.json),
                 None => anyhow::bail!("unknown job kind {}", finished.kind),
             };
         }

@@ -5,6 +5,8 @@
 mod bench;
 mod bootstrap;
 mod dataset;
+mod export;
+mod deploy;
 mod generate;
 mod import;
 mod jobs;
@@ -41,6 +43,8 @@ pub enum Command {
     BuildDataset(dataset::BuildArgs),
     /// Train a model (SFT today) as a resumable run.
     Train(train::TrainArgs),
+    /// Write an HF directory, GGUF files, an Ollama Modelfile and a parity report.
+    Export(export::ExportArgs),
     /// One reply from a trained model, with tool calls parsed.
     Generate(generate::GenerateArgs),
     /// List or show built datasets.
@@ -62,6 +66,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run every pipeline stage that exists on the embedded default, then serve.
     Quickstart(serve::ServeArgs),
+    /// Register an export with Ollama (blob, create, tag latest; --test chats once).
+    Deploy(deploy::DeployArgs),
     /// Show what the data dir holds.
     Status(status::StatusArgs),
     /// Benchmarks that print their figures as JSON.
@@ -99,6 +105,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::BuildDataset(args) => dataset::build(config, args),
         Command::Train(args) => train::run(config, args),
         Command::Generate(args) => generate::run(config, args),
+        Command::Export(args) => export::run(config, args),
         Command::Datasets(command) => dataset::run(config, command),
         Command::Bench(command) => bench::run(command),
         Command::Import(command) => import::run(config, command),
@@ -106,6 +113,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Jobs(command) => jobs::run(config, command),
         Command::Serve(args) => serve::serve(config, args),
         Command::Quickstart(args) => serve::quickstart(config, args),
+        Command::Deploy(args) => deploy::run(config, args),
         Command::Status(args) => status::run(config, args),
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod bootstrap;
 pub mod build_dataset;
+pub mod export;
 pub mod import_dpo;
 pub mod import_traces;
 pub mod train;
@@ -75,6 +76,7 @@ pub enum JobKind {
     Bootstrap,
     BuildDataset,
     Train,
+    Export,
 }
 
 impl JobKind {
@@ -85,6 +87,7 @@ impl JobKind {
             JobKind::Bootstrap => "bootstrap",
             JobKind::BuildDataset => "build_dataset",
             JobKind::Train => "train",
+            JobKind::Export => "export",
         }
     }
 
@@ -95,6 +98,7 @@ impl JobKind {
             "bootstrap" => Some(JobKind::Bootstrap),
             "build_dataset" => Some(JobKind::BuildDataset),
             "train" => Some(JobKind::Train),
+            "export" => Some(JobKind::Export),
             _ => None,
         }
     }
@@ -248,6 +252,7 @@ pub fn run_job_until(
         Some(JobKind::Bootstrap) => bootstrap::run(&mut context),
         Some(JobKind::BuildDataset) => build_dataset::run(&mut context),
         Some(JobKind::Train) => train::run(&mut context),
+        Some(JobKind::Export) => export::run(&mut context),
         None => Err(JobError::Failed(format!("unknown job kind {:?}", context.job.kind))),
     };
     let db = store.connect()?;

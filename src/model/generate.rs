@@ -14,6 +14,8 @@ use tokenizers::Tokenizer;
 
 use super::chat_template::{ChatTemplate, ParsedReply};
 use super::llama::{KvCache, Llama, LlamaConfig};
+use super::source::ModelSource;
+use super::weights;
 use crate::traces::Message;
 
 pub struct LoadedModel {
@@ -62,6 +64,30 @@ impl LoadedModel {
         // Safety: the file is ours and is not modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         Ok(LoadedModel { model: Llama::new(config, vb)?, tokenizer, template })
+    }
+
+    /// A model from its parts (weights already in HF names).
+    pub fn from_tensors(
+        config: LlamaConfig,
+        tensors: std::collections::HashMap<String, Tensor>,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        device: &Device,
+    ) -> anyhow::Result<LoadedModel> {
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+        Ok(LoadedModel { model: Llama::new(config, vb)?, tokenizer, template })
+    }
+
+    /// Any model `--model` can name: a model directory of ours (with template.json), an HF
+    /// directory, or a GGUF file (dequantized; its tokenizer and template from its metadata).
+    pub fn load_path(path: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
+        if path.is_dir() && path.join("template.json").exists() {
+            return LoadedModel::load(path, device);
+        }
+        let source = ModelSource::parse(&path.display().to_string())?;
+        let (config, tensors) = weights::load(&source, device)?;
+        let (tokenizer, template) = source.tokenizer_and_template(|_| Vec::new())?;
+        LoadedModel::from_tensors(config, tensors, tokenizer, template, device)
     }
 
     fn stop_ids(&self) -> Vec<u32> {

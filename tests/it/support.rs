@@ -43,6 +43,7 @@ pub fn cli_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Cl
         .args(args)
         .env_remove("UNDERSTUDY_DATA_DIR")
         .env_remove("COMMAND_CENTER_DIR")
+        .env_remove("OLLAMA_HOST")
         .env("UNDERSTUDY_LOG", "warn");
     for (name, value) in env {
         command.env(name, value);
