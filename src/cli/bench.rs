@@ -13,6 +13,17 @@ use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Export time, file size and greedy agreement with f32 per quant.
+    Export {
+        /// A model id (mdl_...), `latest`, a model directory, an HF directory or a GGUF file.
+        #[arg(long, default_value = "latest")]
+        model: String,
+        /// Held-out prompts (seeded synthetic traces).
+        #[arg(long, default_value_t = 50)]
+        prompts: u64,
+        #[arg(long, default_value_t = 32)]
+        max_tokens: usize,
+    },
     /// LoRA (rank 8, q/k/v/o) steps on a pretrained base, e.g. SmolLM2-135M's GGUF.
     Lora {
         #[arg(long)]
@@ -55,8 +66,25 @@ pub enum BenchCommand {
     },
 }
 
-pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
+        BenchCommand::Export { model, prompts, max_tokens } => {
+            let path = std::path::PathBuf::from(&model);
+            let source = if path.join("template.json").exists() {
+                crate::export::ExportSource::ModelDir(path)
+            } else if path.exists() {
+                crate::export::ExportSource::External(path)
+            } else {
+                crate::export::ExportSource::ModelDir(super::generate::model_dir(config, &model)?)
+            };
+            let templates = crate::bootstrap::templates::builtin();
+            let traces: Vec<crate::traces::Trace> =
+                (0..prompts).filter_map(|i| crate::bootstrap::generator::generate(&templates, 0xbe4c_e790, i).ok()).collect();
+            let work = std::env::temp_dir().join(format!("understudy-bench-export-{}", ulid::Ulid::new()));
+            let figures = crate::export::bench::export(&source, &traces, max_tokens, &work);
+            let _ = std::fs::remove_dir_all(&work);
+            print_json(&figures?)?;
+        }
         BenchCommand::Lora { model, batch_size, seq_len, steps } => {
             let source = crate::model::source::ModelSource::parse(&model)?;
             let (config, tensors) = crate::model::weights::load(&source, &candle_core::Device::Cpu)?;

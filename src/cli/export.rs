@@ -49,6 +49,9 @@ pub fn run(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Store::open(config.data_dir())?;
     let db = store.connect()?;
+    // An export killed with its process is still `running`: mark it interrupted, so its
+    // staging directory is known to be dead and gets cleaned.
+    db.mark_orphaned_jobs_interrupted(crate::jobs::other_process_is_alive)?;
     let (source, name, model_id, dataset_id, run_id) = match &args.model_path {
         Some(path) => {
             if !path.exists() {
@@ -91,7 +94,7 @@ pub fn report_export(store: &Store, job: &JobRecord, json: bool) -> anyhow::Resu
     let result = match job.status {
         JobStatus::Succeeded => job.result.clone().context("the export stored no result")?,
         _ => {
-            let export_id = format!("exp_{}", job.id.trim_start_matches("job_").to_lowercase());
+            let export_id = crate::jobs::export::export_id_of(&job.id);
             if let Some(row) = store.connect()?.get_export(&export_id)? {
                 let manifest: crate::export::ExportManifest = serde_json::from_value(row.manifest)?;
                 let value = result_value(&manifest, std::path::Path::new(&row.path));

@@ -107,7 +107,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(config, args),
         Command::Export(args) => export::run(config, args),
         Command::Datasets(command) => dataset::run(config, command),
-        Command::Bench(command) => bench::run(command),
+        Command::Bench(command) => bench::run(config, command),
         Command::Import(command) => import::run(config, command),
         Command::Traces(command) => traces::run(config, command),
         Command::Jobs(command) => jobs::run(config, command),

@@ -3,6 +3,7 @@
 //! report and `export.json` — staged under `<id>.partial` and renamed into place, so a killed
 //! export leaves no partial file where a finished one is expected.
 
+pub mod bench;
 pub mod gguf;
 pub mod manifest;
 pub mod modelfile;
@@ -198,7 +199,7 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
     }
     std::fs::create_dir_all(&request.exports_dir)?;
     let final_dir = request.exports_dir.join(&request.export_id);
-    let staging = request.exports_dir.join(format!("{}.partial", request.export_id));
+    let staging = staging_dir(&request.exports_dir).join(&request.export_id);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
@@ -296,10 +297,17 @@ fn file_stem(name: &str) -> String {
     }
 }
 
-/// Remove staging directories of exports that died part-way (`*.partial`).
-pub fn clean_partial(exports_dir: &Path) {
-    for entry in std::fs::read_dir(exports_dir).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().ends_with(".partial") {
+/// Where exports are written before the rename: beside `exports/`, on the same file system,
+/// so nothing under `exports/` is ever a partial file.
+fn staging_dir(exports_dir: &Path) -> PathBuf {
+    exports_dir.parent().unwrap_or(exports_dir).join(".staging")
+}
+
+/// Remove what exports that died part-way (kill -9) left in the staging area, except the
+/// staging directories of exports still running (`keep`: their export ids).
+pub fn clean_partial(exports_dir: &Path, keep: &[String]) {
+    for entry in std::fs::read_dir(staging_dir(exports_dir)).into_iter().flatten().flatten() {
+        if !keep.iter().any(|id| entry.file_name().to_string_lossy() == id.as_str()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

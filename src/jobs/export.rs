@@ -29,6 +29,11 @@ pub struct ExportParams {
     pub parity_max_tokens: usize,
 }
 
+/// The export id of an export job: derived from the job id, so a resumed job rewrites the same export.
+pub fn export_id_of(job_id: &str) -> String {
+    format!("exp_{}", job_id.trim_start_matches("job_").to_lowercase())
+}
+
 pub fn params_value(params: &ExportParams) -> Value {
     serde_json::to_value(params).expect("export params serialise")
 }
@@ -78,8 +83,16 @@ pub fn result_value(manifest: &export::ExportManifest, dir: &std::path::Path) ->
 pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     let params: ExportParams =
         serde_json::from_value(context.job().params.clone()).map_err(|e| JobError::Failed(format!("bad export parameters: {e}")))?;
-    let export_id = format!("exp_{}", context.job().id.trim_start_matches("job_").to_lowercase());
-    export::clean_partial(&params.exports_dir);
+    let export_id = export_id_of(&context.job().id);
+    let own_id = context.job().id.clone();
+    let running: Vec<String> = context
+        .db()
+        .list_jobs(1000)?
+        .iter()
+        .filter(|j| j.kind == "export" && j.status == super::JobStatus::Running && j.id != own_id)
+        .map(|j| export_id_of(&j.id))
+        .collect();
+    export::clean_partial(&params.exports_dir, &running);
     let held_out = held_out(context.db(), params.parity_prompts.max(8))?;
     let request = ExportRequest {
         export_id: export_id.clone(),

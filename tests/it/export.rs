@@ -222,3 +222,34 @@ fn the_modelfile_templates_match_their_goldens() {
         }
     }
 }
+
+#[test]
+fn an_export_killed_mid_write_leaves_no_partial_file_and_is_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = smollm2_gguf();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_understudy"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["export", "--model-path", source.to_str().unwrap(), "--quant", "f32", "--quant", "f16", "--quant", "q8_0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let staging = dir.path().join("artifacts/.staging");
+    crate::support::wait_for(120, "the export to start writing", || {
+        let writing = std::fs::read_dir(&staging).ok()?.flatten().any(|e| std::fs::read_dir(e.path()).map(|mut d| d.next().is_some()).unwrap_or(false));
+        writing.then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let exports = dir.path().join("artifacts/exports");
+    let finished: Vec<_> = std::fs::read_dir(&exports).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(finished.is_empty(), "nothing appears under exports/ before it is complete: {finished:?}");
+    assert!(std::fs::read_dir(&staging).unwrap().next().is_some(), "the killed export left its staging directory");
+    // The next export clears the dead one's staging directory.
+    let again = cli(dir.path(), &["export", "--model-path", source.to_str().unwrap(), "--quant", "q4_k_m"]);
+    assert_ne!(again.code, 0, "refused: SmolLM2's rows do not fit K-quants");
+    let run = cli(dir.path(), &["export", "--model-path", source.to_str().unwrap(), "--quant", "q8_0", "--parity-prompts", "1", "--parity-max-tokens", "2", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(std::fs::read_dir(&staging).map(|mut d| d.next().is_none()).unwrap_or(true), "staging is empty after a finished export");
+}
