@@ -37,6 +37,9 @@ pub struct ServeSettings {
     pub api_key: Option<String>,
     /// Job runner worker threads.
     pub job_workers: usize,
+    /// Where the Models page's deploy form points by default (`OLLAMA_HOST`, as the CLI reads
+    /// it); unset means Ollama's own default address.
+    pub ollama_host: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -55,7 +58,7 @@ impl ServeSettings {
         if !ip.is_loopback() && api_key.is_none() {
             return Err(SettingsError::KeyRequired(ip));
         }
-        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1 })
+        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None })
     }
 }
 

@@ -107,6 +107,10 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 Some(JobKind::BuildDataset) => super::dataset::report_build(&finished, args.json),
                 Some(JobKind::Train) => super::train::report_train(&finished, args.json),
                 Some(JobKind::Export) => super::export::report_export(&store, &finished, args.json),
+                Some(JobKind::Deploy) => {
+                    print_json(&super::finished_result(&finished, "deploy", "understudy jobs resume")?)?;
+                    Ok(ExitCode::SUCCESS)
+                }
                 None => anyhow::bail!("unknown job kind {}", finished.kind),
             };
         }

@@ -281,7 +281,8 @@ fn valid_part(part: &str, max_len: usize) -> bool {
         && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-fn validate_name(name: &str) -> Result<(), DeployError> {
+/// Ollama's rule for model names: letters, digits, '_', '.', '-', an optional namespace.
+pub fn validate_name(name: &str) -> Result<(), DeployError> {
     if name.split('/').all(|part| valid_part(part, MAX_NAME_PART_LEN)) {
         Ok(())
     } else {

@@ -8,6 +8,7 @@
 
 pub mod bootstrap;
 pub mod build_dataset;
+pub mod deploy;
 pub mod export;
 pub mod import_dpo;
 pub mod import_traces;
@@ -77,6 +78,7 @@ pub enum JobKind {
     BuildDataset,
     Train,
     Export,
+    Deploy,
 }
 
 impl JobKind {
@@ -88,6 +90,7 @@ impl JobKind {
             JobKind::BuildDataset => "build_dataset",
             JobKind::Train => "train",
             JobKind::Export => "export",
+            JobKind::Deploy => "deploy",
         }
     }
 
@@ -99,6 +102,7 @@ impl JobKind {
             "build_dataset" => Some(JobKind::BuildDataset),
             "train" => Some(JobKind::Train),
             "export" => Some(JobKind::Export),
+            "deploy" => Some(JobKind::Deploy),
             _ => None,
         }
     }
@@ -253,6 +257,7 @@ pub fn run_job_until(
         Some(JobKind::BuildDataset) => build_dataset::run(&mut context),
         Some(JobKind::Train) => train::run(&mut context),
         Some(JobKind::Export) => export::run(&mut context),
+        Some(JobKind::Deploy) => deploy::run(&mut context),
         None => Err(JobError::Failed(format!("unknown job kind {:?}", context.job.kind))),
     };
     let db = store.connect()?;

@@ -25,11 +25,13 @@ pub const MAX_PER_PAGE: i64 = 500;
     paths(
         health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job,
         resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs,
-        build_dataset, list_datasets, get_dataset, get_dataset_file, start_run, list_models, get_model
+        build_dataset, list_datasets, get_dataset, get_dataset_file, start_run, list_models, get_model, start_export,
+        list_exports, start_deploy
     ),
     components(schemas(
         Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
-        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow, RunRequest, crate::store::ModelRow
+        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow, RunRequest, crate::store::ModelRow,
+        ExportModelRequest, crate::store::ExportRow, DeployRequest
     ))
 )]
 pub struct ApiDoc;
@@ -55,6 +57,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/runs", web::post().to(start_run))
         .route("/models", web::get().to(list_models))
         .route("/models/{id}", web::get().to(get_model))
+        .route("/models/{id}/export", web::post().to(start_export))
+        .route("/exports", web::get().to(list_exports))
+        .route("/exports/{id}/deploy", web::post().to(start_deploy))
         .route("/bootstrap", web::post().to(start_bootstrap))
         .route("/templates", web::get().to(list_templates))
         .route("/templates/{name}", web::get().to(get_template))
@@ -665,4 +670,62 @@ pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Res
     let id = id.into_inner();
     let row = state.with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}")))).await?;
     Ok(web::Json(row))
+}
+
+/// A JSON body whose fields all have defaults: an empty body means all defaults; a malformed one
+/// is a 400 in the error envelope.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, WebError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| WebError::BadRequest(format!("body: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ExportModelRequest {
+    /// GGUF quants to write: f32, f16, q8_0, q4_k_m (default: ["q4_k_m"]).
+    pub quants: Option<Vec<String>>,
+    /// Name of the export (file names, GGUF general.name); default: the model's name.
+    pub name: Option<String>,
+}
+
+/// Export a model (an `export` job): HF directory, one GGUF per quant, Modelfile, parity
+/// report. The export and its parity appear under /api/exports, also when parity fails.
+#[utoipa::path(post, path = "/api/models/{id}/export", params(("id" = String, Path)), request_body = ExportModelRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn start_export(state: web::Data<AppState>, id: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let request: ExportModelRequest = optional_json(&body)?;
+    let quants = super::models::parse_quants(&request.quants.unwrap_or_else(|| vec!["q4_k_m".to_string()]))?;
+    let job = super::models::enqueue_export(&state, id.into_inner(), quants, request.name).await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+/// Exports with their manifest (files, Ollama settings, parity report), newest first.
+#[utoipa::path(get, path = "/api/exports", responses((status = 200, body = Vec<crate::store::ExportRow>)))]
+pub async fn list_exports(state: web::Data<AppState>) -> Result<web::Json<Vec<crate::store::ExportRow>>, ApiError> {
+    Ok(web::Json(state.with_db(|db| Ok(db.list_exports()?)).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct DeployRequest {
+    /// The Ollama model name, tagged with the export id and `latest` (default: cc-claude-agent).
+    pub name: Option<String>,
+    /// Ollama's address, a URL or host:port (default: the server's OLLAMA_HOST, else http://127.0.0.1:11434).
+    pub host: Option<String>,
+    /// The GGUF quant to deploy (default: the export's first GGUF).
+    pub quant: Option<String>,
+    /// Send a sample prompt with the default tools through Ollama's chat API afterwards.
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// Register an export with Ollama (a `deploy` job; the result is the deploy report). An export
+/// whose parity check failed cannot be deployed (409).
+#[utoipa::path(post, path = "/api/exports/{id}/deploy", params(("id" = String, Path)), request_body = DeployRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn start_deploy(state: web::Data<AppState>, id: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let request: DeployRequest = optional_json(&body)?;
+    let choice = super::models::DeployChoice { name: request.name, host: request.host, quant: request.quant, test: request.test };
+    let job = super::models::enqueue_deploy(&state, id.into_inner(), choice).await?;
+    Ok(HttpResponse::Accepted().json(job))
 }

@@ -8,6 +8,7 @@ mod assets;
 mod bootstrap;
 mod datasets;
 mod error;
+mod models;
 mod pages;
 mod training;
 mod views;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub store: Store,
     pub runner: Arc<JobRunner>,
     pub api_key: Option<String>,
+    /// The deploy form's default Ollama address.
+    pub ollama_host: String,
 }
 
 impl AppState {
@@ -66,7 +69,8 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config, store: Store, settings: ServeSettings) -> anyhow::Result<Application> {
         let runner = Arc::new(JobRunner::start(store.clone(), settings.job_workers)?);
-        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key });
+        let ollama_host = settings.ollama_host.unwrap_or_else(|| crate::deploy::DEFAULT_HOST.to_string());
+        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, ollama_host });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
         let address = listener.local_addr()?;
@@ -112,6 +116,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .configure(bootstrap::routes)
         .configure(datasets::routes)
         .configure(training::routes)
+        .configure(models::routes)
         .route("/static/{path:.*}", web::get().to(assets::serve))
         .default_service(web::to(pages::not_found));
 }

@@ -1,5 +1,5 @@
-//! The Training page (start an SFT run with validated hyperparameters; runs list) and the
-//! Models page (trained models with lineage). A run's live charts are on its job page.
+//! The Training page: start an SFT run with validated hyperparameters; runs list. A run's live
+//! charts are on its job page; the models it registers are on the Models page (`models`).
 
 use std::collections::HashMap;
 
@@ -13,14 +13,12 @@ use super::{AppState, WebError};
 use crate::jobs::train::{params_value, TrainParams};
 use crate::jobs::{JobKind, JobRecord};
 use crate::model::llama::LlamaConfig;
-use crate::store::ModelRow;
 use crate::train::sft::SftConfig;
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/training", web::get().to(page))
-        .route("/training/start", web::post().to(start))
-        .route("/models", web::get().to(models));
+        .route("/training/start", web::post().to(start));
 }
 
 /// (field, label, default) of the numeric hyperparameters on the form.
@@ -159,24 +157,4 @@ async fn start(state: web::Data<AppState>, values: web::Form<HashMap<String, Str
     }
     let body = render(&state, &values, errors).await?.render().map_err(|e| WebError::Internal(e.to_string()))?;
     Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
-}
-
-fn model_row(row: &ModelRow) -> ModelListRow {
-    let metric = |name: &str, digits: usize| row.metrics[name].as_f64().map_or("–".to_string(), |v| format!("{v:.digits$}"));
-    ModelListRow {
-        id: row.id.clone(),
-        name: row.name.clone(),
-        base: row.base_model.clone(),
-        dataset: row.dataset_id.clone(),
-        run: row.run_id.clone(),
-        loss: metric("final_loss", 4),
-        eval_loss: metric("final_eval_loss", 4),
-        speed: metric("tokens_per_second", 0),
-        created_at: row.created_at.clone(),
-    }
-}
-
-async fn models(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
-    let rows = state.with_db(|db| Ok(db.list_models()?)).await?;
-    html(ModelsPage { nav: Nav::new("/models"), models: rows.iter().map(model_row).collect() })
 }

@@ -224,6 +224,48 @@ pub struct ModelListRow {
     pub eval_loss: String,
     pub speed: String,
     pub created_at: String,
+    /// The export form's checkboxes.
+    pub quants: Vec<QuantChoice>,
+    pub export_error: Option<String>,
+}
+
+pub struct QuantChoice {
+    pub value: &'static str,
+    pub checked: bool,
+}
+
+pub struct ExportFileView {
+    pub quant: String,
+    pub size: String,
+}
+
+pub struct ParityCheckView {
+    pub name: String,
+    pub passed: bool,
+    pub required: bool,
+    pub detail: String,
+}
+
+/// The deploy form's values (defaults, or what a refused post entered) and its error.
+pub struct DeployFormView {
+    pub name: String,
+    pub host: String,
+    pub quants: Vec<SelectOption>,
+    pub test: bool,
+    pub error: Option<String>,
+}
+
+pub struct ExportListRow {
+    pub id: String,
+    pub model: Option<String>,
+    pub name: String,
+    pub files: Vec<ExportFileView>,
+    pub parity_passed: bool,
+    pub checks: Vec<ParityCheckView>,
+    /// Why there is no deploy form (the parity check failed).
+    pub not_deployable: Option<String>,
+    pub deploy: DeployFormView,
+    pub created_at: String,
 }
 
 #[derive(Template)]
@@ -231,6 +273,7 @@ pub struct ModelListRow {
 pub struct ModelsPage {
     pub nav: Nav,
     pub models: Vec<ModelListRow>,
+    pub exports: Vec<ExportListRow>,
 }
 
 pub struct TraceRow {

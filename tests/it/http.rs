@@ -256,3 +256,130 @@ fn preference_pairs_import_over_the_api_and_the_form() {
     assert_eq!(again["job"]["kind"], "import_dpo");
     assert_eq!(again["job"]["result"]["imported"], 0);
 }
+
+/// A data dir with a tiny model trained just long enough (40 steps, seeded) that its export
+/// passes every parity check, tool calls included.
+fn trained_tiny_model(dir: &std::path::Path) {
+    use crate::support::{cli, fixture};
+    let run = cli(dir, &["import", "traces", fixture("overfit.jsonl").to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let built = cli(dir, &["build-dataset", "--val-ratio", "0", "--test-ratio", "0", "--json"]);
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    let args = ["train", "--phase", "sft", "--max-steps", "40", "--epochs", "40", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"];
+    let trained = cli(dir, &args);
+    assert_eq!(trained.code, 0, "{}", trained.stderr);
+}
+
+fn post_urlencoded(url: &str, body: &str) -> Reply {
+    reply(http().post(url).header("Content-Type", "application/x-www-form-urlencoded").send(body))
+}
+
+/// A port on 127.0.0.1 where nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn models_page_exports_and_deploys_as_jobs_and_shows_parity() {
+    let app = spawn_app(trained_tiny_model);
+    let model_id = get(&app.url("/api/models")).json()[0]["id"].as_str().unwrap().to_string();
+    let models = get(&app.url("/models"));
+    assert!(models.body.contains(&format!("action=\"/models/{model_id}/export\"")), "{}", models.body);
+    assert!(models.body.contains("value=\"q4_k_m\" checked"), "q4_k_m is checked by default");
+    assert!(models.body.contains("No export yet"));
+
+    // Refused requests: the form names the problem on the page, the API in its envelope.
+    let no_quant = post_urlencoded(&app.url(&format!("/models/{model_id}/export")), "");
+    assert_eq!(no_quant.status, 422);
+    assert!(no_quant.body.contains(&format!("id=\"export-error-{model_id}\"")) && no_quant.body.contains("choose at least one quant"), "{}", no_quant.body);
+    let bad_quant = reply(http().post(&app.url(&format!("/api/models/{model_id}/export"))).send_json(serde_json::json!({"quants": ["q3_k"]})));
+    assert_eq!(bad_quant.status, 400);
+    assert!(bad_quant.json()["error"]["message"].as_str().unwrap().starts_with("quants: unknown quant \"q3_k\""), "{}", bad_quant.body);
+    let unknown = reply(http().post(&app.url("/api/models/mdl_nope/export")).send_json(serde_json::json!({"quants": ["q8_0"]})));
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["error"]["type"], "not_found");
+    assert_eq!(reply(http().post(&app.url("/api/exports/exp_nope/deploy")).send_json(serde_json::json!({}))).status, 404);
+
+    // The API export runs as a job; the export and its parity report are stored.
+    let queued = reply(http().post(&app.url(&format!("/api/models/{model_id}/export"))).send_json(serde_json::json!({"quants": ["q8_0"]})));
+    assert_eq!(queued.status, 202, "{}", queued.body);
+    assert_eq!(queued.json()["kind"], "export");
+    let job_id = queued.json()["id"].as_str().unwrap().to_string();
+    let done = wait_for_job(&app.base, &job_id, |job| job["status"] != "queued" && job["status"] != "running");
+    assert_eq!(done["job"]["status"], "succeeded", "{}", done["job"]);
+    let exports = get(&app.url("/api/exports")).json();
+    assert_eq!(exports.as_array().unwrap().len(), 1, "{exports}");
+    let export = &exports[0];
+    let export_id = export["id"].as_str().unwrap().to_string();
+    assert_eq!(export["model_id"], model_id.as_str());
+    assert_eq!(export["parity_passed"], true, "{}", export["manifest"]["parity"]);
+    let checks: Vec<&str> = export["manifest"]["parity"]["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert!(checks.contains(&"tool_call") && checks.contains(&"agreement:q8_0"), "{checks:?}");
+    assert!(export["manifest"]["files"].as_array().unwrap().iter().any(|f| f["quant"] == "q8_0"));
+
+    // The form export queues a job too and redirects to its live page.
+    let form_export = post_urlencoded(&app.url(&format!("/models/{model_id}/export")), "quant=q4_k_m&quant=q8_0");
+    assert_eq!(form_export.status, 303, "{}", form_export.body);
+    let location = form_export.location.unwrap();
+    let form_job = location.strip_prefix("/jobs/").unwrap().to_string();
+    let done = wait_for_job(&app.base, &form_job, |job| job["status"] != "queued" && job["status"] != "running");
+    assert_eq!(done["job"]["kind"], "export");
+    assert_eq!(get(&app.url("/api/exports")).json().as_array().unwrap().len(), 2);
+
+    // An export whose parity failed (the same manifest with tool_call failed) is listed as such
+    // and cannot be deployed.
+    let mut manifest = export["manifest"].clone();
+    manifest["parity"]["passed"] = Value::Bool(false);
+    for check in manifest["parity"]["checks"].as_array_mut().unwrap() {
+        if check["name"] == "tool_call" {
+            check["passed"] = Value::Bool(false);
+            check["detail"] = Value::String("none of 4 prompts gave a parseable tool call".into());
+        }
+    }
+    let db = understudy::store::Store::open(app.data_dir()).unwrap().connect().unwrap();
+    db.insert_export("exp_failed", Some(&model_id), "failed", export["path"].as_str().unwrap(), &manifest, false).unwrap();
+
+    let page = get(&app.url("/models"));
+    assert_eq!(page.status, 200);
+    let row = |id: &str| page.body.split(&format!("<tr id=\"export-{id}\">")).nth(1).unwrap().split("</tr>").next().unwrap().to_string();
+    let passed = row(&export_id);
+    assert!(passed.contains("parity passed") && passed.contains("tool_call") && passed.contains("<details>"), "{passed}");
+    assert!(passed.contains(&format!("action=\"/exports/{export_id}/deploy\"")) && passed.contains("value=\"cc-claude-agent\""), "{passed}");
+    assert!(passed.contains("value=\"http://127.0.0.1:11434\"") && passed.contains("name=\"test\""), "{passed}");
+    assert!(passed.contains("q8_0") && passed.contains(" MB"), "{passed}");
+    let failed = row("exp_failed");
+    assert!(failed.contains("parity failed") && failed.contains("none of 4 prompts gave a parseable tool call"), "{failed}");
+    assert!(!failed.contains("/deploy\"") && failed.contains("Not deployable: the tool_call parity check failed"), "{failed}");
+    let refused = reply(http().post(&app.url("/api/exports/exp_failed/deploy")).send_json(serde_json::json!({})));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+
+    // Bad deploy input: 422 on the page, 400 naming the field in the API.
+    let bad_host = post_urlencoded(&app.url(&format!("/exports/{export_id}/deploy")), "name=cc-claude-agent&host=https%3A%2F%2Fexample.com&quant=");
+    assert_eq!(bad_host.status, 422);
+    assert!(bad_host.body.contains(&format!("id=\"deploy-error-{export_id}\"")) && bad_host.body.contains("https is not supported"), "{}", bad_host.body);
+    let bad_quant = reply(http().post(&app.url(&format!("/api/exports/{export_id}/deploy"))).send_json(serde_json::json!({"quant": "f16"})));
+    assert_eq!(bad_quant.status, 400);
+    assert!(bad_quant.json()["error"]["message"].as_str().unwrap().starts_with("quant: "), "{}", bad_quant.body);
+    let bad_name = reply(http().post(&app.url(&format!("/api/exports/{export_id}/deploy"))).send_json(serde_json::json!({"name": "-bad name"})));
+    assert_eq!(bad_name.status, 400);
+    assert!(bad_name.json()["error"]["message"].as_str().unwrap().starts_with("name: "), "{}", bad_name.body);
+
+    // Deploying where no Ollama listens: accepted as a job, which fails saying how to register
+    // the model by hand.
+    let host = format!("http://127.0.0.1:{}", closed_port());
+    let deploy = reply(http().post(&app.url(&format!("/api/exports/{export_id}/deploy"))).send_json(serde_json::json!({"host": host, "quant": "q8_0"})));
+    assert_eq!(deploy.status, 202, "{}", deploy.body);
+    assert_eq!(deploy.json()["kind"], "deploy");
+    let deploy_id = deploy.json()["id"].as_str().unwrap().to_string();
+    let ended = wait_for_job(&app.base, &deploy_id, |job| job["status"] != "queued" && job["status"] != "running");
+    assert_eq!(ended["job"]["status"], "failed", "{}", ended["job"]);
+    let error = ended["job"]["error"].as_str().unwrap();
+    assert!(error.contains("ollama create cc-claude-agent") && error.contains("Modelfile"), "{error}");
+    let form_deploy = post_urlencoded(&app.url(&format!("/exports/{export_id}/deploy")), &format!("name=cc-tiny&host={}&quant=q8_0&test=on", host.replace(':', "%3A").replace('/', "%2F")));
+    assert_eq!(form_deploy.status, 303, "{}", form_deploy.body);
+    let form_deploy_job = form_deploy.location.unwrap().trim_start_matches("/jobs/").to_string();
+    let ended = wait_for_job(&app.base, &form_deploy_job, |job| job["status"] != "queued" && job["status"] != "running");
+    assert_eq!(ended["job"]["params"]["test"], true);
+    assert!(ended["job"]["error"].as_str().unwrap().contains("ollama create cc-tiny"), "{}", ended["job"]);
+}
