@@ -40,6 +40,10 @@ pub struct ServeSettings {
     /// Where the Models page's deploy form points by default (`OLLAMA_HOST`, as the CLI reads
     /// it); unset means Ollama's own default address.
     pub ollama_host: Option<String>,
+    /// Decoding threads of the inference engine.
+    pub engine_workers: usize,
+    /// Requests that may wait for a decoding thread before the endpoint answers 429.
+    pub queue_capacity: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -58,7 +62,7 @@ impl ServeSettings {
         if !ip.is_loopback() && api_key.is_none() {
             return Err(SettingsError::KeyRequired(ip));
         }
-        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None })
+        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32 })
     }
 }
 

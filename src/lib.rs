@@ -14,6 +14,7 @@ pub mod export;
 pub mod jobs;
 pub mod model;
 pub mod sandbox;
+pub mod serve;
 pub mod store;
 pub mod traces;
 pub mod train;

@@ -158,11 +158,15 @@ impl LoraConfig {
 /// Seeds LoRA dropout masks while training; `None` (evaluation, generation) disables dropout.
 /// Masks come from a seeded generator, so a resumed run draws the same masks.
 #[derive(Clone, Default)]
-pub struct DropoutSeed(std::rc::Rc<std::cell::Cell<Option<u64>>>);
+pub struct DropoutSeed(std::sync::Arc<std::sync::Mutex<Option<u64>>>);
 
 impl DropoutSeed {
     pub fn set(&self, seed: Option<u64>) {
-        self.0.set(seed);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = seed;
+    }
+
+    fn get(&self) -> Option<u64> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -180,7 +184,7 @@ impl Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.base.forward(x)?;
         let Some((a, b, scale)) = &self.adapter else { return Ok(y) };
-        let input = match self.seed.0.get() {
+        let input = match self.seed.get() {
             Some(seed) if self.dropout > 0.0 => {
                 use rand::{Rng, SeedableRng};
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));

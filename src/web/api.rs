@@ -67,7 +67,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
 }
 
 pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(ApiDoc::openapi().to_pretty_json().unwrap_or_default())
+    let mut document = ApiDoc::openapi();
+    document.merge(super::openai::OpenAiDoc::openapi());
+    HttpResponse::Ok().content_type("application/json").body(document.to_pretty_json().unwrap_or_default())
 }
 
 /// The error envelope every API error uses.

@@ -8,7 +8,9 @@ mod assets;
 mod bootstrap;
 mod datasets;
 mod error;
+mod metrics;
 mod models;
+mod openai;
 mod pages;
 mod training;
 mod views;
@@ -40,6 +42,14 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// The deploy form's default Ollama address.
     pub ollama_host: String,
+    pub serving: Arc<Serving>,
+}
+
+/// The inference side of the server: the engine's workers, the loaded models, the metrics.
+pub struct Serving {
+    pub engine: crate::serve::engine::Engine,
+    pub registry: Arc<crate::serve::registry::Registry>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -70,7 +80,12 @@ impl Application {
     pub async fn build(config: Config, store: Store, settings: ServeSettings) -> anyhow::Result<Application> {
         let runner = Arc::new(JobRunner::start(store.clone(), settings.job_workers)?);
         let ollama_host = settings.ollama_host.unwrap_or_else(|| crate::deploy::DEFAULT_HOST.to_string());
-        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, ollama_host });
+        let serving = Arc::new(Serving {
+            engine: crate::serve::engine::Engine::start(settings.engine_workers, settings.queue_capacity),
+            registry: Arc::new(crate::serve::registry::Registry::default()),
+            metrics: Arc::new(metrics::Metrics::default()),
+        });
+        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, ollama_host, serving });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
         let address = listener.local_addr()?;
@@ -111,6 +126,8 @@ fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/health", web::get().to(api::health))
         .route("/openapi.json", web::get().to(api::openapi_json))
+        .route("/metrics", web::get().to(metrics_text))
+        .configure(openai::routes)
         .service(web::scope("/api").configure(api::routes))
         .configure(pages::routes)
         .configure(bootstrap::routes)
@@ -121,6 +138,13 @@ fn routes(config: &mut web::ServiceConfig) {
         .default_service(web::to(pages::not_found));
 }
 
+/// Prometheus text: requests, tokens, latency, time to first token, the engine's queue.
+async fn metrics_text(state: web::Data<AppState>) -> actix_web::HttpResponse {
+    let serving = &state.serving;
+    let body = serving.metrics.render(serving.engine.queued(), serving.engine.active(), serving.engine.capacity(), serving.registry.loaded_versions().len());
+    actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
+}
+
 /// Bearer key on `/api/` when one is configured, and a same-origin check on form posts (CSRF).
 async fn access_control(
     request: ServiceRequest,
@@ -129,18 +153,21 @@ async fn access_control(
     let state = request.app_data::<web::Data<AppState>>().cloned();
     let path = request.path().to_string();
     if let Some(key) = state.as_ref().and_then(|s| s.api_key.clone()) {
-        if path.starts_with("/api/") {
+        if path.starts_with("/api/") || path.starts_with("/v1/") {
             let presented = request
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             if presented != Some(key.as_str()) {
+                if path.starts_with("/v1/") {
+                    return Err(openai::OpenAiError::unauthorized().into());
+                }
                 return Err(error::ApiError(WebError::Unauthorized).into());
             }
         }
     }
-    if request.method() == actix_web::http::Method::POST && !path.starts_with("/api/") {
+    if request.method() == actix_web::http::Method::POST && !path.starts_with("/api/") && !path.starts_with("/v1/") {
         let host = request.connection_info().host().to_string();
         let origin = request.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
         if let Some(origin) = origin.filter(|o| o != "null") {

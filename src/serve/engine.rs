@@ -1,0 +1,229 @@
+//! The inference engine: worker threads that own decoding, fed through a bounded queue (a full
+//! queue is "overloaded", never an unbounded backlog). Each request streams events back through
+//! its own channel; when the receiver is gone (client disconnected) the worker stops decoding
+//! that request at the next token, so an abandoned stream never holds up the next request.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::registry::ServedModel;
+use crate::model::generate::{sample, GenerateOptions};
+use crate::model::llama::KvCache;
+
+/// How to decode one request.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    /// Stop strings (besides the end-of-turn tokens); the text is cut before them.
+    pub stop: Vec<String>,
+    /// Top alternatives per token to report with logprobs (None: no logprobs).
+    pub logprobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// End-of-turn token or a stop string.
+    Stop,
+    /// The token limit (or the context) was reached.
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A generated token (its text arrives as `Text`, possibly later: a character may be partial).
+    Token { id: u32, logprob: Option<TokenLogprob> },
+    /// The next piece of reply text.
+    Text(String),
+    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize },
+    Failed(String),
+}
+
+struct Job {
+    model: Arc<ServedModel>,
+    prompt_ids: Vec<u32>,
+    sampling: Sampling,
+    events: UnboundedSender<Event>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the server is overloaded: {queued} requests are waiting; retry shortly")]
+    Overloaded { queued: usize },
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// Handle on the worker threads; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    sender: SyncSender<Job>,
+    queued: Arc<AtomicUsize>,
+    active: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl Engine {
+    /// `workers` decoding threads sharing a queue of `capacity` waiting requests.
+    pub fn start(workers: usize, capacity: usize) -> Engine {
+        let (sender, receiver) = sync_channel::<Job>(capacity.max(1));
+        let receiver = Arc::new(Mutex::new(receiver));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let active = Arc::new(AtomicUsize::new(0));
+        for index in 0..workers.max(1) {
+            let receiver = Arc::clone(&receiver);
+            let (queued, active) = (Arc::clone(&queued), Arc::clone(&active));
+            std::thread::Builder::new()
+                .name(format!("engine-{index}"))
+                .spawn(move || worker(&receiver, &queued, &active))
+                .expect("spawning an engine worker");
+        }
+        Engine { sender, queued, active, capacity }
+    }
+
+    /// Queue a request; its events arrive on the returned receiver.
+    pub fn submit(&self, model: Arc<ServedModel>, prompt_ids: Vec<u32>, sampling: Sampling) -> Result<UnboundedReceiver<Event>, EngineError> {
+        let (events, receiver) = unbounded_channel();
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        match self.sender.try_send(Job { model, prompt_ids, sampling, events }) {
+            Ok(()) => Ok(receiver),
+            Err(TrySendError::Full(_)) => {
+                let queued = self.queued.fetch_sub(1, Ordering::SeqCst) - 1;
+                Err(EngineError::Overloaded { queued })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(EngineError::Stopped)
+            }
+        }
+    }
+
+    /// Requests waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Requests being decoded.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+fn worker(receiver: &Mutex<Receiver<Job>>, queued: &AtomicUsize, active: &AtomicUsize) {
+    loop {
+        let job = {
+            let Ok(receiver) = receiver.lock() else { return };
+            match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        queued.fetch_sub(1, Ordering::SeqCst);
+        active.fetch_add(1, Ordering::SeqCst);
+        let events = job.events.clone();
+        if let Err(error) = decode(job) {
+            let _ = events.send(Event::Failed(format!("{error:#}")));
+        }
+        active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    logits.iter().map(|l| l - log_sum).collect()
+}
+
+fn token_logprob(model: &ServedModel, logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let logprobs = log_softmax(logits);
+    let text = |id: u32| model.loaded.tokenizer.decode(&[id], false).unwrap_or_default();
+    let mut order: Vec<usize> = (0..logprobs.len()).collect();
+    let top = top.min(order.len());
+    if top > 0 {
+        order.select_nth_unstable_by(top - 1, |a, b| logprobs[*b].total_cmp(&logprobs[*a]));
+        order.truncate(top);
+        order.sort_by(|a, b| logprobs[*b].total_cmp(&logprobs[*a]));
+    }
+    TokenLogprob {
+        token: text(id),
+        logprob: logprobs.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        top: if top > 0 { order.into_iter().map(|i| (text(i as u32), logprobs[i])).collect() } else { Vec::new() },
+    }
+}
+
+/// Decode one request, sending a token event per token; stops when the receiver is dropped.
+fn decode(job: Job) -> anyhow::Result<()> {
+    let Job { model, prompt_ids, sampling, events } = job;
+    let llama = &model.loaded.model;
+    let device = llama.cos_device();
+    let stops: Vec<u32> = model.loaded.template.end_of_turn.iter().filter_map(|t| model.loaded.tokenizer.token_to_id(t)).collect();
+    let options = GenerateOptions { max_tokens: sampling.max_tokens, temperature: sampling.temperature, top_p: sampling.top_p, seed: sampling.seed };
+    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    let mut cache = KvCache::new(llama.config.num_hidden_layers);
+    let mut input = Tensor::from_vec(prompt_ids.clone(), (1, prompt_ids.len()), &device)?;
+    let room = llama.config.max_position_embeddings.saturating_sub(prompt_ids.len());
+    let longest_stop = sampling.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut generated: Vec<u32> = Vec::new();
+    let mut text = String::new();
+    let mut emitted = 0usize;
+    let mut finish = Finish::Length;
+    for _ in 0..sampling.max_tokens.min(room) {
+        let logits = llama.forward_last(&input, Some(&mut cache))?.squeeze(0)?.to_vec1::<f32>()?;
+        let next = sample(&logits, &options, &mut rng);
+        if stops.contains(&next) {
+            finish = Finish::Stop;
+            break;
+        }
+        generated.push(next);
+        let logprob = sampling.logprobs.map(|top| token_logprob(&model, &logits, next, top));
+        text = model.loaded.tokenizer.decode(&generated, false).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A stop string ends the reply before it.
+        if let Some(at) = sampling.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            let _ = events.send(Event::Token { id: next, logprob });
+            text.truncate(at.max(emitted));
+            finish = Finish::Stop;
+            break;
+        }
+        // Hold back a partial UTF-8 character and a possible start of a stop string.
+        let mut safe = if text.ends_with('\u{FFFD}') { text.trim_end_matches('\u{FFFD}').len() } else { text.len() };
+        if longest_stop > 0 {
+            safe = safe.min(text.len().saturating_sub(longest_stop - 1));
+            while !text.is_char_boundary(safe) {
+                safe -= 1;
+            }
+        }
+        if events.send(Event::Token { id: next, logprob }).is_err() {
+            return Ok(()); // the client went away
+        }
+        if safe > emitted {
+            let _ = events.send(Event::Text(text[emitted..safe].to_string()));
+            emitted = safe;
+        }
+        input = Tensor::from_vec(vec![next], (1, 1), &device)?;
+    }
+    if emitted < text.len() {
+        let _ = events.send(Event::Text(text[emitted..].trim_end_matches('\u{FFFD}').to_string()));
+    }
+    let _ = events.send(Event::Done { finish, prompt_tokens: prompt_ids.len(), completion_tokens: generated.len() });
+    Ok(())
+}

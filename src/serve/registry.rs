@@ -1,0 +1,141 @@
+//! Which models the endpoint serves and the loaded ones: the catalog is every export whose
+//! parity passed (newest first) plus trained models not exported yet; the champion (the
+//! champion model's newest export, else the newest export) answers to `understudy` and
+//! `default`. Loaded models are shared `Arc`s cached by version, so swapping the champion never
+//! drops a request in flight: it keeps its own `Arc` until it finishes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::Device;
+
+use crate::export::ExportManifest;
+use crate::model::generate::LoadedModel;
+use crate::store::{ExportRow, ModelRow};
+
+/// Names that always mean the current champion.
+pub const CHAMPION_ALIASES: [&str; 2] = ["understudy", "default"];
+
+/// GGUF quants in the order the engine prefers to serve them.
+const SERVE_ORDER: [&str; 4] = ["q8_0", "f16", "f32", "q4_k_m"];
+
+/// One servable model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogEntry {
+    /// The model name clients send.
+    pub name: String,
+    /// The version: an export id, or a model id for a model not exported yet.
+    pub version: String,
+    /// A GGUF file or a model directory.
+    pub path: PathBuf,
+    pub created: i64,
+    pub champion: bool,
+}
+
+fn unix_seconds(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).map(|t| t.timestamp()).unwrap_or(0)
+}
+
+/// The file an export is served from.
+fn served_file(row: &ExportRow) -> Option<PathBuf> {
+    let manifest: ExportManifest = serde_json::from_value(row.manifest.clone()).ok()?;
+    let dir = Path::new(&row.path);
+    SERVE_ORDER
+        .iter()
+        .find_map(|quant| manifest.gguf(Some(quant)))
+        .map(|file| dir.join(&file.path))
+        .or_else(|| dir.join("hf").join("template.json").exists().then(|| dir.join("hf")))
+}
+
+/// The catalog, champion first. Several exports under one name: the newest answers to it.
+pub fn catalog(exports: &[ExportRow], models: &[ModelRow]) -> Vec<CatalogEntry> {
+    let champion_model = models.iter().find(|m| m.is_champion).map(|m| m.id.clone());
+    let mut entries: Vec<CatalogEntry> = Vec::new();
+    for row in exports.iter().filter(|e| e.parity_passed) {
+        if entries.iter().any(|e| e.name == row.name) {
+            continue;
+        }
+        let Some(path) = served_file(row) else { continue };
+        entries.push(CatalogEntry { name: row.name.clone(), version: row.id.clone(), path, created: unix_seconds(&row.created_at), champion: false });
+    }
+    let exported: Vec<Option<&str>> = exports.iter().map(|e| e.model_id.as_deref()).collect();
+    for model in models {
+        if exported.contains(&Some(model.id.as_str())) || entries.iter().any(|e| e.name == model.name) {
+            continue;
+        }
+        entries.push(CatalogEntry { name: model.name.clone(), version: model.id.clone(), path: PathBuf::from(&model.path), created: unix_seconds(&model.created_at), champion: false });
+    }
+    let champion = champion_model
+        .and_then(|id| exports.iter().find(|e| e.parity_passed && e.model_id.as_deref() == Some(id.as_str())).map(|e| e.name.clone()))
+        .and_then(|name| entries.iter().position(|e| e.name == name))
+        .unwrap_or(0);
+    if let Some(entry) = entries.get_mut(champion) {
+        entry.champion = true;
+    }
+    if champion > 0 {
+        let entry = entries.remove(champion);
+        entries.insert(0, entry);
+    }
+    entries
+}
+
+/// The entry a request's `model` names: a name, a version, or a champion alias.
+pub fn resolve<'a>(catalog: &'a [CatalogEntry], requested: &str) -> Option<&'a CatalogEntry> {
+    if CHAMPION_ALIASES.contains(&requested) {
+        return catalog.first();
+    }
+    catalog.iter().find(|e| e.name == requested).or_else(|| catalog.iter().find(|e| e.version == requested))
+}
+
+/// A loaded model version.
+pub struct ServedModel {
+    pub name: String,
+    pub version: String,
+    pub loaded: LoadedModel,
+}
+
+/// Loaded models by version; the most recently used few stay loaded.
+#[derive(Default)]
+pub struct Registry {
+    loaded: Mutex<Vec<Arc<ServedModel>>>,
+}
+
+const KEEP_LOADED: usize = 3;
+
+impl Registry {
+    /// The loaded model for an entry, loading it (blocking: call off the async workers).
+    pub fn get(&self, entry: &CatalogEntry) -> anyhow::Result<Arc<ServedModel>> {
+        if let Some(model) = self.find(&entry.version) {
+            return Ok(model);
+        }
+        let loaded = LoadedModel::load_path(&entry.path, &Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("loading {} ({}): {e:#}", entry.name, entry.path.display()))?;
+        let model = Arc::new(ServedModel { name: entry.name.clone(), version: entry.version.clone(), loaded });
+        let mut cache = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = cache.iter().find(|m| m.version == entry.version) {
+            return Ok(Arc::clone(existing));
+        }
+        cache.insert(0, Arc::clone(&model));
+        cache.truncate(KEEP_LOADED);
+        Ok(model)
+    }
+
+    fn find(&self, version: &str) -> Option<Arc<ServedModel>> {
+        let mut cache = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let index = cache.iter().position(|m| m.version == version)?;
+        let model = cache.remove(index);
+        cache.insert(0, Arc::clone(&model));
+        Some(model)
+    }
+
+    /// Versions currently loaded, most recent first.
+    pub fn loaded_versions(&self) -> Vec<String> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|m| m.version.clone()).collect()
+    }
+}
+
+/// Names of loaded models by version, for the metrics page.
+pub fn names(catalog: &[CatalogEntry]) -> HashMap<String, String> {
+    catalog.iter().map(|e| (e.version.clone(), e.name.clone())).collect()
+}
