@@ -406,14 +406,16 @@ fn messages(raw: &[Value]) -> Result<Vec<Message>, OpenAiError> {
     messages_from_wire(wire).map_err(|e| OpenAiError::bad_request(Some(e.field.clone()), format!("{}: {}", e.field, e.reason)))
 }
 
-/// Text forced at the start of the reply for `required` and named tool choices.
+/// Text forced at the start of the reply for `required` and named tool choices. It ends at a
+/// pre-tokenizer boundary (after `":`), so the tokens the model continues with are the ones
+/// it was trained on.
 fn forced_prefix(mode: &ToolMode, kind: TemplateKind, source: &str) -> String {
     let llama = kind == TemplateKind::Llama3 || (kind == TemplateKind::Custom && source.contains("<|start_header_id|>"));
     match (mode, llama) {
-        (ToolMode::Required, false) => "<tool_call>\n{\"name\": \"".into(),
-        (ToolMode::Required, true) => "{\"name\": \"".into(),
-        (ToolMode::Named(name), false) => format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": "),
-        (ToolMode::Named(name), true) => format!("{{\"name\": \"{name}\", \"parameters\": "),
+        (ToolMode::Required, false) => "<tool_call>\n{\"name\":".into(),
+        (ToolMode::Required, true) => "{\"name\":".into(),
+        (ToolMode::Named(name), false) => format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\":"),
+        (ToolMode::Named(name), true) => format!("{{\"name\": \"{name}\", \"parameters\":"),
         _ => String::new(),
     }
 }

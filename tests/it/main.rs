@@ -9,6 +9,7 @@ mod deploy;
 mod dpo;
 mod export;
 mod http;
+mod serve;
 mod store;
 mod support;
 mod train;
