@@ -9,6 +9,8 @@ use super::progress::TerminalProgress;
 use crate::dataset::{datasets_dir, DatasetConfig};
 use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
 use crate::jobs::build_dataset::{params_value as build_params_value, BuildParams};
+use crate::export::{ExportSource, Quant};
+use crate::jobs::export::{params_value as export_params_value, ExportParams};
 use crate::jobs::train::{params_value as train_params_value, TrainParams};
 use crate::model::llama::LlamaConfig;
 use crate::model::source::ModelSource;
@@ -42,7 +44,10 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
     actix_web::rt::System::new().block_on(async move {
         let application = Application::build(config.clone(), store, settings).await?;
-        eprintln!("Understudy is serving on http://{}/ (Ctrl-C stops it)", application.address());
+        let address = application.address();
+        eprintln!("Understudy is serving on http://{address}/ (Ctrl-C stops it)");
+        eprintln!("  playground  http://{address}/playground");
+        eprintln!("  OpenAI API  http://{address}/v1  (e.g. curl http://{address}/v1/models)");
         application.run_until_stopped().await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -61,9 +66,18 @@ fn run_stage(store: &Store, kind: JobKind, params: &serde_json::Value, label: &s
 }
 
 /// The embedded default run: every pipeline stage that exists, then serve.
+/// The name quickstart exports under (and finds on a second run).
+const QUICKSTART_EXPORT: &str = "understudy-quickstart";
+
 pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
-    eprintln!("[1/4] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
+    let previous = store.connect()?.list_exports()?.into_iter().find(|e| e.name == QUICKSTART_EXPORT && e.parity_passed);
+    if let Some(export) = previous {
+        eprintln!("a previous quickstart's export {} is in {}: serving it (remove the data dir to start over)", export.id, config.data_dir().display());
+        eprintln!("[5/5] serve");
+        return serve(config, args);
+    }
+    eprintln!("[1/5] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
     let params = BootstrapParams { traces: 500, seed: QUICKSTART_SEED, templates: Vec::new() };
     let result = run_stage(&store, JobKind::Bootstrap, &params_value(&params), "bootstrap")?;
     let report: BootstrapReport = serde_json::from_value(result)?;
@@ -71,7 +85,7 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         "      {} new traces, {} already there, {} in the store ({:.2}s)",
         report.synthetic, report.duplicates, report.total_traces, report.seconds
     );
-    eprintln!("[2/4] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks");
+    eprintln!("[2/5] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks");
     let dataset_config = DatasetConfig::new("quickstart".into(), ModelSource::Tiny);
     let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
     let result = run_stage(&store, JobKind::BuildDataset, &build_params_value(&params), "dataset")?;
@@ -84,7 +98,7 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         result["truncated"],
         result["dropped"]
     );
-    eprintln!("[3/4] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 7 minutes on 2 cores)");
+    eprintln!("[3/5] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 7 minutes on 2 cores)");
     let dataset_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap_or_default());
     let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sft = SftConfig {
@@ -115,6 +129,23 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         run["final_loss"].as_f64().unwrap_or(f64::NAN),
         run["tokens_per_second"].as_f64().unwrap_or(0.0)
     );
-    eprintln!("[4/4] serve");
+    eprintln!("[4/5] export: HF directory, q8_0 and q4_k_m GGUF, Ollama Modelfile, parity checks");
+    let params = ExportParams {
+        source: ExportSource::ModelDir(std::path::PathBuf::from(run["checkpoint_dir"].as_str().unwrap_or_default()).join("model")),
+        quants: vec![Quant::Q8_0, Quant::Q4KM],
+        name: QUICKSTART_EXPORT.into(),
+        model_id: run["model_id"].as_str().map(str::to_string),
+        dataset_id: Some(params.dataset_id.clone()),
+        run_id: run["run_id"].as_str().map(str::to_string),
+        exports_dir: config.artifacts_dir().join("exports"),
+        parity_prompts: 4,
+        parity_max_tokens: 64,
+    };
+    let export = run_stage(&store, JobKind::Export, &export_params_value(&params), "export")?;
+    for check in export["parity"]["checks"].as_array().into_iter().flatten() {
+        eprintln!("      parity {:<22} {}", check["name"].as_str().unwrap_or(""), check["detail"].as_str().unwrap_or(""));
+    }
+    eprintln!("      Modelfile {}", export["modelfile"].as_str().unwrap_or("-"));
+    eprintln!("[5/5] serve: the model answers as `{QUICKSTART_EXPORT}` (or `understudy`) on the OpenAI-compatible /v1 endpoint");
     serve(config, args)
 }

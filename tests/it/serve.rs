@@ -79,3 +79,113 @@ fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
     assert_eq!(errors["temperature"]["param"], "temperature");
     assert_eq!(out["extra_fields"], "length");
 }
+
+fn post(url: &str, body: &Value) -> (u16, Option<String>, String, String) {
+    let mut response = crate::support::http().post(url).header("content-type", "application/json").send(body.to_string()).expect("HTTP request");
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (retry_after, content_type) = (header("retry-after"), header("content-type").unwrap_or_default());
+    let status = response.status().as_u16();
+    (status, retry_after, content_type, response.body_mut().read_to_string().unwrap_or_default())
+}
+
+fn sse_events(body: &str) -> Vec<String> {
+    assert!(body.ends_with("data: [DONE]\n\n"), "ends with [DONE]: {body}");
+    body.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("every event is a data line: {e:?}")).to_string()).collect()
+}
+
+#[test]
+fn sse_framing_overload_metrics_and_hot_swap_on_the_raw_wire() {
+    let app = crate::support::spawn_app_with_settings(served_model_dir, None, |settings| {
+        settings.engine_workers = 1;
+        settings.queue_capacity = 1;
+    });
+    let chat = app.url("/v1/chat/completions");
+    let tools: Value = serde_json::from_str(&std::fs::read_to_string(tools_file(app.data_dir())).unwrap()).unwrap();
+    let messages = serde_json::json!([
+        {"role": "system", "content": "You are a coding agent. Use the tools."},
+        {"role": "user", "content": "How many users are in data/users.csv?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "Bash", "arguments": "{\"command\": \"wc -l data/users.csv\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "41 data/users.csv"}
+    ]);
+
+    // Framing: text/event-stream, a role-only first delta, one finish chunk, no usage unless asked.
+    let (status, _, content_type, body) = post(&chat, &serde_json::json!({"messages": messages, "tools": tools, "stream": true, "max_tokens": 30}));
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    let events = sse_events(&body);
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"], serde_json::json!({"role": "assistant", "content": ""}));
+    assert!(chunks[1..].iter().all(|c| c["choices"][0]["delta"].get("role").is_none()));
+    let finishes: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+    assert_eq!(finishes.len(), 1);
+    assert!(chunks.iter().all(|c| c["choices"].as_array().is_some_and(|a| a.len() == 1)), "no usage chunk without include_usage");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, "40 users (41 lines with the header).", "the trained reply, streamed");
+
+    // Overload: one request decoding, one waiting, the rest refused with 429 and Retry-After.
+    let long = serde_json::json!({"prompt": "<|im_start|>user\nHow many", "max_tokens": 400});
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let url = app.url("/v1/completions");
+            let body = long.clone();
+            std::thread::spawn(move || post(&url, &body))
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let refused: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert!(!refused.is_empty() && results.iter().any(|r| r.0 == 200), "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!(refused[0].1.as_deref(), Some("1"), "Retry-After");
+    let error: Value = serde_json::from_str(&refused[0].3).unwrap();
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded");
+
+    // Metrics.
+    let metrics = crate::support::get(&app.url("/metrics")).body;
+    assert!(metrics.contains("understudy_requests_total{route=\"completions\",status=\"429\"}"), "{metrics}");
+    assert!(metrics.contains("understudy_requests_total{route=\"chat\",status=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("understudy_queue_capacity 1"));
+    let completion_tokens: u64 = metrics.lines().find_map(|l| l.strip_prefix("understudy_completion_tokens_total ")).unwrap().parse().unwrap();
+    assert!(completion_tokens > 10);
+
+    // Hot swap: a request in flight finishes on the old version; a new export takes over the name.
+    let before: Value = serde_json::from_str(&crate::support::get(&app.url("/v1/models")).body).unwrap();
+    let old_version = before["data"][0]["version"].as_str().unwrap().to_string();
+    let url = app.url("/v1/completions");
+    let in_flight = std::thread::spawn(move || post(&url, &serde_json::json!({"prompt": "<|im_start|>user\nHow many", "max_tokens": 1500})));
+    let again = cli(app.data_dir(), &["export", "--quant", "q8_0", "--name", "cc-tiny", "--json"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let (status, _, _, body) = in_flight.join().unwrap();
+    assert_eq!(status, 200);
+    let finished: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(finished["system_fingerprint"], old_version.as_str());
+    let after: Value = serde_json::from_str(&crate::support::get(&app.url("/v1/models")).body).unwrap();
+    let new_version = after["data"][0]["version"].as_str().unwrap();
+    assert_ne!(new_version, old_version);
+    let (status, _, _, body) = post(&chat, &serde_json::json!({"model": "cc-tiny", "messages": messages, "tools": tools, "max_tokens": 5}));
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["system_fingerprint"], new_version);
+}
+
+#[test]
+fn the_endpoint_needs_the_key_when_one_is_set() {
+    let app = crate::support::spawn_app_with_key(|_| {}, Some("sekrit"));
+    let denied = crate::support::get(&app.url("/v1/models"));
+    assert_eq!(denied.status, 401);
+    let error: Value = serde_json::from_str(&denied.body).unwrap();
+    assert_eq!(error["error"]["code"], "invalid_api_key");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let allowed = crate::support::reply(crate::support::http().get(&app.url("/v1/models")).header("authorization", "Bearer sekrit").call());
+    assert_eq!(allowed.status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&allowed.body).unwrap(), serde_json::json!({"object": "list", "data": []}));
+    // No model served yet: a chat request says so in OpenAI's envelope.
+    let missing = crate::support::reply(
+        crate::support::http()
+            .post(&app.url("/v1/chat/completions"))
+            .header("authorization", "Bearer sekrit")
+            .send(r#"{"model": "understudy", "messages": [{"role": "user", "content": "hi"}]}"#),
+    );
+    assert_eq!(missing.status, 404);
+    assert!(missing.body.contains("model_not_found") && missing.body.contains("no model is served yet"), "{}", missing.body);
+    let malformed = crate::support::reply(crate::support::http().post(&app.url("/v1/chat/completions")).header("authorization", "Bearer sekrit").send("{not json"));
+    assert_eq!(malformed.status, 400);
+    assert!(malformed.body.contains("invalid_request_error"), "{}", malformed.body);
+}

@@ -44,6 +44,7 @@ pub fn cli_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Cl
         .env_remove("UNDERSTUDY_DATA_DIR")
         .env_remove("COMMAND_CENTER_DIR")
         .env_remove("OLLAMA_HOST")
+        .env_remove("CLAUDE_CONFIG_DIR")
         .env("UNDERSTUDY_LOG", "warn");
     for (name, value) in env {
         command.env(name, value);
@@ -93,10 +94,16 @@ pub fn spawn_app(prepare: impl FnOnce(&Path)) -> TestApp {
 }
 
 pub fn spawn_app_with_key(prepare: impl FnOnce(&Path), api_key: Option<&str>) -> TestApp {
+    spawn_app_with_settings(prepare, api_key, |_| {})
+}
+
+/// The real server with adjusted settings (engine workers, queue capacity, ...).
+pub fn spawn_app_with_settings(prepare: impl FnOnce(&Path), api_key: Option<&str>, adjust: impl FnOnce(&mut ServeSettings)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     prepare(data_dir.path());
     let config = Config::new(data_dir.path().to_path_buf());
-    let settings = ServeSettings::new("127.0.0.1", 0, api_key.map(str::to_string)).expect("loopback settings");
+    let mut settings = ServeSettings::new("127.0.0.1", 0, api_key.map(str::to_string)).expect("loopback settings");
+    adjust(&mut settings);
     let (sender, receiver) = mpsc::channel::<(SocketAddr, actix_web::dev::ServerHandle)>();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
