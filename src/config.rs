@@ -44,6 +44,9 @@ pub struct ServeSettings {
     pub engine_workers: usize,
     /// Requests that may wait for a decoding thread before the endpoint answers 429.
     pub queue_capacity: usize,
+    /// Required for the UI and `/api/` when set (bearer header or the cookie `/login` sets);
+    /// mandatory off loopback. The API key then guards only the inference routes `/v1/`.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -52,6 +55,8 @@ pub enum SettingsError {
     BadHost(String),
     #[error("refusing to listen on {0}, which is not loopback, without an API key: set --api-key or UNDERSTUDY_API_KEY")]
     KeyRequired(IpAddr),
+    #[error("refusing to listen on {0}, which is not loopback, without an admin token for the UI and /api: set --admin-token or UNDERSTUDY_ADMIN_TOKEN")]
+    AdminTokenRequired(IpAddr),
 }
 
 impl ServeSettings {
@@ -62,7 +67,16 @@ impl ServeSettings {
         if !ip.is_loopback() && api_key.is_none() {
             return Err(SettingsError::KeyRequired(ip));
         }
-        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32 })
+        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32, admin_token: None })
+    }
+
+    /// Set the admin token; off loopback one is required.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Result<ServeSettings, SettingsError> {
+        self.admin_token = token.filter(|t| !t.is_empty());
+        if !self.address.ip().is_loopback() && self.admin_token.is_none() {
+            return Err(SettingsError::AdminTokenRequired(self.address.ip()));
+        }
+        Ok(self)
     }
 }
 
@@ -74,6 +88,9 @@ mod tests {
     fn non_loopback_needs_a_key() {
         assert!(ServeSettings::new("127.0.0.1", 0, None).is_ok());
         assert!(matches!(ServeSettings::new("0.0.0.0", 0, None), Err(SettingsError::KeyRequired(_))));
+        let keyed = ServeSettings::new("0.0.0.0", 0, Some("k".into())).unwrap();
+        assert!(matches!(keyed.clone().with_admin_token(None), Err(SettingsError::AdminTokenRequired(_))));
+        assert!(keyed.with_admin_token(Some("a".into())).is_ok());
         assert!(ServeSettings::new("0.0.0.0", 0, Some("k".into())).is_ok());
         assert!(matches!(ServeSettings::new("nope", 0, None), Err(SettingsError::BadHost(_))));
     }

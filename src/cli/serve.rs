@@ -33,13 +33,16 @@ pub struct ServeArgs {
     /// Bearer key for /api/ (required when listening off loopback).
     #[arg(long, env = "UNDERSTUDY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Token for the web UI and /api/ (required when listening off loopback); /v1 then takes the API key.
+    #[arg(long, env = "UNDERSTUDY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Where the Models page's Deploy button finds Ollama.
     #[arg(long, env = "OLLAMA_HOST")]
     pub ollama_host: Option<String>,
 }
 
 pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut settings = ServeSettings::new(&args.host, args.port, args.api_key)?;
+    let mut settings = ServeSettings::new(&args.host, args.port, args.api_key)?.with_admin_token(args.admin_token)?;
     settings.ollama_host = args.ollama_host;
     let store = Store::open(config.data_dir())?;
     actix_web::rt::System::new().block_on(async move {

@@ -12,6 +12,7 @@ mod metrics;
 mod models;
 mod openai;
 mod pages;
+mod playground;
 mod training;
 mod views;
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub store: Store,
     pub runner: Arc<JobRunner>,
     pub api_key: Option<String>,
+    pub admin_token: Option<String>,
     /// The deploy form's default Ollama address.
     pub ollama_host: String,
     pub serving: Arc<Serving>,
@@ -85,7 +87,7 @@ impl Application {
             registry: Arc::new(crate::serve::registry::Registry::default()),
             metrics: Arc::new(metrics::Metrics::default()),
         });
-        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, ollama_host, serving });
+        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, admin_token: settings.admin_token, ollama_host, serving });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
         let address = listener.local_addr()?;
@@ -127,6 +129,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .route("/health", web::get().to(api::health))
         .route("/openapi.json", web::get().to(api::openapi_json))
         .route("/metrics", web::get().to(metrics_text))
+        .route("/login", web::get().to(login))
         .configure(openai::routes)
         .service(web::scope("/api").configure(api::routes))
         .configure(pages::routes)
@@ -134,8 +137,25 @@ fn routes(config: &mut web::ServiceConfig) {
         .configure(datasets::routes)
         .configure(training::routes)
         .configure(models::routes)
+        .configure(playground::routes)
         .route("/static/{path:.*}", web::get().to(assets::serve))
         .default_service(web::to(pages::not_found));
+}
+
+/// The cookie that carries the admin token for the web UI.
+const ADMIN_COOKIE: &str = "understudy_admin";
+
+/// `GET /login?token=...`: a right admin token becomes an HttpOnly, same-site cookie.
+async fn login(state: web::Data<AppState>, query: web::Query<std::collections::HashMap<String, String>>) -> Result<actix_web::HttpResponse, error::PageError> {
+    let given = query.get("token").cloned().unwrap_or_default();
+    match &state.admin_token {
+        Some(token) if *token == given => {
+            let cookie = actix_web::cookie::Cookie::build(ADMIN_COOKIE, given).path("/").http_only(true).same_site(actix_web::cookie::SameSite::Strict).finish();
+            Ok(actix_web::HttpResponse::SeeOther().insert_header(("Location", "/")).cookie(cookie).finish())
+        }
+        Some(_) => Err(error::PageError(WebError::Forbidden("wrong admin token".into()))),
+        None => Ok(actix_web::HttpResponse::SeeOther().insert_header(("Location", "/")).finish()),
+    }
 }
 
 /// Prometheus text: requests, tokens, latency, time to first token, the engine's queue.
@@ -152,19 +172,24 @@ async fn access_control(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = request.app_data::<web::Data<AppState>>().cloned();
     let path = request.path().to_string();
-    if let Some(key) = state.as_ref().and_then(|s| s.api_key.clone()) {
-        if path.starts_with("/api/") || path.starts_with("/v1/") {
-            let presented = request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if presented != Some(key.as_str()) {
-                if path.starts_with("/v1/") {
-                    return Err(openai::OpenAiError::unauthorized().into());
-                }
+    let bearer = request.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let (api_key, admin_token) = state.as_ref().map_or((None, None), |s| (s.api_key.clone(), s.admin_token.clone()));
+    let open = path == "/health" || path == "/login" || path.starts_with("/static/");
+    if path.starts_with("/v1/") {
+        if api_key.is_some_and(|key| bearer.as_deref() != Some(key.as_str())) {
+            return Err(openai::OpenAiError::unauthorized().into());
+        }
+    } else if let Some(token) = admin_token.filter(|_| !open) {
+        let cookie = request.cookie(ADMIN_COOKIE).map(|c| c.value().to_string());
+        if bearer.as_deref() != Some(token.as_str()) && cookie.as_deref() != Some(token.as_str()) {
+            if path.starts_with("/api/") {
                 return Err(error::ApiError(WebError::Unauthorized).into());
             }
+            return Err(error::PageError(WebError::Forbidden("this Understudy needs its admin token: open /login?token=TOKEN once in this browser".into())).into());
+        }
+    } else if let Some(key) = api_key.filter(|_| path.starts_with("/api/")) {
+        if bearer.as_deref() != Some(key.as_str()) {
+            return Err(error::ApiError(WebError::Unauthorized).into());
         }
     }
     if request.method() == actix_web::http::Method::POST && !path.starts_with("/api/") && !path.starts_with("/v1/") {

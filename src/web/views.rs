@@ -18,13 +18,14 @@ pub struct NavItem {
     pub active: bool,
 }
 
-const NAV: [(&str, &str); 9] = [
+const NAV: [(&str, &str); 10] = [
     ("/", "Dashboard"),
     ("/traces", "Traces"),
     ("/bootstrap", "Bootstrap"),
     ("/datasets", "Datasets"),
     ("/training", "Training"),
     ("/models", "Models"),
+    ("/playground", "Playground"),
     ("/import", "Import"),
     ("/jobs", "Jobs"),
     ("/docs", "API"),
@@ -274,6 +275,18 @@ pub struct ModelsPage {
     pub nav: Nav,
     pub models: Vec<ModelListRow>,
     pub exports: Vec<ExportListRow>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/playground.html")]
+pub struct PlaygroundPage {
+    pub nav: Nav,
+    /// The served models, the champion first; empty when nothing is served yet.
+    pub models: Vec<SelectOption>,
+    /// The system prompt the models were trained with.
+    pub system_prompt: String,
+    /// The default tools as JSON, already safe inside a `<script>` element.
+    pub tools_json: String,
 }
 
 pub struct TraceRow {

@@ -1,12 +1,13 @@
 //! A real headless Chromium (Debian's chromium + chromedriver, driven over the W3C WebDriver
-//! protocol) loads the Traces page, filters through htmx, and opens a trace.
+//! protocol) loads the Traces page, filters through htmx, and opens a trace; and plays the agent
+//! loop by hand on the Playground against a served tiny model, streamed.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::support::{import_fixture, spawn_app, wait_for};
+use crate::support::{fixture, get, import_fixture, spawn_app, wait_for};
 
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -122,6 +123,17 @@ impl Driver {
         let element = wait_for(10, css, || self.find(css));
         call("POST", &self.url(&format!("/element/{element}/value")), Some(json!({"text": text})));
     }
+
+    fn clear(&self, css: &str) {
+        let element = wait_for(10, css, || self.find(css));
+        call("POST", &self.url(&format!("/element/{element}/clear")), None);
+    }
+
+    /// The current value of a form field (what the user typed, or what a script set).
+    fn value(&self, css: &str) -> String {
+        let element = wait_for(10, css, || self.find(css));
+        call("GET", &self.url(&format!("/element/{element}/property/value")), None)["value"].as_str().unwrap_or("").to_string()
+    }
 }
 
 #[test]
@@ -157,4 +169,68 @@ fn chromium_filters_traces_with_htmx_and_opens_one() {
     driver.click("header nav a[href='/jobs']");
     wait_for(10, "the jobs page", || driver.current_url().ends_with("/jobs").then_some(()));
     assert!(driver.text("main").contains("import_traces"));
+}
+
+#[test]
+fn the_playground_without_a_served_model_says_how_to_get_one() {
+    let app = spawn_app(|_| {});
+    let page = get(&app.url("/playground"));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("No model is served yet"), "{}", page.body);
+    assert!(page.body.contains(r#"<a href="/training">Training</a>"#) && page.body.contains(r#"<a href="/models">Models</a>"#), "{}", page.body);
+    assert!(!page.body.contains(r#"id="playground""#), "no chat form without a model");
+    assert!(page.body.contains(r#"href="/playground" class="active""#), "the Playground is in the navigation");
+}
+
+#[test]
+fn chromium_plays_the_agent_loop_in_the_playground() {
+    let app = spawn_app(crate::serve::served_model_dir);
+    let first_line = std::fs::read_to_string(fixture("overfit_tools.jsonl")).unwrap();
+    let trained_tools = serde_json::from_str::<Value>(first_line.lines().next().unwrap()).unwrap()["tools"].to_string();
+    let driver = Driver::start();
+    driver.go(&app.url("/playground"));
+    let models = driver.text("#model option");
+    assert!(models.starts_with("cc-tiny"), "the served model is listed: {models:?}; page: {}", driver.text("body"));
+    assert!(driver.value("#system-prompt").starts_with("You are a coding agent working in the repository at ."), "the default system prompt");
+    let default_tools: Value = serde_json::from_str(&driver.value("#tools-json")).expect("the tools box holds JSON");
+    assert_eq!(default_tools.as_array().map(Vec::len), Some(6), "the default tools: {default_tools}");
+
+    // A request the endpoint refuses shows its OpenAI error message; New chat starts over.
+    driver.clear("#temperature");
+    driver.type_into("#temperature", "5");
+    driver.type_into("#message", "hello");
+    driver.click("#send");
+    let refused = wait_for(30, "the refusal", || Some(driver.text("#chat-error")).filter(|t| !t.is_empty()));
+    assert!(refused.starts_with("400: temperature: 5 is not between 0 and 2"), "{refused}");
+    driver.click("#new-chat");
+    driver.clear("#temperature");
+    driver.type_into("#temperature", "0");
+    assert!(driver.text("#conversation").is_empty() && driver.text("#chat-error").is_empty());
+
+    // The tiny model was trained with this system prompt and these three tools only.
+    driver.clear("#system-prompt");
+    driver.type_into("#system-prompt", "You are a coding agent. Use the tools.");
+    driver.click("details.advanced summary");
+    driver.clear("#tools-json");
+    driver.type_into("#tools-json", &trained_tools);
+    driver.type_into("#message", "Where is the login code?");
+    driver.click("#send");
+
+    let call = wait_for(60, "the streamed tool call", || {
+        let call = driver.text("#conversation .tool-call");
+        (call.contains("Grep") && call.contains("def login")).then_some(call)
+    });
+    assert!(call.contains(r#""path": "src""#), "arguments are pretty-printed JSON: {call}");
+    let meta = driver.text("#conversation .reply-meta");
+    assert!(meta.contains("finish: tool_calls") && meta.contains("cc-tiny exp_") && meta.contains("completion tokens"), "{meta}");
+
+    driver.type_into(".tool-result textarea", "src/auth.py:3:def login(user):");
+    driver.click(".tool-result button");
+    wait_for(60, "the final answer", || driver.text("#conversation .message:last-child .content").eq("In src/auth.py, line 3.").then_some(()));
+    assert!(driver.text("#conversation .message:last-child .reply-meta").contains("finish: stop"));
+    assert!(driver.text("#conversation").contains("src/auth.py:3:def login(user):"), "the tool result is in the conversation");
+    assert!(driver.text("#chat-error").is_empty());
+
+    driver.click("#new-chat");
+    wait_for(10, "an empty conversation", || driver.text("#conversation").is_empty().then_some(()));
 }

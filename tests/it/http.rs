@@ -27,7 +27,8 @@ fn health_and_static_assets() {
     let health = get(&app.url("/health"));
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["status"], "ok");
-    assert_eq!(health.json()["schema_version"], 1);
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().count();
+    assert_eq!(health.json()["schema_version"], migrations as u64, "every migration applied");
     let htmx = get(&app.url("/static/htmx.min.js"));
     assert_eq!(htmx.status, 200);
     assert!(htmx.content_type.contains("javascript"), "{}", htmx.content_type);

@@ -189,3 +189,28 @@ fn the_endpoint_needs_the_key_when_one_is_set() {
     assert_eq!(malformed.status, 400);
     assert!(malformed.body.contains("invalid_request_error"), "{}", malformed.body);
 }
+
+#[test]
+fn an_admin_token_guards_the_ui_and_api_while_the_api_key_guards_v1() {
+    let app = crate::support::spawn_app_with_settings(|_| {}, Some("infer-key"), |settings| settings.admin_token = Some("admin-token".into()));
+    let agent = crate::support::http();
+    let with = |path: &str, bearer: &str| crate::support::reply(agent.get(&app.url(path)).header("authorization", &format!("Bearer {bearer}")).call());
+    let page = crate::support::get(&app.url("/"));
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("/login?token="), "says how to log in");
+    assert_eq!(with("/api/stats", "admin-token").status, 200);
+    assert_eq!(with("/api/stats", "infer-key").status, 401, "the inference key is not an admin token");
+    assert_eq!(with("/v1/models", "infer-key").status, 200);
+    assert_eq!(with("/v1/models", "admin-token").status, 401);
+    assert_eq!(crate::support::get(&app.url("/health")).status, 200);
+    let wrong = crate::support::get(&app.url("/login?token=nope"));
+    assert_eq!(wrong.status, 403);
+    let mut login = agent.get(&app.url("/login?token=admin-token")).call().unwrap();
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let _ = login.body_mut().read_to_string();
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let dashboard = crate::support::reply(agent.get(&app.url("/")).header("cookie", &pair).call());
+    assert_eq!(dashboard.status, 200);
+}
