@@ -1,7 +1,7 @@
 """Tokenization throughput: Understudy's Rust tokenizer against the Python `tokenizers` package,
 same tokenizer.json, same texts (a dataset's rendered training traces), on this machine.
 
-Usage: python3 bench/tokenize.py DATASET_DIR [UNDERSTUDY_BINARY]
+Usage: python3 bench/tokenize_speed.py DATASET_DIR [UNDERSTUDY_BINARY]
 Prints one JSON document with both figures.
 """
 import json
