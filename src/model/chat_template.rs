@@ -372,67 +372,19 @@ pub struct ParsedReply {
 
 impl ChatTemplate {
     /// Parse model output (without the end-of-turn token) into content and tool calls, in this
-    /// template's format: `<tool_call>{...}</tool_call>` blocks (ChatML-Hermes and custom
-    /// templates) or `{"name": ..., "parameters": ...}` lines (Llama 3).
+    /// template's format, with the same parser the server streams through (`reply`). A
+    /// tool-call block that does not parse stays in the content and is counted as malformed.
     pub fn parse_reply(&self, text: &str) -> ParsedReply {
-        let mut tool_calls = Vec::new();
-        let mut malformed = 0;
-        let mut parse_call = |json: &str, arguments_key: &str| -> bool {
-            match serde_json::from_str::<Value>(json.trim()) {
-                Ok(Value::Object(object)) => match object.get("name").and_then(Value::as_str) {
-                    Some(name) if !name.is_empty() => {
-                        let arguments = object.get(arguments_key).or_else(|| object.get("arguments")).cloned().unwrap_or(Value::Object(Default::default()));
-                        let arguments = match arguments {
-                            Value::String(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                            other => other,
-                        };
-                        tool_calls.push((name.to_string(), arguments));
-                        true
-                    }
-                    _ => false,
-                },
-                _ => false,
-            }
-        };
-        let content = match self.kind {
-            TemplateKind::Llama3 => {
-                let mut kept = Vec::new();
-                for line in text.lines() {
-                    let trimmed = line.trim();
-                    if trimmed.starts_with("{\"name\"") && parse_call(trimmed, "parameters") {
-                        continue;
-                    }
-                    kept.push(line);
-                }
-                kept.join("\n")
-            }
-            _ => {
-                let mut rest = text;
-                let mut kept = String::new();
-                while let Some(start) = rest.find("<tool_call>") {
-                    kept.push_str(&rest[..start]);
-                    let after = &rest[start + "<tool_call>".len()..];
-                    match after.find("</tool_call>") {
-                        Some(end) => {
-                            if !parse_call(&after[..end], "arguments") {
-                                malformed += 1;
-                            }
-                            rest = &after[end + "</tool_call>".len()..];
-                        }
-                        None => {
-                            if !parse_call(after, "arguments") {
-                                malformed += 1;
-                            }
-                            rest = "";
-                        }
-                    }
-                }
-                kept.push_str(rest);
-                kept
-            }
-        };
-        let content = content.trim();
-        ParsedReply { content: (!content.is_empty()).then(|| content.to_string()), tool_calls, malformed }
+        let mut parser = super::reply::ReplyParser::new(self, true);
+        let mut events = parser.push(text);
+        events.extend(parser.finish());
+        let malformed = parser.malformed();
+        let (content, calls) = super::reply::collect(events);
+        let tool_calls = calls
+            .into_iter()
+            .map(|call| (call.name, serde_json::from_str(&call.arguments).unwrap_or(Value::Object(Default::default()))))
+            .collect();
+        ParsedReply { content, tool_calls, malformed }
     }
 }
 
@@ -444,7 +396,7 @@ mod parse_tests {
     fn hermes_tool_calls_are_parsed() {
         let template = ChatTemplate::chatml_hermes();
         let reply = template.parse_reply("Searching.\n<tool_call>\n{\"name\": \"Grep\", \"arguments\": {\"pattern\": \"x\"}}\n</tool_call>\n<tool_call>\nnot json\n</tool_call>");
-        assert_eq!(reply.content.as_deref(), Some("Searching."));
+        assert_eq!(reply.content.as_deref(), Some("Searching.\n<tool_call>\nnot json\n</tool_call>"), "a block that does not parse stays visible");
         assert_eq!(reply.tool_calls, vec![("Grep".to_string(), serde_json::json!({"pattern": "x"}))]);
         assert_eq!(reply.malformed, 1);
         let llama = ChatTemplate::llama3().parse_reply("{\"name\": \"Read\", \"parameters\": {\"file_path\": \"a\"}}");

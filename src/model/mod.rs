@@ -1,9 +1,10 @@
-//! Models: tokenizers and chat templates today (the LLaMA architecture, LoRA, loading and
-//! sampling join here with training). `source` resolves what a `--model` argument names.
+//! Models: tokenizers, chat templates and the reply parser, the LLaMA architecture with LoRA,
+//! weight loading and sampling. `source` resolves what a `--model` argument names.
 
 pub mod chat_template;
 pub mod generate;
 pub mod llama;
+pub mod reply;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;

@@ -21,7 +21,7 @@ use super::AppState;
 use crate::model::chat_template::TemplateKind;
 use crate::serve::engine::{EngineError, Event, Finish, Sampling, TokenLogprob};
 use crate::serve::registry::{self, CatalogEntry, ServedModel};
-use crate::serve::reply::{ReplyEvent, ReplyParser, ToolCallOut};
+use crate::model::reply::{ReplyEvent, ReplyParser, ToolCallOut};
 use crate::traces::wire::{messages_from_wire, WireMessage};
 use crate::traces::Message;
 
@@ -606,7 +606,7 @@ async fn chat_inner(state: &AppState, body: &[u8], started: Instant) -> Result<H
     let mut text = forced;
     let outcome = drain(events, &mut parser, &mut replies, &mut text).await?;
     state.serving.metrics.tokens(outcome.prompt_tokens, outcome.completion_tokens, None);
-    let (content, calls) = crate::serve::reply::collect(replies);
+    let (content, calls) = crate::model::reply::collect(replies);
     let tool_calls: Vec<ToolCallWire> = calls.iter().map(tool_call_wire).collect();
     let mut message = json!({"role": "assistant", "content": content, "refusal": null});
     if !tool_calls.is_empty() {

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::model::chat_template::{ChatTemplate, TemplateKind};
+use super::chat_template::{ChatTemplate, TemplateKind};
 
 /// One complete tool call: the name and the arguments as a compact JSON object string.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,8 @@ pub struct ReplyParser {
     started: bool,
     in_call: bool,
     at_line_start: bool,
+    /// Tool-call blocks that did not parse (kept as content).
+    malformed: usize,
 }
 
 const OPEN: &str = "<tool_call>";
@@ -68,7 +70,7 @@ impl ReplyParser {
             TemplateKind::Custom if template.source.contains("<|start_header_id|>") => Format::JsonLine,
             _ => Format::Tagged,
         };
-        ReplyParser { format, tools, pending: String::new(), held_whitespace: String::new(), started: false, in_call: false, at_line_start: true }
+        ReplyParser { format, tools, pending: String::new(), held_whitespace: String::new(), started: false, in_call: false, at_line_start: true, malformed: 0 }
     }
 
     fn content(&mut self, text: &str, out: &mut Vec<ReplyEvent>) {
@@ -100,7 +102,10 @@ impl ReplyParser {
                 out.push(ReplyEvent::ToolCall(call));
             }
             // Not a call after all: what the model wrote stays visible as content.
-            None => self.content(raw, out),
+            None => {
+                self.malformed += 1;
+                self.content(raw, out);
+            }
         }
     }
 
@@ -204,6 +209,13 @@ impl ReplyParser {
             self.content(&rest, &mut out);
         }
         out
+    }
+}
+
+impl ReplyParser {
+    /// Tool-call blocks seen so far that did not parse.
+    pub fn malformed(&self) -> usize {
+        self.malformed
     }
 }
 
