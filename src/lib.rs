@@ -6,6 +6,7 @@
 //! ARCHITECTURE.md for the map and the invariants.
 
 pub mod bootstrap;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod dataset;

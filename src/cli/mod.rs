@@ -4,6 +4,7 @@
 
 mod bench;
 mod bootstrap;
+mod capture;
 mod dataset;
 mod export;
 mod deploy;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Import traces from a file.
     #[command(subcommand)]
     Import(import::ImportCommand),
+    /// Turn Claude Code session transcripts into traces.
+    #[command(subcommand)]
+    Capture(capture::CaptureCommand),
     /// List, show, export and delete stored traces.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
@@ -109,6 +113,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Datasets(command) => dataset::run(config, command),
         Command::Bench(command) => bench::run(config, command),
         Command::Import(command) => import::run(config, command),
+        Command::Capture(command) => capture::run(config, command),
         Command::Traces(command) => traces::run(config, command),
         Command::Jobs(command) => jobs::run(config, command),
         Command::Serve(args) => serve::serve(config, args),

@@ -1,8 +1,9 @@
 //! The store: the only module that speaks SQL. One SQLite file (`understudy.db`) in the data
 //! dir, WAL, foreign keys on every connection, numbered migrations from `migrations/` applied at
-//! open. Typed queries per table live in the submodules (`traces`, `pairs`, `jobs`); callers
+//! open. Typed queries per table live in the submodules (`traces`, `pairs`, `jobs`, `capture`); callers
 //! never see `rusqlite`.
 
+mod capture;
 mod datasets;
 mod exports;
 mod jobs;
@@ -18,12 +19,13 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
+pub use capture::CaptureFileRow;
 pub use pairs::{PairInsertOutcome, StoredPair};
 pub use datasets::DatasetRow;
 pub use exports::ExportRow;
 pub use models::{ModelRow, NewModel};
 pub use templates::StoredTemplate;
-pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary};
+pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary, UpsertOutcome};
 
 pub const DB_FILE: &str = "understudy.db";
 
@@ -31,6 +33,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_init.sql")),
         M::up(include_str!("../../migrations/0002_exports.sql")),
+        M::up(include_str!("../../migrations/0003_capture.sql")),
     ])
 });
 

@@ -1,4 +1,5 @@
-//! Typed queries on `traces`: batched idempotent inserts (dedupe by content hash), lookup,
+//! Typed queries on `traces`: batched idempotent inserts (dedupe by content hash), the upsert
+//! by id that captured traces use (a turn still being written is updated in place), lookup,
 //! filtered listing with pagination, counts, delete.
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
@@ -16,6 +17,18 @@ pub enum InsertOutcome {
     Duplicate,
     /// The id is taken by a trace with different content; nothing was written.
     IdConflict,
+}
+
+/// What an upsert by id did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    Inserted,
+    /// A trace with this id existed with other content; its row now holds the new content.
+    Updated,
+    /// The stored trace with this id already has this content.
+    Unchanged,
+    /// Another trace (another id) already holds this content; nothing was written.
+    Duplicate,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
@@ -227,6 +240,51 @@ pub(super) fn insert_trace_row(conn: &Connection, trace: &Trace, now: &str) -> S
         now,
     ])?;
     Ok(InsertOutcome::Inserted)
+}
+
+/// Insert, or replace the content of the trace with the same id, inside the caller's
+/// transaction. The id is the identity here: callers derive it from where the trace came from,
+/// so the same origin is never stored twice. `stored_at` keeps the first store time.
+pub(super) fn upsert_trace_row(conn: &Connection, trace: &Trace, now: &str) -> StoreResult<UpsertOutcome> {
+    let stored_hash: Option<String> = conn
+        .prepare_cached("SELECT content_hash FROM traces WHERE id = ?")?
+        .query_row([&trace.id], |row| row.get(0))
+        .optional()?;
+    if stored_hash.as_deref() == Some(trace.content_hash.as_str()) {
+        return Ok(UpsertOutcome::Unchanged);
+    }
+    if let Some(holder) = trace_id_by_hash(conn, &trace.content_hash)? {
+        if holder != trace.id {
+            return Ok(UpsertOutcome::Duplicate);
+        }
+    }
+    if stored_hash.is_none() {
+        return Ok(match insert_trace_row(conn, trace, now)? {
+            InsertOutcome::Inserted => UpsertOutcome::Inserted,
+            _ => UpsertOutcome::Duplicate,
+        });
+    }
+    let tool_names: Vec<&str> = trace.tool_calls().map(|c| c.name.as_str()).collect();
+    conn.prepare_cached(
+        "UPDATE traces SET content_hash = ?, source = ?, category = ?, prompt = ?, split = ?,
+            outcome_status = ?, n_messages = ?, n_tool_calls = ?, tool_names = ?, body = ?, created_at = ?
+         WHERE id = ?",
+    )?
+    .execute(params![
+        trace.content_hash,
+        trace.source.as_str(),
+        trace.category,
+        trace.prompt,
+        trace.split.as_str(),
+        trace.outcome.status.as_str(),
+        trace.messages.len() as i64,
+        trace.n_tool_calls() as i64,
+        tool_names.join(" "),
+        to_canonical_json(trace),
+        trace.created_at,
+        trace.id,
+    ])?;
+    Ok(UpsertOutcome::Updated)
 }
 
 /// The id of the stored trace with this content, if any.

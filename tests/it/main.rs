@@ -3,6 +3,7 @@
 
 mod bootstrap;
 mod browser;
+mod capture;
 mod cli;
 mod dataset;
 mod deploy;

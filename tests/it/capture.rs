@@ -1,0 +1,336 @@
+//! The capture engine through the real binary: `capture scan` over the hand-written transcripts
+//! in `tests/data/claude_code/` (a session with split assistant lines, parallel and out-of-order
+//! tool results, a `/rewind`, a compaction, a subagent in each layout, persisted outputs, an
+//! image, planted secrets, malformed lines and a partial last line), then the stored traces,
+//! the counts, redaction down to the database bytes, idempotent rescans, appends and rewrites.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use understudy::store::{Store, TraceFilter};
+use understudy::traces::{Role, Source, Trace};
+
+use crate::support::{cli, cli_with_env, fixture};
+
+const SESSION: &str = "5b0c1f0e-7c2a-4f4e-9d51-2f7a3c9e1a10";
+const LEGACY_SESSION: &str = "9d3e5a71-0b6c-4d2e-8f1a-6c5b4a392817";
+
+/// Every secret planted in the fixtures.
+const SECRETS: [&str; 8] = [
+    "ghp_R8x2Kq9LmN4pT7vW1yZ3aB5cD6eF8gH0jK2l",
+    "Sup3rS3cretPw",
+    "sk_live_51HxQzLmNoPqRsTuV",
+    "AKIAZ7QW3EXAMPLE9XYZ",
+    "sk-proj-Zq8Yx7Wv6Ut5Sr4Qp3On2Ml1Kj0Ih",
+    "MIIEowIBAAKCAQEAx9RkPl4Dummy",
+    "xoxb-2291-Slack0Token9Value",
+    "dpl_9f8e7d6c5b4a3928",
+];
+
+struct Setup {
+    _temp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let temp = tempfile::tempdir().unwrap();
+        let root = temp.path().join("claude");
+        copy_dir(&fixture("claude_code/projects"), &root.join("projects"));
+        Setup { data: temp.path().join("data"), root, _temp: temp }
+    }
+
+    fn scan(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["capture", "scan", "--dir", self.root.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let run = cli(&self.data, &args);
+        assert_eq!(run.code, 0, "scan failed: {}", run.stderr);
+        run.json()
+    }
+
+    fn main_file(&self) -> PathBuf {
+        self.root.join(format!("projects/-home-ana-src-widget/{SESSION}.jsonl"))
+    }
+
+    fn traces(&self) -> BTreeMap<String, Trace> {
+        let store = Store::open(&self.data).unwrap();
+        let db = store.connect().unwrap();
+        let mut traces = BTreeMap::new();
+        let filter = TraceFilter { source: Some(Source::ClaudeCode), ..TraceFilter::default() };
+        db.for_each_trace(&filter, |trace| {
+            assert!(traces.insert(trace.prompt.clone(), trace).is_none(), "two traces share a prompt");
+            Ok(())
+        })
+        .unwrap();
+        traces
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn counts(report: &Value) -> [u64; 6] {
+    ["files", "sessions", "traces_new", "traces_updated", "malformed_lines", "redactions"]
+        .map(|key| report[key].as_u64().unwrap_or_else(|| panic!("{key} missing in {report}")))
+}
+
+fn roles(trace: &Trace) -> Vec<&'static str> {
+    trace.messages.iter().map(|m| m.role.as_str()).collect()
+}
+
+fn all_text(trace: &Trace) -> String {
+    understudy::traces::wire::to_canonical_json(trace)
+}
+
+#[test]
+fn a_scan_makes_one_trace_per_human_prompt_with_its_metadata() {
+    let setup = Setup::new();
+    let report = setup.scan(&[]);
+    assert_eq!(counts(&report), [4, 2, 11, 0, 2, 8], "{report:#}");
+    let malformed: Vec<(String, u64)> = report["malformed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["file"].as_str().unwrap().rsplit('/').next().unwrap().to_string(), m["line"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(malformed, vec![(format!("{LEGACY_SESSION}.jsonl"), 7), (format!("{SESSION}.jsonl"), 30)]);
+
+    let traces = setup.traces();
+    let prompts: Vec<&str> = traces.keys().map(String::as_str).collect();
+    assert_eq!(
+        prompts,
+        vec![
+            "Actually, rename parse_input to read_line instead",
+            "Check why the deploy fails. The CI uses the token [REDACTED:github_token] to push.",
+            "Find every call that can panic in src/parse.rs",
+            "Locate the HTTP retry logic",
+            "Now add a test for read_line with unicode input",
+            "Review the parser module for panics, use a subagent",
+            "Run the whole test suite",
+            "Show me the full build log and the old one",
+            "The test parse_empty_input fails, please fix it",
+            "What does this screenshot of the error dialog show?\n[image omitted]",
+            "Where is the retry logic for HTTP requests?",
+        ]
+    );
+    for trace in traces.values() {
+        assert!(trace.id.starts_with("tr_cc_"), "{}", trace.id);
+        assert_eq!(trace.source, Source::ClaudeCode);
+        let text = all_text(trace);
+        for absent in [
+            "ABANDONED BRANCH",
+            "parse_line everywhere",
+            "This session is being continued",
+            "COMPACTION AGENT OUTPUT",
+            "<command-name>",
+            "local-command",
+            "API Error: 529",
+            "iVBORw0KGgo",
+            "EuEDCkYICxgC",
+        ] {
+            assert!(!text.contains(absent), "{absent:?} leaked into {}", trace.prompt);
+        }
+    }
+
+    // Split assistant lines merged; parallel calls in one message, results in call order.
+    let fix = &traces["The test parse_empty_input fails, please fix it"];
+    assert_eq!(
+        roles(fix),
+        ["user", "assistant", "tool", "assistant", "tool", "tool", "assistant", "tool", "assistant", "tool", "assistant"]
+    );
+    assert_eq!(fix.messages[1].content.as_deref(), Some("Let me run the test first."));
+    assert_eq!(fix.messages[1].tool_calls[0].name, "Bash");
+    assert_eq!(
+        fix.messages[1].tool_calls[0].arguments_value(),
+        serde_json::json!({"command": "cargo test parse_empty_input", "description": "Run failing test"})
+    );
+    let parallel: Vec<&str> = fix.messages[3].tool_calls.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(parallel, ["toolu_01Read0001", "toolu_01Grep0001"]);
+    assert_eq!(fix.messages[4].tool_call_id.as_deref(), Some("toolu_01Read0001"));
+    assert!(fix.messages[4].content.as_deref().unwrap().contains("pub fn tokenize"));
+    assert_eq!(fix.messages[5].tool_call_id.as_deref(), Some("toolu_01Grep0001"));
+    assert_eq!(fix.final_answer(), Some("Fixed: the tokenizer now returns an empty Vec for \"\" and the test passes."));
+    assert_eq!(fix.category, "debugging");
+    let tool_names: Vec<&str> = fix.tools.iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(tool_names, ["Bash", "Read", "Grep", "Edit"]);
+    assert_eq!(fix.tools[1]["function"]["parameters"]["required"][0], "file_path");
+    let meta = &fix.metadata;
+    assert_eq!(meta["session_id"], SESSION);
+    assert_eq!(meta["cwd"], "/home/ana/src/widget");
+    assert_eq!(meta["git_branch"], "main");
+    assert_eq!(meta["cc_version"], "2.1.37");
+    assert_eq!(meta["model"], "claude-opus-4-5-20251101");
+    assert_eq!(meta["is_sidechain"], false);
+    assert_eq!(meta["tool_errors"], 1);
+    assert_eq!(meta["complete"], true);
+    assert_eq!(meta["prompt_uuid"], "u-001");
+    assert!(meta["started_at"].as_str().unwrap() < meta["ended_at"].as_str().unwrap());
+    assert_eq!(fix.created_at, meta["started_at"].as_str().unwrap());
+    assert_eq!(meta["reasoning"][0]["message"], 1);
+    assert_eq!(meta["reasoning"][0]["text"], "The failing test is probably an off-by-one in the tokenizer.");
+
+    // The rewind keeps only the active branch.
+    let rewind = &traces["Actually, rename parse_input to read_line instead"];
+    assert_eq!(rewind.messages[1].tool_calls[0].name, "Glob");
+
+    // Subagents: linked from the Task call, and their own traces (both layouts).
+    let task = &traces["Review the parser module for panics, use a subagent"];
+    assert_eq!(task.messages[1].tool_calls[0].name, "Task");
+    assert_eq!(task.metadata["subagents"], serde_json::json!(["a4e80a2"]));
+    let side = &traces["Find every call that can panic in src/parse.rs"];
+    assert_eq!(side.metadata["is_sidechain"], true);
+    assert_eq!(side.metadata["agent_id"], "a4e80a2");
+    assert_eq!(side.metadata["parent_session_id"], SESSION);
+    assert_eq!(roles(side), ["user", "assistant", "tool", "assistant"]);
+    let legacy_side = &traces["Locate the HTTP retry logic"];
+    assert_eq!(legacy_side.metadata["agent_id"], "b71c9f0");
+    assert_eq!(legacy_side.metadata["parent_session_id"], LEGACY_SESSION);
+    let legacy = &traces["Where is the retry logic for HTTP requests?"];
+    assert_eq!(roles(legacy), ["user", "assistant", "tool", "assistant"], "API error dropped, duplicate line once");
+    assert_eq!(legacy.metadata["cc_version"], "1.0.98");
+    assert_eq!(legacy.metadata["subagents"], serde_json::json!(["b71c9f0"]));
+
+    // Persisted outputs: re-inlined when the file exists, else marked truncated.
+    let persisted = &traces["Show me the full build log and the old one"];
+    let results: Vec<&str> = persisted.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
+    assert!(results[0].contains("Compiling crate-39 v1.0.39") && !results[0].contains("<persisted-output>"), "{}", results[0]);
+    assert!(results[1].contains("result truncated"), "{}", results[1]);
+    assert_eq!(persisted.metadata["reinlined_tool_results"], 1);
+    assert_eq!(persisted.metadata["truncated_tool_results"], 1);
+
+    // After the compaction: a new trace, with the record's own git branch.
+    let compacted = &traces["Now add a test for read_line with unicode input"];
+    assert_eq!(compacted.metadata["git_branch"], "feature/unicode");
+    assert_eq!(compacted.messages[1].tool_calls[0].name, "Write");
+
+    // The image became a placeholder; the turn being written keeps what is complete.
+    assert_eq!(traces["What does this screenshot of the error dialog show?\n[image omitted]"].metadata["images"], 1);
+    let running = &traces["Run the whole test suite"];
+    assert_eq!(roles(running), ["user", "assistant"]);
+    assert_eq!(running.messages[1].content.as_deref(), Some("Running the full suite."));
+    assert_eq!(running.metadata["complete"], false);
+    assert_eq!(running.metadata["unanswered_tool_calls"], 1);
+}
+
+#[test]
+fn secrets_are_redacted_before_anything_is_stored() {
+    let setup = Setup::new();
+    let report = setup.scan(&[]);
+    let by_pattern = report["redactions_by_pattern"].as_object().unwrap();
+    for name in ["github_token", "url_password", "secret_assignment", "aws_access_key_id", "openai_api_key", "private_key", "slack_token"] {
+        assert!(by_pattern.get(name).and_then(Value::as_u64).unwrap_or(0) >= 1, "{name} not counted: {report:#}");
+    }
+    let traces = setup.traces();
+    let deploy = traces.values().find(|t| t.prompt.starts_with("Check why the deploy fails")).unwrap();
+    let env_file = deploy.messages[2].content.as_deref().unwrap();
+    assert!(env_file.contains("postgres://app:[REDACTED:url_password]@db.internal"), "{env_file}");
+    assert!(env_file.contains("STRIPE_SECRET_KEY=[REDACTED:secret_assignment]"), "{env_file}");
+    assert!(deploy.messages[3].tool_calls[0].arguments_value()["command"].as_str().unwrap().contains("Bearer [REDACTED:"));
+    // Nothing of the originals anywhere in the database files (WAL included).
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(&setup.data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            bytes.extend(std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(bytes.len() > 10_000);
+    let haystack = String::from_utf8_lossy(&bytes);
+    assert!(haystack.contains("REDACTED:github_token"), "the redacted traces are in the files read");
+    for secret in SECRETS {
+        assert!(!haystack.contains(secret), "{secret} reached the data dir");
+    }
+}
+
+#[test]
+fn rescans_are_idempotent_and_appends_update_the_turn_being_written() {
+    let setup = Setup::new();
+    setup.scan(&[]);
+    let again = setup.scan(&[]);
+    assert_eq!(counts(&again), [4, 2, 0, 0, 0, 0], "{again:#}");
+    assert_eq!(again["files_unchanged"], 4);
+
+    // Claude Code finishes the cut line, answers, and a new prompt follows.
+    let rest = std::fs::read_to_string(fixture("claude_code/append.jsonl.txt")).unwrap();
+    let mut file = std::fs::OpenOptions::new().append(true).open(setup.main_file()).unwrap();
+    std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
+    drop(file);
+    let after = setup.scan(&[]);
+    assert_eq!(counts(&after), [4, 2, 1, 1, 0, 0], "{after:#}");
+    assert_eq!(after["files_resumed"], 1);
+    assert_eq!(after["files_unchanged"], 3);
+
+    let traces = setup.traces();
+    assert_eq!(traces.len(), 12);
+    let running = &traces["Run the whole test suite"];
+    assert_eq!(roles(running), ["user", "assistant", "tool", "assistant"]);
+    assert_eq!(running.final_answer(), Some("All 42 tests pass."));
+    assert_eq!(running.metadata["complete"], true);
+    assert_eq!(traces["Thanks, commit it"].final_answer(), Some("Committed as 1a2b3c4."));
+    assert_eq!(counts(&setup.scan(&[])), [4, 2, 0, 0, 0, 0]);
+}
+
+#[test]
+fn a_truncated_or_rewritten_file_is_read_again_without_duplicates() {
+    let setup = Setup::new();
+    setup.scan(&[]);
+    let original = std::fs::read_to_string(setup.main_file()).unwrap();
+    // Truncated to the first two turns: nothing new, nothing duplicated.
+    let head: String = original.split_inclusive('\n').take(24).collect();
+    std::fs::write(setup.main_file(), &head).unwrap();
+    let truncated = setup.scan(&[]);
+    assert_eq!(counts(&truncated), [4, 2, 0, 0, 0, 0], "{truncated:#}");
+    assert_eq!(truncated["files_reread"], 1);
+
+    // Rewritten with a different first prompt (same records): that turn is updated in place.
+    std::fs::write(setup.main_file(), original.replace("please fix it", "please repair it")).unwrap();
+    let rewritten = setup.scan(&[]);
+    assert_eq!(counts(&rewritten), [4, 2, 0, 1, 1, 0], "{rewritten:#}");
+    let traces = setup.traces();
+    assert_eq!(traces.len(), 11);
+    assert!(traces.contains_key("The test parse_empty_input fails, please repair it"));
+}
+
+#[test]
+fn the_root_comes_from_claude_config_dir_and_a_missing_root_is_an_error() {
+    let setup = Setup::new();
+    let run = cli_with_env(&setup.data, &["capture", "scan", "--json"], &[("CLAUDE_CONFIG_DIR", &setup.root)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.json()["traces_new"], 11);
+
+    let missing = setup.root.join("nowhere");
+    let run = cli(&setup.data, &["capture", "scan", "--dir", missing.to_str().unwrap()]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("no Claude Code projects directory"), "{}", run.stderr);
+}
+
+#[test]
+fn redaction_patterns_and_the_result_cap_are_configurable() {
+    let setup = Setup::new();
+    let report = setup.scan(&["--redact", "crate_name=crate-3[0-9]", "--max-tool-result-bytes", "300"]);
+    assert_eq!(report["redactions_by_pattern"]["crate_name"].as_u64().unwrap_or(0), 0, "cut by the cap first: {report:#}");
+    let traces = setup.traces();
+    let persisted = &traces["Show me the full build log and the old one"];
+    let log = persisted.messages[2].content.as_deref().unwrap();
+    assert!(log.starts_with("   Compiling crate-00"), "{log}");
+    assert!(log.contains("[understudy: truncated, kept 300 of 1328 bytes]"), "{log}");
+
+    let setup = Setup::new();
+    let report = setup.scan(&["--redact", "crate_name=crate-3[0-9]"]);
+    assert_eq!(report["redactions_by_pattern"]["crate_name"], 10, "{report:#}");
+    let run = cli(&setup.data, &["capture", "scan", "--dir", setup.root.to_str().unwrap(), "--redact", "broken=("]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("broken"), "{}", run.stderr);
+}
