@@ -134,7 +134,8 @@ fn write_hf(dir: &Path, bundle: &Bundle) -> Result<(), ExportError> {
     let id = |text: &str| (!text.is_empty()).then(|| bundle.tokenizer.token_to_id(text)).flatten();
     let end_ids: Vec<u32> = bundle.template.end_of_turn.iter().filter_map(|t| id(t)).collect();
     let eos = id(&bundle.template.eos_token).or(end_ids.first().copied());
-    let bos = id(&bundle.template.bos_token);
+    // As the GGUF writes it: the family's BOS, else <|endoftext|>, else the end of turn.
+    let bos = id(&bundle.template.bos_token).or_else(|| id("<|endoftext|>")).or(eos);
     let pad = id("<|endoftext|>").or(eos);
     let mut config = serde_json::to_value(&bundle.config).map_err(anyhow::Error::from)?;
     let object = config.as_object_mut().expect("config is an object");
@@ -143,7 +144,7 @@ fn write_hf(dir: &Path, bundle: &Bundle) -> Result<(), ExportError> {
     object.insert("hidden_act".into(), json!("silu"));
     object.insert("head_dim".into(), json!(bundle.config.head_dim()));
     object.insert("torch_dtype".into(), json!("float32"));
-    object.insert("bos_token_id".into(), json!(bos.or(eos)));
+    object.insert("bos_token_id".into(), json!(bos));
     object.insert("eos_token_id".into(), json!(eos));
     object.insert("pad_token_id".into(), json!(pad));
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).map_err(anyhow::Error::from)?)?;
@@ -172,7 +173,7 @@ fn write_hf(dir: &Path, bundle: &Bundle) -> Result<(), ExportError> {
         "added_tokens_decoder": added,
     });
     std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config).map_err(anyhow::Error::from)?)?;
-    let generation = json!({"bos_token_id": bos.or(eos), "eos_token_id": end_ids, "pad_token_id": pad, "do_sample": false});
+    let generation = json!({"bos_token_id": bos, "eos_token_id": end_ids, "pad_token_id": pad, "do_sample": false});
     std::fs::write(dir.join("generation_config.json"), serde_json::to_string_pretty(&generation).map_err(anyhow::Error::from)?)?;
     std::fs::write(dir.join("chat_template.jinja"), &bundle.template.source)?;
     std::fs::write(dir.join("template.json"), serde_json::to_string_pretty(&bundle.template).map_err(anyhow::Error::from)?)?;
