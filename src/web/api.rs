@@ -66,10 +66,15 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/templates/{name}", web::put().to(put_template));
 }
 
-pub async fn openapi_json() -> HttpResponse {
+/// The whole OpenAPI document: the JSON API and the OpenAI-compatible routes.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
     let mut document = ApiDoc::openapi();
     document.merge(super::openai::OpenAiDoc::openapi());
-    HttpResponse::Ok().content_type("application/json").body(document.to_pretty_json().unwrap_or_default())
+    document
+}
+
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(openapi_document().to_pretty_json().unwrap_or_default())
 }
 
 /// The error envelope every API error uses.

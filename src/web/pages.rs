@@ -373,8 +373,7 @@ async fn resume_job(state: web::Data<AppState>, id: web::Path<String>) -> Result
 }
 
 async fn docs() -> Result<HttpResponse, PageError> {
-    use utoipa::OpenApi;
-    let document = super::ApiDoc::openapi();
+    let document = super::api::openapi_document();
     let mut routes = Vec::new();
     for (path, item) in document.paths.paths.iter() {
         let operations = [
