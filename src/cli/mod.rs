@@ -6,6 +6,7 @@ mod bench;
 mod bootstrap;
 mod capture;
 mod dataset;
+mod engine;
 mod export;
 mod deploy;
 mod generate;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Turn Claude Code session transcripts into traces.
     #[command(subcommand)]
     Capture(capture::CaptureCommand),
+    /// Run the capture watcher in the background; install its Claude Code hook.
+    #[command(subcommand)]
+    Engine(engine::EngineCommand),
     /// List, show, export and delete stored traces.
     #[command(subcommand)]
     Traces(traces::TracesCommand),
@@ -114,6 +118,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(command) => bench::run(config, command),
         Command::Import(command) => import::run(config, command),
         Command::Capture(command) => capture::run(config, command),
+        Command::Engine(command) => engine::run(config, command),
         Command::Traces(command) => traces::run(config, command),
         Command::Jobs(command) => jobs::run(config, command),
         Command::Serve(args) => serve::serve(config, args),

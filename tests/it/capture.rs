@@ -2,7 +2,8 @@
 //! in `tests/data/claude_code/` (a session with split assistant lines, parallel and out-of-order
 //! tool results, a `/rewind`, a compaction, a subagent in each layout, persisted outputs, an
 //! image, planted secrets, malformed lines and a partial last line), then the stored traces,
-//! the counts, redaction down to the database bytes, idempotent rescans, appends and rewrites.
+//! the counts, redaction down to the database bytes, idempotent rescans, appends and rewrites;
+//! then `engine start|status|stop` in the background and the hook's install/uninstall round trip.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -333,4 +334,180 @@ fn redaction_patterns_and_the_result_cap_are_configurable() {
     let run = cli(&setup.data, &["capture", "scan", "--dir", setup.root.to_str().unwrap(), "--redact", "broken=("]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("broken"), "{}", run.stderr);
+}
+
+/// Stops the background engine of a data dir when dropped, so a failing test leaves no process.
+struct EngineGuard(PathBuf);
+
+impl Drop for EngineGuard {
+    fn drop(&mut self) {
+        cli(&self.0, &["engine", "stop"]);
+    }
+}
+
+fn engine_status(data: &Path) -> Value {
+    let run = cli(data, &["engine", "status", "--json"]);
+    assert_eq!(run.code, 0, "status failed: {}", run.stderr);
+    run.json()
+}
+
+/// Whether a process exists and is not a zombie.
+fn process_alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()), Some("Z" | "X")),
+        // Safety: signal 0 only asks whether the process exists.
+        Err(_) => !Path::new("/proc/self").exists() && unsafe { libc::kill(pid as i32, 0) } == 0,
+    }
+}
+
+fn settings_value(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn engine_capture_hook_install_keeps_other_settings_and_uninstall_restores_them() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let settings = temp.path().join("claude/settings.json");
+    std::fs::create_dir_all(settings.parent().unwrap()).unwrap();
+    let original = serde_json::json!({
+        "model": "opus",
+        "permissions": {"allow": ["Bash(git status)"]},
+        "hooks": {
+            "Stop": [{"hooks": [{"type": "command", "command": "notify-send done"}]}],
+            "SessionEnd": [{"matcher": "", "hooks": [{"type": "command", "command": "~/bin/log-session", "timeout": 5}]}],
+            "PostToolUse": [{"matcher": "Edit|Write", "hooks": [{"type": "command", "command": "cargo fmt"}]}]
+        }
+    });
+    std::fs::write(&settings, serde_json::to_string_pretty(&original).unwrap()).unwrap();
+    let path = settings.to_str().unwrap();
+
+    let run = cli(&data, &["engine", "install", "--settings", path]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("understudy-capture"), "the change is shown: {}", run.stdout);
+    let installed = settings_value(&settings);
+    for key in ["model", "permissions"] {
+        assert_eq!(installed[key], original[key]);
+    }
+    for event in ["Stop", "PostToolUse"] {
+        assert_eq!(installed["hooks"][event], original["hooks"][event]);
+    }
+    let session_end = installed["hooks"]["SessionEnd"].as_array().unwrap();
+    assert_eq!(session_end.len(), 2);
+    assert_eq!(session_end[0], original["hooks"]["SessionEnd"][0]);
+    let hook = &session_end[1]["hooks"][0];
+    assert_eq!(hook["type"], "command");
+    let command = hook["command"].as_str().unwrap();
+    let trigger = std::fs::canonicalize(&data).unwrap().join("capture-engine.trigger");
+    assert!(command.contains(trigger.to_str().unwrap()) && command.contains("understudy-capture"), "{command}");
+
+    let backups: Vec<PathBuf> = std::fs::read_dir(settings.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("settings.json.understudy-backup-"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(settings_value(&backups[0]), original);
+
+    // The hook's command touches the trigger and exits 0, whatever its stdin holds.
+    let output = std::process::Command::new("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(trigger.exists());
+
+    let again = cli(&data, &["engine", "install", "--settings", path]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("already installed"), "{}", again.stdout);
+    assert_eq!(settings_value(&settings), installed);
+    let status = cli(&data, &["engine", "status", "--json", "--settings", path]).json();
+    assert_eq!(status["hook_installed"], true);
+
+    let run = cli(&data, &["engine", "uninstall", "--settings", path]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(settings_value(&settings), original);
+    let run = cli(&data, &["engine", "uninstall", "--settings", path]);
+    assert!(run.stdout.contains("not installed"), "{}", run.stdout);
+
+    // A settings file that does not exist yet is created, and removed to `{}` again.
+    let fresh = temp.path().join("fresh/settings.json");
+    assert_eq!(cli(&data, &["engine", "install", "--settings", fresh.to_str().unwrap()]).code, 0);
+    assert!(settings_value(&fresh)["hooks"]["SessionEnd"][0]["hooks"][0]["command"].as_str().unwrap().contains("understudy-capture"));
+    assert_eq!(cli(&data, &["engine", "uninstall", "--settings", fresh.to_str().unwrap()]).code, 0);
+    assert_eq!(settings_value(&fresh), serde_json::json!({}));
+}
+
+#[test]
+fn engine_capture_hook_install_refuses_settings_that_are_not_json() {
+    let temp = tempfile::tempdir().unwrap();
+    let settings = temp.path().join("settings.json");
+    let text = "{\"model\": \"opus\", // a comment\n}";
+    std::fs::write(&settings, text).unwrap();
+    for command in ["install", "uninstall"] {
+        let run = cli(&temp.path().join("data"), &["engine", command, "--settings", settings.to_str().unwrap()]);
+        assert_eq!(run.code, 1, "{command}: {}", run.stdout);
+        assert!(run.stderr.contains("settings.json") && run.stderr.contains("not valid JSON"), "{}", run.stderr);
+        assert_eq!(std::fs::read_to_string(&settings).unwrap(), text);
+        assert_eq!(std::fs::read_dir(temp.path()).unwrap().filter(|e| e.as_ref().unwrap().path().is_file()).count(), 1);
+    }
+}
+
+#[test]
+fn engine_capture_runs_in_the_background_wakes_on_the_trigger_and_stops() {
+    let setup = Setup::new();
+    let data = setup.data.clone();
+    let _guard = EngineGuard(data.clone());
+    let root = setup.root.to_str().unwrap();
+    assert_eq!(engine_status(&data)["running"], false);
+    assert!(cli(&data, &["engine", "stop"]).stdout.contains("not running"));
+
+    // A long interval: after the first scan, only the trigger makes it scan again.
+    let run = cli(&data, &["engine", "start", "--dir", root, "--interval", "300"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pid_file: Value = serde_json::from_str(&std::fs::read_to_string(data.join("capture-engine.pid")).unwrap()).unwrap();
+    let pid = pid_file["pid"].as_u64().unwrap();
+    assert_eq!(pid_file["interval"], 300);
+
+    let status = crate::support::wait_for(10, "the first background scan", || {
+        let status = engine_status(&data);
+        (status["traces_captured"].as_i64().unwrap() > 0 && status["last_scan_at"].is_string()).then_some(status)
+    });
+    assert_eq!(status["running"], true);
+    assert_eq!(status["pid"], pid);
+    assert_eq!(status["traces_captured"], 11, "{status:#}");
+    assert_eq!(status["files"], 4);
+    assert_eq!(status["sessions"], 2);
+    assert!(status["last_capture_at"].is_string());
+    assert_eq!(status["roots"][0], root);
+    assert_eq!(status["orchestrator"], serde_json::json!({"threshold": 200, "captured_since_last_training": 11}));
+
+    let again = cli(&data, &["engine", "start", "--dir", root, "--interval", "1"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains(&format!("already running (pid {pid})")), "{}", again.stdout);
+
+    // A session goes on while the engine runs; the hook's trigger makes it look now.
+    let rest = std::fs::read_to_string(fixture("claude_code/append.jsonl.txt")).unwrap();
+    let mut file = std::fs::OpenOptions::new().append(true).open(setup.main_file()).unwrap();
+    std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
+    drop(file);
+    std::fs::write(data.join("capture-engine.trigger"), "").unwrap();
+    let status = crate::support::wait_for(10, "the triggered scan", || {
+        let status = engine_status(&data);
+        (status["traces_captured"] == 12).then_some(status)
+    });
+    assert_eq!(status["totals"]["traces_new"], 12, "{status:#}");
+    assert_eq!(status["totals"]["traces_updated"], 1, "{status:#}");
+    assert_eq!(setup.traces()["Thanks, commit it"].final_answer(), Some("Committed as 1a2b3c4."));
+
+    let run = cli(&data, &["engine", "stop"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("stopped"), "{}", run.stdout);
+    assert!(!process_alive(pid), "the engine process is gone");
+    assert!(!data.join("capture-engine.pid").exists());
+    let status = engine_status(&data);
+    assert_eq!(status["running"], false);
+    assert_eq!(status["traces_captured"], 12);
+    assert!(cli(&data, &["engine", "stop"]).stdout.contains("not running"));
 }

@@ -1,0 +1,470 @@
+//! `understudy engine start|stop|status|install|uninstall` (spec 3.3): the capture watcher as a
+//! detached child of this same binary (`engine run`, hidden), found again through
+//! `<data_dir>/capture-engine.pid`. The child rescans every `--interval` seconds, or at once when
+//! `<data_dir>/capture-engine.trigger` appears (the `SessionEnd` hook touches it), and records its
+//! last scan in `<data_dir>/capture-engine.json`. Rescanning is cheap because `capture::scan` is
+//! incremental, so a periodic scan stands in for file-system notifications.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::capture::CaptureArgs;
+use super::print_json;
+use crate::capture::{self, hook};
+use crate::config::Config;
+use crate::store::{Store, TraceFilter};
+use crate::traces::{now_rfc3339, Source};
+
+const PID_FILE: &str = "capture-engine.pid";
+const STATE_FILE: &str = "capture-engine.json";
+const TRIGGER_FILE: &str = "capture-engine.trigger";
+const LOG_FILE: &str = "capture-engine.log";
+/// Captured traces that make the orchestrator retrain (spec 3.3); reported as progress.
+const TRAINING_THRESHOLD: i64 = 200;
+
+#[derive(Debug, Subcommand)]
+pub enum EngineCommand {
+    /// Start the capture watcher in the background.
+    Start(StartArgs),
+    /// Stop the background watcher.
+    Stop,
+    /// Whether the watcher runs, what it tracks, what it captured.
+    Status(StatusArgs),
+    /// Add a SessionEnd hook to Claude Code's user settings that wakes the watcher.
+    Install(HookArgs),
+    /// Remove exactly the hook `install` added.
+    Uninstall(HookArgs),
+    /// The watcher loop itself (what `start` runs in the background).
+    #[command(hide = true)]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Seconds between rescans.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub interval: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub interval: u64,
+    /// A resolved root (repeatable); `start` passes them so the child reads no environment.
+    #[arg(long = "root", value_name = "DIR")]
+    pub roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Claude Code settings file checked for the hook.
+    #[arg(long, value_name = "PATH")]
+    pub settings: Option<PathBuf>,
+    #[arg(long, env = "CLAUDE_CONFIG_DIR", hide = true, value_name = "DIRS")]
+    pub claude_config_dir: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// Claude Code settings file (default: $CLAUDE_CONFIG_DIR/settings.json, else ~/.claude/settings.json).
+    #[arg(long, value_name = "PATH")]
+    pub settings: Option<PathBuf>,
+    #[arg(long, env = "CLAUDE_CONFIG_DIR", hide = true, value_name = "DIRS")]
+    pub claude_config_dir: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `<data_dir>/capture-engine.pid`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PidFile {
+    pid: u32,
+    started_at: String,
+    roots: Vec<PathBuf>,
+    interval: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Totals {
+    scans: u64,
+    traces_new: u64,
+    traces_updated: u64,
+    malformed_lines: u64,
+    redactions: u64,
+}
+
+/// `<data_dir>/capture-engine.json`: what the running (or last) watcher saw.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct EngineState {
+    pid: u32,
+    started_at: String,
+    last_scan_at: Option<String>,
+    /// The last scan that stored or updated a trace.
+    last_capture_at: Option<String>,
+    last_error: Option<String>,
+    totals: Totals,
+    last_report: Option<Value>,
+}
+
+pub fn run(config: &Config, command: EngineCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        EngineCommand::Start(args) => start(config, args),
+        EngineCommand::Stop => stop(config),
+        EngineCommand::Status(args) => status(config, args),
+        EngineCommand::Install(args) => install(config, args),
+        EngineCommand::Uninstall(args) => uninstall(args),
+        EngineCommand::Run(args) => run_loop(config, args),
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Write through a temp file and a rename, so a reader never sees half a document.
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&temp, path)?;
+    Ok(())
+}
+
+/// The data dir as an absolute path (created), so the child and the hook do not depend on a cwd.
+fn absolute_data_dir(config: &Config) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(config.data_dir())?;
+    Ok(std::fs::canonicalize(config.data_dir())?)
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn alive(pid: u32) -> bool {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else { return false };
+    if pid_t <= 0 {
+        return false;
+    }
+    // Safety: signal 0 only asks whether the process exists.
+    let exists = unsafe { libc::kill(pid_t, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
+}
+
+/// Whether `pid` runs `engine run` (where /proc says); guards against a reused pid.
+fn is_engine(pid: u32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2).any(|pair| pair[0] == b"engine" && pair[1] == b"run")
+        }
+        Err(_) => true,
+    }
+}
+
+/// The pid file of a watcher that is running now.
+fn running(data_dir: &Path) -> Option<PidFile> {
+    read_json::<PidFile>(&data_dir.join(PID_FILE)).filter(|p| alive(p.pid) && is_engine(p.pid))
+}
+
+fn start(config: &Config, args: StartArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.interval >= 1, "--interval must be at least 1 second");
+    let data_dir = absolute_data_dir(config)?;
+    if let Some(pid_file) = running(&data_dir) {
+        println!("already running (pid {})", pid_file.pid);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = args.capture.settings()?;
+    let roots = settings.roots.iter().map(std::path::absolute).collect::<Result<Vec<_>, _>>()?;
+    let log_path = data_dir.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--data-dir").arg(&data_dir).args(["engine", "run", "--interval", &args.interval.to_string()]);
+    command.arg(format!("--max-tool-result-bytes={}", args.capture.max_tool_result_bytes));
+    for spec in &args.capture.redact {
+        command.arg(format!("--redact={spec}"));
+    }
+    if args.capture.no_default_redactions {
+        command.arg("--no-default-redactions");
+    }
+    for root in &roots {
+        command.arg("--root").arg(root);
+    }
+    command.env_remove("CLAUDE_CONFIG_DIR").current_dir(&data_dir);
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    #[cfg(unix)]
+    {
+        // Its own process group: a Ctrl-C in the terminal that started it does not reach it.
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let mut child = command.spawn()?;
+    let pid_file = PidFile { pid: child.id(), started_at: now_rfc3339(), roots: roots.clone(), interval: args.interval };
+    write_json(&data_dir.join(PID_FILE), &pid_file)?;
+    // A child that fails at once (a bad pattern, an unwritable store) says so here.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(exit) = child.try_wait()? {
+            let _ = std::fs::remove_file(data_dir.join(PID_FILE));
+            anyhow::bail!("the capture engine exited at once ({exit}); see {}", log_path.display());
+        }
+    }
+    let roots_text = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+    println!(
+        "capture engine started (pid {}): watching {roots_text} every {}s; log {}",
+        pid_file.pid,
+        args.interval,
+        log_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop(config: &Config) -> anyhow::Result<ExitCode> {
+    let data_dir = config.data_dir();
+    let pid_path = data_dir.join(PID_FILE);
+    let Some(pid_file) = running(data_dir) else {
+        let _ = std::fs::remove_file(&pid_path);
+        println!("not running");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let pid = pid_file.pid as libc::pid_t;
+    // Safety: plain signals to the pid our own pid file names, checked to be the engine.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid_file.pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut how = "stopped";
+    if alive(pid_file.pid) {
+        // Safe to force: every scan writes a file's traces and progress in one transaction.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while alive(pid_file.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        how = "killed";
+    }
+    let _ = std::fs::remove_file(&pid_path);
+    println!("capture engine {how} (pid {})", pid_file.pid);
+    Ok(ExitCode::SUCCESS)
+}
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+fn run_loop(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Safety: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, request_stop as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, request_stop as *const () as libc::sighandler_t);
+    }
+    let mut capture_args = args.capture;
+    if let Some(first) = args.roots.first() {
+        capture_args.dir = Some(first.clone());
+    }
+    let mut settings = capture_args.settings()?;
+    if !args.roots.is_empty() {
+        settings.roots = args.roots.clone();
+    }
+    let data_dir = config.data_dir().to_path_buf();
+    let store = Store::open(&data_dir)?;
+    let trigger = data_dir.join(TRIGGER_FILE);
+    let interval = Duration::from_secs(args.interval.max(1));
+    let mut state = EngineState { pid: std::process::id(), started_at: now_rfc3339(), ..EngineState::default() };
+    tracing::info!(pid = state.pid, "capture engine running");
+
+    while !STOP_REQUESTED.load(Ordering::SeqCst) {
+        // Removed before the scan, so a session that ends during it asks for another.
+        let _ = std::fs::remove_file(&trigger);
+        match capture::scan(&store, &settings) {
+            Ok(report) => {
+                let totals = &mut state.totals;
+                totals.traces_new += report.traces_new;
+                totals.traces_updated += report.traces_updated;
+                totals.malformed_lines += report.malformed_lines;
+                totals.redactions += report.redactions;
+                if report.traces_new + report.traces_updated > 0 {
+                    state.last_capture_at = Some(now_rfc3339());
+                    tracing::info!(new = report.traces_new, updated = report.traces_updated, "captured");
+                }
+                state.last_error = None;
+                state.last_report = Some(serde_json::to_value(&report)?);
+            }
+            Err(error) => {
+                tracing::warn!("scan failed: {error}");
+                state.last_error = Some(error.to_string());
+            }
+        }
+        state.totals.scans += 1;
+        state.last_scan_at = Some(now_rfc3339());
+        if let Err(error) = write_json(&data_dir.join(STATE_FILE), &state) {
+            tracing::warn!("cannot record the scan: {error:#}");
+        }
+        let deadline = Instant::now() + interval;
+        let mut next_trigger_check = Instant::now();
+        while !STOP_REQUESTED.load(Ordering::SeqCst) && Instant::now() < deadline {
+            if Instant::now() >= next_trigger_check {
+                if trigger.exists() {
+                    break;
+                }
+                next_trigger_check = Instant::now() + Duration::from_secs(1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Leave the pid file alone if a later engine already replaced it.
+    let pid_path = data_dir.join(PID_FILE);
+    if read_json::<PidFile>(&pid_path).is_some_and(|p| p.pid == std::process::id()) {
+        let _ = std::fs::remove_file(pid_path);
+    }
+    tracing::info!("capture engine stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--settings`, else the first `$CLAUDE_CONFIG_DIR` directory's, else `~/.claude/settings.json`.
+fn settings_path(explicit: Option<PathBuf>, claude_config_dir: Option<&str>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path);
+    }
+    if let Some(dir) = claude_config_dir.and_then(|d| d.split(',').map(str::trim).find(|d| !d.is_empty())) {
+        return Ok(Path::new(dir).join("settings.json"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("HOME is not set: give --settings or set CLAUDE_CONFIG_DIR"))?;
+    Ok(PathBuf::from(home).join(".claude/settings.json"))
+}
+
+fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = config.data_dir();
+    let pid_file = running(data_dir);
+    let state: Option<EngineState> = read_json(&data_dir.join(STATE_FILE));
+    let store = Store::open(data_dir)?;
+    let db = store.connect()?;
+    let files = db.capture_files()?;
+    let mut sessions: Vec<&str> = files.iter().filter_map(|f| f.session_id.as_deref()).collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    let captured = db.count_traces(&TraceFilter { source: Some(Source::ClaudeCode), ..TraceFilter::default() })?;
+    let last_capture_at = state
+        .as_ref()
+        .and_then(|s| s.last_capture_at.clone())
+        .or_else(|| files.iter().filter(|f| f.n_traces > 0).map(|f| f.scanned_at.clone()).max());
+    let settings = settings_path(args.settings, args.claude_config_dir.as_deref()).ok();
+    let hook_installed = settings.as_deref().and_then(|p| hook::read_settings(p).ok()).is_some_and(|(doc, _)| hook::is_installed(&doc));
+    let report = json!({
+        "running": pid_file.is_some(),
+        "pid": pid_file.as_ref().map(|p| p.pid),
+        "started_at": pid_file.as_ref().map(|p| p.started_at.clone()),
+        "roots": pid_file.as_ref().map(|p| p.roots.clone()),
+        "interval": pid_file.as_ref().map(|p| p.interval),
+        "files": files.len(),
+        "sessions": sessions.len(),
+        "traces_captured": captured,
+        "last_scan_at": state.as_ref().and_then(|s| s.last_scan_at.clone()),
+        "last_capture_at": last_capture_at,
+        "last_error": state.as_ref().and_then(|s| s.last_error.clone()),
+        "totals": state.as_ref().map(|s| s.totals.clone()),
+        "last_report": state.as_ref().and_then(|s| s.last_report.clone()),
+        "hook_installed": hook_installed,
+        "settings": settings,
+        // No orchestrator yet: every captured trace counts as new since the last training.
+        // This becomes the orchestrator's own count once it exists.
+        "orchestrator": {"threshold": TRAINING_THRESHOLD, "captured_since_last_training": captured},
+    });
+    if args.json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &pid_file {
+        Some(p) => println!(
+            "running (pid {}) since {}, every {}s, watching {}",
+            p.pid,
+            p.started_at,
+            p.interval,
+            p.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+        None => println!("not running"),
+    }
+    println!("{} files, {} sessions tracked; {captured} traces captured", files.len(), sessions.len());
+    println!(
+        "last scan {}, last capture {}",
+        report["last_scan_at"].as_str().unwrap_or("never"),
+        report["last_capture_at"].as_str().unwrap_or("never")
+    );
+    if let Some(error) = report["last_error"].as_str() {
+        println!("last scan failed: {error}");
+    }
+    println!("toward retraining: {captured}/{TRAINING_THRESHOLD} captured traces");
+    println!("SessionEnd hook: {}", if hook_installed { "installed" } else { "not installed" });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install(config: &Config, args: HookArgs) -> anyhow::Result<ExitCode> {
+    let path = settings_path(args.settings, args.claude_config_dir.as_deref())?;
+    let (mut settings, _) = hook::read_settings(&path)?;
+    let command = hook::hook_command(&absolute_data_dir(config)?.join(TRIGGER_FILE));
+    let outcome = hook::install(&mut settings, &command, &path)?;
+    let (entry, verb) = match outcome {
+        hook::InstallOutcome::AlreadyInstalled => {
+            if args.json {
+                print_json(&json!({"settings": path, "changed": false, "installed": true}))?;
+            } else {
+                println!("already installed in {}", path.display());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        hook::InstallOutcome::Added(entry) => (entry, "added"),
+        hook::InstallOutcome::Updated(entry) => (entry, "updated"),
+    };
+    let backup = hook::write_settings(&path, &settings)?;
+    if args.json {
+        print_json(&json!({"settings": path, "changed": true, "installed": true, "action": verb, "entry": entry, "backup": backup}))?;
+    } else {
+        println!("{verb} to {} under hooks.{}:", path.display(), hook::EVENT);
+        println!("{}", serde_json::to_string_pretty(&entry)?);
+        if let Some(backup) = backup {
+            println!("backup: {}", backup.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn uninstall(args: HookArgs) -> anyhow::Result<ExitCode> {
+    let path = settings_path(args.settings, args.claude_config_dir.as_deref())?;
+    let (mut settings, exists) = hook::read_settings(&path)?;
+    let removed = if exists { hook::uninstall(&mut settings, &path)? } else { 0 };
+    let backup = if removed > 0 { hook::write_settings(&path, &settings)? } else { None };
+    if args.json {
+        print_json(&json!({"settings": path, "removed": removed, "backup": backup}))?;
+    } else if removed == 0 {
+        println!("not installed in {}", path.display());
+    } else {
+        println!("removed {removed} hook(s) from {}", path.display());
+        if let Some(backup) = backup {
+            println!("backup: {}", backup.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
