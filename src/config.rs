@@ -47,6 +47,9 @@ pub struct ServeSettings {
     /// Required for the UI and `/api/` when set (bearer header or the cookie `/login` sets);
     /// mandatory off loopback. The API key then guards only the inference routes `/v1/`.
     pub admin_token: Option<String>,
+    /// Claude Code's settings file, where the Capture page looks for the `SessionEnd` hook (the
+    /// CLI resolves it as `engine status` does); unset means the page does not check.
+    pub claude_settings: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -67,7 +70,7 @@ impl ServeSettings {
         if !ip.is_loopback() && api_key.is_none() {
             return Err(SettingsError::KeyRequired(ip));
         }
-        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32, admin_token: None })
+        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32, admin_token: None, claude_settings: None })
     }
 
     /// Set the admin token; off loopback one is required.

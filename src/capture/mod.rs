@@ -4,13 +4,15 @@
 //! `transcript` reads a file line by line into slim records; `conversation` rebuilds the active
 //! branch and cuts it into turns; this module redacts each turn (`redact`) and validates it into
 //! a `Trace` with a stable id; `scan` finds the files, tracks per-file progress in the store and
-//! upserts the traces; `hook` edits Claude Code's settings for the `SessionEnd` hook. Nothing here
+//! upserts the traces; `hook` edits Claude Code's settings for the `SessionEnd` hook; `engine`
+//! reads the background watcher's files into its status. Nothing here
 //! reads the environment: the CLI resolves the root and the settings path.
 //!
 //! Reasoning (`thinking` blocks) has no field in the trace model, so it is kept in
 //! `metadata.reasoning` as `[{"message": <index of the assistant message>, "text": ...}]`.
 
 pub mod conversation;
+pub mod engine;
 pub mod hook;
 pub mod redact;
 pub mod scan;

@@ -11,22 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::capture::CaptureArgs;
 use super::print_json;
+use crate::capture::engine::{
+    alive, engine_status, read_json, running, write_json, EngineState, PidFile, LOG_FILE, PID_FILE, STATE_FILE,
+    TRAINING_THRESHOLD, TRIGGER_FILE,
+};
 use crate::capture::{self, hook};
 use crate::config::Config;
-use crate::store::{Store, TraceFilter};
-use crate::traces::{now_rfc3339, Source};
-
-const PID_FILE: &str = "capture-engine.pid";
-const STATE_FILE: &str = "capture-engine.json";
-const TRIGGER_FILE: &str = "capture-engine.trigger";
-const LOG_FILE: &str = "capture-engine.log";
-/// Captured traces that make the orchestrator retrain (spec 3.3); reported as progress.
-const TRAINING_THRESHOLD: i64 = 200;
+use crate::store::Store;
+use crate::traces::now_rfc3339;
 
 #[derive(Debug, Subcommand)]
 pub enum EngineCommand {
@@ -87,37 +83,6 @@ pub struct HookArgs {
     pub json: bool,
 }
 
-/// `<data_dir>/capture-engine.pid`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PidFile {
-    pid: u32,
-    started_at: String,
-    roots: Vec<PathBuf>,
-    interval: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Totals {
-    scans: u64,
-    traces_new: u64,
-    traces_updated: u64,
-    malformed_lines: u64,
-    redactions: u64,
-}
-
-/// `<data_dir>/capture-engine.json`: what the running (or last) watcher saw.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct EngineState {
-    pid: u32,
-    started_at: String,
-    last_scan_at: Option<String>,
-    /// The last scan that stored or updated a trace.
-    last_capture_at: Option<String>,
-    last_error: Option<String>,
-    totals: Totals,
-    last_report: Option<Value>,
-}
-
 pub fn run(config: &Config, command: EngineCommand) -> anyhow::Result<ExitCode> {
     match command {
         EngineCommand::Start(args) => start(config, args),
@@ -129,59 +94,10 @@ pub fn run(config: &Config, command: EngineCommand) -> anyhow::Result<ExitCode> 
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// Write through a temp file and a rename, so a reader never sees half a document.
-fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&temp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&temp, path)?;
-    Ok(())
-}
-
 /// The data dir as an absolute path (created), so the child and the hook do not depend on a cwd.
 fn absolute_data_dir(config: &Config) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(config.data_dir())?;
     Ok(std::fs::canonicalize(config.data_dir())?)
-}
-
-/// Whether `pid` is a live process (a zombie is not).
-fn alive(pid: u32) -> bool {
-    let Ok(pid_t) = libc::pid_t::try_from(pid) else { return false };
-    if pid_t <= 0 {
-        return false;
-    }
-    // Safety: signal 0 only asks whether the process exists.
-    let exists = unsafe { libc::kill(pid_t, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => true,
-    }
-}
-
-/// Whether `pid` runs `engine run` (where /proc says); guards against a reused pid.
-fn is_engine(pid: u32) -> bool {
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => {
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.windows(2).any(|pair| pair[0] == b"engine" && pair[1] == b"run")
-        }
-        Err(_) => true,
-    }
-}
-
-/// The pid file of a watcher that is running now.
-fn running(data_dir: &Path) -> Option<PidFile> {
-    read_json::<PidFile>(&data_dir.join(PID_FILE)).filter(|p| alive(p.pid) && is_engine(p.pid))
 }
 
 fn start(config: &Config, args: StartArgs) -> anyhow::Result<ExitCode> {
@@ -343,7 +259,7 @@ fn run_loop(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--settings`, else the first `$CLAUDE_CONFIG_DIR` directory's, else `~/.claude/settings.json`.
-fn settings_path(explicit: Option<PathBuf>, claude_config_dir: Option<&str>) -> anyhow::Result<PathBuf> {
+pub(crate) fn settings_path(explicit: Option<PathBuf>, claude_config_dir: Option<&str>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path);
     }
@@ -358,66 +274,32 @@ fn settings_path(explicit: Option<PathBuf>, claude_config_dir: Option<&str>) -> 
 
 fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir();
-    let pid_file = running(data_dir);
-    let state: Option<EngineState> = read_json(&data_dir.join(STATE_FILE));
     let store = Store::open(data_dir)?;
-    let db = store.connect()?;
-    let files = db.capture_files()?;
-    let mut sessions: Vec<&str> = files.iter().filter_map(|f| f.session_id.as_deref()).collect();
-    sessions.sort_unstable();
-    sessions.dedup();
-    let captured = db.count_traces(&TraceFilter { source: Some(Source::ClaudeCode), ..TraceFilter::default() })?;
-    let last_capture_at = state
-        .as_ref()
-        .and_then(|s| s.last_capture_at.clone())
-        .or_else(|| files.iter().filter(|f| f.n_traces > 0).map(|f| f.scanned_at.clone()).max());
     let settings = settings_path(args.settings, args.claude_config_dir.as_deref()).ok();
-    let hook_installed = settings.as_deref().and_then(|p| hook::read_settings(p).ok()).is_some_and(|(doc, _)| hook::is_installed(&doc));
-    let report = json!({
-        "running": pid_file.is_some(),
-        "pid": pid_file.as_ref().map(|p| p.pid),
-        "started_at": pid_file.as_ref().map(|p| p.started_at.clone()),
-        "roots": pid_file.as_ref().map(|p| p.roots.clone()),
-        "interval": pid_file.as_ref().map(|p| p.interval),
-        "files": files.len(),
-        "sessions": sessions.len(),
-        "traces_captured": captured,
-        "last_scan_at": state.as_ref().and_then(|s| s.last_scan_at.clone()),
-        "last_capture_at": last_capture_at,
-        "last_error": state.as_ref().and_then(|s| s.last_error.clone()),
-        "totals": state.as_ref().map(|s| s.totals.clone()),
-        "last_report": state.as_ref().and_then(|s| s.last_report.clone()),
-        "hook_installed": hook_installed,
-        "settings": settings,
-        // No orchestrator yet: every captured trace counts as new since the last training.
-        // This becomes the orchestrator's own count once it exists.
-        "orchestrator": {"threshold": TRAINING_THRESHOLD, "captured_since_last_training": captured},
-    });
+    let status = engine_status(data_dir, &store, settings.as_deref())?;
+    let captured = status.traces_captured;
     if args.json {
-        print_json(&report)?;
+        print_json(&status)?;
         return Ok(ExitCode::SUCCESS);
     }
-    match &pid_file {
-        Some(p) => println!(
-            "running (pid {}) since {}, every {}s, watching {}",
-            p.pid,
-            p.started_at,
-            p.interval,
-            p.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+    match (&status.pid, &status.started_at, &status.interval, &status.roots) {
+        (Some(pid), Some(started_at), Some(interval), Some(roots)) => println!(
+            "running (pid {pid}) since {started_at}, every {interval}s, watching {}",
+            roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
-        None => println!("not running"),
+        _ => println!("not running"),
     }
-    println!("{} files, {} sessions tracked; {captured} traces captured", files.len(), sessions.len());
+    println!("{} files, {} sessions tracked; {captured} traces captured", status.files, status.sessions);
     println!(
         "last scan {}, last capture {}",
-        report["last_scan_at"].as_str().unwrap_or("never"),
-        report["last_capture_at"].as_str().unwrap_or("never")
+        status.last_scan_at.as_deref().unwrap_or("never"),
+        status.last_capture_at.as_deref().unwrap_or("never")
     );
-    if let Some(error) = report["last_error"].as_str() {
+    if let Some(error) = &status.last_error {
         println!("last scan failed: {error}");
     }
     println!("toward retraining: {captured}/{TRAINING_THRESHOLD} captured traces");
-    println!("SessionEnd hook: {}", if hook_installed { "installed" } else { "not installed" });
+    println!("SessionEnd hook: {}", if status.hook_installed { "installed" } else { "not installed" });
     Ok(ExitCode::SUCCESS)
 }
 

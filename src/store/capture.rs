@@ -27,6 +27,19 @@ pub struct CaptureFileRow {
     pub scanned_at: String,
 }
 
+/// One Claude Code session as its captured traces show it (subagent traces count with their
+/// parent session).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CaptureSession {
+    pub session_id: String,
+    pub project: String,
+    /// The git branch of the session's latest trace.
+    pub git_branch: String,
+    /// The latest trace's start.
+    pub last_at: String,
+    pub n_traces: i64,
+}
+
 const COLUMNS: &str = "path, session_id, agent_id, size, mtime_ns, head_len, head_hash, complete_offset,
     last_line_start, last_line_hash, last_uuid, n_traces, malformed_lines, scanned_at";
 
@@ -60,6 +73,22 @@ impl Db {
         let sql = format!("SELECT {COLUMNS} FROM capture_files ORDER BY path");
         let mut statement = self.conn.prepare(&sql)?;
         let rows = statement.query_map([], from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sessions with captured traces, most recent first.
+    pub fn capture_sessions(&self, limit: i64) -> StoreResult<Vec<CaptureSession>> {
+        // SQLite takes the bare columns from the row that holds MAX(created_at).
+        let sql = "SELECT json_extract(body, '$.metadata.session_id') AS session,
+                COALESCE(json_extract(body, '$.metadata.project'), ''),
+                COALESCE(json_extract(body, '$.metadata.git_branch'), ''),
+                MAX(created_at), COUNT(*)
+             FROM traces WHERE source = 'claude_code' AND session IS NOT NULL
+             GROUP BY session ORDER BY MAX(created_at) DESC, session LIMIT ?";
+        let mut statement = self.conn.prepare(sql)?;
+        let rows = statement.query_map([limit], |row| {
+            Ok(CaptureSession { session_id: row.get(0)?, project: row.get(1)?, git_branch: row.get(2)?, last_at: row.get(3)?, n_traces: row.get(4)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

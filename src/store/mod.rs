@@ -19,7 +19,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
-pub use capture::CaptureFileRow;
+pub use capture::{CaptureFileRow, CaptureSession};
 pub use pairs::{PairInsertOutcome, StoredPair};
 pub use datasets::DatasetRow;
 pub use exports::ExportRow;

@@ -26,12 +26,12 @@ pub const MAX_PER_PAGE: i64 = 500;
         health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job,
         resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs,
         build_dataset, list_datasets, get_dataset, get_dataset_file, start_run, list_models, get_model, start_export,
-        list_exports, start_deploy
+        list_exports, start_deploy, capture_status, capture_scan
     ),
     components(schemas(
         Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
         JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow, RunRequest, crate::store::ModelRow,
-        ExportModelRequest, crate::store::ExportRow, DeployRequest
+        ExportModelRequest, crate::store::ExportRow, DeployRequest, CaptureScanRequest
     ))
 )]
 pub struct ApiDoc;
@@ -60,6 +60,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/models/{id}/export", web::post().to(start_export))
         .route("/exports", web::get().to(list_exports))
         .route("/exports/{id}/deploy", web::post().to(start_deploy))
+        .route("/capture", web::get().to(capture_status))
+        .route("/capture/scan", web::post().to(capture_scan))
         .route("/bootstrap", web::post().to(start_bootstrap))
         .route("/templates", web::get().to(list_templates))
         .route("/templates/{name}", web::get().to(get_template))
@@ -662,6 +664,28 @@ pub async fn start_run(state: web::Data<AppState>, request: web::Json<RunRequest
     config.validate().map_err(WebError::BadRequest)?;
     let job = super::training::enqueue(&state, request.dataset, config).await?;
     Ok(HttpResponse::Accepted().json(job))
+}
+
+/// The capture engine: whether the background watcher runs (pid, roots, interval, started at),
+/// files, sessions and traces captured, last scan and capture, last error, the last scan's report
+/// (malformed lines, redactions), the `SessionEnd` hook, progress toward retraining.
+#[utoipa::path(get, path = "/api/capture", responses((status = 200, description = "The engine status document (as `understudy engine status --json`)", body = Object)))]
+pub async fn capture_status(state: web::Data<AppState>) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
+    Ok(web::Json(super::capture::status(&state).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CaptureScanRequest {
+    /// A Claude Code directory (e.g. `/home/me/.claude`) that holds `projects/`.
+    #[serde(default)]
+    pub dir: String,
+}
+
+/// Scan a Claude Code directory once, now (incremental: unchanged files are skipped).
+#[utoipa::path(post, path = "/api/capture/scan", request_body = CaptureScanRequest,
+    responses((status = 200, description = "The scan report (as `understudy capture scan --json`)", body = Object), (status = 400, body = ErrorBody)))]
+pub async fn capture_scan(state: web::Data<AppState>, request: web::Json<CaptureScanRequest>) -> Result<web::Json<crate::capture::ScanReport>, ApiError> {
+    Ok(web::Json(super::capture::scan(&state, &request.dir).await?))
 }
 
 /// Trained models with lineage, newest first.

@@ -6,6 +6,7 @@
 mod api;
 mod assets;
 mod bootstrap;
+mod capture;
 mod datasets;
 mod error;
 mod metrics;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// The deploy form's default Ollama address.
     pub ollama_host: String,
     pub serving: Arc<Serving>,
+    /// Claude Code's settings file, checked for the capture hook (`ServeSettings::claude_settings`).
+    pub claude_settings: Option<std::path::PathBuf>,
 }
 
 /// The inference side of the server: the engine's workers, the loaded models, the metrics.
@@ -87,7 +90,7 @@ impl Application {
             registry: Arc::new(crate::serve::registry::Registry::default()),
             metrics: Arc::new(metrics::Metrics::default()),
         });
-        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, admin_token: settings.admin_token, ollama_host, serving });
+        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, admin_token: settings.admin_token, ollama_host, serving, claude_settings: settings.claude_settings });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
         let address = listener.local_addr()?;
@@ -134,6 +137,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(web::scope("/api").configure(api::routes))
         .configure(pages::routes)
         .configure(bootstrap::routes)
+        .configure(capture::routes)
         .configure(datasets::routes)
         .configure(training::routes)
         .configure(models::routes)

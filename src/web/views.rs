@@ -18,7 +18,7 @@ pub struct NavItem {
     pub active: bool,
 }
 
-const NAV: [(&str, &str); 10] = [
+const NAV: [(&str, &str); 11] = [
     ("/", "Dashboard"),
     ("/traces", "Traces"),
     ("/bootstrap", "Bootstrap"),
@@ -26,6 +26,7 @@ const NAV: [(&str, &str); 10] = [
     ("/training", "Training"),
     ("/models", "Models"),
     ("/playground", "Playground"),
+    ("/capture", "Capture"),
     ("/import", "Import"),
     ("/jobs", "Jobs"),
     ("/docs", "API"),
@@ -553,6 +554,44 @@ pub struct DocsPage {
     pub nav: Nav,
     pub openapi_version: String,
     pub routes: Vec<RouteView>,
+}
+
+pub struct CaptureSessionRow {
+    pub session_id: String,
+    pub project: String,
+    pub git_branch: String,
+    pub last_at: String,
+    pub n_traces: i64,
+}
+
+/// The Capture page: the background watcher, the hook, what was captured, the scan form.
+#[derive(Template)]
+#[template(path = "pages/capture.html")]
+pub struct CapturePage {
+    pub nav: Nav,
+    /// "running (pid N) since T, every Ns" or "not running".
+    pub engine_line: String,
+    pub running: bool,
+    pub roots: Vec<String>,
+    pub last_scan_at: String,
+    pub last_capture_at: String,
+    pub last_error: Option<String>,
+    pub files: usize,
+    pub n_sessions: usize,
+    pub traces_captured: i64,
+    pub threshold: i64,
+    /// From the watcher's last scan: "—" when it has not scanned.
+    pub malformed_lines: String,
+    pub redactions: String,
+    pub hook_installed: bool,
+    /// Empty when the server does not know the settings file.
+    pub settings_path: String,
+    pub sessions: Vec<CaptureSessionRow>,
+    pub traces: Vec<TraceRow>,
+    /// The summary of a scan this page just ran.
+    pub scanned: Option<String>,
+    pub dir: String,
+    pub dir_error: Option<String>,
 }
 
 #[derive(Template)]

@@ -511,3 +511,71 @@ fn engine_capture_runs_in_the_background_wakes_on_the_trigger_and_stops() {
     assert_eq!(status["traces_captured"], 12);
     assert!(cli(&data, &["engine", "stop"]).stdout.contains("not running"));
 }
+
+/// The Capture page and `/api/capture` on the real server over a fresh data dir.
+#[test]
+fn capture_page_scans_over_the_api_and_lists_sessions_and_traces() {
+    use crate::support::{get, http, reply, spawn_app};
+    let setup = Setup::new();
+    let app = spawn_app(|_| {});
+
+    let empty = get(&app.url("/capture"));
+    assert_eq!(empty.status, 200);
+    assert!(empty.body.contains("<main>") && empty.body.contains("not running"), "{}", empty.body);
+    assert!(empty.body.contains("No trace captured yet") && empty.body.contains("No session captured yet"));
+    let status = get(&app.url("/api/capture")).json();
+    assert_eq!(status["running"], false, "{status:#}");
+    assert_eq!(status["traces_captured"], 0);
+
+    let scanned = reply(http().post(&app.url("/api/capture/scan")).send_json(serde_json::json!({"dir": setup.root})));
+    assert_eq!(scanned.status, 200, "{}", scanned.body);
+    let report = scanned.json();
+    assert_eq!(counts(&report), [4, 2, 11, 0, 2, 8], "{report:#}");
+
+    let status = get(&app.url("/api/capture")).json();
+    assert_eq!(status["traces_captured"], 11, "{status:#}");
+    assert_eq!(status["sessions"], 2);
+    assert_eq!(status["orchestrator"]["threshold"], 200);
+
+    let page = get(&app.url("/capture")).body;
+    assert!(page.contains("-home-ana-src-widget") && page.contains("-home-ana-src-legacy"), "{page}");
+    assert!(page.contains(SESSION) && page.contains(LEGACY_SESSION));
+    assert!(page.contains("<td>main</td>") || page.contains("<td>feature/unicode</td>"), "{page}");
+    assert!(page.contains("11 traces captured"), "{page}");
+    let links: Vec<&str> = page.split("href=\"/traces/tr_cc_").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    assert_eq!(links.len(), 11, "{page}");
+    let trace = get(&app.url(&format!("/traces/tr_cc_{}", links[0])));
+    assert_eq!(trace.status, 200);
+}
+
+#[test]
+fn capture_page_form_scans_and_a_bad_dir_names_the_field() {
+    use crate::support::{get, http, reply, spawn_app};
+    let setup = Setup::new();
+    let app = spawn_app(|_| {});
+
+    let missing = setup.root.join("nowhere");
+    let api = reply(http().post(&app.url("/api/capture/scan")).send_json(serde_json::json!({"dir": missing})));
+    assert_eq!(api.status, 400, "{}", api.body);
+    assert!(api.json()["error"]["message"].as_str().unwrap().starts_with("dir:"), "{}", api.body);
+    let api = reply(http().post(&app.url("/api/capture/scan")).send_json(serde_json::json!({})));
+    assert_eq!(api.status, 400, "{}", api.body);
+    assert!(api.body.contains("dir:"), "{}", api.body);
+
+    let no_projects = setup.root.join("projects");
+    let form = reply(http().post(&app.url("/capture/scan")).send_form([("dir", no_projects.to_str().unwrap())]));
+    assert_eq!(form.status, 422, "{}", form.body);
+    assert!(form.body.contains("id=\"dir-error\"") && form.body.contains("has no projects/ directory"), "{}", form.body);
+
+    let form = reply(http().post(&app.url("/capture/scan")).send_form([("dir", setup.root.to_str().unwrap())]));
+    assert_eq!(form.status, 303, "{}", form.body);
+    let location = form.location.unwrap();
+    assert!(location.starts_with("/capture?"), "{location}");
+    let page = get(&app.url(&location));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("11 new traces") && page.body.contains("2 malformed lines") && page.body.contains("8 redactions"), "{}", page.body);
+    assert!(page.body.contains("href=\"/traces/tr_cc_"));
+    // Scanning again stores nothing new.
+    let again = reply(http().post(&app.url("/api/capture/scan")).send_json(serde_json::json!({"dir": setup.root}))).json();
+    assert_eq!(again["traces_new"], 0, "{again:#}");
+}

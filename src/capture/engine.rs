@@ -1,0 +1,166 @@
+//! The background watcher's files in the data dir and the status built from them, shared by
+//! `understudy engine status` and the web's Capture page: `capture-engine.pid` (who runs, since
+//! when, watching what), `capture-engine.json` (what the last scan saw), `capture-engine.trigger`
+//! (touched by the `SessionEnd` hook). Starting and stopping the process stay in the CLI; this
+//! module only reads, checks whether a pid is alive, and writes documents atomically.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{hook, CaptureError};
+use crate::store::{Store, TraceFilter};
+use crate::traces::Source;
+
+pub const PID_FILE: &str = "capture-engine.pid";
+pub const STATE_FILE: &str = "capture-engine.json";
+pub const TRIGGER_FILE: &str = "capture-engine.trigger";
+pub const LOG_FILE: &str = "capture-engine.log";
+/// Captured traces that make the orchestrator retrain (spec 3.3); reported as progress.
+pub const TRAINING_THRESHOLD: i64 = 200;
+
+/// `<data_dir>/capture-engine.pid`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PidFile {
+    pub pid: u32,
+    pub started_at: String,
+    pub roots: Vec<PathBuf>,
+    pub interval: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub scans: u64,
+    pub traces_new: u64,
+    pub traces_updated: u64,
+    pub malformed_lines: u64,
+    pub redactions: u64,
+}
+
+/// `<data_dir>/capture-engine.json`: what the running (or last) watcher saw.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineState {
+    pub pid: u32,
+    pub started_at: String,
+    pub last_scan_at: Option<String>,
+    /// The last scan that stored or updated a trace.
+    pub last_capture_at: Option<String>,
+    pub last_error: Option<String>,
+    pub totals: Totals,
+    pub last_report: Option<Value>,
+}
+
+/// Progress toward the next retraining.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrchestratorProgress {
+    pub threshold: i64,
+    pub captured_since_last_training: i64,
+}
+
+/// `engine status --json` and `GET /api/capture`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub started_at: Option<String>,
+    pub roots: Option<Vec<PathBuf>>,
+    pub interval: Option<u64>,
+    pub files: usize,
+    pub sessions: usize,
+    pub traces_captured: i64,
+    pub last_scan_at: Option<String>,
+    pub last_capture_at: Option<String>,
+    pub last_error: Option<String>,
+    pub totals: Option<Totals>,
+    pub last_report: Option<Value>,
+    pub hook_installed: bool,
+    pub settings: Option<PathBuf>,
+    pub orchestrator: OrchestratorProgress,
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// Write through a temp file and a rename, so a reader never sees half a document.
+pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&temp, path)
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+pub fn alive(pid: u32) -> bool {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else { return false };
+    if pid_t <= 0 {
+        return false;
+    }
+    // Safety: signal 0 only asks whether the process exists.
+    let exists = unsafe { libc::kill(pid_t, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => true,
+    }
+}
+
+/// Whether `pid` runs `engine run` (where /proc says); guards against a reused pid.
+fn is_engine(pid: u32) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmdline) => {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.windows(2).any(|pair| pair[0] == b"engine" && pair[1] == b"run")
+        }
+        Err(_) => true,
+    }
+}
+
+/// The pid file of a watcher that is running now.
+pub fn running(data_dir: &Path) -> Option<PidFile> {
+    read_json::<PidFile>(&data_dir.join(PID_FILE)).filter(|p| alive(p.pid) && is_engine(p.pid))
+}
+
+/// Whether the watcher runs, what it tracks and captured, and whether the hook is in the
+/// settings file at `settings_path` (not checked when `None`).
+pub fn engine_status(data_dir: &Path, store: &Store, settings_path: Option<&Path>) -> Result<EngineStatus, CaptureError> {
+    let pid_file = running(data_dir);
+    let state: Option<EngineState> = read_json(&data_dir.join(STATE_FILE));
+    let db = store.connect()?;
+    let files = db.capture_files()?;
+    let mut sessions: Vec<&str> = files.iter().filter_map(|f| f.session_id.as_deref()).collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    let captured = db.count_traces(&TraceFilter { source: Some(Source::ClaudeCode), ..TraceFilter::default() })?;
+    let last_capture_at = state
+        .as_ref()
+        .and_then(|s| s.last_capture_at.clone())
+        .or_else(|| files.iter().filter(|f| f.n_traces > 0).map(|f| f.scanned_at.clone()).max());
+    let hook_installed = settings_path.and_then(|p| hook::read_settings(p).ok()).is_some_and(|(doc, _)| hook::is_installed(&doc));
+    Ok(EngineStatus {
+        running: pid_file.is_some(),
+        pid: pid_file.as_ref().map(|p| p.pid),
+        started_at: pid_file.as_ref().map(|p| p.started_at.clone()),
+        roots: pid_file.as_ref().map(|p| p.roots.clone()),
+        interval: pid_file.as_ref().map(|p| p.interval),
+        files: files.len(),
+        sessions: sessions.len(),
+        traces_captured: captured,
+        last_scan_at: state.as_ref().and_then(|s| s.last_scan_at.clone()),
+        last_capture_at,
+        last_error: state.as_ref().and_then(|s| s.last_error.clone()),
+        totals: state.as_ref().map(|s| s.totals.clone()),
+        last_report: state.and_then(|s| s.last_report),
+        hook_installed,
+        settings: settings_path.map(Path::to_path_buf),
+        // No orchestrator yet: every captured trace counts as new since the last training.
+        // This becomes the orchestrator's own count once it exists.
+        orchestrator: OrchestratorProgress { threshold: TRAINING_THRESHOLD, captured_since_last_training: captured },
+    })
+}
