@@ -50,6 +50,9 @@ pub struct ServeSettings {
     /// Claude Code's settings file, where the Capture page looks for the `SessionEnd` hook (the
     /// CLI resolves it as `engine status` does); unset means the page does not check.
     pub claude_settings: Option<PathBuf>,
+    /// The `understudy` executable the Capture page's Start button runs as `engine run` (`serve`
+    /// sets its own); unset hides the button and the start route answers 409.
+    pub understudy_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -70,7 +73,7 @@ impl ServeSettings {
         if !ip.is_loopback() && api_key.is_none() {
             return Err(SettingsError::KeyRequired(ip));
         }
-        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32, admin_token: None, claude_settings: None })
+        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32, admin_token: None, claude_settings: None, understudy_binary: None })
     }
 
     /// Set the admin token; off loopback one is required.

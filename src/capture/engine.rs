@@ -1,17 +1,19 @@
 //! The background watcher's files in the data dir and the status built from them, shared by
 //! `understudy engine status` and the web's Capture page: `capture-engine.pid` (who runs, since
 //! when, watching what), `capture-engine.json` (what the last scan saw), `capture-engine.trigger`
-//! (touched by the `SessionEnd` hook). Starting and stopping the process stay in the CLI; this
-//! module only reads, checks whether a pid is alive, and writes documents atomically.
+//! (touched by the `SessionEnd` hook). `start` and `stop` spawn and end the watcher (`engine run`
+//! of the given binary) for both `understudy engine start|stop` and the Capture page's buttons.
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{hook, CaptureError};
 use crate::store::{Store, TraceFilter};
-use crate::traces::Source;
+use crate::traces::{now_rfc3339, Source};
 
 pub const PID_FILE: &str = "capture-engine.pid";
 pub const STATE_FILE: &str = "capture-engine.json";
@@ -163,4 +165,134 @@ pub fn engine_status(data_dir: &Path, store: &Store, settings_path: Option<&Path
         // This becomes the orchestrator's own count once it exists.
         orchestrator: OrchestratorProgress { threshold: TRAINING_THRESHOLD, captured_since_last_training: captured },
     })
+}
+
+/// How `start` configures the watcher (the `engine start` flags besides the roots).
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Seconds between rescans (at least 1).
+    pub interval: u64,
+    pub max_tool_result_bytes: usize,
+    /// Extra `NAME=REGEX` redaction patterns.
+    pub redact: Vec<String>,
+    pub no_default_redactions: bool,
+}
+
+impl Default for StartOptions {
+    fn default() -> StartOptions {
+        StartOptions { interval: 30, max_tool_result_bytes: super::DEFAULT_MAX_TOOL_RESULT_BYTES, redact: Vec::new(), no_default_redactions: false }
+    }
+}
+
+#[derive(Debug)]
+pub enum StartOutcome {
+    AlreadyRunning(PidFile),
+    Started { pid_file: PidFile, log: PathBuf },
+}
+
+#[derive(Debug)]
+pub enum StopOutcome {
+    NotRunning,
+    /// Ended by SIGTERM.
+    Stopped(u32),
+    /// Needed SIGKILL.
+    Killed(u32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("--interval must be at least 1 second")]
+    BadInterval,
+    #[error("the capture engine exited at once ({exit}); see {}", .log.display())]
+    ExitedAtOnce { exit: std::process::ExitStatus, log: PathBuf },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Start `<binary> --data-dir <data_dir> engine run ...` detached, watching `roots`, unless a
+/// watcher already runs for this data dir. The data dir is created and made absolute and so are
+/// the roots, so the child depends on no cwd; it reads no `CLAUDE_CONFIG_DIR`.
+pub fn start(binary: &Path, data_dir: &Path, roots: &[PathBuf], options: &StartOptions) -> Result<StartOutcome, EngineError> {
+    if options.interval < 1 {
+        return Err(EngineError::BadInterval);
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let data_dir = std::fs::canonicalize(data_dir)?;
+    if let Some(pid_file) = running(&data_dir) {
+        return Ok(StartOutcome::AlreadyRunning(pid_file));
+    }
+    let roots = roots.iter().map(std::path::absolute).collect::<Result<Vec<_>, _>>()?;
+    let log_path = data_dir.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+
+    let mut command = Command::new(binary);
+    command.arg("--data-dir").arg(&data_dir).args(["engine", "run", "--interval", &options.interval.to_string()]);
+    command.arg(format!("--max-tool-result-bytes={}", options.max_tool_result_bytes));
+    for spec in &options.redact {
+        command.arg(format!("--redact={spec}"));
+    }
+    if options.no_default_redactions {
+        command.arg("--no-default-redactions");
+    }
+    for root in &roots {
+        command.arg("--root").arg(root);
+    }
+    command.env_remove("CLAUDE_CONFIG_DIR").current_dir(&data_dir);
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    #[cfg(unix)]
+    {
+        // Its own process group: a Ctrl-C in the terminal that started it does not reach it.
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+    let mut child = command.spawn()?;
+    let pid_file = PidFile { pid: child.id(), started_at: now_rfc3339(), roots, interval: options.interval };
+    write_json(&data_dir.join(PID_FILE), &pid_file)?;
+    // A child that fails at once (a bad pattern, an unwritable store) says so here.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some(exit) = child.try_wait()? {
+            let _ = std::fs::remove_file(data_dir.join(PID_FILE));
+            return Err(EngineError::ExitedAtOnce { exit, log: log_path });
+        }
+    }
+    Ok(StartOutcome::Started { pid_file, log: log_path })
+}
+
+/// Stop the watcher of `data_dir`: SIGTERM, then SIGKILL after 5 s; removes the pid file.
+pub fn stop(data_dir: &Path) -> StopOutcome {
+    let pid_path = data_dir.join(PID_FILE);
+    let Some(pid_file) = running(data_dir) else {
+        let _ = std::fs::remove_file(&pid_path);
+        return StopOutcome::NotRunning;
+    };
+    let pid = pid_file.pid as libc::pid_t;
+    // Safety: plain signals to the pid our own pid file names, checked to be the engine.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid_file.pid) && Instant::now() < deadline {
+        reap(pid);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut outcome = StopOutcome::Stopped(pid_file.pid);
+    if alive(pid_file.pid) {
+        // Safe to force: every scan writes a file's traces and progress in one transaction.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while alive(pid_file.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        outcome = StopOutcome::Killed(pid_file.pid);
+    }
+    reap(pid);
+    let _ = std::fs::remove_file(&pid_path);
+    outcome
+}
+
+/// Collect the exit of `pid` if it is our own child (a server that started it), so no zombie
+/// stays behind; a no-op for any other process.
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // Safety: WNOHANG never blocks; a pid that is not our child answers ECHILD.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
 }

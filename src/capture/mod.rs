@@ -11,6 +11,7 @@
 //! Reasoning (`thinking` blocks) has no field in the trace model, so it is kept in
 //! `metadata.reasoning` as `[{"message": <index of the assistant message>, "text": ...}]`.
 
+pub mod bench;
 pub mod conversation;
 pub mod engine;
 pub mod hook;

@@ -64,6 +64,13 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Scan a generated Claude Code projects tree (N sessions of M turns), then rescan it.
+    Capture {
+        #[arg(long, default_value_t = 200)]
+        sessions: u64,
+        #[arg(long, default_value_t = 20)]
+        turns: u64,
+    },
 }
 
 pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -96,6 +103,10 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
         BenchCommand::Tokenize { dataset_dir, dump_corpus, repeats } => {
             let figures = crate::dataset::bench::tokenize(&dataset_dir, dump_corpus.as_deref(), repeats)?;
             print_json(&figures)?;
+        }
+        BenchCommand::Capture { sessions, turns } => {
+            let work = std::env::temp_dir().join(format!("understudy-bench-capture-{}", ulid::Ulid::new()));
+            print_json(&crate::capture::bench::capture(sessions, turns, &work)?)?;
         }
         BenchCommand::Bootstrap { traces, seed } => {
             let dir = std::env::temp_dir().join(format!("understudy-bench-{}", ulid::Ulid::new()));

@@ -6,7 +6,7 @@
 //! incremental, so a periodic scan stands in for file-system notifications.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -16,8 +16,8 @@ use serde_json::json;
 use super::capture::CaptureArgs;
 use super::print_json;
 use crate::capture::engine::{
-    alive, engine_status, read_json, running, write_json, EngineState, PidFile, LOG_FILE, PID_FILE, STATE_FILE,
-    TRAINING_THRESHOLD, TRIGGER_FILE,
+    self, engine_status, read_json, running, write_json, EngineState, PidFile, StartOptions, StartOutcome, StopOutcome,
+    PID_FILE, STATE_FILE, TRAINING_THRESHOLD, TRIGGER_FILE,
 };
 use crate::capture::{self, hook};
 use crate::config::Config;
@@ -108,78 +108,33 @@ fn start(config: &Config, args: StartArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let settings = args.capture.settings()?;
-    let roots = settings.roots.iter().map(std::path::absolute).collect::<Result<Vec<_>, _>>()?;
-    let log_path = data_dir.join(LOG_FILE);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-
-    let mut command = Command::new(std::env::current_exe()?);
-    command.arg("--data-dir").arg(&data_dir).args(["engine", "run", "--interval", &args.interval.to_string()]);
-    command.arg(format!("--max-tool-result-bytes={}", args.capture.max_tool_result_bytes));
-    for spec in &args.capture.redact {
-        command.arg(format!("--redact={spec}"));
-    }
-    if args.capture.no_default_redactions {
-        command.arg("--no-default-redactions");
-    }
-    for root in &roots {
-        command.arg("--root").arg(root);
-    }
-    command.env_remove("CLAUDE_CONFIG_DIR").current_dir(&data_dir);
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    #[cfg(unix)]
-    {
-        // Its own process group: a Ctrl-C in the terminal that started it does not reach it.
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-    }
-    let mut child = command.spawn()?;
-    let pid_file = PidFile { pid: child.id(), started_at: now_rfc3339(), roots: roots.clone(), interval: args.interval };
-    write_json(&data_dir.join(PID_FILE), &pid_file)?;
-    // A child that fails at once (a bad pattern, an unwritable store) says so here.
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(100));
-        if let Some(exit) = child.try_wait()? {
-            let _ = std::fs::remove_file(data_dir.join(PID_FILE));
-            anyhow::bail!("the capture engine exited at once ({exit}); see {}", log_path.display());
+    let options = StartOptions {
+        interval: args.interval,
+        max_tool_result_bytes: args.capture.max_tool_result_bytes,
+        redact: args.capture.redact.clone(),
+        no_default_redactions: args.capture.no_default_redactions,
+    };
+    match engine::start(&std::env::current_exe()?, &data_dir, &settings.roots, &options)? {
+        StartOutcome::AlreadyRunning(pid_file) => println!("already running (pid {})", pid_file.pid),
+        StartOutcome::Started { pid_file, log } => {
+            let roots_text = pid_file.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+            println!(
+                "capture engine started (pid {}): watching {roots_text} every {}s; log {}",
+                pid_file.pid,
+                pid_file.interval,
+                log.display()
+            );
         }
     }
-    let roots_text = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
-    println!(
-        "capture engine started (pid {}): watching {roots_text} every {}s; log {}",
-        pid_file.pid,
-        args.interval,
-        log_path.display()
-    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn stop(config: &Config) -> anyhow::Result<ExitCode> {
-    let data_dir = config.data_dir();
-    let pid_path = data_dir.join(PID_FILE);
-    let Some(pid_file) = running(data_dir) else {
-        let _ = std::fs::remove_file(&pid_path);
-        println!("not running");
-        return Ok(ExitCode::SUCCESS);
-    };
-    let pid = pid_file.pid as libc::pid_t;
-    // Safety: plain signals to the pid our own pid file names, checked to be the engine.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid_file.pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    match engine::stop(config.data_dir()) {
+        StopOutcome::NotRunning => println!("not running"),
+        StopOutcome::Stopped(pid) => println!("capture engine stopped (pid {pid})"),
+        StopOutcome::Killed(pid) => println!("capture engine killed (pid {pid})"),
     }
-    let mut how = "stopped";
-    if alive(pid_file.pid) {
-        // Safe to force: every scan writes a file's traces and progress in one transaction.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while alive(pid_file.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        how = "killed";
-    }
-    let _ = std::fs::remove_file(&pid_path);
-    println!("capture engine {how} (pid {})", pid_file.pid);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -47,6 +47,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut settings = ServeSettings::new(&args.host, args.port, args.api_key)?.with_admin_token(args.admin_token)?;
     settings.ollama_host = args.ollama_host;
     settings.claude_settings = super::engine::settings_path(None, args.claude_config_dir.as_deref()).ok();
+    settings.understudy_binary = std::env::current_exe().ok();
     let store = Store::open(config.data_dir())?;
     actix_web::rt::System::new().block_on(async move {
         let application = Application::build(config.clone(), store, settings).await?;

@@ -1,4 +1,5 @@
-//! The Capture page: the background watcher's state (it is started and stopped from the CLI),
+//! The Capture page: the background watcher's state with Start/Stop buttons (they run
+//! `capture::engine::start|stop` on the blocking pool, as `understudy engine start|stop` do),
 //! the `SessionEnd` hook, the captured sessions and traces, and a form that scans a Claude Code
 //! directory now. The scan runs on the blocking pool (it is incremental, so a rescan is cheap);
 //! the API (`api`) shares `status` and `scan`.
@@ -14,7 +15,7 @@ use super::error::PageError;
 use super::pages::{html, see_other, trace_row};
 use super::views::*;
 use super::{AppState, WebError};
-use crate::capture::engine::{engine_status, EngineStatus};
+use crate::capture::engine::{self, engine_status, EngineStatus, StartOptions};
 use crate::capture::{self, CaptureError, CaptureSettings, ScanReport};
 use crate::store::{CaptureSession, TraceFilter, TraceSummary};
 use crate::traces::Source;
@@ -23,7 +24,11 @@ use crate::traces::Source;
 const LIST_LIMIT: i64 = 20;
 
 pub fn routes(config: &mut web::ServiceConfig) {
-    config.route("/capture", web::get().to(page)).route("/capture/scan", web::post().to(scan_form));
+    config
+        .route("/capture", web::get().to(page))
+        .route("/capture/scan", web::post().to(scan_form))
+        .route("/capture/engine/start", web::post().to(engine_start_form))
+        .route("/capture/engine/stop", web::post().to(engine_stop_form));
 }
 
 /// The watcher's status document, read on the blocking pool.
@@ -78,6 +83,16 @@ fn default_dir(state: &AppState) -> String {
 }
 
 async fn render(state: &AppState, scanned: Option<String>, dir: String, dir_error: Option<String>) -> Result<CapturePage, WebError> {
+    render_with(state, scanned, dir, dir_error, None).await
+}
+
+async fn render_with(
+    state: &AppState,
+    scanned: Option<String>,
+    dir: String,
+    dir_error: Option<String>,
+    engine_error: Option<String>,
+) -> Result<CapturePage, WebError> {
     let status = status(state).await?;
     let (sessions, traces): (Vec<CaptureSession>, Vec<TraceSummary>) = state
         .with_db(|db| {
@@ -96,6 +111,8 @@ async fn render(state: &AppState, scanned: Option<String>, dir: String, dir_erro
         nav: Nav::new("/capture"),
         engine_line,
         running: status.running,
+        can_start: state.understudy_binary.is_some(),
+        engine_error,
         roots: status.roots.iter().flatten().map(|r| r.display().to_string()).collect(),
         last_scan_at: status.last_scan_at.clone().unwrap_or_else(|| "never".into()),
         last_capture_at: status.last_capture_at.clone().unwrap_or_else(|| "never".into()),
@@ -181,4 +198,40 @@ async fn scan_form(state: web::Data<AppState>, values: web::Form<HashMap<String,
         }
         Err(other) => Err(other.into()),
     }
+}
+
+fn blocking_failed(error: actix_web::error::BlockingError) -> WebError {
+    WebError::Internal(format!("blocking task failed: {error}"))
+}
+
+/// Start the watcher on the form's directory (else the page's default), as `engine start` does.
+async fn engine_start_form(state: web::Data<AppState>, values: web::Form<HashMap<String, String>>) -> Result<HttpResponse, PageError> {
+    let Some(binary) = state.understudy_binary.clone() else {
+        return Err(WebError::Conflict(
+            "this server does not know the understudy binary, so it cannot start the capture engine: run `understudy engine start`".into(),
+        )
+        .into());
+    };
+    let dir = values.get("dir").map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).unwrap_or_else(|| default_dir(&state));
+    let root = match validate_dir(&dir) {
+        Ok(root) => root,
+        Err(message) => {
+            let page = render_with(&state, None, dir, None, Some(message)).await?;
+            let body = page.render().map_err(|e| WebError::Internal(e.to_string()))?;
+            return Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body));
+        }
+    };
+    let data_dir = state.config.data_dir().to_path_buf();
+    web::block(move || engine::start(&binary, &data_dir, &[root], &StartOptions::default()))
+        .await
+        .map_err(blocking_failed)?
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    Ok(see_other("/capture"))
+}
+
+/// Stop the watcher, as `engine stop` does (nothing to do when it does not run).
+async fn engine_stop_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
+    let data_dir = state.config.data_dir().to_path_buf();
+    web::block(move || engine::stop(&data_dir)).await.map_err(blocking_failed)?;
+    Ok(see_other("/capture"))
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub serving: Arc<Serving>,
     /// Claude Code's settings file, checked for the capture hook (`ServeSettings::claude_settings`).
     pub claude_settings: Option<std::path::PathBuf>,
+    /// What the Capture page's Start button spawns (`ServeSettings::understudy_binary`).
+    pub understudy_binary: Option<std::path::PathBuf>,
 }
 
 /// The inference side of the server: the engine's workers, the loaded models, the metrics.
@@ -90,7 +92,7 @@ impl Application {
             registry: Arc::new(crate::serve::registry::Registry::default()),
             metrics: Arc::new(metrics::Metrics::default()),
         });
-        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, admin_token: settings.admin_token, ollama_host, serving, claude_settings: settings.claude_settings });
+        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, admin_token: settings.admin_token, ollama_host, serving, claude_settings: settings.claude_settings, understudy_binary: settings.understudy_binary });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
         let address = listener.local_addr()?;

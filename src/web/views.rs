@@ -564,7 +564,7 @@ pub struct CaptureSessionRow {
     pub n_traces: i64,
 }
 
-/// The Capture page: the background watcher, the hook, what was captured, the scan form.
+/// The Capture page: the background watcher (with Start/Stop), the hook, what was captured, the scan form.
 #[derive(Template)]
 #[template(path = "pages/capture.html")]
 pub struct CapturePage {
@@ -572,6 +572,10 @@ pub struct CapturePage {
     /// "running (pid N) since T, every Ns" or "not running".
     pub engine_line: String,
     pub running: bool,
+    /// Whether the server knows the binary the Start button runs.
+    pub can_start: bool,
+    /// Why the Start button's directory was refused.
+    pub engine_error: Option<String>,
     pub roots: Vec<String>,
     pub last_scan_at: String,
     pub last_capture_at: String,

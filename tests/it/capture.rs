@@ -495,7 +495,8 @@ fn engine_capture_runs_in_the_background_wakes_on_the_trigger_and_stops() {
     std::fs::write(data.join("capture-engine.trigger"), "").unwrap();
     let status = crate::support::wait_for(10, "the triggered scan", || {
         let status = engine_status(&data);
-        (status["traces_captured"] == 12).then_some(status)
+        // The watcher writes its totals after the scan commits: wait for both.
+        (status["traces_captured"] == 12 && status["totals"]["traces_new"] == 12).then_some(status)
     });
     assert_eq!(status["totals"]["traces_new"], 12, "{status:#}");
     assert_eq!(status["totals"]["traces_updated"], 1, "{status:#}");
@@ -578,4 +579,55 @@ fn capture_page_form_scans_and_a_bad_dir_names_the_field() {
     // Scanning again stores nothing new.
     let again = reply(http().post(&app.url("/api/capture/scan")).send_json(serde_json::json!({"dir": setup.root}))).json();
     assert_eq!(again["traces_new"], 0, "{again:#}");
+}
+
+/// The Capture page's Start and Stop buttons on the real server: they run `engine run` of the
+/// real binary (injected, since `current_exe()` here is the test binary); without a binary the
+/// button is hidden and the route answers 409.
+#[test]
+fn capture_page_starts_and_stops_the_engine() {
+    use crate::support::{get, http, reply, spawn_app, spawn_app_with_settings};
+    let setup = Setup::new();
+
+    let bare = spawn_app(|_| {});
+    let page = get(&bare.url("/capture")).body;
+    assert!(!page.contains("id=\"engine-start\"") && page.contains("engine-start-unavailable"), "{page}");
+    let refused = reply(http().post(&bare.url("/capture/engine/start")).send_form([("dir", setup.root.to_str().unwrap())]));
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("understudy engine start"), "{}", refused.body);
+
+    let data = std::sync::Arc::new(std::sync::Mutex::new(PathBuf::new()));
+    let seen = std::sync::Arc::clone(&data);
+    let app = spawn_app_with_settings(
+        move |dir| *seen.lock().unwrap() = dir.to_path_buf(),
+        None,
+        |s| s.understudy_binary = Some(PathBuf::from(env!("CARGO_BIN_EXE_understudy"))),
+    );
+    let data = data.lock().unwrap().clone();
+    let _guard = EngineGuard(data.clone());
+    let page = get(&app.url("/capture")).body;
+    assert!(page.contains("id=\"engine-start\"") && page.contains("not running"), "{page}");
+
+    let bad = reply(http().post(&app.url("/capture/engine/start")).send_form([("dir", setup.root.join("nowhere").to_str().unwrap())]));
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("id=\"engine-error\""), "{}", bad.body);
+
+    let started = reply(http().post(&app.url("/capture/engine/start")).send_form([("dir", setup.root.to_str().unwrap())]));
+    assert_eq!(started.status, 303, "{}", started.body);
+    assert_eq!(started.location.as_deref(), Some("/capture"));
+    let page = get(&app.url("/capture")).body;
+    assert!(page.contains("running (pid") && page.contains("id=\"engine-stop\""), "{page}");
+    assert!(page.contains(&format!("<code>{}</code>", setup.root.display())), "{page}");
+    let pid = engine_status(&data)["pid"].as_u64().expect("a pid");
+    crate::support::wait_for(10, "the first background scan", || {
+        (engine_status(&data)["traces_captured"] == 11).then_some(())
+    });
+
+    let stopped = reply(http().post(&app.url("/capture/engine/stop")).send_empty());
+    assert_eq!(stopped.status, 303, "{}", stopped.body);
+    assert_eq!(stopped.location.as_deref(), Some("/capture"));
+    assert!(!process_alive(pid), "the engine process is gone");
+    let page = get(&app.url("/capture")).body;
+    assert!(page.contains("not running") && page.contains("id=\"engine-start\""), "{page}");
+    assert_eq!(engine_status(&data)["running"], false);
 }
