@@ -211,3 +211,39 @@ mod tests {
         assert!(install(&mut settings, "c", Path::new("s.json")).is_err());
     }
 }
+
+/// What installing into a settings file did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FileChange {
+    /// `already_installed`, `added`, `updated`, `removed` or `not_installed`.
+    pub action: &'static str,
+    /// The hook entry written (install).
+    pub entry: Option<Value>,
+    /// Hooks removed (uninstall).
+    pub removed: usize,
+    pub backup: Option<PathBuf>,
+}
+
+/// Install the hook that touches `trigger_file` into the settings file at `path` (read, change,
+/// back up, write atomically); the CLI and the Capture page both go through here.
+pub fn install_file(path: &Path, trigger_file: &Path) -> Result<FileChange, HookError> {
+    let (mut settings, _) = read_settings(path)?;
+    let (action, entry) = match install(&mut settings, &hook_command(trigger_file), path)? {
+        InstallOutcome::AlreadyInstalled => return Ok(FileChange { action: "already_installed", entry: None, removed: 0, backup: None }),
+        InstallOutcome::Added(entry) => ("added", entry),
+        InstallOutcome::Updated(entry) => ("updated", entry),
+    };
+    let backup = write_settings(path, &settings)?;
+    Ok(FileChange { action, entry: Some(entry), removed: 0, backup })
+}
+
+/// Remove exactly the hooks `install_file` adds from the settings file at `path`.
+pub fn uninstall_file(path: &Path) -> Result<FileChange, HookError> {
+    let (mut settings, exists) = read_settings(path)?;
+    let removed = if exists { uninstall(&mut settings, path)? } else { 0 };
+    if removed == 0 {
+        return Ok(FileChange { action: "not_installed", entry: None, removed: 0, backup: None });
+    }
+    let backup = write_settings(path, &settings)?;
+    Ok(FileChange { action: "removed", entry: None, removed, backup })
+}

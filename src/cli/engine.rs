@@ -260,29 +260,20 @@ fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 fn install(config: &Config, args: HookArgs) -> anyhow::Result<ExitCode> {
     let path = settings_path(args.settings, args.claude_config_dir.as_deref())?;
-    let (mut settings, _) = hook::read_settings(&path)?;
-    let command = hook::hook_command(&absolute_data_dir(config)?.join(TRIGGER_FILE));
-    let outcome = hook::install(&mut settings, &command, &path)?;
-    let (entry, verb) = match outcome {
-        hook::InstallOutcome::AlreadyInstalled => {
-            if args.json {
-                print_json(&json!({"settings": path, "changed": false, "installed": true}))?;
-            } else {
-                println!("already installed in {}", path.display());
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        hook::InstallOutcome::Added(entry) => (entry, "added"),
-        hook::InstallOutcome::Updated(entry) => (entry, "updated"),
-    };
-    let backup = hook::write_settings(&path, &settings)?;
+    let change = hook::install_file(&path, &absolute_data_dir(config)?.join(TRIGGER_FILE))?;
     if args.json {
-        print_json(&json!({"settings": path, "changed": true, "installed": true, "action": verb, "entry": entry, "backup": backup}))?;
-    } else {
-        println!("{verb} to {} under hooks.{}:", path.display(), hook::EVENT);
-        println!("{}", serde_json::to_string_pretty(&entry)?);
-        if let Some(backup) = backup {
-            println!("backup: {}", backup.display());
+        let changed = change.action != "already_installed";
+        print_json(&json!({"settings": path, "changed": changed, "installed": true, "action": change.action, "entry": change.entry, "backup": change.backup}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &change.entry {
+        None => println!("already installed in {}", path.display()),
+        Some(entry) => {
+            println!("{} to {} under hooks.{}:", change.action, path.display(), hook::EVENT);
+            println!("{}", serde_json::to_string_pretty(entry)?);
+            if let Some(backup) = &change.backup {
+                println!("backup: {}", backup.display());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -290,16 +281,14 @@ fn install(config: &Config, args: HookArgs) -> anyhow::Result<ExitCode> {
 
 fn uninstall(args: HookArgs) -> anyhow::Result<ExitCode> {
     let path = settings_path(args.settings, args.claude_config_dir.as_deref())?;
-    let (mut settings, exists) = hook::read_settings(&path)?;
-    let removed = if exists { hook::uninstall(&mut settings, &path)? } else { 0 };
-    let backup = if removed > 0 { hook::write_settings(&path, &settings)? } else { None };
+    let change = hook::uninstall_file(&path)?;
     if args.json {
-        print_json(&json!({"settings": path, "removed": removed, "backup": backup}))?;
-    } else if removed == 0 {
+        print_json(&json!({"settings": path, "removed": change.removed, "backup": change.backup}))?;
+    } else if change.removed == 0 {
         println!("not installed in {}", path.display());
     } else {
-        println!("removed {removed} hook(s) from {}", path.display());
-        if let Some(backup) = backup {
+        println!("removed {} hook(s) from {}", change.removed, path.display());
+        if let Some(backup) = &change.backup {
             println!("backup: {}", backup.display());
         }
     }

@@ -28,7 +28,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/capture", web::get().to(page))
         .route("/capture/scan", web::post().to(scan_form))
         .route("/capture/engine/start", web::post().to(engine_start_form))
-        .route("/capture/engine/stop", web::post().to(engine_stop_form));
+        .route("/capture/engine/stop", web::post().to(engine_stop_form))
+        .route("/capture/hook/install", web::post().to(hook_install_form))
+        .route("/capture/hook/uninstall", web::post().to(hook_uninstall_form));
 }
 
 /// The watcher's status document, read on the blocking pool.
@@ -234,4 +236,33 @@ async fn engine_stop_form(state: web::Data<AppState>) -> Result<HttpResponse, Pa
     let data_dir = state.config.data_dir().to_path_buf();
     web::block(move || engine::stop(&data_dir)).await.map_err(blocking_failed)?;
     Ok(see_other("/capture"))
+}
+
+/// Install or remove the `SessionEnd` hook in the Claude Code settings file the server knows,
+/// exactly as `engine install|uninstall` do.
+async fn hook_change(state: &AppState, install: bool) -> Result<HttpResponse, PageError> {
+    let Some(path) = state.claude_settings.clone() else {
+        return Err(WebError::Conflict("this server does not know Claude Code's settings file; use `understudy engine install --settings PATH`".into()).into());
+    };
+    let data_dir = state.config.data_dir().to_path_buf();
+    web::block(move || {
+        let trigger = std::fs::canonicalize(&data_dir).unwrap_or(data_dir).join(engine::TRIGGER_FILE);
+        if install {
+            crate::capture::hook::install_file(&path, &trigger)
+        } else {
+            crate::capture::hook::uninstall_file(&path)
+        }
+    })
+        .await
+        .map_err(blocking_failed)?
+        .map_err(|e| WebError::BadRequest(e.to_string()))?;
+    Ok(see_other("/capture"))
+}
+
+async fn hook_install_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
+    hook_change(&state, true).await
+}
+
+async fn hook_uninstall_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
+    hook_change(&state, false).await
 }

@@ -631,3 +631,33 @@ fn capture_page_starts_and_stops_the_engine() {
     assert!(page.contains("not running") && page.contains("id=\"engine-start\""), "{page}");
     assert_eq!(engine_status(&data)["running"], false);
 }
+
+#[test]
+fn capture_page_installs_and_removes_the_hook_keeping_other_settings() {
+    let settings_dir = tempfile::tempdir().unwrap();
+    let settings = settings_dir.path().join("settings.json");
+    let original = serde_json::json!({
+        "model": "opus",
+        "hooks": {"SessionEnd": [{"hooks": [{"type": "command", "command": "echo bye"}]}], "Stop": [{"hooks": [{"type": "command", "command": "true"}]}]}
+    });
+    std::fs::write(&settings, serde_json::to_string_pretty(&original).unwrap()).unwrap();
+    let path = settings.clone();
+    let app = crate::support::spawn_app_with_settings(|_| {}, None, move |s| s.claude_settings = Some(path));
+    let agent = crate::support::http();
+    let page = crate::support::get(&app.url("/capture"));
+    assert!(page.body.contains("id=\"hook-install\""), "install button shown");
+    let installed = crate::support::reply(agent.post(&app.url("/capture/hook/install")).send_empty());
+    assert_eq!(installed.status, 303, "{}", installed.body);
+    let now: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    assert_eq!(now["model"], "opus");
+    assert_eq!(now["hooks"]["Stop"], original["hooks"]["Stop"]);
+    let session_end = now["hooks"]["SessionEnd"].to_string();
+    assert!(session_end.contains("echo bye") && session_end.contains("understudy-capture"), "{session_end}");
+    let page = crate::support::get(&app.url("/capture"));
+    assert!(page.body.contains("id=\"hook-uninstall\"") && page.body.contains(">installed"), "uninstall button shown");
+    let removed = crate::support::reply(agent.post(&app.url("/capture/hook/uninstall")).send_empty());
+    assert_eq!(removed.status, 303);
+    let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    assert_eq!(after, original, "uninstall removes exactly what install added");
+    assert!(std::fs::read_dir(settings_dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("understudy-backup")), "a backup is kept");
+}
