@@ -296,3 +296,29 @@ fn reap(pid: libc::pid_t) {
     // Safety: WNOHANG never blocks; a pid that is not our child answers ECHILD.
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
 }
+
+/// File-system notifications for the watched roots (inotify on Linux, via `notify`): the flag
+/// is set when a transcript is created, written or removed. The periodic rescan stays as the
+/// fallback when notifications are unavailable (None) or missed.
+pub fn watch(roots: &[PathBuf]) -> Option<(notify::RecommendedWatcher, std::sync::Arc<std::sync::atomic::AtomicBool>)> {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let changed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&changed);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let transcript = event.paths.iter().any(|p| p.extension().is_some_and(|e| e == "jsonl"));
+        if transcript && matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .map_err(|e| tracing::warn!("no file-system notifications ({e}); rescanning on the interval only"))
+    .ok()?;
+    let mut watching = 0;
+    for root in roots {
+        match watcher.watch(&root.join("projects"), RecursiveMode::Recursive) {
+            Ok(()) => watching += 1,
+            Err(e) => tracing::warn!("cannot watch {}: {e}; rescanning on the interval", root.display()),
+        }
+    }
+    (watching > 0).then_some((watcher, changed))
+}

@@ -162,6 +162,8 @@ fn run_loop(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&data_dir)?;
     let trigger = data_dir.join(TRIGGER_FILE);
     let interval = Duration::from_secs(args.interval.max(1));
+    // Notifications wake the loop as soon as a transcript changes; the interval is the fallback.
+    let watcher = engine::watch(&settings.roots);
     let mut state = EngineState { pid: std::process::id(), started_at: now_rfc3339(), ..EngineState::default() };
     tracing::info!(pid = state.pid, "capture engine running");
 
@@ -195,6 +197,11 @@ fn run_loop(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
         let deadline = Instant::now() + interval;
         let mut next_trigger_check = Instant::now();
         while !STOP_REQUESTED.load(Ordering::SeqCst) && Instant::now() < deadline {
+            if watcher.as_ref().is_some_and(|(_, changed)| changed.swap(false, Ordering::SeqCst)) {
+                // Let a burst of writes settle, then scan once.
+                std::thread::sleep(Duration::from_millis(300));
+                break;
+            }
             if Instant::now() >= next_trigger_check {
                 if trigger.exists() {
                     break;

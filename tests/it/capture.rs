@@ -487,17 +487,21 @@ fn engine_capture_runs_in_the_background_wakes_on_the_trigger_and_stops() {
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.stdout.contains(&format!("already running (pid {pid})")), "{}", again.stdout);
 
-    // A session goes on while the engine runs; the hook's trigger makes it look now.
+    // A session goes on while the engine runs.
     let rest = std::fs::read_to_string(fixture("claude_code/append.jsonl.txt")).unwrap();
     let mut file = std::fs::OpenOptions::new().append(true).open(setup.main_file()).unwrap();
     std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
     drop(file);
-    std::fs::write(data.join("capture-engine.trigger"), "").unwrap();
-    let status = crate::support::wait_for(10, "the triggered scan", || {
+    // File-system notifications wake the engine (the interval is 300 s).
+    let status = crate::support::wait_for(10, "the scan a notification starts", || {
         let status = engine_status(&data);
         // The watcher writes its totals after the scan commits: wait for both.
         (status["traces_captured"] == 12 && status["totals"]["traces_new"] == 12).then_some(status)
     });
+    // The hook's trigger file wakes it too.
+    let scans = status["totals"]["scans"].as_u64().unwrap();
+    std::fs::write(data.join("capture-engine.trigger"), "").unwrap();
+    crate::support::wait_for(10, "the triggered scan", || (engine_status(&data)["totals"]["scans"].as_u64().unwrap() > scans).then_some(()));
     assert_eq!(status["totals"]["traces_new"], 12, "{status:#}");
     assert_eq!(status["totals"]["traces_updated"], 1, "{status:#}");
     assert_eq!(setup.traces()["Thanks, commit it"].final_answer(), Some("Committed as 1a2b3c4."));
