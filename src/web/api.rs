@@ -26,12 +26,13 @@ pub const MAX_PER_PAGE: i64 = 500;
         health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job,
         resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs,
         build_dataset, list_datasets, get_dataset, get_dataset_file, start_run, list_models, get_model, start_export,
-        list_exports, start_deploy, capture_status, capture_scan
+        list_exports, start_deploy, capture_status, capture_scan, capture_engine_start, capture_engine_stop, capture_hook_install,
+        capture_hook_uninstall
     ),
     components(schemas(
         Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
         JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow, RunRequest, crate::store::ModelRow,
-        ExportModelRequest, crate::store::ExportRow, DeployRequest, CaptureScanRequest
+        ExportModelRequest, crate::store::ExportRow, DeployRequest, CaptureScanRequest, CaptureStartRequest
     ))
 )]
 pub struct ApiDoc;
@@ -62,6 +63,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/exports/{id}/deploy", web::post().to(start_deploy))
         .route("/capture", web::get().to(capture_status))
         .route("/capture/scan", web::post().to(capture_scan))
+        .route("/capture/engine/start", web::post().to(capture_engine_start))
+        .route("/capture/engine/stop", web::post().to(capture_engine_stop))
+        .route("/capture/hook/install", web::post().to(capture_hook_install))
+        .route("/capture/hook/uninstall", web::post().to(capture_hook_uninstall))
         .route("/bootstrap", web::post().to(start_bootstrap))
         .route("/templates", web::get().to(list_templates))
         .route("/templates/{name}", web::get().to(get_template))
@@ -759,4 +764,40 @@ pub async fn start_deploy(state: web::Data<AppState>, id: web::Path<String>, bod
     let choice = super::models::DeployChoice { name: request.name, host: request.host, quant: request.quant, test: request.test };
     let job = super::models::enqueue_deploy(&state, id.into_inner(), choice).await?;
     Ok(HttpResponse::Accepted().json(job))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CaptureStartRequest {
+    /// The Claude Code directory to watch (default: the server's).
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// Start the background watcher (as `understudy engine start`); answers the engine status.
+#[utoipa::path(post, path = "/api/capture/engine/start", request_body = CaptureStartRequest,
+    responses((status = 200, description = "The engine status after starting", body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn capture_engine_start(state: web::Data<AppState>, body: web::Bytes) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
+    let request: CaptureStartRequest =
+        if body.is_empty() { CaptureStartRequest::default() } else { serde_json::from_slice(&body).map_err(|e| WebError::BadRequest(format!("body: {e}")))? };
+    super::capture::start_engine(&state, request.dir).await?;
+    Ok(web::Json(super::capture::status(&state).await?))
+}
+
+/// Stop the background watcher (as `understudy engine stop`); answers the engine status.
+#[utoipa::path(post, path = "/api/capture/engine/stop", responses((status = 200, description = "The engine status after stopping", body = Object)))]
+pub async fn capture_engine_stop(state: web::Data<AppState>) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
+    super::capture::stop_engine(&state).await?;
+    Ok(web::Json(super::capture::status(&state).await?))
+}
+
+/// Add the `SessionEnd` hook to Claude Code's settings (as `understudy engine install`).
+#[utoipa::path(post, path = "/api/capture/hook/install", responses((status = 200, description = "What changed (action, entry, backup)", body = Object), (status = 409, body = ErrorBody)))]
+pub async fn capture_hook_install(state: web::Data<AppState>) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
+    Ok(web::Json(super::capture::change_hook(&state, true).await?))
+}
+
+/// Remove exactly the hook install added (as `understudy engine uninstall`).
+#[utoipa::path(post, path = "/api/capture/hook/uninstall", responses((status = 200, description = "What changed (removed, backup)", body = Object), (status = 409, body = ErrorBody)))]
+pub async fn capture_hook_uninstall(state: web::Data<AppState>) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
+    Ok(web::Json(super::capture::change_hook(&state, false).await?))
 }

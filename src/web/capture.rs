@@ -206,43 +206,54 @@ fn blocking_failed(error: actix_web::error::BlockingError) -> WebError {
     WebError::Internal(format!("blocking task failed: {error}"))
 }
 
-/// Start the watcher on the form's directory (else the page's default), as `engine start` does.
-async fn engine_start_form(state: web::Data<AppState>, values: web::Form<HashMap<String, String>>) -> Result<HttpResponse, PageError> {
+/// Start the watcher on `dir` (else the page's default), as `engine start` does; shared with
+/// the API. A bad directory is a `BadRequest` naming `dir`.
+pub async fn start_engine(state: &AppState, dir: Option<String>) -> Result<(), WebError> {
     let Some(binary) = state.understudy_binary.clone() else {
         return Err(WebError::Conflict(
             "this server does not know the understudy binary, so it cannot start the capture engine: run `understudy engine start`".into(),
-        )
-        .into());
+        ));
     };
-    let dir = values.get("dir").map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).unwrap_or_else(|| default_dir(&state));
-    let root = match validate_dir(&dir) {
-        Ok(root) => root,
-        Err(message) => {
-            let page = render_with(&state, None, dir, None, Some(message)).await?;
-            let body = page.render().map_err(|e| WebError::Internal(e.to_string()))?;
-            return Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body));
-        }
-    };
+    let dir = dir.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).unwrap_or_else(|| default_dir(state));
+    let root = validate_dir(&dir).map_err(WebError::BadRequest)?;
     let data_dir = state.config.data_dir().to_path_buf();
     web::block(move || engine::start(&binary, &data_dir, &[root], &StartOptions::default()))
         .await
         .map_err(blocking_failed)?
         .map_err(|e| WebError::Internal(e.to_string()))?;
-    Ok(see_other("/capture"))
+    Ok(())
 }
 
 /// Stop the watcher, as `engine stop` does (nothing to do when it does not run).
-async fn engine_stop_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
+pub async fn stop_engine(state: &AppState) -> Result<(), WebError> {
     let data_dir = state.config.data_dir().to_path_buf();
     web::block(move || engine::stop(&data_dir)).await.map_err(blocking_failed)?;
+    Ok(())
+}
+
+async fn engine_start_form(state: web::Data<AppState>, values: web::Form<HashMap<String, String>>) -> Result<HttpResponse, PageError> {
+    let dir = values.get("dir").cloned();
+    match start_engine(&state, dir.clone()).await {
+        Ok(()) => Ok(see_other("/capture")),
+        Err(WebError::BadRequest(message)) => {
+            let page = render_with(&state, None, dir.unwrap_or_default(), None, Some(message)).await?;
+            let body = page.render().map_err(|e| WebError::Internal(e.to_string()))?;
+            Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+async fn engine_stop_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
+    stop_engine(&state).await?;
     Ok(see_other("/capture"))
 }
 
 /// Install or remove the `SessionEnd` hook in the Claude Code settings file the server knows,
-/// exactly as `engine install|uninstall` do.
-async fn hook_change(state: &AppState, install: bool) -> Result<HttpResponse, PageError> {
+/// exactly as `engine install|uninstall` do; shared with the API.
+pub async fn change_hook(state: &AppState, install: bool) -> Result<crate::capture::hook::FileChange, WebError> {
     let Some(path) = state.claude_settings.clone() else {
-        return Err(WebError::Conflict("this server does not know Claude Code's settings file; use `understudy engine install --settings PATH`".into()).into());
+        return Err(WebError::Conflict("this server does not know Claude Code's settings file; use `understudy engine install --settings PATH`".into()));
     };
     let data_dir = state.config.data_dir().to_path_buf();
     web::block(move || {
@@ -253,16 +264,17 @@ async fn hook_change(state: &AppState, install: bool) -> Result<HttpResponse, Pa
             crate::capture::hook::uninstall_file(&path)
         }
     })
-        .await
-        .map_err(blocking_failed)?
-        .map_err(|e| WebError::BadRequest(e.to_string()))?;
-    Ok(see_other("/capture"))
+    .await
+    .map_err(blocking_failed)?
+    .map_err(|e| WebError::BadRequest(e.to_string()))
 }
 
 async fn hook_install_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
-    hook_change(&state, true).await
+    change_hook(&state, true).await?;
+    Ok(see_other("/capture"))
 }
 
 async fn hook_uninstall_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
-    hook_change(&state, false).await
+    change_hook(&state, false).await?;
+    Ok(see_other("/capture"))
 }

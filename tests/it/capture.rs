@@ -634,6 +634,19 @@ fn capture_page_starts_and_stops_the_engine() {
     let page = get(&app.url("/capture")).body;
     assert!(page.contains("not running") && page.contains("id=\"engine-start\""), "{page}");
     assert_eq!(engine_status(&data)["running"], false);
+
+    // The same through the JSON API.
+    let bad = reply(http().post(&app.url("/api/capture/engine/start")).send_json(serde_json::json!({"dir": setup.root.join("nowhere")})));
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("dir:"), "{}", bad.body);
+    let started = reply(http().post(&app.url("/api/capture/engine/start")).send_json(serde_json::json!({"dir": setup.root})));
+    assert_eq!(started.status, 200, "{}", started.body);
+    let status: serde_json::Value = serde_json::from_str(&started.body).unwrap();
+    assert_eq!(status["running"], true, "{status:#}");
+    let pid = status["pid"].as_u64().unwrap();
+    let stopped = reply(http().post(&app.url("/api/capture/engine/stop")).send_empty());
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stopped.body).unwrap()["running"], false);
+    assert!(!process_alive(pid));
 }
 
 #[test]
@@ -661,6 +674,12 @@ fn capture_page_installs_and_removes_the_hook_keeping_other_settings() {
     assert!(page.body.contains("id=\"hook-uninstall\"") && page.body.contains(">installed"), "uninstall button shown");
     let removed = crate::support::reply(agent.post(&app.url("/capture/hook/uninstall")).send_empty());
     assert_eq!(removed.status, 303);
+    // The same through the JSON API.
+    let api = crate::support::reply(agent.post(&app.url("/api/capture/hook/install")).send_empty());
+    assert_eq!(api.status, 200, "{}", api.body);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&api.body).unwrap()["action"], "added");
+    let api = crate::support::reply(agent.post(&app.url("/api/capture/hook/uninstall")).send_empty());
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&api.body).unwrap()["removed"], 1);
     let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
     assert_eq!(after, original, "uninstall removes exactly what install added");
     assert!(std::fs::read_dir(settings_dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("understudy-backup")), "a backup is kept");
