@@ -12,6 +12,7 @@ pub mod config;
 pub mod dataset;
 pub mod deploy;
 pub mod export;
+pub mod files;
 pub mod jobs;
 pub mod model;
 pub mod sandbox;

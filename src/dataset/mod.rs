@@ -17,7 +17,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::model::chat_template::{ChatTemplate, Rendered};
 use crate::model::source::{ModelSource, SourceError};
@@ -228,10 +227,6 @@ fn tokenize_one(tok: &tokenizers::Tokenizer, rendered: &Rendered, max_len: usize
     Ok(best.map(|n| (Example { ids: ids[..n].to_vec(), mask: mask[..n].to_vec() }, true)))
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    Ok(hex::encode(Sha256::digest(std::fs::read(path)?)))
-}
-
 fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for line in lines {
@@ -413,7 +408,7 @@ pub fn build(
     std::fs::write(at("stats.json"), serde_json::to_string_pretty(&stats).expect("stats serialise") + "\n")?;
     let mut files = BTreeMap::new();
     for name in FILES {
-        files.insert(name.to_string(), sha256_file(&at(name))?);
+        files.insert(name.to_string(), crate::files::sha256_file(&at(name))?.0);
     }
     std::fs::rename(&staging, out_dir)?;
     progress(Stage::Write, FILES.len(), FILES.len())?;

@@ -10,14 +10,13 @@ pub mod modelfile;
 pub mod parity;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
+pub use crate::files::sha256_file;
 pub use gguf::Quant;
 pub use manifest::{ExportFile, ExportManifest, OllamaSettings, ParityCheck, ParityReport, MANIFEST_FILE};
 pub use parity::ParityOptions;
@@ -107,23 +106,6 @@ impl Bundle {
             }
         }
     }
-}
-
-/// Hex SHA-256 and size of a file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        bytes += n as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), bytes))
 }
 
 /// The HF directory: config.json, model.safetensors, tokenizer.json, tokenizer_config.json with

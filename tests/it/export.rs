@@ -100,20 +100,10 @@ fn check_with_llama_cpp(data_dir: &Path, gguf: &Path, template: &ChatTemplate, p
     }
 }
 
-fn trained_tiny(dir: &Path) -> String {
-    let run = cli(dir, &["import", "traces", fixture("overfit.jsonl").to_str().unwrap(), "--json"]);
-    assert_eq!(run.json()["imported"], 3, "{}", run.stderr);
-    let built = cli(dir, &["build-dataset", "--val-ratio", "0", "--test-ratio", "0", "--json"]);
-    assert_eq!(built.code, 0, "{}", built.stderr);
-    let run = cli(dir, &["train", "--phase", "sft", "--max-steps", "60", "--epochs", "60", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    run.json()["model_id"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
     let dir = tempfile::tempdir().unwrap();
-    let model_id = trained_tiny(dir.path());
+    let model_id = crate::support::train_tiny_on(dir.path(), "overfit.jsonl");
     let run = cli(dir.path(), &["export", "--model", &model_id, "--quant", "f32", "--quant", "f16", "--quant", "q8_0", "--quant", "q4_k_m", "--name", "cc-tiny", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let export = run.json();

@@ -13,12 +13,7 @@ use crate::support::{cli, fixture};
 
 /// A data dir with a tiny model trained on the three tool traces, exported (q8_0).
 pub fn served_model_dir(dir: &Path) {
-    let run = cli(dir, &["import", "traces", fixture("overfit_tools.jsonl").to_str().unwrap(), "--json"]);
-    assert_eq!(run.json()["imported"], 3, "{}", run.stderr);
-    let built = cli(dir, &["build-dataset", "--val-ratio", "0", "--test-ratio", "0", "--json"]);
-    assert_eq!(built.code, 0, "{}", built.stderr);
-    let run = cli(dir, &["train", "--phase", "sft", "--max-steps", "60", "--epochs", "60", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    crate::support::train_tiny_on(dir, "overfit_tools.jsonl");
     let export = cli(dir, &["export", "--quant", "q8_0", "--name", "cc-tiny", "--json"]);
     assert_eq!(export.code, 0, "{}\n{}", export.stdout, export.stderr);
 }

@@ -190,3 +190,15 @@ pub fn reason(report: &Value, line: u64) -> String {
         .map(|e| e["reason"].as_str().unwrap().to_string())
         .unwrap_or_else(|| panic!("no error for line {line}: {report}"))
 }
+
+/// A data dir with a tiny model trained for 60 steps on a fixture of tool traces (it overfits
+/// them); returns the model id.
+pub fn train_tiny_on(dir: &Path, fixture_name: &str) -> String {
+    let run = cli(dir, &["import", "traces", fixture(fixture_name).to_str().unwrap(), "--json"]);
+    assert_eq!(run.json()["imported"], 3, "{}", run.stderr);
+    let built = cli(dir, &["build-dataset", "--val-ratio", "0", "--test-ratio", "0", "--json"]);
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    let run = cli(dir, &["train", "--phase", "sft", "--max-steps", "60", "--epochs", "60", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run.json()["model_id"].as_str().unwrap().to_string()
+}
