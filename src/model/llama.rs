@@ -5,6 +5,7 @@
 //! checkpoints load from and save to the same safetensors layout.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use super::ops;
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -170,6 +171,18 @@ impl DropoutSeed {
     }
 }
 
+/// `x · Wᵀ` over the last dimension as one 2-D matrix product: leading dimensions are folded
+/// into rows, so forward and backward are single large GEMMs instead of one per batch row with
+/// a broadcast weight (what `Linear::forward` does for 3-D input).
+fn project(linear: &Linear, x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let (rows, width) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+    let y = x.reshape((rows, width))?.matmul(&linear.weight().t()?)?;
+    let mut out = dims[..dims.len() - 1].to_vec();
+    out.push(y.dim(1)?);
+    y.reshape(out)
+}
+
 /// A projection, frozen or trainable, with an optional LoRA adapter.
 struct Proj {
     base: Linear,
@@ -182,7 +195,7 @@ struct Proj {
 
 impl Proj {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
+        let y = project(&self.base, x)?;
         let Some((a, b, scale)) = &self.adapter else { return Ok(y) };
         let input = match self.seed.get() {
             Some(seed) if self.dropout > 0.0 => {
@@ -195,7 +208,7 @@ impl Proj {
             }
             _ => x.clone(),
         };
-        y + (b.forward(&a.forward(&input)?)? * *scale)?
+        y + (project(b, &project(a, &input)?)? * *scale)?
     }
 }
 
@@ -245,6 +258,9 @@ pub struct Llama {
 }
 
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if ops::fused(x.device(), x.dtype()) {
+        return ops::rms_norm(x, weight, eps);
+    }
     let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
     x.broadcast_div(&(mean_square + eps)?.sqrt()?)?.broadcast_mul(weight)
 }
@@ -327,20 +343,27 @@ impl Llama {
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
         let total = offset + t;
-        // Additive causal mask over (t, offset + t): position i may see keys up to offset + i.
         let group = n_heads / n_kv;
-        let mask: Vec<f32> = (0..group)
-            .flat_map(|_| (0..t).flat_map(move |i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })))
-            .collect();
-        let mask = Tensor::from_vec(mask, (group * t, total), ids.device())?;
+        // The fused causal softmax masks by itself; the composed path adds a mask over
+        // (group * t, offset + t): position i may see keys up to offset + i.
+        let fused = ops::fused(ids.device(), self.cos.dtype());
+        let mask = if fused {
+            None
+        } else {
+            let mask: Vec<f32> = (0..group)
+                .flat_map(|_| (0..t).flat_map(move |i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })))
+                .collect();
+            Some(Tensor::from_vec(mask, (group * t, total), ids.device())?)
+        };
+        let rope = |x: &Tensor| if fused { ops::rope(x, &cos, &sin) } else { candle_nn::rotary_emb::rope_slow(x, &cos, &sin) };
         let mut x = self.embed_tokens.forward(ids)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, self.config.rms_norm_eps)?;
             let q = block.q_proj.forward(&h)?.reshape((b, t, n_heads, head_dim))?.transpose(1, 2)?.contiguous()?;
             let k = block.k_proj.forward(&h)?.reshape((b, t, n_kv, head_dim))?.transpose(1, 2)?.contiguous()?;
             let v = block.v_proj.forward(&h)?.reshape((b, t, n_kv, head_dim))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
-            let mut k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
+            let q = rope(&q)?;
+            let mut k = rope(&k)?;
             let mut v = v;
             if let Some(cache) = cache.as_deref_mut() {
                 if let Some((past_k, past_v)) = &cache.layers[index] {
@@ -352,13 +375,16 @@ impl Llama {
             // Grouped-query attention without copying K/V: the query heads that share a KV head
             // are stacked along the time axis, (b, n_kv, group * t, head_dim).
             let q = q.reshape((b, n_kv, group * t, head_dim))?;
-            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-            let scores = scores.broadcast_add(&mask)?;
-            let attention = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let scale = 1.0 / (head_dim as f64).sqrt();
+            let attention = match &mask {
+                None => ops::causal_softmax(&q.matmul(&k.t()?)?, t, offset, scale)?,
+                Some(mask) => candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?, D::Minus1)?,
+            };
             let y = attention.matmul(&v)?.reshape((b, n_heads, t, head_dim))?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
             x = (x + block.o_proj.forward(&y)?)?;
             let h = rms_norm(&x, &block.post_attention_norm, self.config.rms_norm_eps)?;
-            let mlp = block.down_proj.forward(&(block.gate_proj.forward(&h)?.silu()? * block.up_proj.forward(&h)?)?)?;
+            let (gate, up) = (block.gate_proj.forward(&h)?, block.up_proj.forward(&h)?);
+            let mlp = block.down_proj.forward(&if fused { ops::silu_mul(&gate, &up)? } else { (gate.silu()? * up)? })?;
             x = (x + mlp)?;
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
@@ -375,7 +401,7 @@ impl Llama {
 
     /// Logits for every position, `(b, t, vocab)`.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        self.lm_head.forward(&self.hidden(ids, cache)?)
+        project(&self.lm_head, &self.hidden(ids, cache)?)
     }
 
     /// Logits of the last position only, `(b, vocab)` — the generation step.
@@ -389,6 +415,9 @@ impl Llama {
 /// Mean negative log-likelihood of `targets` over positions where `mask` is 1.
 /// `logits`: (n, vocab) f32; `targets`: (n,) u32; `mask`: (n,) f32.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if ops::fused(logits.device(), logits.dtype()) {
+        return ops::masked_cross_entropy(logits, &targets.to_vec1::<u32>()?, &mask.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
+    }
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = log_probs.gather(&targets.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
     let total = mask.sum_all()?;

@@ -4,6 +4,7 @@
 pub mod chat_template;
 pub mod generate;
 pub mod llama;
+pub mod ops;
 pub mod reply;
 pub mod source;
 pub mod tokenizer;

@@ -25,8 +25,7 @@ pub fn load(source: &ModelSource, device: &Device) -> anyhow::Result<(LlamaConfi
 }
 
 fn load_hf_dir(dir: &Path, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
-    let config: LlamaConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
-        .map_err(|e| err(format!("{}: {e}", dir.join("config.json").display())))?;
+    let config = read_config(&ModelSource::HfDir(dir.to_path_buf()))?;
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
@@ -59,32 +58,50 @@ fn unpermute(weight: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     weight.reshape((heads, rows / heads / 2, 2, columns))?.transpose(1, 2)?.contiguous()?.reshape((rows, columns))
 }
 
-fn load_gguf(path: &Path, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
-    let mut file = std::fs::File::open(path)?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| err(format!("{}: {e}", path.display())))?;
+/// A model's configuration without its weights: config.json of an HF directory or the GGUF
+/// metadata.
+pub fn read_config(source: &ModelSource) -> anyhow::Result<LlamaConfig> {
+    match source {
+        ModelSource::Tiny => Err(err("the tiny preset has no pretrained configuration")),
+        ModelSource::HfDir(dir) => serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
+            .map_err(|e| err(format!("{}: {e}", dir.join("config.json").display()))),
+        ModelSource::Gguf(path) => {
+            let mut file = std::fs::File::open(path)?;
+            let content = gguf_file::Content::read(&mut file).map_err(|e| err(format!("{}: {e}", path.display())))?;
+            gguf_config(path, &content)
+        }
+    }
+}
+
+fn gguf_config(path: &Path, content: &gguf_file::Content) -> anyhow::Result<LlamaConfig> {
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if arch != "llama" {
         return Err(err(format!("{}: architecture {arch:?} is not llama", path.display())));
     }
     let vocab_size = content.metadata.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()).map_or(0, |v| v.len());
-    let heads = metadata_usize(&content, "llama.attention.head_count")?;
-    let kv_heads = metadata_usize(&content, "llama.attention.head_count_kv").unwrap_or(heads);
-    let tied = !content.tensor_infos.contains_key("output.weight");
-    let config = LlamaConfig {
+    let heads = metadata_usize(content, "llama.attention.head_count")?;
+    Ok(LlamaConfig {
         vocab_size,
-        hidden_size: metadata_usize(&content, "llama.embedding_length")?,
-        intermediate_size: metadata_usize(&content, "llama.feed_forward_length")?,
-        num_hidden_layers: metadata_usize(&content, "llama.block_count")?,
+        hidden_size: metadata_usize(content, "llama.embedding_length")?,
+        intermediate_size: metadata_usize(content, "llama.feed_forward_length")?,
+        num_hidden_layers: metadata_usize(content, "llama.block_count")?,
         num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        rms_norm_eps: metadata_f64(&content, "llama.attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta: metadata_f64(&content, "llama.rope.freq_base", 10_000.0),
-        max_position_embeddings: metadata_usize(&content, "llama.context_length").unwrap_or(2048),
-        tie_word_embeddings: tied,
+        num_key_value_heads: metadata_usize(content, "llama.attention.head_count_kv").unwrap_or(heads),
+        rms_norm_eps: metadata_f64(content, "llama.attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta: metadata_f64(content, "llama.rope.freq_base", 10_000.0),
+        max_position_embeddings: metadata_usize(content, "llama.context_length").unwrap_or(2048),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         rope_scaling: None,
         bos_token_id: None,
         eos_token_id: None,
-    };
+    })
+}
+
+fn load_gguf(path: &Path, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
+    let mut file = std::fs::File::open(path)?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let config = gguf_config(path, &content)?;
+    let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
     let mut tensors = HashMap::new();
     let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
     for gguf_name in names {

@@ -2,6 +2,9 @@
 //! queue is "overloaded", never an unbounded backlog). Each request streams events back through
 //! its own channel; when the receiver is gone (client disconnected) the worker stops decoding
 //! that request at the next token, so an abandoned stream never holds up the next request.
+//! Exports decode on mistral.rs (`serve::mistral`) with our sampler choosing each token; models
+//! not exported yet decode on our candle Llama. Both go through one `Emitter`, so stop ids,
+//! stop strings, partial characters and logprobs behave the same whichever runtime runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -12,9 +15,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::registry::ServedModel;
+use super::mistral::{RunnerEvent, RunnerFinish};
+use super::registry::{Runtime, ServedModel};
 use crate::model::generate::{sample, GenerateOptions};
-use crate::model::llama::KvCache;
+use crate::model::llama::{KvCache, Llama};
 
 /// How to decode one request.
 #[derive(Debug, Clone)]
@@ -156,7 +160,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
 
 fn token_logprob(model: &ServedModel, logits: &[f32], id: u32, top: usize) -> TokenLogprob {
     let logprobs = log_softmax(logits);
-    let text = |id: u32| model.loaded.tokenizer.decode(&[id], false).unwrap_or_default();
+    let text = |id: u32| model.tokenizer.decode(&[id], false).unwrap_or_default();
     let mut order: Vec<usize> = (0..logprobs.len()).collect();
     let top = top.min(order.len());
     if top > 0 {
@@ -171,59 +175,142 @@ fn token_logprob(model: &ServedModel, logits: &[f32], id: u32, top: usize) -> To
     }
 }
 
-/// Decode one request, sending a token event per token; stops when the receiver is dropped.
-fn decode(job: Job) -> anyhow::Result<()> {
-    let Job { model, prompt_ids, sampling, events } = job;
-    let llama = &model.loaded.model;
-    let device = llama.cos_device();
-    let stops: Vec<u32> = model.loaded.template.end_of_turn.iter().filter_map(|t| model.loaded.tokenizer.token_to_id(t)).collect();
-    let options = GenerateOptions { max_tokens: sampling.max_tokens, temperature: sampling.temperature, top_p: sampling.top_p, seed: sampling.seed };
-    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
-    let mut cache = KvCache::new(llama.config.num_hidden_layers);
-    let mut input = Tensor::from_vec(prompt_ids.clone(), (1, prompt_ids.len()), &device)?;
-    let room = llama.config.max_position_embeddings.saturating_sub(prompt_ids.len());
-    let longest_stop = sampling.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut generated: Vec<u32> = Vec::new();
-    let mut text = String::new();
-    let mut emitted = 0usize;
-    let mut finish = Finish::Length;
-    for _ in 0..sampling.max_tokens.min(room) {
-        let logits = llama.forward_last(&input, Some(&mut cache))?.squeeze(0)?.to_vec1::<f32>()?;
-        let next = sample(&logits, &options, &mut rng);
-        if stops.contains(&next) {
-            finish = Finish::Stop;
-            break;
+/// What the emitter says after a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Continue,
+    /// The reply ended (end-of-turn id or stop string).
+    Stop,
+    /// The client went away.
+    Gone,
+}
+
+/// Turns chosen ids into events: text (holding back partial characters and a possible start
+/// of a stop string), logprobs, and the end at an end-of-turn id or stop string.
+struct Emitter<'a> {
+    model: &'a ServedModel,
+    sampling: &'a Sampling,
+    events: &'a UnboundedSender<Event>,
+    stops: Vec<u32>,
+    longest_stop: usize,
+    generated: Vec<u32>,
+    text: String,
+    emitted: usize,
+}
+
+impl<'a> Emitter<'a> {
+    fn new(model: &'a ServedModel, sampling: &'a Sampling, events: &'a UnboundedSender<Event>) -> Emitter<'a> {
+        let longest_stop = sampling.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        Emitter { model, sampling, events, stops: model.stop_ids(), longest_stop, generated: Vec::new(), text: String::new(), emitted: 0 }
+    }
+
+    fn push(&mut self, id: u32, logits: Option<&[f32]>) -> anyhow::Result<Step> {
+        if self.stops.contains(&id) {
+            return Ok(Step::Stop);
         }
-        generated.push(next);
-        let logprob = sampling.logprobs.map(|top| token_logprob(&model, &logits, next, top));
-        text = model.loaded.tokenizer.decode(&generated, false).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.generated.push(id);
+        let logprob = match (self.sampling.logprobs, logits) {
+            (Some(top), Some(logits)) => Some(token_logprob(self.model, logits, id, top)),
+            _ => None,
+        };
+        self.text = self.model.tokenizer.decode(&self.generated, false).map_err(|e| anyhow::anyhow!("{e}"))?;
         // A stop string ends the reply before it.
-        if let Some(at) = sampling.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            let _ = events.send(Event::Token { id: next, logprob });
-            text.truncate(at.max(emitted));
-            finish = Finish::Stop;
-            break;
+        if let Some(at) = self.sampling.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            let _ = self.events.send(Event::Token { id, logprob });
+            self.text.truncate(at.max(self.emitted));
+            return Ok(Step::Stop);
         }
         // Hold back a partial UTF-8 character and a possible start of a stop string.
+        let text = &self.text;
         let mut safe = if text.ends_with('\u{FFFD}') { text.trim_end_matches('\u{FFFD}').len() } else { text.len() };
-        if longest_stop > 0 {
-            safe = safe.min(text.len().saturating_sub(longest_stop - 1));
+        if self.longest_stop > 0 {
+            safe = safe.min(text.len().saturating_sub(self.longest_stop - 1));
             while !text.is_char_boundary(safe) {
                 safe -= 1;
             }
         }
-        if events.send(Event::Token { id: next, logprob }).is_err() {
-            return Ok(()); // the client went away
+        if self.events.send(Event::Token { id, logprob }).is_err() {
+            return Ok(Step::Gone);
         }
-        if safe > emitted {
-            let _ = events.send(Event::Text(text[emitted..safe].to_string()));
-            emitted = safe;
+        if safe > self.emitted {
+            let _ = self.events.send(Event::Text(text[self.emitted..safe].to_string()));
+            self.emitted = safe;
+        }
+        Ok(Step::Continue)
+    }
+
+    fn finish(self, finish: Finish, prompt_tokens: usize) {
+        if self.emitted < self.text.len() {
+            let _ = self.events.send(Event::Text(self.text[self.emitted..].trim_end_matches('\u{FFFD}').to_string()));
+        }
+        let _ = self.events.send(Event::Done { finish, prompt_tokens, completion_tokens: self.generated.len() });
+    }
+}
+
+/// Decode one request, sending a token event per token; stops when the receiver is dropped.
+fn decode(job: Job) -> anyhow::Result<()> {
+    let Job { model, prompt_ids, sampling, events } = job;
+    let options = GenerateOptions { max_tokens: sampling.max_tokens, temperature: sampling.temperature, top_p: sampling.top_p, seed: sampling.seed };
+    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    let budget = sampling.max_tokens.min(model.context_length.saturating_sub(prompt_ids.len()));
+    let mut emitter = Emitter::new(&model, &sampling, &events);
+    let finish = match &model.runtime {
+        Runtime::Candle(llama) => decode_candle(llama, &prompt_ids, budget, &mut emitter, |logits| sample(logits, &options, &mut rng))?,
+        Runtime::MistralRs(runner) => {
+            if budget == 0 {
+                Some(Finish::Length)
+            } else {
+                let picker = Box::new(move |logits: &[f32]| sample(logits, &options, &mut rng));
+                let stops = emitter.stops.clone();
+                let mut generation = runner.generate(prompt_ids.clone(), budget, &stops, picker, sampling.logprobs.is_some())?;
+                let mut finish = None;
+                // Leaving the loop drops the generation, which cancels it inside mistral.rs.
+                while let Some(event) = generation.next_event() {
+                    match event {
+                        RunnerEvent::Token { id, logits } => match emitter.push(id, logits.as_deref())? {
+                            Step::Continue => {}
+                            Step::Stop => {
+                                finish = Some(Finish::Stop);
+                                break;
+                            }
+                            Step::Gone => return Ok(()),
+                        },
+                        RunnerEvent::Finished(RunnerFinish::Length) => {
+                            finish = Some(Finish::Length);
+                            break;
+                        }
+                        RunnerEvent::Finished(RunnerFinish::Stop) => {
+                            finish = Some(Finish::Stop);
+                            break;
+                        }
+                        RunnerEvent::Failed(message) => anyhow::bail!("{message}"),
+                    }
+                }
+                finish
+            }
+        }
+    };
+    // `None`: the client went away.
+    if let Some(finish) = finish {
+        emitter.finish(finish, prompt_ids.len());
+    }
+    Ok(())
+}
+
+/// Our own decoder: `None` when the client went away.
+fn decode_candle(llama: &Llama, prompt_ids: &[u32], budget: usize, emitter: &mut Emitter, mut pick: impl FnMut(&[f32]) -> u32) -> anyhow::Result<Option<Finish>> {
+    let device = llama.cos_device();
+    let mut cache = KvCache::new(llama.config.num_hidden_layers);
+    let mut input = Tensor::from_vec(prompt_ids.to_vec(), (1, prompt_ids.len()), &device)?;
+    for _ in 0..budget {
+        let logits = llama.forward_last(&input, Some(&mut cache))?.squeeze(0)?.to_vec1::<f32>()?;
+        let next = pick(&logits);
+        match emitter.push(next, Some(&logits))? {
+            Step::Continue => {}
+            Step::Stop => return Ok(Some(Finish::Stop)),
+            Step::Gone => return Ok(None),
         }
         input = Tensor::from_vec(vec![next], (1, 1), &device)?;
     }
-    if emitted < text.len() {
-        let _ = events.send(Event::Text(text[emitted..].trim_end_matches('\u{FFFD}').to_string()));
-    }
-    let _ = events.send(Event::Done { finish, prompt_tokens: prompt_ids.len(), completion_tokens: generated.len() });
-    Ok(())
+    Ok(Some(Finish::Length))
 }

@@ -1,7 +1,9 @@
-//! The serving engine: the catalog of servable models and the loaded ones (`registry`) and the
-//! decoding workers behind a bounded queue (`engine`). Replies are parsed by `model::reply`, the
+//! The serving engine: the catalog of servable models and the loaded ones (`registry`), the
+//! decoding workers behind a bounded queue (`engine`) and the mistral.rs runtime exports decode
+//! on (`mistral`). Replies are parsed by `model::reply`, the
 //! same parser `generate` and export parity use. The OpenAI wire format lives in `web::openai`;
 //! nothing here knows about HTTP.
 
 pub mod engine;
+pub mod mistral;
 pub mod registry;

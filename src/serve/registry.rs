@@ -2,16 +2,24 @@
 //! parity passed (newest first) plus trained models not exported yet; the champion (the
 //! champion model's newest export, else the newest export) answers to `understudy` and
 //! `default`. Loaded models are shared `Arc`s cached by version, so swapping the champion never
-//! drops a request in flight: it keeps its own `Arc` until it finishes.
+//! drops a request in flight: it keeps its own `Arc` until it finishes. Exports run on
+//! mistral.rs (`serve::mistral`); a trained model not exported yet runs on our own candle
+//! decoder so it can be tried before export.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::Device;
+use tokenizers::Tokenizer;
 
+use super::mistral::MistralRunner;
 use crate::export::ExportManifest;
+use crate::model::chat_template::ChatTemplate;
 use crate::model::generate::LoadedModel;
+use crate::model::llama::Llama;
+use crate::model::source::ModelSource;
+use crate::model::weights;
 use crate::store::{ExportRow, ModelRow};
 
 /// Names that always mean the current champion.
@@ -31,6 +39,8 @@ pub struct CatalogEntry {
     pub path: PathBuf,
     pub created: i64,
     pub champion: bool,
+    /// An export (served by mistral.rs) rather than a trained model not exported yet.
+    pub exported: bool,
 }
 
 fn unix_seconds(rfc3339: &str) -> i64 {
@@ -57,14 +67,21 @@ pub fn catalog(exports: &[ExportRow], models: &[ModelRow]) -> Vec<CatalogEntry> 
             continue;
         }
         let Some(path) = served_file(row) else { continue };
-        entries.push(CatalogEntry { name: row.name.clone(), version: row.id.clone(), path, created: unix_seconds(&row.created_at), champion: false });
+        entries.push(CatalogEntry { name: row.name.clone(), version: row.id.clone(), path, created: unix_seconds(&row.created_at), champion: false, exported: true });
     }
     let exported: Vec<Option<&str>> = exports.iter().map(|e| e.model_id.as_deref()).collect();
     for model in models {
         if exported.contains(&Some(model.id.as_str())) || entries.iter().any(|e| e.name == model.name) {
             continue;
         }
-        entries.push(CatalogEntry { name: model.name.clone(), version: model.id.clone(), path: PathBuf::from(&model.path), created: unix_seconds(&model.created_at), champion: false });
+        entries.push(CatalogEntry {
+            name: model.name.clone(),
+            version: model.id.clone(),
+            path: PathBuf::from(&model.path),
+            created: unix_seconds(&model.created_at),
+            champion: false,
+            exported: false,
+        });
     }
     let champion = champion_model
         .and_then(|id| exports.iter().find(|e| e.parity_passed && e.model_id.as_deref() == Some(id.as_str())).map(|e| e.name.clone()))
@@ -88,30 +105,94 @@ pub fn resolve<'a>(catalog: &'a [CatalogEntry], requested: &str) -> Option<&'a C
     catalog.iter().find(|e| e.name == requested).or_else(|| catalog.iter().find(|e| e.version == requested))
 }
 
-/// A loaded model version.
+/// What runs a loaded model's forward passes.
+pub enum Runtime {
+    /// An export on its own mistral.rs engine.
+    MistralRs(MistralRunner),
+    /// A model not exported yet, on our candle decoder.
+    Candle(Llama),
+}
+
+impl Runtime {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Runtime::MistralRs(_) => "mistral.rs",
+            Runtime::Candle(_) => "candle",
+        }
+    }
+}
+
+/// A loaded model version: the tokenizer and chat template requests are rendered with (the
+/// ones training used) and the runtime that decodes.
 pub struct ServedModel {
     pub name: String,
     pub version: String,
-    pub loaded: LoadedModel,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub runtime: Runtime,
+}
+
+impl ServedModel {
+    /// Load an entry: exports on mistral.rs scheduling up to `max_seqs` sequences together.
+    pub fn load(entry: &CatalogEntry, max_seqs: usize) -> anyhow::Result<ServedModel> {
+        let (name, version) = (entry.name.clone(), entry.version.clone());
+        if !entry.exported {
+            let loaded = LoadedModel::load_path(&entry.path, &Device::Cpu)?;
+            let config = &loaded.model.config;
+            let (context_length, vocab_size) = (config.max_position_embeddings, config.vocab_size);
+            return Ok(ServedModel { name, version, tokenizer: loaded.tokenizer, template: loaded.template, context_length, vocab_size, runtime: Runtime::Candle(loaded.model) });
+        }
+        let source = ModelSource::parse(&entry.path.display().to_string())?;
+        let config = weights::read_config(&source)?;
+        let (tokenizer, template) = match &source {
+            // An export's HF directory carries the exact template training used.
+            ModelSource::HfDir(dir) if dir.join("template.json").exists() => {
+                let template = serde_json::from_str(&std::fs::read_to_string(dir.join("template.json"))?)?;
+                (crate::model::tokenizer::load_json(&dir.join("tokenizer.json"))?, template)
+            }
+            _ => source.tokenizer_and_template(|_| Vec::new())?,
+        };
+        let runner = MistralRunner::load(&entry.path, max_seqs)?;
+        Ok(ServedModel {
+            name,
+            version,
+            tokenizer,
+            template,
+            context_length: config.max_position_embeddings,
+            vocab_size: config.vocab_size,
+            runtime: Runtime::MistralRs(runner),
+        })
+    }
+
+    /// The ids that end a reply: the template's end-of-turn tokens.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        self.template.end_of_turn.iter().filter_map(|t| self.tokenizer.token_to_id(t)).collect()
+    }
 }
 
 /// Loaded models by version; the most recently used few stay loaded.
-#[derive(Default)]
 pub struct Registry {
     loaded: Mutex<Vec<Arc<ServedModel>>>,
+    /// Sequences one mistral.rs engine schedules together.
+    max_seqs: usize,
 }
 
 const KEEP_LOADED: usize = 3;
 
 impl Registry {
+    pub fn new(max_seqs: usize) -> Registry {
+        Registry { loaded: Mutex::new(Vec::new()), max_seqs: max_seqs.max(1) }
+    }
+
     /// The loaded model for an entry, loading it (blocking: call off the async workers).
     pub fn get(&self, entry: &CatalogEntry) -> anyhow::Result<Arc<ServedModel>> {
         if let Some(model) = self.find(&entry.version) {
             return Ok(model);
         }
-        let loaded = LoadedModel::load_path(&entry.path, &Device::Cpu)
-            .map_err(|e| anyhow::anyhow!("loading {} ({}): {e:#}", entry.name, entry.path.display()))?;
-        let model = Arc::new(ServedModel { name: entry.name.clone(), version: entry.version.clone(), loaded });
+        let model = ServedModel::load(entry, self.max_seqs).map_err(|e| anyhow::anyhow!("loading {} ({}): {e:#}", entry.name, entry.path.display()))?;
+        let model = Arc::new(model);
         let mut cache = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = cache.iter().find(|m| m.version == entry.version) {
             return Ok(Arc::clone(existing));

@@ -89,7 +89,7 @@ impl Application {
         let ollama_host = settings.ollama_host.unwrap_or_else(|| crate::deploy::DEFAULT_HOST.to_string());
         let serving = Arc::new(Serving {
             engine: crate::serve::engine::Engine::start(settings.engine_workers, settings.queue_capacity),
-            registry: Arc::new(crate::serve::registry::Registry::default()),
+            registry: Arc::new(crate::serve::registry::Registry::new(settings.engine_workers)),
             metrics: Arc::new(metrics::Metrics::default()),
         });
         let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, admin_token: settings.admin_token, ollama_host, serving, claude_settings: settings.claude_settings, understudy_binary: settings.understudy_binary });

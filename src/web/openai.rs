@@ -421,11 +421,11 @@ fn forced_prefix(mode: &ToolMode, kind: TemplateKind, source: &str) -> String {
 }
 
 fn tokenize(model: &ServedModel, text: &str) -> Result<Vec<u32>, OpenAiError> {
-    model.loaded.tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| OpenAiError::internal(format!("tokenizer: {e}")))
+    model.tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| OpenAiError::internal(format!("tokenizer: {e}")))
 }
 
 fn max_new_tokens(requested: Option<u64>, default: usize, prompt: usize, model: &ServedModel) -> Result<usize, OpenAiError> {
-    let context = model.loaded.model.config.max_position_embeddings;
+    let context = model.context_length;
     if prompt >= context {
         return Err(OpenAiError {
             status: StatusCode::BAD_REQUEST,
@@ -545,7 +545,7 @@ async fn prepare_chat(state: &AppState, request: ChatCompletionRequest) -> Resul
     }
     let model = served_model(state, request.model.as_deref()).await?;
     let offered: &[Value] = if mode == ToolMode::None { &[] } else { &tools };
-    let template = &model.loaded.template;
+    let template = &model.template;
     let mut prompt = template.render(&messages, offered, true).map_err(|e| OpenAiError::bad_request(Some("messages".into()), e.to_string()))?;
     let forced = forced_prefix(&mode, template.kind, &template.source);
     prompt.push_str(&forced);
@@ -599,7 +599,8 @@ async fn chat_inner(state: &AppState, body: &[u8], started: Instant) -> Result<H
     let prepared = prepare_chat(state, request).await?;
     let events = state.serving.engine.submit(Arc::clone(&prepared.model), prepared.prompt_ids.clone(), prepared.sampling.clone())?;
     if prepared.stream {
-        return Ok(sse(chat_stream(prepared, events, Arc::clone(&state.serving.metrics), started)));
+        let model = Arc::clone(&prepared.model);
+        return Ok(sse(&model, chat_stream(prepared, events, Arc::clone(&state.serving.metrics), started)));
     }
     let Prepared { model, mut parser, forced, return_token_ids, logprobs, .. } = prepared;
     let mut replies = Vec::new();
@@ -621,7 +622,8 @@ async fn chat_inner(state: &AppState, body: &[u8], started: Instant) -> Result<H
     if return_token_ids {
         choice["token_ids"] = json!(outcome.token_ids);
     }
-    Ok(HttpResponse::Ok().insert_header(("x-understudy-model-version", model.version.clone())).json(json!({
+    let [version, runtime] = served_by(&model);
+    Ok(HttpResponse::Ok().insert_header(version).insert_header(runtime).json(json!({
         "id": new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": unix_now(),
@@ -632,8 +634,16 @@ async fn chat_inner(state: &AppState, body: &[u8], started: Instant) -> Result<H
     })))
 }
 
-fn sse(stream: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> + 'static) -> HttpResponse {
+/// The headers every reply carries: which version answered and what ran it.
+fn served_by(model: &ServedModel) -> [(&'static str, String); 2] {
+    [("x-understudy-model-version", model.version.clone()), ("x-understudy-runtime", model.runtime.label().to_string())]
+}
+
+fn sse(model: &ServedModel, stream: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> + 'static) -> HttpResponse {
+    let [version, runtime] = served_by(model);
     HttpResponse::Ok()
+        .insert_header(version)
+        .insert_header(runtime)
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
@@ -787,11 +797,11 @@ fn prompt_ids(model: &ServedModel, prompt: &Value) -> Result<(String, Vec<u32>),
         Value::Array(items) if items.len() == 1 && items[0].is_string() => prompt_ids(model, &items[0]),
         Value::Array(items) if items.iter().all(Value::is_u64) => {
             let ids: Vec<u32> = items.iter().filter_map(Value::as_u64).map(|v| v as u32).collect();
-            let vocab = model.loaded.model.config.vocab_size as u32;
+            let vocab = model.vocab_size as u32;
             if let Some(bad) = ids.iter().find(|&&id| id >= vocab) {
                 return Err(OpenAiError::bad_request(param(), format!("prompt: token id {bad} is outside the vocabulary ({vocab})")));
             }
-            let text = model.loaded.tokenizer.decode(&ids, false).unwrap_or_default();
+            let text = model.tokenizer.decode(&ids, false).unwrap_or_default();
             Ok((text, ids))
         }
         Value::Array(_) => Err(OpenAiError::bad_request(param(), "prompt: only one prompt per request (a string, [string] or token ids)")),
@@ -843,11 +853,12 @@ async fn completions_inner(state: &AppState, body: &[u8]) -> Result<HttpResponse
     if request.stream {
         let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let metrics = Arc::clone(&state.serving.metrics);
+        let served = Arc::clone(&model);
         let chunk = move |text: &str, finish: Option<&str>| {
             event_bytes(&json!({"id": id, "object": "text_completion", "created": created, "model": model.name, "system_fingerprint": model.version, "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}))
         };
         let stream = async_stream_completion(events, chunk, echo, include_usage, prompt_tokens, metrics);
-        return Ok(sse(stream));
+        return Ok(sse(&served, stream));
     }
     let mut text = echo;
     let mut tokens = Vec::new();
@@ -876,7 +887,8 @@ async fn completions_inner(state: &AppState, body: &[u8]) -> Result<HttpResponse
     if request.return_token_ids {
         choice["token_ids"] = json!(tokens);
     }
-    Ok(HttpResponse::Ok().insert_header(("x-understudy-model-version", model.version.clone())).json(json!({
+    let [version, runtime] = served_by(&model);
+    Ok(HttpResponse::Ok().insert_header(version).insert_header(runtime).json(json!({
         "id": id, "object": "text_completion", "created": created, "model": model.name, "system_fingerprint": model.version,
         "choices": [choice],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},

@@ -82,6 +82,8 @@ fn check_with_llama_cpp(data_dir: &Path, gguf: &Path, template: &ChatTemplate, p
         .collect();
     let reference = python("llama_cpp_chat.py", &[gguf], &serde_json::json!({"prompts": texts, "max_tokens": max_tokens}));
     let loaded = understudy::model::generate::LoadedModel::load_path(gguf, &candle_core::Device::Cpu).unwrap();
+    let prompt_ids: Vec<Vec<u32>> = (0..prompts.len()).map(|i| serde_json::from_value(reference["prompt_ids"][i].clone()).unwrap()).collect();
+    let served = served_greedy(gguf, &prompt_ids, max_tokens);
     for (index, (system, user)) in prompts.iter().enumerate() {
         let ours_prompt: Vec<u32> = loaded.tokenizer.encode(texts[index].as_str(), false).unwrap().get_ids().to_vec();
         let theirs_prompt: Vec<u32> = serde_json::from_value(reference["prompt_ids"][index].clone()).unwrap();
@@ -94,10 +96,40 @@ fn check_with_llama_cpp(data_dir: &Path, gguf: &Path, template: &ChatTemplate, p
         assert_eq!(ours_ids, theirs, "greedy tokens of {user:?} in {}", gguf.display());
         let stopped = reference["stopped"][index].as_bool().unwrap();
         assert_eq!(ours["finish_reason"] != "length", stopped, "both stop at the end of turn or neither: {ours}");
+        // The serving engine (mistral.rs on this GGUF) decodes the same tokens and stops with them.
+        assert_eq!(served[index].0, theirs, "mistral.rs greedy tokens of {user:?} in {}", gguf.display());
+        assert_eq!(served[index].1, stopped, "mistral.rs stops at the end of turn with llama.cpp for {user:?}");
         if expect_stop {
             assert!(stopped, "llama.cpp stops at the end-of-turn token for {user:?}");
         }
     }
+}
+
+/// Greedy ids and whether it stopped at the end of turn, for each prompt, from the serving
+/// engine: the GGUF loaded as the endpoint loads an export (on mistral.rs).
+fn served_greedy(gguf: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<(Vec<u32>, bool)> {
+    use understudy::serve::engine::{Engine, Event, Finish, Sampling};
+    use understudy::serve::registry::{CatalogEntry, ServedModel};
+    let entry = CatalogEntry { name: "parity".into(), version: "parity".into(), path: gguf.to_path_buf(), created: 0, champion: true, exported: true };
+    let model = std::sync::Arc::new(ServedModel::load(&entry, 1).unwrap());
+    assert_eq!(model.runtime.label(), "mistral.rs");
+    let engine = Engine::start(1, 4);
+    prompts
+        .iter()
+        .map(|ids| {
+            let sampling = Sampling { max_tokens, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), logprobs: None };
+            let mut events = engine.submit(std::sync::Arc::clone(&model), ids.clone(), sampling).unwrap();
+            let mut tokens = Vec::new();
+            loop {
+                match events.blocking_recv().expect("the engine finishes every request") {
+                    Event::Token { id, .. } => tokens.push(id),
+                    Event::Text(_) => {}
+                    Event::Done { finish, .. } => return (tokens, finish == Finish::Stop),
+                    Event::Failed(message) => panic!("{message}"),
+                }
+            }
+        })
+        .collect()
 }
 
 #[test]
