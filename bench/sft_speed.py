@@ -11,7 +11,7 @@ import sys
 import time
 
 binary = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/understudy/target/release/understudy")
-batch, seq, steps = 4, 512, 3
+batch, seq, steps = 4, 512, 8
 ours = json.loads(subprocess.run([binary, "bench", "sft", "--batch-size", str(batch), "--seq-len", str(seq), "--steps", str(steps)],
                                  check=True, capture_output=True, text=True).stdout)
 

@@ -41,6 +41,12 @@ pub struct ServeArgs {
     pub ollama_host: Option<String>,
     #[arg(long, env = "CLAUDE_CONFIG_DIR", hide = true, value_name = "DIRS")]
     pub claude_config_dir: Option<String>,
+    /// Requests decoded at once (mistral.rs schedules them together); more share the cores.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub engine_workers: u16,
+    /// Requests waiting for a worker before the endpoint answers 429.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub queue_capacity: u16,
 }
 
 pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -48,6 +54,8 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     settings.ollama_host = args.ollama_host;
     settings.claude_settings = super::engine::settings_path(None, args.claude_config_dir.as_deref()).ok();
     settings.understudy_binary = std::env::current_exe().ok();
+    settings.engine_workers = args.engine_workers.into();
+    settings.queue_capacity = args.queue_capacity.into();
     let store = Store::open(config.data_dir())?;
     actix_web::rt::System::new().block_on(async move {
         let application = Application::build(config.clone(), store, settings).await?;

@@ -177,7 +177,13 @@ impl DropoutSeed {
 fn project(linear: &Linear, x: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let (rows, width) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
-    let y = x.reshape((rows, width))?.matmul(&linear.weight().t()?)?;
+    let x = x.reshape((rows, width))?;
+    let weight = linear.weight();
+    let y = if x.track_op() && !weight.is_variable() && ops::fused(x.device(), x.dtype()) {
+        ops::frozen_product(&x, weight)?
+    } else {
+        x.matmul(&weight.t()?)?
+    };
     let mut out = dims[..dims.len() - 1].to_vec();
     out.push(y.dim(1)?);
     y.reshape(out)
@@ -394,9 +400,9 @@ impl Llama {
         self.cos.device().clone()
     }
 
-    /// The output projection (tied to the embeddings when the config says so).
-    pub fn head(&self) -> Linear {
-        self.lm_head.clone()
+    /// Logits for hidden states `(..., hidden)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        project(&self.lm_head, hidden)
     }
 
     /// Logits for every position, `(b, t, vocab)`.

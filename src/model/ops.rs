@@ -299,6 +299,40 @@ pub fn causal_softmax(scores: &Tensor, t: usize, offset: usize, scale: f64) -> R
 }
 
 // ---------------------------------------------------------------------------------------------
+// Products with a frozen weight
+
+/// `x · Wᵀ` where W is frozen: candle's matmul backward always computes the gradient of both
+/// sides, so a frozen base weight (LoRA) or a frozen output head costs a wasted GEMM per
+/// projection every step. The product is computed untracked and this op carries only `x`'s
+/// gradient, `grad · W`.
+struct FrozenProduct {
+    /// The product, computed untracked.
+    product: Tensor,
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "frozen-product"
+    }
+
+    fn cpu_fwd(&self, _storage: &CpuStorage, _layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let values = with_values(&self.product, self.name(), <[f32]>::to_vec)?;
+        Ok((CpuStorage::F32(values), self.product.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// `x · Wᵀ` for 2-D `x` and a weight that gets no gradient.
+pub fn frozen_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let product = x.detach().matmul(&weight.t()?)?;
+    x.apply_op1(FrozenProduct { product, weight: weight.clone() })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Masked cross-entropy
 
 struct CrossEntropy {
@@ -428,6 +462,12 @@ mod tests {
         check(&[random(&[1, 2, 2 * t, offset + t], 7)], |x| causal_softmax(&x[0], t, offset, scale).unwrap(), |x| {
             candle_nn::ops::softmax(&(&x[0] * scale).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap()
         });
+    }
+
+    #[test]
+    fn a_frozen_product_gives_the_input_gradient_of_a_matmul() {
+        let weight = random(&[6, 4], 10);
+        check(&[random(&[5, 4], 11)], |x| frozen_product(&x[0], &weight).unwrap(), |x| x[0].matmul(&weight.t().unwrap()).unwrap());
     }
 
     #[test]

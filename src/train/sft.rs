@@ -179,22 +179,33 @@ fn batch_loss(model: &Llama, inputs: &Tensor, targets: &Tensor, mask: &Tensor) -
     }
     let index = Tensor::from_vec(rows.clone(), rows.len(), inputs.device())?;
     let hidden = hidden.index_select(&index, 0)?;
-    let logits = candle_nn::Module::forward(&model_head(model), &hidden)?;
+    let logits = model.logits(&hidden)?;
     let targets = targets.index_select(&index, 0)?;
     let ones = Tensor::ones(rows.len(), DType::F32, inputs.device())?;
     masked_cross_entropy(&logits, &targets, &ones)
 }
 
-fn model_head(model: &Llama) -> candle_nn::Linear {
-    model.head()
-}
+/// Batches are formed inside windows of this many batches, sorted by length.
+const LENGTH_WINDOW: usize = 16;
 
-/// The order of training examples in an epoch: a seeded shuffle.
-fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
+/// The order of training examples in an epoch: a seeded shuffle, then length-grouped so each
+/// batch holds examples of similar length (less padding): every window of `LENGTH_WINDOW`
+/// batches is sorted by length, cut into batches, and the batches are shuffled again.
+fn epoch_order(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     order.shuffle(&mut rng);
-    order
+    let batch_size = batch_size.max(1);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for window in order.chunks_mut(batch_size * LENGTH_WINDOW) {
+        window.sort_by_key(|&i| lengths[i]);
+        batches.extend(window.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    // A short last batch stays last, so every other batch starts at a multiple of batch_size.
+    let short = if batches.last().is_some_and(|b| b.len() < batch_size) { batches.pop() } else { None };
+    batches.shuffle(&mut rng);
+    batches.extend(short);
+    batches.concat()
 }
 
 pub fn eval_loss(model: &Llama, examples: &[Example], config: &SftConfig, device: &Device) -> Result<Option<f64>, TrainError> {
@@ -273,6 +284,7 @@ pub fn train(
         )));
     }
     let mut optimizer = AdamW::new(&vars, config.weight_decay)?;
+    let lengths: Vec<usize> = train_examples.iter().map(|e| e.ids.len()).collect();
     let per_step = config.batch_size * config.grad_accum;
     let steps_per_epoch = train_examples.len().div_ceil(per_step) as u64;
     let total_steps = config.max_steps.unwrap_or(u64::MAX).min(steps_per_epoch * u64::from(config.epochs.max(1))).max(1);
@@ -295,7 +307,7 @@ pub fn train(
     while state.step < total_steps {
         let step_started = Instant::now();
         let epoch = state.step / steps_per_epoch;
-        let order = epoch_order(train_examples.len(), config.seed, epoch);
+        let order = epoch_order(&lengths, config.batch_size, config.seed, epoch);
         let start = ((state.step % steps_per_epoch) as usize) * per_step;
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
         let mut step_loss = 0.0;
@@ -330,7 +342,7 @@ pub fn train(
                 }
             }
             step_loss += value;
-            step_tokens += inputs.elem_count();
+            step_tokens += chosen.iter().map(|e| e.ids.len().min(config.max_seq_len)).sum::<usize>();
             micro_batches += 1;
         }
         if micro_batches == 0 {
@@ -422,6 +434,25 @@ fn save_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epoch_visits_every_example_once_in_length_grouped_batches() {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let lengths: Vec<usize> = (0..203).map(|_| rng.random_range(20..600)).collect();
+        let padded = |order: &[usize]| -> usize { order.chunks(4).map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum() };
+        let order = epoch_order(&lengths, 4, 7, 0);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..203).collect::<Vec<_>>(), "a permutation");
+        assert_eq!(order, epoch_order(&lengths, 4, 7, 0), "seeded");
+        assert_ne!(order, epoch_order(&lengths, 4, 7, 1), "each epoch reshuffles");
+        let mut plain: Vec<usize> = (0..203).collect();
+        plain.shuffle(&mut ChaCha8Rng::seed_from_u64(7));
+        let (grouped, shuffled) = (padded(&order), padded(&plain));
+        assert!(grouped * 10 < shuffled * 8, "grouped batches pad less: {grouped} vs {shuffled} positions");
+        assert_eq!(order[200..].len(), 3, "the short batch is last");
+    }
     use crate::train::params::parameter_shapes;
 
     fn micro_config() -> LlamaConfig {

@@ -117,6 +117,15 @@ fn sse_framing_overload_metrics_and_hot_swap_on_the_raw_wire() {
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, "40 users (41 lines with the header).", "the trained reply, streamed");
 
+    // The export is served by mistral.rs, streamed or not, and each reply names its version.
+    for stream in [false, true] {
+        let request = serde_json::json!({"messages": messages, "max_tokens": 3, "stream": stream});
+        let response = crate::support::http().post(&chat).header("content-type", "application/json").send(request.to_string()).unwrap();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        assert_eq!(header("x-understudy-runtime").as_deref(), Some("mistral.rs"), "stream: {stream}");
+        assert!(header("x-understudy-model-version").is_some_and(|v| v.starts_with("exp_")), "stream: {stream}");
+    }
+
     // Overload: one request decoding, one waiting, the rest refused with 429 and Retry-After.
     let long = serde_json::json!({"prompt": "<|im_start|>user\nHow many", "max_tokens": 400});
     let handles: Vec<_> = (0..6)
@@ -136,7 +145,7 @@ fn sse_framing_overload_metrics_and_hot_swap_on_the_raw_wire() {
     // Metrics.
     let metrics = crate::support::get(&app.url("/metrics")).body;
     assert!(metrics.contains("understudy_requests_total{route=\"completions\",status=\"429\"}"), "{metrics}");
-    assert!(metrics.contains("understudy_requests_total{route=\"chat\",status=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("understudy_requests_total{route=\"chat\",status=\"200\"} 3"), "{metrics}");
     assert!(metrics.contains("understudy_queue_capacity 1"));
     let completion_tokens: u64 = metrics.lines().find_map(|l| l.strip_prefix("understudy_completion_tokens_total ")).unwrap().parse().unwrap();
     assert!(completion_tokens > 10);
