@@ -28,7 +28,7 @@ fn five_hundred_true_diverse_reproducible_traces() {
     assert_eq!(report["total_traces"], 500);
     assert_eq!(report["duplicates"], 0);
     assert_eq!(report["by_category"].as_object().unwrap().len(), 10);
-    let keys: Vec<&String> = report.as_object().unwrap().keys().collect();
+    let keys = crate::support::sorted_keys(&report);
     assert_eq!(keys, vec!["by_category", "by_tool", "duplicates", "imported", "seconds", "synthetic", "total_traces"]);
 
     let traces = exported(first.path());

@@ -32,7 +32,7 @@ fn canonical_import_reports_each_bad_line_and_dedupes() {
     assert!(reason(&report, 8).starts_with("split:"), "{}", reason(&report, 8));
     assert!(reason(&report, 9).contains("arguments") && reason(&report, 9).contains("not valid JSON"));
     assert_eq!(
-        report.as_object().unwrap().keys().collect::<Vec<_>>(),
+        crate::support::sorted_keys(&report),
         vec!["duplicates", "errors", "imported", "rejected"]
     );
 
@@ -59,7 +59,7 @@ fn openai_and_sharegpt_imports() {
     let rows = list.as_array().unwrap();
     assert_eq!(rows.len(), 4);
     for row in rows {
-        let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
+        let keys = crate::support::sorted_keys(&row);
         assert_eq!(keys, vec!["category", "created_at", "id", "n_tool_calls", "prompt", "source", "split"]);
     }
     let parallel = rows.iter().find(|r| r["prompt"] == "Read both files").expect("sharegpt parallel calls imported");
@@ -136,7 +136,7 @@ fn export_then_import_is_lossless() {
     let openai = cli(second.path(), &["traces", "export", "--format", "openai"]).stdout;
     for line in openai.lines() {
         let row: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(row.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["messages", "tools"]);
+        assert_eq!(crate::support::sorted_keys(&row), vec!["messages", "tools"]);
         for message in row["messages"].as_array().unwrap() {
             for call in message["tool_calls"].as_array().into_iter().flatten() {
                 assert!(call["function"]["arguments"].is_string());

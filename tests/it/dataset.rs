@@ -60,7 +60,7 @@ fn masks_cover_exactly_the_assistant_output() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(cli(dir.path(), &["bootstrap", "--traces", "200", "--seed", "5", "--json"]).code, 0);
     let result = build(dir.path(), &["--name", "masks", "--val-ratio", "0.2", "--seed", "1"]);
-    let keys: Vec<&String> = result.as_object().unwrap().keys().collect();
+    let keys = crate::support::sorted_keys(&result);
     assert_eq!(keys, vec!["counts", "dir", "dropped", "files", "id", "truncated"]);
     let out = dataset_dir(dir.path(), &result);
     let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
@@ -163,7 +163,7 @@ fn truncation_cuts_at_turn_boundaries_and_builds_are_reproducible() {
     // sft.jsonl rows are OpenAI chat rows; dpo.jsonl has the pairs; rl_prompts end at the prompt.
     for line in std::fs::read_to_string(dir_a.join("sft.jsonl")).unwrap().lines() {
         let row: Value = serde_json::from_str(line).unwrap();
-        assert_eq!(row.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["messages", "tools"]);
+        assert_eq!(crate::support::sorted_keys(&row), vec!["messages", "tools"]);
         parse_record(ImportFormat::Openai, line).expect("a valid OpenAI chat row");
         for message in row["messages"].as_array().unwrap() {
             assert!(["system", "user", "assistant", "tool"].contains(&message["role"].as_str().unwrap()));

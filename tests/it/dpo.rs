@@ -103,7 +103,7 @@ fn command_center_jsonl_reports_each_bad_line_and_dedupes() {
     assert_eq!(reason(&report, 10), "pos_reward: must be a number, got a string");
     assert_eq!(reason(&report, 11), "chosen: must not be empty");
     assert_eq!(
-        report.as_object().unwrap().keys().collect::<Vec<_>>(),
+        crate::support::sorted_keys(&report),
         vec!["duplicates", "errors", "imported", "rejected"]
     );
     assert_eq!(pair_count(dir.path()), 3);

@@ -202,3 +202,11 @@ pub fn train_tiny_on(dir: &Path, fixture_name: &str) -> String {
     assert_eq!(run.code, 0, "{}", run.stderr);
     run.json()["model_id"].as_str().unwrap().to_string()
 }
+
+/// An object's keys in sorted order (serde_json keeps insertion order when a dependency turns
+/// on `preserve_order`, so key lists are compared sorted).
+pub fn sorted_keys(value: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = value.as_object().expect("a JSON object").keys().cloned().collect();
+    keys.sort();
+    keys
+}

@@ -24,7 +24,7 @@ fn a_tiny_model_overfits_and_reproduces_the_tool_calls() {
     let run = cli(dir.path(), &["train", "--phase", "sft", "--max-steps", "60", "--epochs", "60", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let summary = run.json();
-    let keys: Vec<&String> = summary.as_object().unwrap().keys().collect();
+    let keys = crate::support::sorted_keys(&summary);
     assert_eq!(keys, vec!["checkpoint_dir", "final_eval_loss", "final_loss", "first_loss", "model_id", "run_id", "steps", "tokens_per_second"]);
     assert_eq!(summary["steps"], 60);
     let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["final_loss"].as_f64().unwrap());
