@@ -56,11 +56,16 @@ fn error(message: impl std::fmt::Display) -> anyhow::Error {
 
 impl LoadedModel {
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
+        LoadedModel::load_with_weights(dir, &dir.join("model.safetensors"), device)
+    }
+
+    /// A model directory's config, tokenizer and template with the weights of another file
+    /// (a checkpoint of the same run).
+    pub fn load_with_weights(dir: &Path, weights: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| error(format!("{}: {e}", dir.join(name).display())));
         let config: LlamaConfig = serde_json::from_str(&read("config.json")?)?;
         let template: ChatTemplate = serde_json::from_str(&read("template.json")?)?;
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(error)?;
-        let weights = dir.join("model.safetensors");
         // Safety: the file is ours and is not modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         Ok(LoadedModel { model: Llama::new(config, vb)?, tokenizer, template })

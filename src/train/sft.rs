@@ -484,6 +484,32 @@ mod tests {
     }
 
     #[test]
+    fn the_forward_pass_is_causal_batch_independent_and_matches_cached_decoding() {
+        use candle_core::IndexOp;
+        let config = micro_config();
+        let device = Device::Cpu;
+        let varmap = init_varmap(&config, 3, &device).unwrap();
+        let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| (i * 7 % config.vocab_size) as u32).collect();
+        let other: Vec<u32> = (0..12).map(|i| (i * 5 + 3) as u32 % config.vocab_size as u32).collect();
+        let row = |ids: &[u32]| Tensor::new(ids, &device).unwrap().unsqueeze(0).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let full = model.forward(&row(&ids), None).unwrap();
+        // Causal: a prefix's logits do not depend on what follows it.
+        let prefix = model.forward(&row(&ids[..5]), None).unwrap();
+        assert!(diff(&full.i((.., ..5, ..)).unwrap(), &prefix) < 1e-4, "future tokens leak into earlier positions");
+        // Batch rows are independent.
+        let both = model.forward(&Tensor::new(vec![ids.clone(), other], &device).unwrap(), None).unwrap();
+        assert!(diff(&both.i(0..1).unwrap(), &full) < 1e-4, "batch rows interact");
+        // Decoding one token at a time with the KV cache gives the same logits.
+        let mut cache = crate::model::llama::KvCache::new(config.num_hidden_layers);
+        for (position, id) in ids.iter().enumerate() {
+            let step = model.forward_last(&row(&[*id]), Some(&mut cache)).unwrap();
+            assert!(diff(&step, &full.i((.., position, ..)).unwrap()) < 1e-4, "cached decoding differs at {position}");
+        }
+    }
+
+    #[test]
     fn every_parameter_gets_a_gradient_that_matches_finite_differences() {
         let config = micro_config();
         let device = Device::Cpu;
