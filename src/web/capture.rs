@@ -62,11 +62,12 @@ pub fn validate_dir(dir: &str) -> Result<PathBuf, String> {
 
 /// One scan of `dir` with the default settings; a bad directory is a `BadRequest` naming `dir`.
 pub async fn scan(state: &AppState, dir: &str) -> Result<ScanReport, WebError> {
-    let root = validate_dir(dir).map_err(WebError::BadRequest)?;
-    let store = state.store.clone();
-    let report = web::block(move || capture::scan(&store, &CaptureSettings::new(vec![root])))
+    let (store, dir) = (state.store.clone(), dir.to_string());
+    // Checking the directory touches the file system too: off the async workers with the scan.
+    let report = web::block(move || validate_dir(&dir).map(|root| capture::scan(&store, &CaptureSettings::new(vec![root]))))
         .await
-        .map_err(|e| WebError::Internal(format!("blocking task failed: {e}")))?;
+        .map_err(|e| WebError::Internal(format!("blocking task failed: {e}")))?
+        .map_err(WebError::BadRequest)?;
     report.map_err(|error| match error {
         error @ CaptureError::NoProjects(_) => WebError::BadRequest(format!("dir: {error}")),
         CaptureError::Store(store) => store.into(),
@@ -215,11 +216,11 @@ pub async fn start_engine(state: &AppState, dir: Option<String>) -> Result<(), W
         ));
     };
     let dir = dir.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).unwrap_or_else(|| default_dir(state));
-    let root = validate_dir(&dir).map_err(WebError::BadRequest)?;
     let data_dir = state.config.data_dir().to_path_buf();
-    web::block(move || engine::start(&binary, &data_dir, &[root], &StartOptions::default()))
+    web::block(move || validate_dir(&dir).map(|root| engine::start(&binary, &data_dir, &[root], &StartOptions::default())))
         .await
         .map_err(blocking_failed)?
+        .map_err(WebError::BadRequest)?
         .map_err(|e| WebError::Internal(e.to_string()))?;
     Ok(())
 }
