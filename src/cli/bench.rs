@@ -34,8 +34,11 @@ pub enum BenchCommand {
         seq_len: usize,
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// auto, cpu or cuda[:N] (CUDA needs a `--features cuda` build).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
-    /// SFT steps of the tiny preset on CPU: tokens/s and peak memory.
+    /// SFT steps of the tiny preset: tokens/s and peak memory.
     Sft {
         #[arg(long, default_value_t = 4096)]
         vocab_size: usize,
@@ -45,6 +48,9 @@ pub enum BenchCommand {
         seq_len: usize,
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// auto, cpu or cuda[:N] (CUDA needs a `--features cuda` build).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Tokenize a dataset's training text with its tokenizer (one thread and batched).
     Tokenize {
@@ -92,13 +98,15 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
             let _ = std::fs::remove_dir_all(&work);
             print_json(&figures?)?;
         }
-        BenchCommand::Lora { model, batch_size, seq_len, steps } => {
+        BenchCommand::Lora { model, batch_size, seq_len, steps, device } => {
+            let device = crate::model::llama::device_for(&device).map_err(anyhow::Error::msg)?;
             let source = crate::model::source::ModelSource::parse(&model)?;
-            let (config, tensors) = crate::model::weights::load(&source, &candle_core::Device::Cpu)?;
-            print_json(&crate::train::bench::lora(config, tensors, batch_size, seq_len, steps)?)?;
+            let (config, tensors) = crate::model::weights::load(&source, &device)?;
+            print_json(&crate::train::bench::lora(config, tensors, batch_size, seq_len, steps, &device)?)?;
         }
-        BenchCommand::Sft { vocab_size, batch_size, seq_len, steps } => {
-            print_json(&crate::train::bench::sft(vocab_size, batch_size, seq_len, steps)?)?;
+        BenchCommand::Sft { vocab_size, batch_size, seq_len, steps, device } => {
+            let device = crate::model::llama::device_for(&device).map_err(anyhow::Error::msg)?;
+            print_json(&crate::train::bench::sft(vocab_size, batch_size, seq_len, steps, &device)?)?;
         }
         BenchCommand::Tokenize { dataset_dir, dump_corpus, repeats } => {
             let figures = crate::dataset::bench::tokenize(&dataset_dir, dump_corpus.as_deref(), repeats)?;

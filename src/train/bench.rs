@@ -1,6 +1,6 @@
 //! SFT throughput on the `tiny` preset: a few optimizer steps on random tokens (every position
-//! trained), timed, with the process's peak resident memory. Printed by `understudy bench sft`
-//! and compared with PyTorch by `bench/sft_speed.py`.
+//! trained), timed, with the process's peak resident memory, on the CPU or a CUDA device.
+//! Printed by `understudy bench sft|lora` and compared with PyTorch by `bench/sft_speed.py`.
 
 use std::time::Instant;
 
@@ -15,7 +15,8 @@ use crate::model::llama::{masked_cross_entropy, Llama, LlamaConfig};
 
 #[derive(Debug, serde::Serialize)]
 pub struct SftFigures {
-    pub benchmark: &'static str,
+    pub benchmark: String,
+    pub device: String,
     pub config: LlamaConfig,
     pub parameters: usize,
     pub batch_size: usize,
@@ -34,13 +35,21 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-pub fn sft(vocab_size: usize, batch_size: usize, seq_len: usize, steps: usize) -> candle_core::Result<SftFigures> {
-    let device = Device::Cpu;
+fn device_label(device: &Device) -> &'static str {
+    if device.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    }
+}
+
+pub fn sft(vocab_size: usize, batch_size: usize, seq_len: usize, steps: usize, device: &Device) -> candle_core::Result<SftFigures> {
+    let device = device.clone();
     let config = LlamaConfig::tiny(vocab_size);
     let varmap = init_varmap(&config, 0, &device)?;
     let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     let vars = ordered_vars(&config, &varmap);
-    run_steps("sft_tiny_cpu", &model, &vars, batch_size, seq_len, steps)
+    run_steps(format!("sft_tiny_{}", device_label(&device)), &model, &vars, batch_size, seq_len, steps)
 }
 
 /// LoRA steps (rank 8 on q/k/v/o) on a pretrained base, e.g. SmolLM2-135M from its GGUF.
@@ -50,8 +59,9 @@ pub fn lora(
     batch_size: usize,
     seq_len: usize,
     steps: usize,
+    device: &Device,
 ) -> candle_core::Result<SftFigures> {
-    let device = Device::Cpu;
+    let device = device.clone();
     let lora = crate::model::llama::LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec() };
     let varmap = super::params::init_lora_varmap(&config, &lora, 0, &device)?;
     let model = Llama::new_with_lora(
@@ -60,18 +70,18 @@ pub fn lora(
         Some((&lora, VarBuilder::from_varmap(&varmap, DType::F32, &device))),
     )?;
     let vars = super::params::ordered_lora_vars(&config, &lora, &varmap);
-    run_steps("lora_r8_cpu", &model, &vars, batch_size, seq_len, steps)
+    run_steps(format!("lora_r8_{}", device_label(&device)), &model, &vars, batch_size, seq_len, steps)
 }
 
 fn run_steps(
-    benchmark: &'static str,
+    benchmark: String,
     model: &Llama,
     vars: &[(String, candle_core::Var, bool)],
     batch_size: usize,
     seq_len: usize,
     steps: usize,
 ) -> candle_core::Result<SftFigures> {
-    let device = Device::Cpu;
+    let device = model.cos_device();
     let config = model.config.clone();
     let vocab_size = config.vocab_size;
     let vars = vars.to_vec();
@@ -92,6 +102,7 @@ fn run_steps(
         let mut grads: Vec<Option<Tensor>> = vars.iter().map(|(_, v, _)| store.get(v.as_tensor()).cloned()).collect();
         clip_global_norm(&mut grads, 1.0)?;
         optimizer.apply(&vars, &grads, 1e-3)?;
+        device.synchronize()?;
         // The first step pays one-time allocation costs; it is not counted.
         if step > 0 {
             timings.push(started.elapsed().as_secs_f64());
@@ -99,6 +110,7 @@ fn run_steps(
     }
     let seconds_per_step = timings.iter().sum::<f64>() / timings.len().max(1) as f64;
     Ok(SftFigures {
+        device: format!("{device:?}"),
         benchmark,
         config,
         parameters,
