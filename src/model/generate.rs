@@ -54,6 +54,10 @@ fn error(message: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{message}")
 }
 
+fn read_in(dir: &Path, name: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(dir.join(name)).map_err(|e| error(format!("{}: {e}", dir.join(name).display())))
+}
+
 impl LoadedModel {
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
         LoadedModel::load_with_weights(dir, &dir.join("model.safetensors"), device)
@@ -62,13 +66,19 @@ impl LoadedModel {
     /// A model directory's config, tokenizer and template with the weights of another file
     /// (a checkpoint of the same run).
     pub fn load_with_weights(dir: &Path, weights: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
-        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| error(format!("{}: {e}", dir.join(name).display())));
-        let config: LlamaConfig = serde_json::from_str(&read("config.json")?)?;
-        let template: ChatTemplate = serde_json::from_str(&read("template.json")?)?;
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(error)?;
+        let config: LlamaConfig = serde_json::from_str(&read_in(dir, "config.json")?)?;
+        let (tokenizer, template) = LoadedModel::tokenizer_and_template(dir)?;
         // Safety: the file is ours and is not modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         Ok(LoadedModel { model: Llama::new(config, vb)?, tokenizer, template })
+    }
+
+    /// The tokenizer and exact chat template of a model directory of ours (or an export's
+    /// `hf/`, which carries the same `template.json`), without the weights.
+    pub fn tokenizer_and_template(dir: &Path) -> anyhow::Result<(Tokenizer, ChatTemplate)> {
+        let template: ChatTemplate = serde_json::from_str(&read_in(dir, "template.json")?)?;
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(error)?;
+        Ok((tokenizer, template))
     }
 
     /// A model from its parts (weights already in HF names).

@@ -148,10 +148,7 @@ impl ServedModel {
         let config = weights::read_config(&source)?;
         let (tokenizer, template) = match &source {
             // An export's HF directory carries the exact template training used.
-            ModelSource::HfDir(dir) if dir.join("template.json").exists() => {
-                let template = serde_json::from_str(&std::fs::read_to_string(dir.join("template.json"))?)?;
-                (crate::model::tokenizer::load_json(&dir.join("tokenizer.json"))?, template)
-            }
+            ModelSource::HfDir(dir) if dir.join("template.json").exists() => LoadedModel::tokenizer_and_template(dir)?,
             _ => source.tokenizer_and_template(|_| Vec::new())?,
         };
         let runner = MistralRunner::load(&entry.path, max_seqs)?;

@@ -2,7 +2,10 @@
 //! by id that captured traces use (a turn still being written is updated in place), lookup,
 //! filtered listing with pagination, counts, delete.
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
+use std::sync::LazyLock;
+
+use rusqlite::types::Value;
+use rusqlite::{params_from_iter, Connection, OptionalExtension, ToSql};
 
 use super::{Db, StoreError, StoreResult};
 use crate::traces::formats::{parse_record, ImportFormat};
@@ -210,6 +213,28 @@ impl Db {
     }
 }
 
+/// The columns a trace's content fills (besides `id` and `stored_at`), in `content_values` order.
+const CONTENT_COLUMNS: [&str; 11] =
+    ["content_hash", "source", "category", "prompt", "split", "outcome_status", "n_messages", "n_tool_calls", "tool_names", "body", "created_at"];
+
+/// A trace's values for `CONTENT_COLUMNS`: one list for the insert and the in-place update.
+fn content_values(trace: &Trace) -> Vec<Value> {
+    let tool_names: Vec<&str> = trace.tool_calls().map(|c| c.name.as_str()).collect();
+    vec![
+        Value::from(trace.content_hash.clone()),
+        Value::from(trace.source.as_str().to_string()),
+        Value::from(trace.category.clone()),
+        Value::from(trace.prompt.clone()),
+        Value::from(trace.split.as_str().to_string()),
+        Value::from(trace.outcome.status.as_str().to_string()),
+        Value::from(trace.messages.len() as i64),
+        Value::from(trace.n_tool_calls() as i64),
+        Value::from(tool_names.join(" ")),
+        Value::from(to_canonical_json(trace)),
+        Value::from(trace.created_at.clone()),
+    ]
+}
+
 /// Insert one trace inside the caller's transaction; a stored hash or a taken id writes nothing.
 pub(super) fn insert_trace_row(conn: &Connection, trace: &Trace, now: &str) -> StoreResult<InsertOutcome> {
     if conn.prepare_cached("SELECT 1 FROM traces WHERE content_hash = ?")?.exists([&trace.content_hash])? {
@@ -218,27 +243,13 @@ pub(super) fn insert_trace_row(conn: &Connection, trace: &Trace, now: &str) -> S
     if conn.prepare_cached("SELECT 1 FROM traces WHERE id = ?")?.exists([&trace.id])? {
         return Ok(InsertOutcome::IdConflict);
     }
-    let tool_names: Vec<&str> = trace.tool_calls().map(|c| c.name.as_str()).collect();
-    conn.prepare_cached(
-        "INSERT INTO traces (id, content_hash, source, category, prompt, split, outcome_status,
-            n_messages, n_tool_calls, tool_names, body, created_at, stored_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )?
-    .execute(params![
-        trace.id,
-        trace.content_hash,
-        trace.source.as_str(),
-        trace.category,
-        trace.prompt,
-        trace.split.as_str(),
-        trace.outcome.status.as_str(),
-        trace.messages.len() as i64,
-        trace.n_tool_calls() as i64,
-        tool_names.join(" "),
-        to_canonical_json(trace),
-        trace.created_at,
-        now,
-    ])?;
+    let mut values = vec![Value::from(trace.id.clone())];
+    values.extend(content_values(trace));
+    values.push(Value::from(now.to_string()));
+    static INSERT: LazyLock<String> = LazyLock::new(|| {
+        format!("INSERT INTO traces (id, {}, stored_at) VALUES (?, {}, ?)", CONTENT_COLUMNS.join(", "), vec!["?"; CONTENT_COLUMNS.len()].join(", "))
+    });
+    conn.prepare_cached(&INSERT)?.execute(params_from_iter(values))?;
     Ok(InsertOutcome::Inserted)
 }
 
@@ -264,26 +275,13 @@ pub(super) fn upsert_trace_row(conn: &Connection, trace: &Trace, now: &str) -> S
             _ => UpsertOutcome::Duplicate,
         });
     }
-    let tool_names: Vec<&str> = trace.tool_calls().map(|c| c.name.as_str()).collect();
-    conn.prepare_cached(
-        "UPDATE traces SET content_hash = ?, source = ?, category = ?, prompt = ?, split = ?,
-            outcome_status = ?, n_messages = ?, n_tool_calls = ?, tool_names = ?, body = ?, created_at = ?
-         WHERE id = ?",
-    )?
-    .execute(params![
-        trace.content_hash,
-        trace.source.as_str(),
-        trace.category,
-        trace.prompt,
-        trace.split.as_str(),
-        trace.outcome.status.as_str(),
-        trace.messages.len() as i64,
-        trace.n_tool_calls() as i64,
-        tool_names.join(" "),
-        to_canonical_json(trace),
-        trace.created_at,
-        trace.id,
-    ])?;
+    let mut values = content_values(trace);
+    values.push(Value::from(trace.id.clone()));
+    static UPDATE: LazyLock<String> = LazyLock::new(|| {
+        let assignments: Vec<String> = CONTENT_COLUMNS.iter().map(|column| format!("{column} = ?")).collect();
+        format!("UPDATE traces SET {} WHERE id = ?", assignments.join(", "))
+    });
+    conn.prepare_cached(&UPDATE)?.execute(params_from_iter(values))?;
     Ok(UpsertOutcome::Updated)
 }
 
