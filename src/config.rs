@@ -59,7 +59,9 @@ pub struct ServeSettings {
 pub enum SettingsError {
     #[error("--host {0:?} is not an IP address")]
     BadHost(String),
-    #[error("refusing to listen on {0}, which is not loopback, without an API key: set --api-key or UNDERSTUDY_API_KEY")]
+    #[error(
+        "refusing to listen on {0}, which is not loopback, without an API key: set --api-key or UNDERSTUDY_API_KEY"
+    )]
     KeyRequired(IpAddr),
     #[error("refusing to listen on {0}, which is not loopback, without an admin token for the UI and /api: set --admin-token or UNDERSTUDY_ADMIN_TOKEN")]
     AdminTokenRequired(IpAddr),
@@ -73,7 +75,17 @@ impl ServeSettings {
         if !ip.is_loopback() && api_key.is_none() {
             return Err(SettingsError::KeyRequired(ip));
         }
-        Ok(ServeSettings { address: SocketAddr::new(ip, port), api_key, job_workers: 1, ollama_host: None, engine_workers: 1, queue_capacity: 32, admin_token: None, claude_settings: None, understudy_binary: None })
+        Ok(ServeSettings {
+            address: SocketAddr::new(ip, port),
+            api_key,
+            job_workers: 1,
+            ollama_host: None,
+            engine_workers: 1,
+            queue_capacity: 32,
+            admin_token: None,
+            claude_settings: None,
+            understudy_binary: None,
+        })
     }
 
     /// Set the admin token; off loopback one is required.

@@ -72,12 +72,39 @@ fn default_explore() -> Vec<Step> {
         group: None,
     };
     vec![
-        step("Bash", json!({"command": "ls"}), &["Let me get a feel for the layout first.", "A quick look at the top level of the repo."]),
-        step("Read", json!({"file_path": "README.md"}), &["The README should describe the layout.", "I'll skim the README for orientation."]),
-        step("Glob", json!({"pattern": "{src}/**/*.py"}), &["Let me list the Python modules.", "I'll see which source files exist."]),
-        step("Bash", json!({"command": "git log --oneline -n 5"}), &["Recent history may give context.", "Let me check what changed recently."]),
-        step("Bash", json!({"command": "ls {src}"}), &["Let me see how the package is organised.", "A look at the package directories."]),
-        step("Bash", json!({"command": "git status"}), &["Let me make sure the working tree is clean before I start.", "Let me check the state of the working tree."]),
+        step(
+            "Bash",
+            json!({"command": "ls"}),
+            &["Let me get a feel for the layout first.", "A quick look at the top level of the repo."],
+        ),
+        step(
+            "Read",
+            json!({"file_path": "README.md"}),
+            &["The README should describe the layout.", "I'll skim the README for orientation."],
+        ),
+        step(
+            "Glob",
+            json!({"pattern": "{src}/**/*.py"}),
+            &["Let me list the Python modules.", "I'll see which source files exist."],
+        ),
+        step(
+            "Bash",
+            json!({"command": "git log --oneline -n 5"}),
+            &["Recent history may give context.", "Let me check what changed recently."],
+        ),
+        step(
+            "Bash",
+            json!({"command": "ls {src}"}),
+            &["Let me see how the package is organised.", "A look at the package directories."],
+        ),
+        step(
+            "Bash",
+            json!({"command": "git status"}),
+            &[
+                "Let me make sure the working tree is clean before I start.",
+                "Let me check the state of the working tree.",
+            ],
+        ),
     ]
 }
 
@@ -91,13 +118,16 @@ pub struct GenerateError {
 }
 
 const PREFIXES: &[&str] = &["Hey, ", "Quick one: ", "Can you help? ", "I need a hand. ", "Hi! ", "Hello. "];
-const SUFFIXES: &[&str] = &["Thanks!", "Keep it short.", "Explain what you find.", "This is blocking me.", "Thanks in advance."];
+const SUFFIXES: &[&str] =
+    &["Thanks!", "Keep it short.", "Explain what you find.", "This is blocking me.", "Thanks in advance."];
 
 fn lowercase_first(text: &str) -> String {
     let mut chars = text.chars();
     match chars.next() {
         // Keep identifiers and acronyms (`DEFAULT_PORT`, `CI`) as they are.
-        Some(first) if chars.clone().next().is_some_and(|c| c.is_lowercase()) => first.to_lowercase().chain(chars).collect(),
+        Some(first) if chars.clone().next().is_some_and(|c| c.is_lowercase()) => {
+            first.to_lowercase().chain(chars).collect()
+        }
         _ => text.to_string(),
     }
 }
@@ -134,12 +164,19 @@ fn extract(extractor: &str, output: &str) -> Option<String> {
     let first = output.lines().find(|l| !l.trim().is_empty() && !l.starts_with("Found "));
     match extractor {
         "first_path" => first.map(|l| l.split(':').next().unwrap_or(l).trim().to_string()),
-        "first_line_number" => output.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let _file = parts.next()?;
-            let number = parts.next()?.trim();
-            number.parse::<usize>().ok().map(|n| n.to_string())
-        }).or_else(|| output.lines().find_map(|l| l.trim_start().split('\t').next()?.trim().parse::<usize>().ok().map(|n| n.to_string()))),
+        "first_line_number" => output
+            .lines()
+            .find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let _file = parts.next()?;
+                let number = parts.next()?.trim();
+                number.parse::<usize>().ok().map(|n| n.to_string())
+            })
+            .or_else(|| {
+                output.lines().find_map(|l| {
+                    l.trim_start().split('\t').next()?.trim().parse::<usize>().ok().map(|n| n.to_string())
+                })
+            }),
         "first_match" => first.map(|l| {
             let mut parts = l.splitn(3, ':');
             match (parts.next(), parts.next(), parts.next()) {
@@ -147,7 +184,9 @@ fn extract(extractor: &str, output: &str) -> Option<String> {
                 _ => l.trim().to_string(),
             }
         }),
-        "count" => first.and_then(|l| l.split_whitespace().find_map(|w| w.parse::<usize>().ok())).map(|n| n.to_string()),
+        "count" => {
+            first.and_then(|l| l.split_whitespace().find_map(|w| w.parse::<usize>().ok())).map(|n| n.to_string())
+        }
         "last_line" => output.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string()),
         other => {
             let pattern = other.strip_prefix("regex:")?;
@@ -160,7 +199,10 @@ fn extract(extractor: &str, output: &str) -> Option<String> {
 
 const NUMERIC_ARGS: [&str; 3] = ["offset", "limit", "timeout_ms"];
 
-fn interpolate_args(args: &Map<String, Value>, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Map<String, Value>, String> {
+fn interpolate_args(
+    args: &Map<String, Value>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     for (key, value) in args {
         let value = match value {
@@ -189,7 +231,8 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let template = &templates[(index % templates.len() as u64) as usize];
     let scenario = template.scenarios.choose(&mut rng).expect("validated: scenarios exist");
-    let fail = |reason: String| GenerateError { template: template.name.clone(), scenario: scenario.name.clone(), reason };
+    let fail =
+        |reason: String| GenerateError { template: template.name.clone(), scenario: scenario.name.clone(), reason };
     let mut workspace = Workspace::generate(seed);
 
     let mut values: BTreeMap<String, String> = workspace.facts.clone();
@@ -220,7 +263,8 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
     }
     steps.extend(main_steps);
 
-    let mut messages = vec![Message::text(Role::System, system_prompt(&workspace.root)), Message::text(Role::User, prompt.clone())];
+    let mut messages =
+        vec![Message::text(Role::System, system_prompt(&workspace.root)), Message::text(Role::User, prompt.clone())];
     let mut outputs: Vec<ToolOutput> = Vec::new();
     let plan = if !scenario.plan.is_empty() && rng.random_bool(0.75) {
         Some(interpolate(scenario.plan.choose(&mut rng).expect("non-empty"), &|n| values.get(n).cloned()))
@@ -229,7 +273,8 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
     };
     for (number, step) in steps.iter().enumerate() {
         let lookup = |n: &str| values.get(n).cloned();
-        let arguments = interpolate_args(&step.args, &lookup).map_err(|r| fail(format!("step {} ({}): {r}", number + 1, step.tool)))?;
+        let arguments = interpolate_args(&step.args, &lookup)
+            .map_err(|r| fail(format!("step {} ({}): {r}", number + 1, step.tool)))?;
         let mut said = step.say.choose(&mut rng).map(|s| interpolate(s, &lookup)).unwrap_or_default();
         if number == 0 {
             if let Some(plan) = &plan {
@@ -242,18 +287,35 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
                 Some(value) => {
                     values.insert(name.clone(), value);
                 }
-                None => return Err(fail(format!("step {} ({}): capture {name} found nothing in {:?}", number + 1, step.tool, output.content))),
+                None => {
+                    return Err(fail(format!(
+                        "step {} ({}): capture {name} found nothing in {:?}",
+                        number + 1,
+                        step.tool,
+                        output.content
+                    )))
+                }
             }
         }
         let call_id = format!("call_{}", number + 1);
         messages.push(Message {
             role: Role::Assistant,
             content: (!said.is_empty()).then_some(said),
-            tool_calls: vec![ToolCall { id: call_id.clone(), name: step.tool.clone(), arguments: Value::Object(arguments).to_string() }],
+            tool_calls: vec![ToolCall {
+                id: call_id.clone(),
+                name: step.tool.clone(),
+                arguments: Value::Object(arguments).to_string(),
+            }],
             tool_call_id: None,
             name: None,
         });
-        messages.push(Message { role: Role::Tool, content: Some(output.content.clone()), tool_calls: vec![], tool_call_id: Some(call_id), name: None });
+        messages.push(Message {
+            role: Role::Tool,
+            content: Some(output.content.clone()),
+            tool_calls: vec![],
+            tool_call_id: Some(call_id),
+            name: None,
+        });
         outputs.push(output);
     }
     let lookup = |n: &str| values.get(n).cloned();
@@ -365,7 +427,8 @@ mod tests {
             let again = generate(&templates, 7, index).unwrap();
             assert_eq!(again.content_hash, trace.content_hash, "same seed, same trace");
             let replayed = replay(&trace).unwrap();
-            let recorded: Vec<&str> = trace.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
+            let recorded: Vec<&str> =
+                trace.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
             let replayed: Vec<&str> = replayed.iter().map(|o| o.content.as_str()).collect();
             assert_eq!(recorded, replayed, "replay of {} reproduces the results", trace.category);
         }

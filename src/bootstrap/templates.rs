@@ -84,7 +84,11 @@ pub enum Check {
     /// The workspace's test suite passes after the run.
     TestsPass,
     /// No file under `path` matches the regex after the run.
-    NoMatches { pattern: String, #[serde(default)] path: Option<String> },
+    NoMatches {
+        pattern: String,
+        #[serde(default)]
+        path: Option<String>,
+    },
     /// Some tool result of the run contains the text.
     OutputContains { text: String },
 }
@@ -146,7 +150,8 @@ impl WorkflowTemplate {
     /// Check names, tools, extractors and that every `{slot}` is defined where it is used.
     pub fn validate(&self) -> Result<(), TemplateError> {
         let error = |location: String, reason: String| TemplateError { template: self.name.clone(), location, reason };
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
             return Err(error("name".into(), "must be lower_snake_case letters, digits and _".into()));
         }
         if self.scenarios.is_empty() {
@@ -241,7 +246,8 @@ fn check_step(step: &Step, known: &BTreeSet<String>, _at: &str) -> Result<(), St
 }
 
 /// Fact names every workspace provides (read off one generated workspace).
-static REFERENCE_FACTS: LazyLock<Vec<String>> = LazyLock::new(|| Workspace::generate(0).facts.keys().cloned().collect());
+static REFERENCE_FACTS: LazyLock<Vec<String>> =
+    LazyLock::new(|| Workspace::generate(0).facts.keys().cloned().collect());
 
 /// Names a template may use besides its own slots and captures.
 pub fn fact_names() -> &'static [String] {
@@ -283,8 +289,16 @@ mod tests {
         }
         let names: BTreeSet<&str> = templates.iter().map(|t| t.category()).collect();
         for expected in [
-            "code_search", "file_modification", "debugging", "system_analysis", "deployment",
-            "test_writing", "refactoring", "dependency_update", "code_review", "data_query",
+            "code_search",
+            "file_modification",
+            "debugging",
+            "system_analysis",
+            "deployment",
+            "test_writing",
+            "refactoring",
+            "dependency_update",
+            "code_review",
+            "data_query",
         ] {
             assert!(names.contains(expected), "missing {expected}");
         }

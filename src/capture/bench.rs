@@ -83,7 +83,12 @@ pub fn generate(root: &Path, sessions: u64, turns: u64) -> std::io::Result<(u64,
         std::fs::create_dir_all(&dir)?;
         let session_id = format!("00000000-0000-4000-8000-{s:012x}");
         let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{session_id}.jsonl")))?);
-        let mut session = Session { id: session_id, cwd: format!("/home/bench/src/project{}", s % 8), parent: None, clock: s * 10_000 };
+        let mut session = Session {
+            id: session_id,
+            cwd: format!("/home/bench/src/project{}", s % 8),
+            parent: None,
+            clock: s * 10_000,
+        };
         for t in 0..turns {
             for record in session.turn(s, t) {
                 let line = serde_json::to_string(&record)?;
@@ -150,14 +155,20 @@ impl Session {
             json!({"permissionMode": "default", "message": {"role": "user", "content": prompt}}),
         )];
         let first = format!("msg_{tag}_a");
-        records.push(self.assistant(format!("a-{tag}-1"), &first, json!({"type": "text", "text": "Let me read the file first."}), None));
+        records.push(self.assistant(
+            format!("a-{tag}-1"),
+            &first,
+            json!({"type": "text", "text": "Let me read the file first."}),
+            None,
+        ));
         records.push(self.assistant(
             format!("a-{tag}-2"),
             &first,
             json!({"type": "tool_use", "id": tool_id, "name": "Read", "input": {"file_path": path}}),
             Some("tool_use"),
         ));
-        let body: String = (1..=40).map(|n| format!("{n:6}\tlet value_{n} = compute_{s}_{t}({n}); // line {n}\n")).collect();
+        let body: String =
+            (1..=40).map(|n| format!("{n:6}\tlet value_{n} = compute_{s}_{t}({n}); // line {n}\n")).collect();
         let source = self.parent.clone();
         records.push(self.record(
             "user",
@@ -169,7 +180,12 @@ impl Session {
             }),
         ));
         let answer = format!("src/module_{t}.rs computes forty values with compute_{s}_{t}; it has no tests yet.");
-        records.push(self.assistant(format!("a-{tag}-3"), &format!("msg_{tag}_b"), json!({"type": "text", "text": answer}), Some("end_turn")));
+        records.push(self.assistant(
+            format!("a-{tag}-3"),
+            &format!("msg_{tag}_b"),
+            json!({"type": "text", "text": answer}),
+            Some("end_turn"),
+        ));
         records
     }
 }

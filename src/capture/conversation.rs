@@ -62,17 +62,21 @@ pub fn build(info: &FileInfo, records: &[Record]) -> Conversation {
     }
     let is_first = |r: &Record| r.uuid.as_deref().is_some_and(|u| by_uuid.get(u) == Some(&r.index));
 
-    let session_id = info
-        .session_id
-        .clone()
-        .or_else(|| records.iter().find_map(|r| r.context.session_id.clone()));
+    let session_id = info.session_id.clone().or_else(|| records.iter().find_map(|r| r.context.session_id.clone()));
     let mut conversation = Conversation { session_id: session_id.clone(), ..Conversation::default() };
 
     let leaf = records
         .iter()
         .filter(|r| in_thread(r) && is_first(r))
-        .filter(|r| matches!(r.body, Body::Prompt { .. } | Body::Assistant { .. } | Body::ToolResults { .. } | Body::Interrupted))
-        .max_by(|a, b| (a.timestamp.as_deref().unwrap_or(""), a.index).cmp(&(b.timestamp.as_deref().unwrap_or(""), b.index)));
+        .filter(|r| {
+            matches!(
+                r.body,
+                Body::Prompt { .. } | Body::Assistant { .. } | Body::ToolResults { .. } | Body::Interrupted
+            )
+        })
+        .max_by(|a, b| {
+            (a.timestamp.as_deref().unwrap_or(""), a.index).cmp(&(b.timestamp.as_deref().unwrap_or(""), b.index))
+        });
     let Some(leaf) = leaf else { return conversation };
 
     let mut path: Vec<usize> = Vec::new();
@@ -206,7 +210,12 @@ impl TurnBuilder {
 
     /// One assistant message from all records of a response, then its answered calls' results
     /// in call order. Calls without a result (interrupted, rejected, still running) are dropped.
-    fn add_response(&mut self, records: &[Record], group: &[usize], results: &HashMap<&str, (&ToolResult, Option<&str>)>) {
+    fn add_response(
+        &mut self,
+        records: &[Record],
+        group: &[usize],
+        results: &HashMap<&str, (&ToolResult, Option<&str>)>,
+    ) {
         let mut texts: Vec<&str> = Vec::new();
         let mut thinking: Vec<&str> = Vec::new();
         let mut calls: Vec<ToolCall> = Vec::new();
@@ -293,7 +302,10 @@ fn finish(turn: TurnBuilder, info: &FileInfo, session_id: &Option<String>, conve
     let key = format!("{session}\n{agent}\n{}", turn.prompt_uuid);
     // Ends on an answer, with no call left open (a turn still being written, or interrupted).
     let complete = turn.unanswered_calls == 0
-        && turn.messages.last().is_some_and(|m| m.role == Role::Assistant && m.tool_calls.is_empty() && m.content.is_some());
+        && turn
+            .messages
+            .last()
+            .is_some_and(|m| m.role == Role::Assistant && m.tool_calls.is_empty() && m.content.is_some());
 
     let mut metadata = Map::new();
     let mut put = |key: &str, value: Value| {

@@ -99,8 +99,8 @@ pub fn alive(pid: u32) -> bool {
         return false;
     }
     // Safety: signal 0 only asks whether the process exists.
-    let exists = unsafe { libc::kill(pid_t, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    let exists =
+        unsafe { libc::kill(pid_t, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     if !exists {
         return false;
     }
@@ -131,7 +131,11 @@ pub fn running(data_dir: &Path) -> Option<PidFile> {
 
 /// Whether the watcher runs, what it tracks and captured, and whether the hook is in the
 /// settings file at `settings_path` (not checked when `None`).
-pub fn engine_status(data_dir: &Path, store: &Store, settings_path: Option<&Path>) -> Result<EngineStatus, CaptureError> {
+pub fn engine_status(
+    data_dir: &Path,
+    store: &Store,
+    settings_path: Option<&Path>,
+) -> Result<EngineStatus, CaptureError> {
     let pid_file = running(data_dir);
     let state: Option<EngineState> = read_json(&data_dir.join(STATE_FILE));
     let db = store.connect()?;
@@ -144,7 +148,8 @@ pub fn engine_status(data_dir: &Path, store: &Store, settings_path: Option<&Path
         .as_ref()
         .and_then(|s| s.last_capture_at.clone())
         .or_else(|| files.iter().filter(|f| f.n_traces > 0).map(|f| f.scanned_at.clone()).max());
-    let hook_installed = settings_path.and_then(|p| hook::read_settings(p).ok()).is_some_and(|(doc, _)| hook::is_installed(&doc));
+    let hook_installed =
+        settings_path.and_then(|p| hook::read_settings(p).ok()).is_some_and(|(doc, _)| hook::is_installed(&doc));
     Ok(EngineStatus {
         running: pid_file.is_some(),
         pid: pid_file.as_ref().map(|p| p.pid),
@@ -180,7 +185,12 @@ pub struct StartOptions {
 
 impl Default for StartOptions {
     fn default() -> StartOptions {
-        StartOptions { interval: 30, max_tool_result_bytes: super::DEFAULT_MAX_TOOL_RESULT_BYTES, redact: Vec::new(), no_default_redactions: false }
+        StartOptions {
+            interval: 30,
+            max_tool_result_bytes: super::DEFAULT_MAX_TOOL_RESULT_BYTES,
+            redact: Vec::new(),
+            no_default_redactions: false,
+        }
     }
 }
 
@@ -212,7 +222,12 @@ pub enum EngineError {
 /// Start `<binary> --data-dir <data_dir> engine run ...` detached, watching `roots`, unless a
 /// watcher already runs for this data dir. The data dir is created and made absolute and so are
 /// the roots, so the child depends on no cwd; it reads no `CLAUDE_CONFIG_DIR`.
-pub fn start(binary: &Path, data_dir: &Path, roots: &[PathBuf], options: &StartOptions) -> Result<StartOutcome, EngineError> {
+pub fn start(
+    binary: &Path,
+    data_dir: &Path,
+    roots: &[PathBuf],
+    options: &StartOptions,
+) -> Result<StartOutcome, EngineError> {
     if options.interval < 1 {
         return Err(EngineError::BadInterval);
     }

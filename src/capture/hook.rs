@@ -57,7 +57,10 @@ pub enum InstallOutcome {
 }
 
 /// The `hooks.SessionEnd` array, created when absent; `None` when the document has another shape.
-fn session_end_groups<'a>(settings: &'a mut Value, create: bool) -> Result<Option<&'a mut Vec<Value>>, (String, &'static str)> {
+fn session_end_groups<'a>(
+    settings: &'a mut Value,
+    create: bool,
+) -> Result<Option<&'a mut Vec<Value>>, (String, &'static str)> {
     let Some(root) = settings.as_object_mut() else { return Err(("the document".into(), "an object")) };
     if !root.contains_key("hooks") {
         if !create {
@@ -82,7 +85,8 @@ fn session_end_groups<'a>(settings: &'a mut Value, create: bool) -> Result<Optio
 
 /// Add the hook running `command` to a settings document.
 pub fn install(settings: &mut Value, command: &str, path: &Path) -> Result<InstallOutcome, HookError> {
-    let shape = |(what, expected): (String, &'static str)| HookError::Shape { path: path.to_path_buf(), what, expected };
+    let shape =
+        |(what, expected): (String, &'static str)| HookError::Shape { path: path.to_path_buf(), what, expected };
     let groups = session_end_groups(settings, true).map_err(shape)?.expect("created when absent");
     for group in groups.iter_mut() {
         let Some(hooks) = group.get_mut("hooks").and_then(Value::as_array_mut) else { continue };
@@ -103,7 +107,8 @@ pub fn install(settings: &mut Value, command: &str, path: &Path) -> Result<Insta
 /// goes too, so an install followed by an uninstall gives back the original document.
 /// Returns how many hooks were removed.
 pub fn uninstall(settings: &mut Value, path: &Path) -> Result<usize, HookError> {
-    let shape = |(what, expected): (String, &'static str)| HookError::Shape { path: path.to_path_buf(), what, expected };
+    let shape =
+        |(what, expected): (String, &'static str)| HookError::Shape { path: path.to_path_buf(), what, expected };
     let Some(groups) = session_end_groups(settings, false).map_err(shape)? else { return Ok(0) };
     let mut removed = 0;
     groups.retain_mut(|group| {
@@ -141,7 +146,8 @@ pub fn read_settings(path: &Path) -> Result<(Value, bool), HookError> {
     match std::fs::read_to_string(path) {
         Ok(text) if text.trim().is_empty() => Ok((Value::Object(Map::new()), true)),
         Ok(text) => {
-            let value = serde_json::from_str(&text).map_err(|source| HookError::Invalid { path: path.to_path_buf(), source })?;
+            let value = serde_json::from_str(&text)
+                .map_err(|source| HookError::Invalid { path: path.to_path_buf(), source })?;
             Ok((value, true))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok((Value::Object(Map::new()), false)),
@@ -153,7 +159,8 @@ pub fn read_settings(path: &Path) -> Result<(Value, bool), HookError> {
 /// the document to a temp file beside it and rename it over the original. Returns the backup.
 pub fn write_settings(path: &Path, settings: &Value) -> Result<Option<PathBuf>, HookError> {
     let write_error = |source| HookError::Write { path: path.to_path_buf(), source };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "settings.json".into());
+    let file_name =
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "settings.json".into());
     let backup = if path.exists() {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
         let backup = path.with_file_name(format!("{file_name}.understudy-backup-{stamp}"));
@@ -229,7 +236,9 @@ pub struct FileChange {
 pub fn install_file(path: &Path, trigger_file: &Path) -> Result<FileChange, HookError> {
     let (mut settings, _) = read_settings(path)?;
     let (action, entry) = match install(&mut settings, &hook_command(trigger_file), path)? {
-        InstallOutcome::AlreadyInstalled => return Ok(FileChange { action: "already_installed", entry: None, removed: 0, backup: None }),
+        InstallOutcome::AlreadyInstalled => {
+            return Ok(FileChange { action: "already_installed", entry: None, removed: 0, backup: None })
+        }
         InstallOutcome::Added(entry) => ("added", entry),
         InstallOutcome::Updated(entry) => ("updated", entry),
     };

@@ -32,8 +32,8 @@ impl RedactionPattern {
         if !valid_name {
             return Err(RedactionError::BadSpec(format!("{name}={pattern}")));
         }
-        let regex = Regex::new(pattern)
-            .map_err(|source| RedactionError::BadPattern { name: name.to_string(), source })?;
+        let regex =
+            Regex::new(pattern).map_err(|source| RedactionError::BadPattern { name: name.to_string(), source })?;
         Ok(RedactionPattern { name: name.to_string(), regex })
     }
 

@@ -67,7 +67,11 @@ pub fn scan(store: &Store, settings: &CaptureSettings) -> Result<ScanReport, Cap
 }
 
 /// Scan the given transcripts (a hook names one session's files).
-pub fn scan_files(store: &Store, settings: &CaptureSettings, files: &[TranscriptFile]) -> Result<ScanReport, CaptureError> {
+pub fn scan_files(
+    store: &Store,
+    settings: &CaptureSettings,
+    files: &[TranscriptFile],
+) -> Result<ScanReport, CaptureError> {
     let mut db = store.connect()?;
     let mut report = ScanReport::default();
     let mut sessions: BTreeSet<String> = BTreeSet::new();
@@ -86,7 +90,11 @@ pub fn scan_files(store: &Store, settings: &CaptureSettings, files: &[Transcript
                     sessions.insert(session);
                 }
                 if report.unreadable.len() < MAX_LISTED {
-                    report.unreadable.push(ListedLine { file: file.info.relative_path.clone(), line: 0, reason: e.to_string() });
+                    report.unreadable.push(ListedLine {
+                        file: file.info.relative_path.clone(),
+                        line: 0,
+                        reason: e.to_string(),
+                    });
                 }
             }
             Err(ScanOneError::Store(e)) => return Err(e.into()),
@@ -120,7 +128,9 @@ enum Change {
     /// Appended to: lines before this offset were read before.
     Grown(u64),
     /// New, rewritten or truncated: everything is read as new.
-    Fresh { known: bool },
+    Fresh {
+        known: bool,
+    },
 }
 
 fn classify(path: &Path, size: u64, mtime_ns: i64, previous: Option<&CaptureFileRow>) -> std::io::Result<Change> {
@@ -202,7 +212,11 @@ fn scan_one(
             Err(error) => {
                 report.turns_invalid += 1;
                 if report.invalid.len() < MAX_LISTED {
-                    report.invalid.push(ListedLine { file: file.info.relative_path.clone(), line, reason: error.to_string() });
+                    report.invalid.push(ListedLine {
+                        file: file.info.relative_path.clone(),
+                        line,
+                        reason: error.to_string(),
+                    });
                 }
             }
         }
@@ -297,7 +311,12 @@ fn agent_id_of(path: &Path) -> Option<Option<String>> {
     Some(Some(id.to_string()))
 }
 
-fn discover_project(base: &Path, project: &Path, settings: &CaptureSettings, found: &mut Vec<TranscriptFile>) -> Result<(), CaptureError> {
+fn discover_project(
+    base: &Path,
+    project: &Path,
+    settings: &CaptureSettings,
+    found: &mut Vec<TranscriptFile>,
+) -> Result<(), CaptureError> {
     let project_name = project.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let make = |path: PathBuf, session_id: Option<String>, agent_id: Option<String>| {
         let session_dir = session_id.as_ref().map(|s| project.join(s));

@@ -66,14 +66,25 @@ pub struct Context {
 #[derive(Debug, Clone)]
 pub enum Body {
     /// A human prompt (not meta, not a command wrapper, not a compaction summary).
-    Prompt { text: String, images: usize },
+    Prompt {
+        text: String,
+        images: usize,
+    },
     /// `[Request interrupted by user]`.
     Interrupted,
     /// `system/compact_boundary`.
     CompactBoundary,
     /// Tool results, with the subagent a Task result names.
-    ToolResults { results: Vec<ToolResult>, agent_id: Option<String> },
-    Assistant { message_id: String, model: Option<String>, blocks: Vec<Block>, api_error: bool },
+    ToolResults {
+        results: Vec<ToolResult>,
+        agent_id: Option<String>,
+    },
+    Assistant {
+        message_id: String,
+        model: Option<String>,
+        blocks: Vec<Block>,
+        api_error: bool,
+    },
     /// Everything else: meta and command lines, compaction summaries, system lines, bookkeeping,
     /// unknown types. Kept only for the parent links.
     Other,
@@ -306,14 +317,9 @@ fn user_body(map: &Map<String, Value>, context: &ReadContext) -> Body {
             .collect();
         if !results.is_empty() {
             let tool_use_result = map.get("toolUseResult");
-            let agent_id = tool_use_result
-                .and_then(|r| r.get("agentId"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let persisted_path = tool_use_result
-                .and_then(|r| r.get("persistedOutputPath"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let agent_id = tool_use_result.and_then(|r| r.get("agentId")).and_then(Value::as_str).map(str::to_string);
+            let persisted_path =
+                tool_use_result.and_then(|r| r.get("persistedOutputPath")).and_then(Value::as_str).map(str::to_string);
             let results = results
                 .into_iter()
                 .filter_map(|block| tool_result(block, persisted_path.as_deref(), context))
@@ -381,7 +387,9 @@ fn tool_result(block: &Map<String, Value>, persisted_path: Option<&str>, context
             None => {}
         }
         if truncated {
-            content.push_str("\n[understudy: the full output was saved by Claude Code and is not available; result truncated]");
+            content.push_str(
+                "\n[understudy: the full output was saved by Claude Code and is not available; result truncated]",
+            );
         }
     }
     if !reinlined && content.len() > context.max_tool_result_bytes {
@@ -422,7 +430,12 @@ fn read_capped(path: &Path, max: usize) -> io::Result<(String, bool)> {
 
 /// The persisted file of a `<persisted-output>` stub, looked up only under the project's own
 /// `tool-results/` directories (newer: `<session>/tool-results/`, older: `tool-results/`).
-fn find_persisted(content: &str, persisted_path: Option<&str>, tool_use_id: &str, context: &ReadContext) -> Option<PathBuf> {
+fn find_persisted(
+    content: &str,
+    persisted_path: Option<&str>,
+    tool_use_id: &str,
+    context: &ReadContext,
+) -> Option<PathBuf> {
     let named = persisted_path.map(str::to_string).or_else(|| {
         let at = content.find("saved to:")? + "saved to:".len();
         let rest = content[at..].trim_start();
@@ -456,9 +469,8 @@ fn assistant_body(map: &Map<String, Value>) -> Body {
     let model = string(message, "model");
     let api_error = flag(map, "isApiErrorMessage") || model.as_deref() == Some("<synthetic>");
     // Records without a message id cannot be merged with others; their uuid stands in.
-    let message_id = string(message, "id")
-        .or_else(|| string(map, "uuid").map(|u| format!("uuid:{u}")))
-        .unwrap_or_default();
+    let message_id =
+        string(message, "id").or_else(|| string(map, "uuid").map(|u| format!("uuid:{u}"))).unwrap_or_default();
     let mut blocks = Vec::new();
     match message.get("content") {
         Some(Value::String(text)) if !text.is_empty() => blocks.push(Block::Text(text.clone())),
@@ -511,7 +523,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s1.jsonl");
         let mut file = File::create(&path).unwrap();
-        writeln!(file, r#"{{"type":"user","uuid":"u1","parentUuid":null,"message":{{"role":"user","content":"hi"}}}}"#).unwrap();
+        writeln!(file, r#"{{"type":"user","uuid":"u1","parentUuid":null,"message":{{"role":"user","content":"hi"}}}}"#)
+            .unwrap();
         writeln!(file, "{{not json").unwrap();
         writeln!(file, "[1,2]").unwrap();
         writeln!(file).unwrap();

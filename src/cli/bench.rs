@@ -91,8 +91,9 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
                 crate::export::ExportSource::ModelDir(super::generate::model_dir(config, &model)?)
             };
             let templates = crate::bootstrap::templates::builtin();
-            let traces: Vec<crate::traces::Trace> =
-                (0..prompts).filter_map(|i| crate::bootstrap::generator::generate(&templates, 0xbe4c_e790, i).ok()).collect();
+            let traces: Vec<crate::traces::Trace> = (0..prompts)
+                .filter_map(|i| crate::bootstrap::generator::generate(&templates, 0xbe4c_e790, i).ok())
+                .collect();
             let work = std::env::temp_dir().join(format!("understudy-bench-export-{}", ulid::Ulid::new()));
             let figures = crate::export::bench::export(&source, &traces, max_tokens, &work);
             let _ = std::fs::remove_dir_all(&work);
@@ -121,7 +122,11 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
             let store = Store::open(&dir)?;
             let started = Instant::now();
             let params = BootstrapParams { traces, seed, templates: Vec::new() };
-            let job = store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
+            let job = store.connect()?.insert_job(
+                JobKind::Bootstrap.as_str(),
+                &params_value(&params),
+                Some(std::process::id()),
+            )?;
             let job = run_job(&store, job, None)?;
             let seconds = started.elapsed().as_secs_f64();
             let _ = std::fs::remove_dir_all(&dir);

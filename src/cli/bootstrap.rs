@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use super::progress::TerminalProgress;
 use super::print_json;
+use super::progress::TerminalProgress;
 use crate::bootstrap::templates;
 use crate::config::Config;
 use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
@@ -55,7 +55,8 @@ pub fn run(config: &Config, args: BootstrapArgs) -> anyhow::Result<ExitCode> {
         eprintln!("seed {seed} (pass --seed {seed} to reproduce this run)");
     }
     let params = BootstrapParams { traces: args.traces, seed, templates: args.only.clone() };
-    let job = store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
+    let job =
+        store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
     let bar = TerminalProgress::count("bootstrap");
     let finished = run_job(&store, job, Some(&bar))?;
     bar.finish();
@@ -68,7 +69,13 @@ pub fn run(config: &Config, args: BootstrapArgs) -> anyhow::Result<ExitCode> {
         if finished.status == JobStatus::Succeeded {
             let report = super::import::import_dpo_file(config, &path, true)?;
             imported = report.imported as u64;
-            eprintln!("imported {} preference pairs from {} ({} duplicates, {} rejected)", report.imported, path.display(), report.duplicates, report.rejected);
+            eprintln!(
+                "imported {} preference pairs from {} ({} duplicates, {} rejected)",
+                report.imported,
+                path.display(),
+                report.duplicates,
+                report.rejected
+            );
             for error in report.errors.iter().take(20) {
                 eprintln!("  {}:{}: {}", path.display(), error.line, error.reason);
             }
@@ -80,7 +87,8 @@ pub fn run(config: &Config, args: BootstrapArgs) -> anyhow::Result<ExitCode> {
 /// Print a bootstrap job's statistics; shared with `jobs resume`.
 pub fn report_bootstrap(store: &Store, job: &JobRecord, imported: u64, json: bool) -> anyhow::Result<ExitCode> {
     let result = super::finished_result(job, "bootstrap", "understudy jobs resume")?;
-    let mut report: BootstrapReport = serde_json::from_value(result).context("the bootstrap job stored an unreadable report")?;
+    let mut report: BootstrapReport =
+        serde_json::from_value(result).context("the bootstrap job stored an unreadable report")?;
     report.imported = imported;
     report.total_traces = store.connect()?.count_traces(&Default::default())? as u64;
     if json {

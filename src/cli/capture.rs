@@ -60,11 +60,7 @@ impl CaptureArgs {
     }
 
     pub fn settings(&self) -> anyhow::Result<CaptureSettings> {
-        let extra = self
-            .redact
-            .iter()
-            .map(|spec| RedactionPattern::parse_spec(spec))
-            .collect::<Result<Vec<_>, _>>()?;
+        let extra = self.redact.iter().map(|spec| RedactionPattern::parse_spec(spec)).collect::<Result<Vec<_>, _>>()?;
         let redactor = if self.no_default_redactions { Redactor::new(extra) } else { Redactor::with_defaults(extra) };
         anyhow::ensure!(self.max_tool_result_bytes >= 256, "--max-tool-result-bytes must be at least 256");
         Ok(CaptureSettings {

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::progress::TerminalProgress;
 use super::print_json;
+use super::progress::TerminalProgress;
 use crate::config::Config;
 use crate::dataset::{datasets_dir, DatasetConfig};
 use crate::jobs::build_dataset::{params_value, BuildParams};
@@ -94,7 +94,11 @@ pub fn build(config: &Config, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let dataset_config = args.to_config()?;
     let store = Store::open(config.data_dir())?;
     let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
-    let job = store.connect()?.insert_job(JobKind::BuildDataset.as_str(), &params_value(&params), Some(std::process::id()))?;
+    let job = store.connect()?.insert_job(
+        JobKind::BuildDataset.as_str(),
+        &params_value(&params),
+        Some(std::process::id()),
+    )?;
     let bar = TerminalProgress::count("dataset");
     let finished = run_job(&store, job, Some(&bar))?;
     bar.finish();
@@ -147,8 +151,17 @@ pub fn run(config: &Config, command: DatasetsCommand) -> anyhow::Result<ExitCode
             println!("{}  {}  ({})", row.id, row.name, row.path);
             println!("model       {}", row.config["model"]);
             println!("template    {}   vocab {}", stats["template"].as_str().unwrap_or(""), stats["vocab_size"]);
-            println!("examples    train {} (weighted {}), val {}, test {}", stats["examples"]["train"], stats["weighted_train"], stats["examples"]["val"], stats["examples"]["test"]);
-            println!("pairs       train {}, val {}, test {}", stats["pairs"]["train"], stats["pairs"]["val"], stats["pairs"]["test"]);
+            println!(
+                "examples    train {} (weighted {}), val {}, test {}",
+                stats["examples"]["train"],
+                stats["weighted_train"],
+                stats["examples"]["val"],
+                stats["examples"]["test"]
+            );
+            println!(
+                "pairs       train {}, val {}, test {}",
+                stats["pairs"]["train"], stats["pairs"]["val"], stats["pairs"]["test"]
+            );
             println!(
                 "tokens      {} total, {} trained ({:.1}% mask coverage), mean {:.0}, max {}",
                 stats["tokens_total"],
@@ -164,7 +177,8 @@ pub fn run(config: &Config, command: DatasetsCommand) -> anyhow::Result<ExitCode
                 println!("  <= {:>6}  {:>6}  {}", bin["up_to"], count, "#".repeat((count as usize).min(60)));
             }
             for (label, key) in [("sources", "by_source"), ("categories", "by_category"), ("tools", "by_tool")] {
-                let parts: Vec<String> = stats[key].as_object().into_iter().flatten().map(|(k, v)| format!("{k} {v}")).collect();
+                let parts: Vec<String> =
+                    stats[key].as_object().into_iter().flatten().map(|(k, v)| format!("{k} {v}")).collect();
                 println!("{label:<11} {}", parts.join(", "));
             }
         }

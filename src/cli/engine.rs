@@ -270,7 +270,9 @@ fn install(config: &Config, args: HookArgs) -> anyhow::Result<ExitCode> {
     let change = hook::install_file(&path, &absolute_data_dir(config)?.join(TRIGGER_FILE))?;
     if args.json {
         let changed = change.action != "already_installed";
-        print_json(&json!({"settings": path, "changed": changed, "installed": true, "action": change.action, "entry": change.entry, "backup": change.backup}))?;
+        print_json(
+            &json!({"settings": path, "changed": changed, "installed": true, "action": change.action, "entry": change.entry, "backup": change.backup}),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     match &change.entry {

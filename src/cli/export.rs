@@ -63,11 +63,20 @@ pub fn run(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
         None => {
             let wanted = args.model.as_deref().unwrap_or("latest");
             let row = if wanted == "latest" {
-                db.list_models()?.into_iter().next().context("no trained model yet: run `understudy train` first, or pass --model-path")?
+                db.list_models()?
+                    .into_iter()
+                    .next()
+                    .context("no trained model yet: run `understudy train` first, or pass --model-path")?
             } else {
                 db.get_model(wanted)?.with_context(|| format!("--model {wanted}: no such model id"))?
             };
-            (ExportSource::ModelDir(PathBuf::from(&row.path)), row.name.clone(), Some(row.id), row.dataset_id, row.run_id)
+            (
+                ExportSource::ModelDir(PathBuf::from(&row.path)),
+                row.name.clone(),
+                Some(row.id),
+                row.dataset_id,
+                row.run_id,
+            )
         }
     };
     let params = ExportParams {
@@ -114,7 +123,12 @@ pub fn report_export(store: &Store, job: &JobRecord, json: bool) -> anyhow::Resu
     }
     println!("export {}  {}", result["export_id"].as_str().unwrap_or(""), result["dir"].as_str().unwrap_or(""));
     for file in result["files"].as_array().into_iter().flatten().filter(|f| f["format"] == "gguf") {
-        println!("  {}  {} bytes  sha256 {}", file["path"].as_str().unwrap_or(""), file["bytes"], file["sha256"].as_str().unwrap_or(""));
+        println!(
+            "  {}  {} bytes  sha256 {}",
+            file["path"].as_str().unwrap_or(""),
+            file["bytes"],
+            file["sha256"].as_str().unwrap_or("")
+        );
     }
     if let Some(modelfile) = result["modelfile"].as_str() {
         println!("  Modelfile {modelfile}");
@@ -125,7 +139,17 @@ pub fn report_export(store: &Store, job: &JobRecord, json: bool) -> anyhow::Resu
 
 fn print_parity(result: &serde_json::Value) {
     for check in result["parity"]["checks"].as_array().into_iter().flatten() {
-        let mark = if check["passed"] == true { "ok  " } else if check["required"] == true { "FAIL" } else { "warn" };
-        println!("  parity {mark} {:<22} {}", check["name"].as_str().unwrap_or(""), check["detail"].as_str().unwrap_or(""));
+        let mark = if check["passed"] == true {
+            "ok  "
+        } else if check["required"] == true {
+            "FAIL"
+        } else {
+            "warn"
+        };
+        println!(
+            "  parity {mark} {:<22} {}",
+            check["name"].as_str().unwrap_or(""),
+            check["detail"].as_str().unwrap_or("")
+        );
     }
 }

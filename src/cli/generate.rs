@@ -62,7 +62,12 @@ pub fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let system = args.system.clone().unwrap_or_else(|| system_prompt("."));
     let messages = vec![Message::text(Role::System, system), Message::text(Role::User, args.prompt.clone())];
     let tools = if args.tools { default_tools() } else { Vec::new() };
-    let options = GenerateOptions { max_tokens: args.max_tokens, temperature: args.temperature, top_p: args.top_p, seed: args.seed };
+    let options = GenerateOptions {
+        max_tokens: args.max_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
     let generation = model.generate(&messages, &tools, &options)?;
     if args.json {
         let tool_calls: Vec<serde_json::Value> = generation

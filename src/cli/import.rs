@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::progress::TerminalProgress;
 use super::print_json;
+use super::progress::TerminalProgress;
 use crate::config::Config;
 use crate::jobs::import_dpo::ImportDpoParams;
 use crate::jobs::import_traces::{params_value, ImportParams, ImportReport};
@@ -115,7 +115,10 @@ fn import_dpo_command(config: &Config, args: ImportDpoArgs) -> anyhow::Result<Ex
         if args.json {
             print_json(&job)?;
         } else {
-            println!("queued {} (a running `understudy serve` picks it up; see `understudy jobs show {}`)", job.id, job.id);
+            println!(
+                "queued {} (a running `understudy serve` picks it up; see `understudy jobs show {}`)",
+                job.id, job.id
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -153,18 +156,17 @@ fn import_traces(config: &Config, args: ImportTracesArgs) -> anyhow::Result<Exit
     // Refuse unreadable input before touching the store.
     let path = readable_file(&args.file)?;
     let store = Store::open(config.data_dir())?;
-    let params = ImportParams {
-        path,
-        format: args.format.into(),
-        display_name: Some(args.file.display().to_string()),
-    };
+    let params = ImportParams { path, format: args.format.into(), display_name: Some(args.file.display().to_string()) };
     let db = store.connect()?;
     if args.background {
         let job = db.insert_job(JobKind::ImportTraces.as_str(), &params_value(&params), None)?;
         if args.json {
             print_json(&job)?;
         } else {
-            println!("queued {} (a running `understudy serve` picks it up; see `understudy jobs show {}`)", job.id, job.id);
+            println!(
+                "queued {} (a running `understudy serve` picks it up; see `understudy jobs show {}`)",
+                job.id, job.id
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -200,7 +202,9 @@ fn finished_report(job: &JobRecord) -> anyhow::Result<ImportReport> {
         JobStatus::Cancelled => {
             anyhow::bail!("import {} was cancelled; `understudy jobs resume {}` continues it", job.id, job.id)
         }
-        _ => anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("import ended as {}", job.status.as_str()))),
+        _ => {
+            anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("import ended as {}", job.status.as_str())))
+        }
     }
 }
 

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::progress::TerminalProgress;
 use super::print_json;
+use super::progress::TerminalProgress;
 use crate::config::Config;
 use crate::jobs::{run_job, JobKind, JobRecord};
 use crate::store::Store;
@@ -83,7 +83,11 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
         JobsCommand::Resume(args) => {
             let job = db.get_job(&args.id)?.with_context(|| format!("no job with id {:?}", args.id))?;
             if !job.status.is_resumable() {
-                anyhow::bail!("job {} is {}; only interrupted, cancelled or failed jobs resume", job.id, job.status.as_str());
+                anyhow::bail!(
+                    "job {} is {}; only interrupted, cancelled or failed jobs resume",
+                    job.id,
+                    job.status.as_str()
+                );
             }
             if args.background {
                 let job = db.requeue_job(&job.id)?.context("job vanished")?;
@@ -96,7 +100,9 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
             let job = db.get_job(&job.id)?.context("job vanished")?;
             let kind = JobKind::parse(&job.kind);
             let bar = match kind {
-                Some(JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train | JobKind::Export) => TerminalProgress::count(&job.kind),
+                Some(JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train | JobKind::Export) => {
+                    TerminalProgress::count(&job.kind)
+                }
                 _ => TerminalProgress::bytes(&job.kind),
             };
             let finished = run_job(&store, job, Some(&bar))?;
@@ -120,5 +126,13 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
 
 fn summary(job: &JobRecord) -> String {
     let progress = job.percent().map(|p| format!("{p:>3}%")).unwrap_or_else(|| "   -".into());
-    format!("{}  {:<14} {:<11} {}  {}  {}", job.id, job.kind, job.status.as_str(), progress, job.created_at, job.message)
+    format!(
+        "{}  {:<14} {:<11} {}  {}  {}",
+        job.id,
+        job.kind,
+        job.status.as_str(),
+        progress,
+        job.created_at,
+        job.message
+    )
 }

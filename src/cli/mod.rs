@@ -6,9 +6,9 @@ mod bench;
 mod bootstrap;
 mod capture;
 mod dataset;
+mod deploy;
 mod engine;
 mod export;
-mod deploy;
 mod generate;
 mod import;
 mod jobs;
@@ -131,7 +131,8 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("UNDERSTUDY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("understudy=info,actix_web=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// An error chain on one line.
@@ -152,7 +153,10 @@ fn finished_result(job: &crate::jobs::JobRecord, what: &str, resume: &str) -> an
     match job.status {
         JobStatus::Succeeded => {}
         JobStatus::Cancelled => anyhow::bail!("{what} {} was cancelled; `{resume} {}` continues it", job.id, job.id),
-        _ => anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("{what} {} ended as {}", job.id, job.status.as_str()))),
+        _ => anyhow::bail!(
+            "{}",
+            job.error.clone().unwrap_or_else(|| format!("{what} {} ended as {}", job.id, job.status.as_str()))
+        ),
     }
     job.result.clone().ok_or_else(|| anyhow::anyhow!("{what} {} stored no result", job.id))
 }

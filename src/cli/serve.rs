@@ -4,19 +4,19 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::config::{Config, ServeSettings};
 use super::progress::TerminalProgress;
+use crate::config::{Config, ServeSettings};
 use crate::dataset::{datasets_dir, DatasetConfig};
+use crate::export::{ExportSource, Quant};
 use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
 use crate::jobs::build_dataset::{params_value as build_params_value, BuildParams};
-use crate::export::{ExportSource, Quant};
 use crate::jobs::export::{params_value as export_params_value, ExportParams};
 use crate::jobs::train::{params_value as train_params_value, TrainParams};
+use crate::jobs::{run_job, JobKind, JobStatus};
 use crate::model::llama::LlamaConfig;
 use crate::model::source::ModelSource;
-use crate::train::sft::SftConfig;
-use crate::jobs::{run_job, JobKind, JobStatus};
 use crate::store::Store;
+use crate::train::sft::SftConfig;
 use crate::web::Application;
 
 /// Quickstart is reproducible: the same 500 traces on every machine.
@@ -87,19 +87,32 @@ fn keep_best_checkpoint(store: &Store, run_dir: &std::path::Path) -> anyhow::Res
         }
     }
     let scores = crate::train::select::score_checkpoints(run_dir, &prompts, SELECTION_CHECKPOINTS, 96)?;
-    let summary: Vec<String> = scores.iter().map(|s| format!("step {} {}/{}", s.step, s.tool_calls, s.prompts)).collect();
+    let summary: Vec<String> =
+        scores.iter().map(|s| format!("step {} {}/{}", s.step, s.tool_calls, s.prompts)).collect();
     let Some(best) = crate::train::select::best(&scores) else { return Ok(()) };
     if Some(best) != scores.first() {
         crate::train::select::adopt(run_dir, &best.dir)?;
-        eprintln!("      kept step {} (validation prompts with a well-formed tool call: {})", best.step, summary.join(", "));
+        eprintln!(
+            "      kept step {} (validation prompts with a well-formed tool call: {})",
+            best.step,
+            summary.join(", ")
+        );
     } else {
-        eprintln!("      kept the final step (validation prompts with a well-formed tool call: {})", summary.join(", "));
+        eprintln!(
+            "      kept the final step (validation prompts with a well-formed tool call: {})",
+            summary.join(", ")
+        );
     }
     Ok(())
 }
 
 /// Run one pipeline stage as a foreground job with a progress bar; its result, or why it failed.
-fn run_stage(store: &Store, kind: JobKind, params: &serde_json::Value, label: &str) -> anyhow::Result<serde_json::Value> {
+fn run_stage(
+    store: &Store,
+    kind: JobKind,
+    params: &serde_json::Value,
+    label: &str,
+) -> anyhow::Result<serde_json::Value> {
     let job = store.connect()?.insert_job(kind.as_str(), params, Some(std::process::id()))?;
     let bar = TerminalProgress::count(label);
     let job = run_job(store, job, Some(&bar))?;
@@ -116,9 +129,14 @@ const QUICKSTART_EXPORT: &str = "understudy-quickstart";
 
 pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
-    let previous = store.connect()?.list_exports()?.into_iter().find(|e| e.name == QUICKSTART_EXPORT && e.parity_passed);
+    let previous =
+        store.connect()?.list_exports()?.into_iter().find(|e| e.name == QUICKSTART_EXPORT && e.parity_passed);
     if let Some(export) = previous {
-        eprintln!("a previous quickstart's export {} is in {}: serving it (remove the data dir to start over)", export.id, config.data_dir().display());
+        eprintln!(
+            "a previous quickstart's export {} is in {}: serving it (remove the data dir to start over)",
+            export.id,
+            config.data_dir().display()
+        );
         eprintln!("[5/5] serve");
         return serve(config, args);
     }
@@ -130,7 +148,9 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         "      {} new traces, {} already there, {} in the store ({:.2}s)",
         report.synthetic, report.duplicates, report.total_traces, report.seconds
     );
-    eprintln!("[2/5] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks");
+    eprintln!(
+        "[2/5] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks"
+    );
     let dataset_config = DatasetConfig::new("quickstart".into(), ModelSource::Tiny);
     let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
     let result = run_stage(&store, JobKind::BuildDataset, &build_params_value(&params), "dataset")?;
@@ -143,9 +163,12 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         result["truncated"],
         result["dropped"]
     );
-    eprintln!("[3/5] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 6 minutes on 2 cores)");
+    eprintln!(
+        "[3/5] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 6 minutes on 2 cores)"
+    );
     let dataset_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap_or_default());
-    let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let sft = SftConfig {
         max_steps: Some(QUICKSTART_SFT_STEPS),
         epochs: 2,
@@ -190,7 +213,11 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
     };
     let export = run_stage(&store, JobKind::Export, &export_params_value(&params), "export")?;
     for check in export["parity"]["checks"].as_array().into_iter().flatten() {
-        eprintln!("      parity {:<22} {}", check["name"].as_str().unwrap_or(""), check["detail"].as_str().unwrap_or(""));
+        eprintln!(
+            "      parity {:<22} {}",
+            check["name"].as_str().unwrap_or(""),
+            check["detail"].as_str().unwrap_or("")
+        );
     }
     eprintln!("      Modelfile {}", export["modelfile"].as_str().unwrap_or("-"));
     eprintln!("[5/5] serve: the model answers as `{QUICKSTART_EXPORT}` (or `understudy`) on the OpenAI-compatible /v1 endpoint");

@@ -33,7 +33,9 @@ pub fn run(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("data dir   {}", config.data_dir().display());
     println!("database   {} (schema v{})", store.db_path().display(), db.schema_version()?);
     println!("traces     {}", counts.total);
-    for (label, groups) in [("source", &counts.by_source), ("category", &counts.by_category), ("split", &counts.by_split)] {
+    for (label, groups) in
+        [("source", &counts.by_source), ("category", &counts.by_category), ("split", &counts.by_split)]
+    {
         let parts: Vec<String> = groups.iter().map(|g| format!("{} {}", g.name, g.count)).collect();
         if !parts.is_empty() {
             println!("  by {label:<9} {}", parts.join(", "));

@@ -45,7 +45,8 @@ pub fn run(config: &Config, command: TemplatesCommand) -> anyhow::Result<ExitCod
                 print_json(&rows)?;
             } else {
                 for (template, origin) in &templates {
-                    let prompts = template.prompts.len() + template.scenarios.iter().map(|s| s.prompts.len()).sum::<usize>();
+                    let prompts =
+                        template.prompts.len() + template.scenarios.iter().map(|s| s.prompts.len()).sum::<usize>();
                     println!(
                         "{:<20} {:<8} {:>2} scenarios {:>3} prompts  {}",
                         template.name,

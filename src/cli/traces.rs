@@ -220,7 +220,14 @@ fn first_line(text: &str, width: usize) -> String {
 }
 
 fn print_conversation(trace: &Trace) {
-    println!("{}  [{} / {} / {}]  outcome: {}", trace.id, trace.source, trace.category, trace.split.as_str(), trace.outcome.status.as_str());
+    println!(
+        "{}  [{} / {} / {}]  outcome: {}",
+        trace.id,
+        trace.source,
+        trace.category,
+        trace.split.as_str(),
+        trace.outcome.status.as_str()
+    );
     println!("created {}  hash {}", trace.created_at, &trace.content_hash[..16]);
     for message in &trace.messages {
         println!();

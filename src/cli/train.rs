@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::progress::TerminalProgress;
 use super::print_json;
+use super::progress::TerminalProgress;
 use crate::config::Config;
 use crate::jobs::train::{params_value, TrainParams};
 use crate::jobs::{run_job, JobKind, JobRecord};
@@ -89,7 +89,10 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{run_id} is a {} job, not a training run", job.kind);
             }
             if !job.status.is_resumable() {
-                anyhow::bail!("run {run_id} is {}; only interrupted, cancelled or failed runs resume", job.status.as_str());
+                anyhow::bail!(
+                    "run {run_id} is {}; only interrupted, cancelled or failed runs resume",
+                    job.status.as_str()
+                );
             }
             if !db.take_over_job(run_id, std::process::id())? {
                 anyhow::bail!("run {run_id} was taken by another process");
@@ -102,7 +105,11 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
             }
             let dataset = match &args.dataset {
                 Some(id) => db.get_dataset(id)?.with_context(|| format!("no dataset with id {id:?}"))?,
-                None => db.list_datasets()?.into_iter().next().context("no dataset yet: run `understudy build-dataset` first")?,
+                None => db
+                    .list_datasets()?
+                    .into_iter()
+                    .next()
+                    .context("no dataset yet: run `understudy build-dataset` first")?,
             };
             let base = ModelSource::parse(&args.model)?;
             let dataset_dir = std::path::PathBuf::from(&dataset.path);

@@ -22,7 +22,8 @@ pub struct TokenizeFigures {
 
 pub fn tokenize(dataset_dir: &Path, dump_corpus: Option<&Path>, repeats: u32) -> anyhow::Result<TokenizeFigures> {
     let template: ChatTemplate = serde_json::from_str(&std::fs::read_to_string(dataset_dir.join("template.json"))?)?;
-    let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut texts = Vec::new();
     for line in std::fs::read_to_string(dataset_dir.join("train.jsonl"))?.lines() {
         let trace = parse_record(ImportFormat::Canonical, line).map_err(|e| anyhow::anyhow!(e))?;
@@ -43,7 +44,9 @@ pub fn tokenize(dataset_dir: &Path, dump_corpus: Option<&Path>, repeats: u32) ->
     let sequential = started.elapsed().as_secs_f64() / f64::from(repeats);
     let started = Instant::now();
     for _ in 0..repeats {
-        tokenizer.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), false).map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokenizer
+            .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let batch = started.elapsed().as_secs_f64() / f64::from(repeats);
     Ok(TokenizeFigures {

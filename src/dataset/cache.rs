@@ -54,7 +54,8 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let examples = vec![Example { ids: vec![1, 70000, 3], mask: vec![0, 1, 1] }, Example { ids: vec![], mask: vec![] }];
+        let examples =
+            vec![Example { ids: vec![1, 70000, 3], mask: vec![0, 1, 1] }, Example { ids: vec![], mask: vec![] }];
         let mut bytes = Vec::new();
         write(&mut bytes, &examples).unwrap();
         assert_eq!(read(&mut &bytes[..]).unwrap(), examples);

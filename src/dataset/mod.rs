@@ -207,7 +207,11 @@ struct Prepared {
 
 /// Token ids and mask of one rendered trace, truncated at a turn boundary to fit; `None` when
 /// even the first assistant turn does not fit. The bool says whether it was truncated.
-fn tokenize_one(tok: &tokenizers::Tokenizer, rendered: &Rendered, max_len: usize) -> Result<Option<(Example, bool)>, String> {
+fn tokenize_one(
+    tok: &tokenizers::Tokenizer,
+    rendered: &Rendered,
+    max_len: usize,
+) -> Result<Option<(Example, bool)>, String> {
     let (ids, offsets) = tokenizer::encode(tok, &rendered.text).map_err(|e| e.to_string())?;
     let mask: Vec<u8> = offsets
         .iter()
@@ -240,10 +244,8 @@ fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> std::io::Res
 /// did, so rewards can compare and replay.
 fn rl_prompt(trace: &Trace) -> Value {
     let first_user = trace.messages.iter().position(|m| m.role == Role::User).unwrap_or(0);
-    let prompt_messages: Vec<Value> = trace.messages[..=first_user]
-        .iter()
-        .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
-        .collect();
+    let prompt_messages: Vec<Value> =
+        trace.messages[..=first_user].iter().map(|m| json!({"role": m.role.as_str(), "content": m.content})).collect();
     json!({
         "id": trace.id,
         "category": trace.category,
@@ -298,7 +300,10 @@ pub fn build(
     })?;
 
     let mut stats = DatasetStats {
-        template: serde_json::to_value(template.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        template: serde_json::to_value(template.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
         end_of_turn: template.end_of_turn.clone(),
         vocab_size: tokenizer.get_vocab_size(true),
         ..DatasetStats::default()
@@ -345,9 +350,11 @@ pub fn build(
     let lengths: Vec<usize> = train.iter().chain(val.iter()).map(|(_, e)| e.ids.len()).collect();
     stats.tokens_total = train.iter().map(|(_, e)| e.ids.len()).sum();
     stats.tokens_trained = train.iter().map(|(_, e)| e.mask.iter().filter(|&&m| m == 1).count()).sum();
-    stats.mask_coverage = if stats.tokens_total > 0 { stats.tokens_trained as f64 / stats.tokens_total as f64 } else { 0.0 };
+    stats.mask_coverage =
+        if stats.tokens_total > 0 { stats.tokens_trained as f64 / stats.tokens_total as f64 } else { 0.0 };
     stats.max_tokens = lengths.iter().copied().max().unwrap_or(0);
-    stats.mean_tokens = if lengths.is_empty() { 0.0 } else { lengths.iter().sum::<usize>() as f64 / lengths.len() as f64 };
+    stats.mean_tokens =
+        if lengths.is_empty() { 0.0 } else { lengths.iter().sum::<usize>() as f64 / lengths.len() as f64 };
     let mut bound = 64;
     loop {
         let lower = bound / 2;
@@ -362,7 +369,8 @@ pub fn build(
     let mut pairs: Vec<PreferencePair> = pairs;
     pairs.sort_by(|a, b| a.content_hash.cmp(&b.content_hash));
     pairs.dedup_by(|a, b| a.content_hash == b.content_hash);
-    let train_pairs: Vec<&PreferencePair> = pairs.iter().filter(|p| split_of(&p.content_hash) == Split::Train).collect();
+    let train_pairs: Vec<&PreferencePair> =
+        pairs.iter().filter(|p| split_of(&p.content_hash) == Split::Train).collect();
     for pair in &pairs {
         match split_of(&pair.content_hash) {
             Split::Train => stats.pairs.train += 1,
@@ -381,13 +389,23 @@ pub fn build(
     let at = |name: &str| staging.join(name);
     std::fs::write(at("config.json"), serde_json::to_string_pretty(config).expect("config serialises") + "\n")?;
     for (name, split) in [("train.jsonl", Split::Train), ("val.jsonl", Split::Val), ("test.jsonl", Split::Test)] {
-        write_lines(&at(name), prepared.iter().enumerate().filter(|(i, p)| kept[*i] && p.split == split).map(|(_, p)| to_canonical_json(&p.trace)))?;
+        write_lines(
+            &at(name),
+            prepared
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| kept[*i] && p.split == split)
+                .map(|(_, p)| to_canonical_json(&p.trace)),
+        )?;
     }
     write_lines(&at("sft.jsonl"), train.iter().map(|(i, _)| to_openai_json(&prepared[*i].trace)))?;
     write_lines(&at("sft_val.jsonl"), val.iter().map(|(i, _)| to_openai_json(&prepared[*i].trace)))?;
     write_lines(
         &at("dpo.jsonl"),
-        train_pairs.iter().map(|p| json!({"prompt": p.prompt.to_wire(), "chosen": p.chosen.to_wire(), "rejected": p.rejected.to_wire()}).to_string()),
+        train_pairs.iter().map(|p| {
+            json!({"prompt": p.prompt.to_wire(), "chosen": p.chosen.to_wire(), "rejected": p.rejected.to_wire()})
+                .to_string()
+        }),
     )?;
     let mut seen_prompts = BTreeSet::new();
     write_lines(

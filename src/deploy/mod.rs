@@ -107,7 +107,12 @@ struct CreateParameters<'a> {
 
 /// Register the export with Ollama. `progress` receives `(stage, done, total)`: stages are
 /// `checking`, `uploading` (bytes of the GGUF sent), `creating`, `tagging` and `testing`.
-pub fn deploy(export_dir: &Path, manifest: &ExportManifest, options: &DeployOptions, progress: &mut dyn FnMut(&str, u64, u64)) -> Result<DeployReport, DeployError> {
+pub fn deploy(
+    export_dir: &Path,
+    manifest: &ExportManifest,
+    options: &DeployOptions,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<DeployReport, DeployError> {
     let host = base_url(&options.host)?;
     validate_name(&options.name)?;
     validate_tag(&options.name, &options.version_tag)?;
@@ -171,17 +176,38 @@ pub fn deploy(export_dir: &Path, manifest: &ExportManifest, options: &DeployOpti
         files,
         template: &settings.template,
         system: &settings.system,
-        parameters: CreateParameters { stop: &settings.stop, num_ctx: settings.num_ctx, temperature: settings.temperature },
+        parameters: CreateParameters {
+            stop: &settings.stop,
+            num_ctx: settings.num_ctx,
+            temperature: settings.temperature,
+        },
         stream: false,
     };
-    let response = client.agent.post(format!("{host}/api/create")).config().timeout_global(Some(LONG_TIMEOUT)).build().send_json(&create);
+    let response = client
+        .agent
+        .post(format!("{host}/api/create"))
+        .config()
+        .timeout_global(Some(LONG_TIMEOUT))
+        .build()
+        .send_json(&create);
     let body = client.expect(response, "creating the model", &[200])?;
     if body.get("status").and_then(Value::as_str) != Some("success") {
-        return Err(DeployError::Rejected { host, step: "creating the model", status: 200, message: format!("no success status in {body}") });
+        return Err(DeployError::Rejected {
+            host,
+            step: "creating the model",
+            status: 200,
+            message: format!("no success status in {body}"),
+        });
     }
 
     progress("tagging", 0, 0);
-    let response = client.agent.post(format!("{host}/api/copy")).config().timeout_global(Some(PROBE_TIMEOUT)).build().send_json(json!({"source": model, "destination": latest}));
+    let response = client
+        .agent
+        .post(format!("{host}/api/copy"))
+        .config()
+        .timeout_global(Some(PROBE_TIMEOUT))
+        .build()
+        .send_json(json!({"source": model, "destination": latest}));
     client.expect(response, "tagging latest", &[200])?;
 
     let test = if options.test {
@@ -196,7 +222,13 @@ pub fn deploy(export_dir: &Path, manifest: &ExportManifest, options: &DeployOpti
             "stream": false,
             "options": {"temperature": 0, "num_predict": 128},
         });
-        let response = client.agent.post(format!("{host}/api/chat")).config().timeout_global(Some(CHAT_TIMEOUT)).build().send_json(&request);
+        let response = client
+            .agent
+            .post(format!("{host}/api/chat"))
+            .config()
+            .timeout_global(Some(CHAT_TIMEOUT))
+            .build()
+            .send_json(&request);
         let body = client.expect(response, "the test chat", &[200])?;
         let message = body.get("message").cloned().ok_or_else(|| DeployError::Rejected {
             host: host.clone(),
@@ -262,9 +294,14 @@ pub fn base_url(raw: &str) -> Result<String, DeployError> {
     Ok(if path.is_empty() { format!("{scheme}://{host}:{port}") } else { format!("{scheme}://{host}:{port}/{path}") })
 }
 
-fn choose_gguf<'a>(export_dir: &Path, manifest: &'a ExportManifest, quant: Option<&str>) -> Result<&'a ExportFile, DeployError> {
+fn choose_gguf<'a>(
+    export_dir: &Path,
+    manifest: &'a ExportManifest,
+    quant: Option<&str>,
+) -> Result<&'a ExportFile, DeployError> {
     manifest.gguf(quant).ok_or_else(|| {
-        let available: Vec<&str> = manifest.files.iter().filter(|f| f.format == "gguf").filter_map(|f| f.quant.as_deref()).collect();
+        let available: Vec<&str> =
+            manifest.files.iter().filter(|f| f.format == "gguf").filter_map(|f| f.quant.as_deref()).collect();
         DeployError::NoGguf {
             export_dir: export_dir.to_path_buf(),
             wanted: quant.map(|q| format!(" in quant {q}")).unwrap_or_default(),
@@ -297,7 +334,10 @@ fn validate_tag(name: &str, tag: &str) -> Result<(), DeployError> {
     if valid_part(tag, MAX_TAG_LEN) {
         Ok(())
     } else {
-        Err(DeployError::BadName { name: format!("{name}:{tag}"), reason: format!("the tag must be 1 to {MAX_TAG_LEN} of letters, digits, '_', '.', '-'") })
+        Err(DeployError::BadName {
+            name: format!("{name}:{tag}"),
+            reason: format!("the tag must be 1 to {MAX_TAG_LEN} of letters, digits, '_', '.', '-'"),
+        })
     }
 }
 
@@ -323,15 +363,25 @@ impl<'a> Client<'a> {
     }
 
     /// The JSON body (or null when empty) of a response with one of the `accepted` statuses.
-    fn expect(&self, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>, step: &'static str, accepted: &[u16]) -> Result<Value, DeployError> {
-        let mut response = response.map_err(|error| DeployError::Transport { host: self.host.to_string(), step, reason: error.to_string() })?;
+    fn expect(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        step: &'static str,
+        accepted: &[u16],
+    ) -> Result<Value, DeployError> {
+        let mut response = response.map_err(|error| DeployError::Transport {
+            host: self.host.to_string(),
+            step,
+            reason: error.to_string(),
+        })?;
         if !accepted.contains(&response.status().as_u16()) {
             return Err(self.rejected(step, response));
         }
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|error| DeployError::Transport { host: self.host.to_string(), step, reason: error.to_string() })?;
+        let text = response.body_mut().read_to_string().map_err(|error| DeployError::Transport {
+            host: self.host.to_string(),
+            step,
+            reason: error.to_string(),
+        })?;
         if text.trim().is_empty() {
             return Ok(Value::Null);
         }

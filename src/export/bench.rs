@@ -18,7 +18,13 @@ pub fn export(source: &ExportSource, prompts: &[Trace], max_tokens: usize, work_
     let load_seconds = started.elapsed().as_secs_f64();
     std::fs::create_dir_all(work_dir)?;
     let device = Device::Cpu;
-    let reference_model = LoadedModel::from_tensors(bundle.config.clone(), bundle.tensors.clone(), bundle.tokenizer.clone(), bundle.template.clone(), &device)?;
+    let reference_model = LoadedModel::from_tensors(
+        bundle.config.clone(),
+        bundle.tensors.clone(),
+        bundle.tokenizer.clone(),
+        bundle.template.clone(),
+        &device,
+    )?;
     let prompt_refs: Vec<&Trace> = prompts.iter().collect();
     let reference = parity::greedy(&reference_model, &prompt_refs, max_tokens)?;
     let provenance = Provenance { name: "bench".into(), export_id: "bench".into(), ..Provenance::default() };

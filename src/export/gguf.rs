@@ -118,11 +118,15 @@ fn pre_tokenizer_name(pre: &Json) -> &'static str {
 
 /// Tokens padded to `rows` (the embedding rows) with `[PAD{i}]`, types, merges as `"a b"`.
 pub fn vocab(tokenizer: &Tokenizer, rows: usize) -> Result<GgufVocab, GgufError> {
-    let json: Json = serde_json::from_str(&tokenizer.to_string(false).map_err(|e| GgufError::Tokenizer(e.to_string()))?)
-        .map_err(|e| GgufError::Tokenizer(e.to_string()))?;
+    let json: Json =
+        serde_json::from_str(&tokenizer.to_string(false).map_err(|e| GgufError::Tokenizer(e.to_string()))?)
+            .map_err(|e| GgufError::Tokenizer(e.to_string()))?;
     let model = &json["model"];
     if model["type"].as_str() != Some("BPE") {
-        return Err(GgufError::Tokenizer(format!("only byte-level BPE tokenizers can be written to GGUF, not {}", model["type"])));
+        return Err(GgufError::Tokenizer(format!(
+            "only byte-level BPE tokenizers can be written to GGUF, not {}",
+            model["type"]
+        )));
     }
     let mut by_id: Vec<Option<(String, i32)>> = Vec::new();
     let mut put = |id: usize, text: String, kind: i32| {
@@ -138,7 +142,11 @@ pub fn vocab(tokenizer: &Tokenizer, rows: usize) -> Result<GgufVocab, GgufError>
         let special = added["special"].as_bool().unwrap_or(false);
         let text = added["content"].as_str().unwrap_or_default().to_string();
         let looks_special = text.starts_with("<|") && text.ends_with("|>");
-        put(added["id"].as_u64().unwrap_or(0) as usize, text, if special || looks_special { CONTROL } else { USER_DEFINED });
+        put(
+            added["id"].as_u64().unwrap_or(0) as usize,
+            text,
+            if special || looks_special { CONTROL } else { USER_DEFINED },
+        );
     }
     if by_id.len() > rows {
         return Err(GgufError::Vocab { tokens: by_id.len(), rows });
@@ -183,9 +191,14 @@ fn tensor_type(quant: Quant, gguf_name: &str, rank: usize, tied: bool, layers: u
         Quant::F16 => GgmlDType::F16,
         Quant::Q8_0 => GgmlDType::Q8_0,
         Quant::Q4KM => {
-            let layer = gguf_name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
+            let layer =
+                gguf_name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok());
             let more_bits = |part: &str| gguf_name.ends_with(part) && layer.is_some_and(|l| use_more_bits(l, layers));
-            if gguf_name == "output.weight" || (tied && gguf_name == "token_embd.weight") || more_bits("attn_v.weight") || more_bits("ffn_down.weight") {
+            if gguf_name == "output.weight"
+                || (tied && gguf_name == "token_embd.weight")
+                || more_bits("attn_v.weight")
+                || more_bits("ffn_down.weight")
+            {
                 GgmlDType::Q6K
             } else {
                 GgmlDType::Q4K
@@ -225,7 +238,13 @@ pub fn check_quant(config: &LlamaConfig, tensors: &HashMap<String, Tensor>, quan
         let tensor = tensors.get(&hf_name).ok_or_else(|| GgufError::Missing(hf_name.clone()))?;
         let dims = tensor.dims();
         if dims.len() >= 2 {
-            let block = match tensor_type(quant, &gguf_name, dims.len(), config.tie_word_embeddings, config.num_hidden_layers) {
+            let block = match tensor_type(
+                quant,
+                &gguf_name,
+                dims.len(),
+                config.tie_word_embeddings,
+                config.num_hidden_layers,
+            ) {
                 GgmlDType::Q4K | GgmlDType::Q6K => 256,
                 GgmlDType::Q8_0 => 32,
                 _ => 1,
@@ -274,7 +293,14 @@ fn rope_factors(config: &LlamaConfig) -> Option<Vec<f32>> {
 }
 
 /// Every metadata key, typed exactly as llama.cpp reads it.
-fn metadata(config: &LlamaConfig, vocab: &GgufVocab, tokenizer: &Tokenizer, template: &ChatTemplate, quant: Quant, provenance: &Provenance) -> Vec<(String, Value)> {
+fn metadata(
+    config: &LlamaConfig,
+    vocab: &GgufVocab,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    quant: Quant,
+    provenance: &Provenance,
+) -> Vec<(String, Value)> {
     let u32v = |v: usize| Value::U32(v as u32);
     let id_of = |text: &str| (!text.is_empty()).then(|| tokenizer.token_to_id(text)).flatten();
     let mut md: Vec<(String, Value)> = vec![
@@ -322,7 +348,11 @@ fn metadata(config: &LlamaConfig, vocab: &GgufVocab, tokenizer: &Tokenizer, temp
     md.push(("tokenizer.ggml.add_eos_token".into(), Value::Bool(false)));
     md.push(("tokenizer.chat_template".into(), Value::String(template.source.clone())));
     md.push(("understudy.export_id".into(), Value::String(provenance.export_id.clone())));
-    for (key, value) in [("understudy.model_id", &provenance.model_id), ("understudy.dataset_id", &provenance.dataset_id), ("understudy.run_id", &provenance.run_id)] {
+    for (key, value) in [
+        ("understudy.model_id", &provenance.model_id),
+        ("understudy.dataset_id", &provenance.dataset_id),
+        ("understudy.run_id", &provenance.run_id),
+    ] {
         if let Some(value) = value {
             md.push((key.into(), Value::String(value.clone())));
         }
@@ -345,7 +375,10 @@ pub fn write(
     let md = metadata(config, &vocab, tokenizer, template, quant, provenance);
     let mut qtensors: Vec<(String, QTensor)> = Vec::new();
     for (gguf_name, hf_name) in tensor_names(config) {
-        let tensor = tensors.get(&hf_name).ok_or_else(|| GgufError::Missing(hf_name.clone()))?.to_dtype(candle_core::DType::F32)?;
+        let tensor = tensors
+            .get(&hf_name)
+            .ok_or_else(|| GgufError::Missing(hf_name.clone()))?
+            .to_dtype(candle_core::DType::F32)?;
         let tensor = if gguf_name.ends_with("attn_q.weight") {
             permute(&tensor, config.num_attention_heads)?
         } else if gguf_name.ends_with("attn_k.weight") {
@@ -376,7 +409,8 @@ mod tests {
     #[test]
     fn permutation_interleaves_each_head() {
         // One head of dim 4: HF rows [r0 r1 | r2 r3] pair (0,2),(1,3); llama.cpp wants 0,2,1,3.
-        let rows = Tensor::from_vec((0..8u32).map(|v| v as f32).collect::<Vec<_>>(), (4, 2), &candle_core::Device::Cpu).unwrap();
+        let rows = Tensor::from_vec((0..8u32).map(|v| v as f32).collect::<Vec<_>>(), (4, 2), &candle_core::Device::Cpu)
+            .unwrap();
         let permuted = permute(&rows, 1).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(permuted, vec![vec![0., 1.], vec![4., 5.], vec![2., 3.], vec![6., 7.]]);
     }

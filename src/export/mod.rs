@@ -88,10 +88,14 @@ impl Bundle {
         let device = Device::Cpu;
         match source {
             ExportSource::ModelDir(dir) => {
-                let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(name).display()));
+                let read = |name: &str| {
+                    std::fs::read_to_string(dir.join(name))
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(name).display()))
+                };
                 let config: LlamaConfig = serde_json::from_str(&read("config.json")?)?;
                 let template: ChatTemplate = serde_json::from_str(&read("template.json")?)?;
-                let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
+                let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
                 let mut tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &device)?;
                 for tensor in tensors.values_mut() {
                     *tensor = tensor.to_dtype(DType::F32)?;
@@ -154,11 +158,20 @@ fn write_hf(dir: &Path, bundle: &Bundle) -> Result<(), ExportError> {
         "model_max_length": bundle.config.max_position_embeddings,
         "added_tokens_decoder": added,
     });
-    std::fs::write(dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config).map_err(anyhow::Error::from)?)?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tokenizer_config).map_err(anyhow::Error::from)?,
+    )?;
     let generation = json!({"bos_token_id": bos, "eos_token_id": end_ids, "pad_token_id": pad, "do_sample": false});
-    std::fs::write(dir.join("generation_config.json"), serde_json::to_string_pretty(&generation).map_err(anyhow::Error::from)?)?;
+    std::fs::write(
+        dir.join("generation_config.json"),
+        serde_json::to_string_pretty(&generation).map_err(anyhow::Error::from)?,
+    )?;
     std::fs::write(dir.join("chat_template.jinja"), &bundle.template.source)?;
-    std::fs::write(dir.join("template.json"), serde_json::to_string_pretty(&bundle.template).map_err(anyhow::Error::from)?)?;
+    std::fs::write(
+        dir.join("template.json"),
+        serde_json::to_string_pretty(&bundle.template).map_err(anyhow::Error::from)?,
+    )?;
     Ok(())
 }
 
@@ -211,18 +224,39 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
         Some((_, path)) => path.clone(),
         None => {
             let path = staging.join("parity-f32.tmp.gguf");
-            gguf::write(&path, &bundle.config, &bundle.tensors, &bundle.tokenizer, &bundle.template, Quant::F32, &provenance)?;
+            gguf::write(
+                &path,
+                &bundle.config,
+                &bundle.tensors,
+                &bundle.tokenizer,
+                &bundle.template,
+                Quant::F32,
+                &provenance,
+            )?;
             path
         }
     };
 
     advance("parity: tokenization", progress)?;
-    let trained = LoadedModel::from_tensors(bundle.config.clone(), bundle.tensors.clone(), bundle.tokenizer.clone(), bundle.template.clone(), &Device::Cpu)?;
+    let trained = LoadedModel::from_tensors(
+        bundle.config.clone(),
+        bundle.tensors.clone(),
+        bundle.tokenizer.clone(),
+        bundle.template.clone(),
+        &Device::Cpu,
+    )?;
     let mut checks = vec![parity::tokenization(&trained, &parity_f32, &request.held_out)];
     advance("parity: generation", progress)?;
     let quant_paths: Vec<(Quant, &Path)> = gguf_files.iter().map(|(q, p)| (*q, p.as_path())).collect();
     let mut note = |message: &str| tracing::debug!("export {}: {message}", request.export_id);
-    checks.extend(parity::generation_checks(&trained, &parity_f32, &quant_paths, &request.held_out, &request.parity, &mut note)?);
+    checks.extend(parity::generation_checks(
+        &trained,
+        &parity_f32,
+        &quant_paths,
+        &request.held_out,
+        &request.parity,
+        &mut note,
+    )?);
     if parity_f32.file_name().is_some_and(|n| n == "parity-f32.tmp.gguf") {
         std::fs::remove_file(&parity_f32)?;
     }
@@ -241,9 +275,17 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
     for (quant, path) in &gguf_files {
         let (sha256, bytes) = sha256_file(path)?;
         let relative = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        files.push(ExportFile { path: relative, format: "gguf".into(), quant: Some(quant.as_str().into()), sha256, bytes });
+        files.push(ExportFile {
+            path: relative,
+            format: "gguf".into(),
+            quant: Some(quant.as_str().into()),
+            sha256,
+            bytes,
+        });
     }
-    let mut hf_names: Vec<String> = std::fs::read_dir(staging.join("hf"))?.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect();
+    let mut hf_names: Vec<String> = std::fs::read_dir(staging.join("hf"))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
     hf_names.sort();
     for name in hf_names {
         let (sha256, bytes) = sha256_file(&staging.join("hf").join(&name))?;
@@ -272,7 +314,10 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
 
 /// A file-name-safe form of the export name.
 fn file_stem(name: &str) -> String {
-    let stem: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' }).collect();
+    let stem: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
+        .collect();
     if stem.is_empty() {
         "model".into()
     } else {

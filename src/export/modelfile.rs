@@ -119,7 +119,8 @@ fn quoted(text: &str) -> String {
 
 /// The Modelfile text; `from` is the GGUF path relative to the Modelfile.
 pub fn render(from: &str, settings: &OllamaSettings) -> String {
-    let mut out = format!("FROM ./{from}\nTEMPLATE {}\nSYSTEM {}\n", quoted(&settings.template), quoted(&settings.system));
+    let mut out =
+        format!("FROM ./{from}\nTEMPLATE {}\nSYSTEM {}\n", quoted(&settings.template), quoted(&settings.system));
     for stop in &settings.stop {
         out.push_str(&format!("PARAMETER stop {}\n", serde_json::to_string(stop).unwrap_or_default()));
     }

@@ -54,31 +54,53 @@ pub fn tokenization(trained: &LoadedModel, gguf: &Path, held_out: &[Trace]) -> P
     );
     let mut tokens = 0;
     for trace in held_out {
-        let rendered = (trained.template.render(&trace.messages, &trace.tools, false), template.render(&trace.messages, &trace.tools, false));
+        let rendered = (
+            trained.template.render(&trace.messages, &trace.tools, false),
+            template.render(&trace.messages, &trace.tools, false),
+        );
         let (training_text, serving_text) = match rendered {
             (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return check(name, false, true, format!("trace {}: cannot render: {e}", trace.id)),
+            (Err(e), _) | (_, Err(e)) => {
+                return check(name, false, true, format!("trace {}: cannot render: {e}", trace.id))
+            }
         };
         if training_text != serving_text {
             let at = training_text.chars().zip(serving_text.chars()).take_while(|(a, b)| a == b).count();
-            return check(name, false, true, format!("trace {}: the GGUF's chat template renders differently from character {at}", trace.id));
+            return check(
+                name,
+                false,
+                true,
+                format!("trace {}: the GGUF's chat template renders differently from character {at}", trace.id),
+            );
         }
         let encode = |t: &tokenizers::Tokenizer| t.encode(training_text.as_str(), false).map(|e| e.get_ids().to_vec());
         let (Ok(a), Ok(b)) = (encode(&trained.tokenizer), encode(&serving.tokenizer)) else {
             return check(name, false, true, format!("trace {}: a tokenizer failed to encode it", trace.id));
         };
         if let Some(index) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
-            let show = |ids: &[u32], t: &tokenizers::Tokenizer| ids.get(index).map_or("(end)".to_string(), |&id| format!("{id} {:?}", token_text(t, id)));
+            let show = |ids: &[u32], t: &tokenizers::Tokenizer| {
+                ids.get(index).map_or("(end)".to_string(), |&id| format!("{id} {:?}", token_text(t, id)))
+            };
             return check(
                 name,
                 false,
                 true,
-                format!("trace {}: token {index} differs: training {}, GGUF {}", trace.id, show(&a, &trained.tokenizer), show(&b, &serving.tokenizer)),
+                format!(
+                    "trace {}: token {index} differs: training {}, GGUF {}",
+                    trace.id,
+                    show(&a, &trained.tokenizer),
+                    show(&b, &serving.tokenizer)
+                ),
             );
         }
         tokens += a.len();
     }
-    check(name, true, true, format!("{} held-out traces, {tokens} tokens, identical ids (pre-tokenizer {:?})", held_out.len(), serving.pre))
+    check(
+        name,
+        true,
+        true,
+        format!("{} held-out traces, {tokens} tokens, identical ids (pre-tokenizer {:?})", held_out.len(), serving.pre),
+    )
 }
 
 /// The prompt of a held-out trace: its messages before the first assistant turn.
@@ -135,27 +157,50 @@ pub fn generation_checks(
     // (b)
     let mut first_difference = None;
     for ((trace, a), b) in prompts.iter().zip(&reference).zip(&generated) {
-        if let Some(index) = (0..a.token_ids.len().max(b.token_ids.len())).find(|&i| a.token_ids.get(i) != b.token_ids.get(i)) {
-            let show = |g: &Generation| g.token_ids.get(index).map_or("(end of turn)".to_string(), |&id| format!("{id} {:?}", token_text(&trained.tokenizer, id)));
-            first_difference = Some(format!("prompt of trace {}: token {index} differs: trained {}, GGUF {}", trace.id, show(a), show(b)));
+        if let Some(index) =
+            (0..a.token_ids.len().max(b.token_ids.len())).find(|&i| a.token_ids.get(i) != b.token_ids.get(i))
+        {
+            let show = |g: &Generation| {
+                g.token_ids
+                    .get(index)
+                    .map_or("(end of turn)".to_string(), |&id| format!("{id} {:?}", token_text(&trained.tokenizer, id)))
+            };
+            first_difference = Some(format!(
+                "prompt of trace {}: token {index} differs: trained {}, GGUF {}",
+                trace.id,
+                show(a),
+                show(b)
+            ));
             break;
         }
     }
     let tokens: usize = reference.iter().map(|g| g.token_ids.len()).sum();
     checks.push(match first_difference {
-        None => check("greedy_tokens", true, true, format!("{} prompts, {tokens} greedy tokens identical (f32 GGUF vs trained weights)", prompts.len())),
+        None => check(
+            "greedy_tokens",
+            true,
+            true,
+            format!("{} prompts, {tokens} greedy tokens identical (f32 GGUF vs trained weights)", prompts.len()),
+        ),
         Some(detail) => check("greedy_tokens", false, true, detail),
     });
 
     // (c)
-    let stop_ids: Vec<u32> = exported.template.end_of_turn.iter().filter_map(|t| exported.tokenizer.token_to_id(t)).collect();
+    let stop_ids: Vec<u32> =
+        exported.template.end_of_turn.iter().filter_map(|t| exported.tokenizer.token_to_id(t)).collect();
     let content = tokenizer::read_gguf(gguf_f32)?;
-    let types = content.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()).cloned().unwrap_or_default();
+    let types =
+        content.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()).cloned().unwrap_or_default();
     let eos = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
-    let not_control: Vec<u32> = stop_ids.iter().copied().filter(|&id| types.get(id as usize).and_then(|t| t.to_i32().ok()) != Some(3)).collect();
+    let not_control: Vec<u32> = stop_ids
+        .iter()
+        .copied()
+        .filter(|&id| types.get(id as usize).and_then(|t| t.to_i32().ok()) != Some(3))
+        .collect();
     let trained_stops = reference.iter().filter(|g| g.finish_reason != "length").count();
     let exported_stops = generated.iter().filter(|g| g.finish_reason != "length").count();
-    let same_stops = reference.iter().zip(&generated).all(|(a, b)| (a.finish_reason == "length") == (b.finish_reason == "length"));
+    let same_stops =
+        reference.iter().zip(&generated).all(|(a, b)| (a.finish_reason == "length") == (b.finish_reason == "length"));
     let (passed, detail) = if stop_ids.is_empty() {
         (false, "no end-of-turn token of the template is in the GGUF's vocabulary".to_string())
     } else if !not_control.is_empty() {
@@ -170,10 +215,21 @@ pub fn generation_checks(
     checks.push(check("stops_at_end_of_turn", passed, true, detail));
 
     // (d)
-    let with_calls: Vec<&Generation> = generated.iter().filter(|g| !g.parsed.tool_calls.is_empty() && g.parsed.malformed == 0).collect();
+    let with_calls: Vec<&Generation> =
+        generated.iter().filter(|g| !g.parsed.tool_calls.is_empty() && g.parsed.malformed == 0).collect();
     let detail = match with_calls.first() {
-        Some(g) => format!("{}/{} prompts gave parseable tool calls; first: {}({})", with_calls.len(), prompts.len(), g.parsed.tool_calls[0].0, g.parsed.tool_calls[0].1),
-        None => format!("none of {} prompts with tools gave a parseable tool call; first reply: {:?}", prompts.len(), generated.first().map(|g| g.text.chars().take(120).collect::<String>())),
+        Some(g) => format!(
+            "{}/{} prompts gave parseable tool calls; first: {}({})",
+            with_calls.len(),
+            prompts.len(),
+            g.parsed.tool_calls[0].0,
+            g.parsed.tool_calls[0].1
+        ),
+        None => format!(
+            "none of {} prompts with tools gave a parseable tool call; first reply: {:?}",
+            prompts.len(),
+            generated.first().map(|g| g.text.chars().take(120).collect::<String>())
+        ),
     };
     checks.push(check("tool_call", !with_calls.is_empty(), options.require_tool_call, detail));
 
@@ -185,7 +241,12 @@ pub fn generation_checks(
         let model = LoadedModel::load_path(path, &device)?;
         let tokens = greedy(&model, &prompts, options.max_tokens)?;
         let rate = agreement(&reference, &tokens);
-        checks.push(check(&format!("agreement:{}", quant.as_str()), true, false, format!("{:.1}% of greedy tokens agree with the trained model", rate * 100.0)));
+        checks.push(check(
+            &format!("agreement:{}", quant.as_str()),
+            true,
+            false,
+            format!("{:.1}% of greedy tokens agree with the trained model", rate * 100.0),
+        ));
     }
     Ok(checks)
 }

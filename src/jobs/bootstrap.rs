@@ -56,7 +56,8 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         .map_err(|e| JobError::Failed(format!("bad bootstrap parameters: {e}")))?;
     let mut templates: Vec<_> = active_templates(context.db())?.into_iter().map(|(t, _)| t).collect();
     if !params.templates.is_empty() {
-        let unknown: Vec<&String> = params.templates.iter().filter(|n| !templates.iter().any(|t| &t.name == *n)).collect();
+        let unknown: Vec<&String> =
+            params.templates.iter().filter(|n| !templates.iter().any(|t| &t.name == *n)).collect();
         if !unknown.is_empty() {
             return Err(JobError::Failed(format!("unknown template(s): {unknown:?}")));
         }
@@ -68,7 +69,10 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     let mut checkpoint: Checkpoint =
         context.job().checkpoint.clone().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default();
     let earlier_seconds = checkpoint.report.seconds;
-    context.log("info", &format!("generating {} traces from {} templates, seed {}", params.traces, templates.len(), params.seed))?;
+    context.log(
+        "info",
+        &format!("generating {} traces from {} templates, seed {}", params.traces, templates.len(), params.seed),
+    )?;
     let job_id = context.job().id.clone();
     while checkpoint.next_index < params.traces {
         let end = (checkpoint.next_index + BATCH).min(params.traces);
@@ -110,7 +114,10 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     context.metric(params.traces as i64, "traces_per_second", params.traces as f64 / report.seconds.max(1e-9))?;
     context.log(
         "info",
-        &format!("done: {} new, {} duplicates, {} failed in {:.2}s", report.synthetic, report.duplicates, report.failed, report.seconds),
+        &format!(
+            "done: {} new, {} duplicates, {} failed in {:.2}s",
+            report.synthetic, report.duplicates, report.failed, report.seconds
+        ),
     )?;
     Ok(serde_json::to_value(report).expect("report serialises"))
 }

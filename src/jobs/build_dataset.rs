@@ -34,11 +34,15 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     let out_dir = params.datasets_dir.join(&id);
     if out_dir.exists() {
         // A previous run of this job finished writing but not recording; start clean.
-        std::fs::remove_dir_all(&out_dir).map_err(|e| JobError::Failed(format!("cannot clear {}: {e}", out_dir.display())))?;
+        std::fs::remove_dir_all(&out_dir)
+            .map_err(|e| JobError::Failed(format!("cannot clear {}: {e}", out_dir.display())))?;
     }
     std::fs::create_dir_all(&params.datasets_dir)
         .map_err(|e| JobError::Failed(format!("cannot create {}: {e}", params.datasets_dir.display())))?;
-    context.log("info", &format!("building dataset {} ({}) for model {}", id, params.config.name, params.config.model.label()))?;
+    context.log(
+        "info",
+        &format!("building dataset {} ({}) for model {}", id, params.config.name, params.config.model.label()),
+    )?;
     let mut traces = Vec::new();
     context.db().for_each_trace(&TraceFilter::default(), |trace| {
         traces.push(trace);

@@ -40,9 +40,10 @@ fn megabytes(bytes: u64) -> String {
 }
 
 pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: DeployParams =
-        serde_json::from_value(context.job().params.clone()).map_err(|e| JobError::Failed(format!("bad deploy parameters: {e}")))?;
-    let manifest = ExportManifest::read(&params.export_dir).map_err(|e| JobError::Failed(format!("export {}: {e:#}", params.export_id)))?;
+    let params: DeployParams = serde_json::from_value(context.job().params.clone())
+        .map_err(|e| JobError::Failed(format!("bad deploy parameters: {e}")))?;
+    let manifest = ExportManifest::read(&params.export_dir)
+        .map_err(|e| JobError::Failed(format!("export {}: {e:#}", params.export_id)))?;
     if let Some(failed) = manifest.parity.first_failure() {
         return Err(JobError::Failed(format!(
             "export {} failed its parity check {} ({}); deploy an export that passed",
@@ -56,7 +57,10 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         version_tag: version_tag(&manifest.export_id),
         test: params.test,
     };
-    context.log("info", &format!("deploy {} as {}:{} to {}", params.export_id, options.name, options.version_tag, options.host))?;
+    context.log(
+        "info",
+        &format!("deploy {} as {}:{} to {}", params.export_id, options.name, options.version_tag, options.host),
+    )?;
     context.check_cancelled()?;
 
     let outcome = {

@@ -81,8 +81,8 @@ pub fn result_value(manifest: &export::ExportManifest, dir: &std::path::Path) ->
 }
 
 pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: ExportParams =
-        serde_json::from_value(context.job().params.clone()).map_err(|e| JobError::Failed(format!("bad export parameters: {e}")))?;
+    let params: ExportParams = serde_json::from_value(context.job().params.clone())
+        .map_err(|e| JobError::Failed(format!("bad export parameters: {e}")))?;
     let export_id = export_id_of(&context.job().id);
     let own_id = context.job().id.clone();
     let running: Vec<String> = context
@@ -104,10 +104,21 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         run_id: params.run_id.clone(),
         exports_dir: params.exports_dir.clone(),
         held_out,
-        parity: ParityOptions { prompts: params.parity_prompts, max_tokens: params.parity_max_tokens, require_tool_call: params.run_id.is_some() },
+        parity: ParityOptions {
+            prompts: params.parity_prompts,
+            max_tokens: params.parity_max_tokens,
+            require_tool_call: params.run_id.is_some(),
+        },
         system: system_prompt("."),
     };
-    context.log("info", &format!("export {export_id} of {:?} as {}", params.source, params.quants.iter().map(|q| q.as_str()).collect::<Vec<_>>().join(", ")))?;
+    context.log(
+        "info",
+        &format!(
+            "export {export_id} of {:?} as {}",
+            params.source,
+            params.quants.iter().map(|q| q.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    )?;
     let outcome = {
         let mut progress = |message: &str, done: u64, total: u64| -> Result<(), ExportError> {
             let failed = |e: JobError| match e {
@@ -125,13 +136,34 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         Err(other) => return Err(JobError::Failed(other.to_string())),
     };
     let manifest_value = serde_json::to_value(&manifest).expect("manifest serialises");
-    context.db().insert_export(&export_id, params.model_id.as_deref(), &params.name, &dir.display().to_string(), &manifest_value, manifest.parity.passed)?;
+    context.db().insert_export(
+        &export_id,
+        params.model_id.as_deref(),
+        &params.name,
+        &dir.display().to_string(),
+        &manifest_value,
+        manifest.parity.passed,
+    )?;
     for check in &manifest.parity.checks {
-        let level = if check.passed { "info" } else if check.required { "error" } else { "warn" };
-        context.log(level, &format!("parity {}: {} — {}", check.name, if check.passed { "passed" } else { "FAILED" }, check.detail))?;
+        let level = if check.passed {
+            "info"
+        } else if check.required {
+            "error"
+        } else {
+            "warn"
+        };
+        context.log(
+            level,
+            &format!("parity {}: {} — {}", check.name, if check.passed { "passed" } else { "FAILED" }, check.detail),
+        )?;
     }
     if let Some(failed) = manifest.parity.first_failure() {
-        return Err(JobError::Failed(format!("parity check {} failed: {} (the export is kept at {} for inspection)", failed.name, failed.detail, dir.display())));
+        return Err(JobError::Failed(format!(
+            "parity check {} failed: {} (the export is kept at {} for inspection)",
+            failed.name,
+            failed.detail,
+            dir.display()
+        )));
     }
     Ok(result_value(&manifest, &dir))
 }

@@ -53,7 +53,9 @@ struct Checkpoint {
 enum Layout {
     Lines,
     /// One JSON array starting at this byte (after a byte-order mark, if any).
-    Array { start: u64 },
+    Array {
+        start: u64,
+    },
 }
 
 pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
@@ -89,15 +91,8 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         context.log("info", &format!("importing preference pairs from {shown} ({shape})"))?;
     }
 
-    let mut import = PairImport {
-        shown,
-        array,
-        file_bytes,
-        checkpoint,
-        lines: Vec::new(),
-        items: Vec::new(),
-        batch_bytes: 0,
-    };
+    let mut import =
+        PairImport { shown, array, file_bytes, checkpoint, lines: Vec::new(), items: Vec::new(), batch_bytes: 0 };
     match layout {
         Layout::Lines => import.read_lines(context, file)?,
         Layout::Array { start } => import.read_array(context, file, start)?,

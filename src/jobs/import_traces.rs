@@ -87,7 +87,8 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         .unwrap_or_default();
     checkpoint.file_bytes = file_bytes;
     if checkpoint.offset > 0 {
-        context.log("info", &format!("resuming {shown} at line {} (byte {})", checkpoint.lines + 1, checkpoint.offset))?;
+        context
+            .log("info", &format!("resuming {shown} at line {} (byte {})", checkpoint.lines + 1, checkpoint.offset))?;
     } else {
         context.log("info", &format!("importing {shown} as {} traces", params.format))?;
     }
@@ -100,15 +101,15 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     let mut batch: Vec<(usize, Trace)> = Vec::new();
     let mut batch_bytes = 0usize;
     for item in lines {
-        let item = item.map_err(|e| JobError::Failed(format!("cannot read {shown} after line {}: {e}", checkpoint.lines)))?;
+        let item =
+            item.map_err(|e| JobError::Failed(format!("cannot read {shown} after line {}: {e}", checkpoint.lines)))?;
         checkpoint.lines = item.line;
         checkpoint.offset = item.end_offset;
         match item.raw {
             RawLine::Blank => {}
-            RawLine::TooLong { bytes } => checkpoint.report.reject(
-                item.line,
-                format!("record is {bytes} bytes, over the {MAX_RECORD_BYTES}-byte limit per line"),
-            ),
+            RawLine::TooLong { bytes } => checkpoint
+                .report
+                .reject(item.line, format!("record is {bytes} bytes, over the {MAX_RECORD_BYTES}-byte limit per line")),
             RawLine::BadUtf8 { valid_up_to } => {
                 checkpoint.report.reject(item.line, format!("invalid UTF-8 at byte {} of the line", valid_up_to + 1))
             }
@@ -162,10 +163,9 @@ fn commit_batch(
             match outcome {
                 InsertOutcome::Inserted => updated.report.imported += 1,
                 InsertOutcome::Duplicate => updated.report.duplicates += 1,
-                InsertOutcome::IdConflict => updated.report.reject(
-                    *line,
-                    format!("id: {:?} is already used by a different stored trace", trace.id),
-                ),
+                InsertOutcome::IdConflict => updated
+                    .report
+                    .reject(*line, format!("id: {:?} is already used by a different stored trace", trace.id)),
             }
         }
         Some((job_id.clone(), serde_json::to_string(&updated).expect("checkpoint serialises")))

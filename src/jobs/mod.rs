@@ -12,8 +12,8 @@ pub mod deploy;
 pub mod export;
 pub mod import_dpo;
 pub mod import_traces;
-pub mod train;
 mod runner;
+pub mod train;
 
 use std::time::{Duration, Instant};
 
@@ -135,7 +135,9 @@ impl JobRecord {
     /// Progress in percent when the total is known.
     pub fn percent(&self) -> Option<u32> {
         match self.progress_total {
-            Some(total) if total > 0 => Some(((self.progress_done.max(0) as f64 / total as f64) * 100.0).min(100.0) as u32),
+            Some(total) if total > 0 => {
+                Some(((self.progress_done.max(0) as f64 / total as f64) * 100.0).min(100.0) as u32)
+            }
             _ if self.status == JobStatus::Succeeded => Some(100),
             _ => None,
         }
@@ -268,7 +270,8 @@ pub fn run_job_until(
             db.finish_job(&job_id, JobStatus::Cancelled, None, None)?
         }
         Err(JobError::Interrupted) => {
-            let _ = db.add_job_log(&job_id, "warn", "interrupted by shutdown; resume continues from the last checkpoint");
+            let _ =
+                db.add_job_log(&job_id, "warn", "interrupted by shutdown; resume continues from the last checkpoint");
             db.finish_job(&job_id, JobStatus::Interrupted, None, None)?
         }
         Err(error) => {

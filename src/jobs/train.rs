@@ -78,7 +78,10 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     let params: TrainParams = serde_json::from_value(context.job().params.clone())
         .map_err(|e| JobError::Failed(format!("bad train parameters: {e}")))?;
     if params.phase != "sft" {
-        return Err(JobError::Failed(format!("phase {:?} is not available in this build yet (only sft)", params.phase)));
+        return Err(JobError::Failed(format!(
+            "phase {:?} is not available in this build yet (only sft)",
+            params.phase
+        )));
     }
     let run_id = context.job().id.clone();
     let run_dir = params.runs_dir.join(&run_id);
@@ -104,13 +107,22 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     } else {
         let source = ModelSource::parse(&params.base_model).map_err(|e| JobError::Failed(e.to_string()))?;
         let device = crate::model::llama::device_for(&params.sft.device).map_err(JobError::Failed)?;
-        let (_, tensors) = crate::model::weights::load(&source, &device).map_err(|e| JobError::Failed(format!("loading {}: {e}", params.base_model)))?;
+        let (_, tensors) = crate::model::weights::load(&source, &device)
+            .map_err(|e| JobError::Failed(format!("loading {}: {e}", params.base_model)))?;
         sft::Init::Pretrained(tensors)
     };
     let started = std::time::Instant::now();
     let summary = {
         let mut hooks = JobHooks { context: &mut *context, started };
-        sft::train(&params.dataset_dir, &params.model_config, &params.sft, init, &run_dir, resume_dir.as_deref(), &mut hooks)
+        sft::train(
+            &params.dataset_dir,
+            &params.model_config,
+            &params.sft,
+            init,
+            &run_dir,
+            resume_dir.as_deref(),
+            &mut hooks,
+        )
     };
     let summary = match summary {
         Ok(summary) => summary,
@@ -126,7 +138,11 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         "steps": summary.steps,
     });
     let model_path = summary.model_dir.display().to_string();
-    let name = format!("{}-sft-{}", params.base_model.rsplit('/').next().unwrap_or("model"), &run_id[run_id.len().saturating_sub(6)..]);
+    let name = format!(
+        "{}-sft-{}",
+        params.base_model.rsplit('/').next().unwrap_or("model"),
+        &run_id[run_id.len().saturating_sub(6)..]
+    );
     let model_id = match context.db().model_of_run(&run_id)? {
         Some(existing) => existing.id,
         None => context.db().insert_model(&NewModel {

@@ -213,12 +213,28 @@ impl ChatTemplate {
     /// Special tokens the template writes, which a tokenizer must keep whole.
     pub fn special_tokens(&self) -> Vec<String> {
         match self.kind {
-            TemplateKind::ChatmlHermes => ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
-                .map(str::to_string)
-                .to_vec(),
-            TemplateKind::Llama3 => ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"]
-                .map(str::to_string)
-                .to_vec(),
+            TemplateKind::ChatmlHermes => [
+                "<|endoftext|>",
+                "<|im_start|>",
+                "<|im_end|>",
+                "<tool_call>",
+                "</tool_call>",
+                "<tool_response>",
+                "</tool_response>",
+            ]
+            .map(str::to_string)
+            .to_vec(),
+            TemplateKind::Llama3 => [
+                "<|begin_of_text|>",
+                "<|end_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+                "<|eom_id|>",
+                "<|python_tag|>",
+            ]
+            .map(str::to_string)
+            .to_vec(),
             TemplateKind::Custom => {
                 let mut tokens = vec![self.bos_token.clone(), self.eos_token.clone()];
                 tokens.extend(self.end_of_turn.iter().cloned());
@@ -241,7 +257,12 @@ impl ChatTemplate {
     }
 
     /// Render messages (and tools) to text.
-    pub fn render(&self, messages: &[Message], tools: &[Value], add_generation_prompt: bool) -> Result<String, TemplateError> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let environment = self.environment()?;
         self.render_with(&environment, messages, tools, add_generation_prompt)
     }
@@ -310,11 +331,21 @@ mod tests {
             Message {
                 role: Role::Assistant,
                 content: Some("Searching.".into()),
-                tool_calls: vec![ToolCall { id: "call_1".into(), name: "Grep".into(), arguments: r#"{"pattern":"auth"}"#.into() }],
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "Grep".into(),
+                    arguments: r#"{"pattern":"auth"}"#.into(),
+                }],
                 tool_call_id: None,
                 name: None,
             },
-            Message { role: Role::Tool, content: Some("src/auth.py:1:def auth()".into()), tool_calls: vec![], tool_call_id: Some("call_1".into()), name: None },
+            Message {
+                role: Role::Tool,
+                content: Some("src/auth.py:1:def auth()".into()),
+                tool_calls: vec![],
+                tool_call_id: Some("call_1".into()),
+                name: None,
+            },
             Message::text(Role::Assistant, "In src/auth.py."),
         ]
     }
@@ -331,7 +362,9 @@ mod tests {
                 "In src/auth.py.<|im_end|>"
             ]
         );
-        assert!(rendered.text.contains("<|im_start|>user\n<tool_response>\nsrc/auth.py:1:def auth()\n</tool_response><|im_end|>"));
+        assert!(rendered
+            .text
+            .contains("<|im_start|>user\n<tool_response>\nsrc/auth.py:1:def auth()\n</tool_response><|im_end|>"));
         assert_eq!(*rendered.message_ends.last().unwrap(), rendered.text.len());
     }
 
@@ -396,7 +429,11 @@ mod parse_tests {
     fn hermes_tool_calls_are_parsed() {
         let template = ChatTemplate::chatml_hermes();
         let reply = template.parse_reply("Searching.\n<tool_call>\n{\"name\": \"Grep\", \"arguments\": {\"pattern\": \"x\"}}\n</tool_call>\n<tool_call>\nnot json\n</tool_call>");
-        assert_eq!(reply.content.as_deref(), Some("Searching.\n<tool_call>\nnot json\n</tool_call>"), "a block that does not parse stays visible");
+        assert_eq!(
+            reply.content.as_deref(),
+            Some("Searching.\n<tool_call>\nnot json\n</tool_call>"),
+            "a block that does not parse stays visible"
+        );
         assert_eq!(reply.tool_calls, vec![("Grep".to_string(), serde_json::json!({"pattern": "x"}))]);
         assert_eq!(reply.malformed, 1);
         let llama = ChatTemplate::llama3().parse_reply("{\"name\": \"Read\", \"parameters\": {\"file_path\": \"a\"}}");

@@ -109,7 +109,12 @@ impl LoadedModel {
         self.template.end_of_turn.iter().filter_map(|t| self.tokenizer.token_to_id(t)).collect()
     }
 
-    pub fn generate(&self, messages: &[Message], tools: &[Value], options: &GenerateOptions) -> anyhow::Result<Generation> {
+    pub fn generate(
+        &self,
+        messages: &[Message],
+        tools: &[Value],
+        options: &GenerateOptions,
+    ) -> anyhow::Result<Generation> {
         let prompt = self.template.render(messages, tools, true)?;
         let encoding = self.tokenizer.encode(prompt.as_str(), false).map_err(error)?;
         let prompt_ids = encoding.get_ids().to_vec();

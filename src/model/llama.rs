@@ -4,8 +4,8 @@
 //! `ops::softmax`) and generation (with a KV cache). Weight names follow Hugging Face, so
 //! checkpoints load from and save to the same safetensors layout.
 
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use super::ops;
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +96,8 @@ impl LlamaConfig {
     /// Inverse RoPE frequencies, with Llama 3 scaling when configured.
     fn inverse_frequencies(&self) -> Vec<f32> {
         let head_dim = self.head_dim();
-        let base: Vec<f64> = (0..head_dim).step_by(2).map(|i| 1.0 / self.rope_theta.powf(i as f64 / head_dim as f64)).collect();
+        let base: Vec<f64> =
+            (0..head_dim).step_by(2).map(|i| 1.0 / self.rope_theta.powf(i as f64 / head_dim as f64)).collect();
         let Some(scaling) = &self.rope_scaling else {
             return base.into_iter().map(|f| f as f32).collect();
         };
@@ -133,7 +134,8 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
-    pub const PROJECTIONS: [&'static str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    pub const PROJECTIONS: [&'static str; 7] =
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
@@ -206,10 +208,12 @@ impl Proj {
         let input = match self.seed.get() {
             Some(seed) if self.dropout > 0.0 => {
                 use rand::{Rng, SeedableRng};
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let mut rng =
+                    rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let keep = 1.0 - self.dropout;
-                let mask: Vec<f32> =
-                    (0..x.elem_count()).map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect();
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| if rng.random::<f64>() < keep { (1.0 / keep) as f32 } else { 0.0 })
+                    .collect();
                 (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
             }
             _ => x.clone(),
@@ -279,13 +283,19 @@ impl Llama {
 
     /// Build with LoRA adapters on the targeted projections, read from `adapters`
     /// (`<projection>.lora_A.weight` (rank, in) and `.lora_B.weight` (out, rank)).
-    pub fn new_with_lora(config: LlamaConfig, vb: VarBuilder, lora: Option<(&LoraConfig, VarBuilder)>) -> Result<Llama> {
+    pub fn new_with_lora(
+        config: LlamaConfig,
+        vb: VarBuilder,
+        lora: Option<(&LoraConfig, VarBuilder)>,
+    ) -> Result<Llama> {
         config.validate().map_err(candle_core::Error::msg)?;
         let (d, head_dim) = (config.hidden_size, config.head_dim());
         let (n_heads, n_kv) = (config.num_attention_heads, config.num_key_value_heads);
         let embed_weight = vb.pp("model.embed_tokens").get((config.vocab_size, d), "weight")?;
         let embed_tokens = Embedding::new(embed_weight.clone(), d);
-        let linear = |vb: VarBuilder, input: usize, output: usize| -> Result<Linear> { Ok(Linear::new(vb.get((output, input), "weight")?, None)) };
+        let linear = |vb: VarBuilder, input: usize, output: usize| -> Result<Linear> {
+            Ok(Linear::new(vb.get((output, input), "weight")?, None))
+        };
         let dropout_seed = DropoutSeed::default();
         let counter = std::cell::Cell::new(0u64);
         let proj = |prefix: &str, vb: VarBuilder, input: usize, output: usize| -> Result<Proj> {
@@ -343,9 +353,14 @@ impl Llama {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
         if offset + t > self.config.max_position_embeddings {
-            candle_core::bail!("sequence of {} tokens is longer than the model's {} positions", offset + t, self.config.max_position_embeddings);
+            candle_core::bail!(
+                "sequence of {} tokens is longer than the model's {} positions",
+                offset + t,
+                self.config.max_position_embeddings
+            );
         }
-        let (n_heads, n_kv, head_dim) = (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
+        let (n_heads, n_kv, head_dim) =
+            (self.config.num_attention_heads, self.config.num_key_value_heads, self.config.head_dim());
         let cos = self.cos.narrow(0, offset, t)?;
         let sin = self.sin.narrow(0, offset, t)?;
         let total = offset + t;
@@ -357,11 +372,16 @@ impl Llama {
             None
         } else {
             let mask: Vec<f32> = (0..group)
-                .flat_map(|_| (0..t).flat_map(move |i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })))
+                .flat_map(|_| {
+                    (0..t).flat_map(move |i| {
+                        (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })
+                    })
+                })
                 .collect();
             Some(Tensor::from_vec(mask, (group * t, total), ids.device())?)
         };
-        let rope = |x: &Tensor| if fused { ops::rope(x, &cos, &sin) } else { candle_nn::rotary_emb::rope_slow(x, &cos, &sin) };
+        let rope =
+            |x: &Tensor| if fused { ops::rope(x, &cos, &sin) } else { candle_nn::rotary_emb::rope_slow(x, &cos, &sin) };
         let mut x = self.embed_tokens.forward(ids)?;
         for (index, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &block.input_norm, self.config.rms_norm_eps)?;
@@ -386,11 +406,16 @@ impl Llama {
                 None => ops::causal_softmax(&q.matmul(&k.t()?)?, t, offset, scale)?,
                 Some(mask) => candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?, D::Minus1)?,
             };
-            let y = attention.matmul(&v)?.reshape((b, n_heads, t, head_dim))?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
+            let y = attention.matmul(&v)?.reshape((b, n_heads, t, head_dim))?.transpose(1, 2)?.reshape((
+                b,
+                t,
+                n_heads * head_dim,
+            ))?;
             x = (x + block.o_proj.forward(&y)?)?;
             let h = rms_norm(&x, &block.post_attention_norm, self.config.rms_norm_eps)?;
             let (gate, up) = (block.gate_proj.forward(&h)?, block.up_proj.forward(&h)?);
-            let mlp = block.down_proj.forward(&if fused { ops::silu_mul(&gate, &up)? } else { (gate.silu()? * up)? })?;
+            let mlp =
+                block.down_proj.forward(&if fused { ops::silu_mul(&gate, &up)? } else { (gate.silu()? * up)? })?;
             x = (x + mlp)?;
         }
         rms_norm(&x, &self.norm, self.config.rms_norm_eps)
@@ -422,7 +447,11 @@ impl Llama {
 /// `logits`: (n, vocab) f32; `targets`: (n,) u32; `mask`: (n,) f32.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
     if ops::fused(logits.device(), logits.dtype()) {
-        return ops::masked_cross_entropy(logits, &targets.to_vec1::<u32>()?, &mask.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
+        return ops::masked_cross_entropy(
+            logits,
+            &targets.to_vec1::<u32>()?,
+            &mask.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+        );
     }
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = log_probs.gather(&targets.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
@@ -436,8 +465,13 @@ pub fn device_for(name: &str) -> std::result::Result<Device, String> {
         // The first CUDA device when built with `--features cuda` and one is present, else CPU.
         "auto" => Device::cuda_if_available(0).map_err(|e| e.to_string()),
         other if other.starts_with("cuda") => {
-            let ordinal = other.strip_prefix("cuda:").map(|n| n.parse::<usize>().map_err(|_| format!("bad device {other:?}"))).transpose()?.unwrap_or(0);
-            Device::new_cuda(ordinal).map_err(|e| format!("{other}: {e} (build with --features cuda on a machine with CUDA)"))
+            let ordinal = other
+                .strip_prefix("cuda:")
+                .map(|n| n.parse::<usize>().map_err(|_| format!("bad device {other:?}")))
+                .transpose()?
+                .unwrap_or(0);
+            Device::new_cuda(ordinal)
+                .map_err(|e| format!("{other}: {e} (build with --features cuda on a machine with CUDA)"))
         }
         other => Err(format!("unknown device {other:?} (expected auto, cpu or cuda[:N])")),
     }

@@ -12,7 +12,9 @@ use rayon::prelude::*;
 /// `UNDERSTUDY_FUSED=0` turns them off (to measure what they save, or to rule them out).
 pub fn fused(device: &Device, dtype: DType) -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("UNDERSTUDY_FUSED").map_or(true, |v| v != "0")) && device.is_cpu() && dtype == DType::F32
+    *ENABLED.get_or_init(|| std::env::var("UNDERSTUDY_FUSED").map_or(true, |v| v != "0"))
+        && device.is_cpu()
+        && dtype == DType::F32
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -97,10 +99,13 @@ impl CustomOp2 for RmsNorm {
                         }
                         gw
                     })
-                    .reduce(|| vec![0f32; d], |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                        a
-                    });
+                    .reduce(
+                        || vec![0f32; d],
+                        |mut a, b| {
+                            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                            a
+                        },
+                    );
                 (gx, gw)
             })
         })??;
@@ -141,7 +146,13 @@ impl CustomOp2 for SiluMul {
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (g_gate, g_up) = with_values(gate, self.name(), |gate| {
             with_values(up, self.name(), |up| {
                 with_values(grad, self.name(), |grad| {
@@ -279,12 +290,14 @@ impl CustomOp1 for CausalSoftmax {
         let back = with_values(res, self.name(), |y| {
             with_values(grad, self.name(), |g| {
                 let mut out = vec![0f32; y.len()];
-                out.par_chunks_mut(total).zip(y.par_chunks(total).zip(g.par_chunks(total))).for_each(|(out, (y, g))| {
-                    let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                    for j in 0..total {
-                        out[j] = self.scale * y[j] * (g[j] - dot);
-                    }
-                });
+                out.par_chunks_mut(total).zip(y.par_chunks(total).zip(g.par_chunks(total))).for_each(
+                    |(out, (y, g))| {
+                        let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                        for j in 0..total {
+                            out[j] = self.scale * y[j] * (g[j] - dot);
+                        }
+                    },
+                );
                 out
             })
         })??;
@@ -412,7 +425,8 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
-        Tensor::from_vec((0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+        Tensor::from_vec((0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<_>>(), shape, &Device::Cpu)
+            .unwrap()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -427,7 +441,10 @@ mod tests {
         let (a, b) = (fused(&tensors), reference(&tensors));
         assert!(max_diff(&a, &b) < 1e-4, "values differ by {}", max_diff(&a, &b));
         let upstream = random(a.dims(), 99);
-        let (ga, gb) = ((&a * &upstream).unwrap().sum_all().unwrap().backward().unwrap(), (&b * &upstream).unwrap().sum_all().unwrap().backward().unwrap());
+        let (ga, gb) = (
+            (&a * &upstream).unwrap().sum_all().unwrap().backward().unwrap(),
+            (&b * &upstream).unwrap().sum_all().unwrap().backward().unwrap(),
+        );
         for (index, var) in vars.iter().enumerate() {
             let (x, y) = (ga.get(var).expect("fused gradient"), gb.get(var).expect("reference gradient"));
             assert!(max_diff(x, y) < 1e-3, "gradient of input {index} differs by {}", max_diff(x, y));
@@ -436,49 +453,76 @@ mod tests {
 
     #[test]
     fn rms_norm_matches_the_composed_formula() {
-        check(&[random(&[3, 5, 16], 1), random(&[16], 2)], |t| rms_norm(&t[0], &t[1], 1e-5).unwrap(), |t| {
-            let ms = t[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-            t[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&t[1]).unwrap()
-        });
+        check(
+            &[random(&[3, 5, 16], 1), random(&[16], 2)],
+            |t| rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            |t| {
+                let ms = t[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                t[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&t[1]).unwrap()
+            },
+        );
     }
 
     #[test]
     fn silu_mul_matches_the_composed_formula() {
-        check(&[random(&[4, 7, 12], 3), random(&[4, 7, 12], 4)], |t| silu_mul(&t[0], &t[1]).unwrap(), |t| (t[0].silu().unwrap() * &t[1]).unwrap());
+        check(
+            &[random(&[4, 7, 12], 3), random(&[4, 7, 12], 4)],
+            |t| silu_mul(&t[0], &t[1]).unwrap(),
+            |t| (t[0].silu().unwrap() * &t[1]).unwrap(),
+        );
     }
 
     #[test]
     fn rope_matches_rope_slow() {
         let (cos, sin) = (random(&[6, 4], 5).cos().unwrap(), random(&[6, 4], 5).sin().unwrap());
-        check(&[random(&[2, 3, 6, 8], 6)], |t| rope(&t[0], &cos, &sin).unwrap(), |t| candle_nn::rotary_emb::rope_slow(&t[0], &cos, &sin).unwrap());
+        check(
+            &[random(&[2, 3, 6, 8], 6)],
+            |t| rope(&t[0], &cos, &sin).unwrap(),
+            |t| candle_nn::rotary_emb::rope_slow(&t[0], &cos, &sin).unwrap(),
+        );
     }
 
     #[test]
     fn causal_softmax_matches_mask_and_softmax() {
         // 2 query groups × 3 new positions after 2 cached ones: (1, 2, 6, 5).
         let (t, offset, scale) = (3usize, 2usize, 0.5f64);
-        let mask: Vec<f32> = (0..2 * t).flat_map(|r| (0..offset + t).map(move |j| if j > offset + r % t { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let mask: Vec<f32> = (0..2 * t)
+            .flat_map(|r| (0..offset + t).map(move |j| if j > offset + r % t { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
         let mask = Tensor::from_vec(mask, (2 * t, offset + t), &Device::Cpu).unwrap();
-        check(&[random(&[1, 2, 2 * t, offset + t], 7)], |x| causal_softmax(&x[0], t, offset, scale).unwrap(), |x| {
-            candle_nn::ops::softmax(&(&x[0] * scale).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap()
-        });
+        check(
+            &[random(&[1, 2, 2 * t, offset + t], 7)],
+            |x| causal_softmax(&x[0], t, offset, scale).unwrap(),
+            |x| candle_nn::ops::softmax(&(&x[0] * scale).unwrap().broadcast_add(&mask).unwrap(), D::Minus1).unwrap(),
+        );
     }
 
     #[test]
     fn a_frozen_product_gives_the_input_gradient_of_a_matmul() {
         let weight = random(&[6, 4], 10);
-        check(&[random(&[5, 4], 11)], |x| frozen_product(&x[0], &weight).unwrap(), |x| x[0].matmul(&weight.t().unwrap()).unwrap());
+        check(
+            &[random(&[5, 4], 11)],
+            |x| frozen_product(&x[0], &weight).unwrap(),
+            |x| x[0].matmul(&weight.t().unwrap()).unwrap(),
+        );
     }
 
     #[test]
     fn cross_entropy_matches_log_softmax_and_gather() {
         let targets = vec![3u32, 0, 9, 4, 4];
         let mask = vec![1f32, 0.0, 1.0, 1.0, 0.0];
-        let (t, m) = (Tensor::new(targets.as_slice(), &Device::Cpu).unwrap(), Tensor::new(mask.as_slice(), &Device::Cpu).unwrap());
-        check(&[random(&[5, 10], 8)], |x| masked_cross_entropy(&x[0], &targets, &mask).unwrap(), |x| {
-            let log_probs = candle_nn::ops::log_softmax(&x[0], D::Minus1).unwrap();
-            let picked = log_probs.gather(&t.unsqueeze(1).unwrap(), 1).unwrap().squeeze(1).unwrap();
-            (picked * &m).unwrap().sum_all().unwrap().neg().unwrap().broadcast_div(&m.sum_all().unwrap()).unwrap()
-        });
+        let (t, m) = (
+            Tensor::new(targets.as_slice(), &Device::Cpu).unwrap(),
+            Tensor::new(mask.as_slice(), &Device::Cpu).unwrap(),
+        );
+        check(
+            &[random(&[5, 10], 8)],
+            |x| masked_cross_entropy(&x[0], &targets, &mask).unwrap(),
+            |x| {
+                let log_probs = candle_nn::ops::log_softmax(&x[0], D::Minus1).unwrap();
+                let picked = log_probs.gather(&t.unsqueeze(1).unwrap(), 1).unwrap().squeeze(1).unwrap();
+                (picked * &m).unwrap().sum_all().unwrap().neg().unwrap().broadcast_div(&m.sum_all().unwrap()).unwrap()
+            },
+        );
     }
 }

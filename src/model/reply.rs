@@ -70,7 +70,16 @@ impl ReplyParser {
             TemplateKind::Custom if template.source.contains("<|start_header_id|>") => Format::JsonLine,
             _ => Format::Tagged,
         };
-        ReplyParser { format, tools, pending: String::new(), held_whitespace: String::new(), started: false, in_call: false, at_line_start: true, malformed: 0 }
+        ReplyParser {
+            format,
+            tools,
+            pending: String::new(),
+            held_whitespace: String::new(),
+            started: false,
+            in_call: false,
+            at_line_start: true,
+            malformed: 0,
+        }
     }
 
     fn content(&mut self, text: &str, out: &mut Vec<ReplyEvent>) {
@@ -279,7 +288,10 @@ mod tests {
         assert_eq!((content, calls.len()), (None, 2));
         assert_eq!(calls[1].arguments, "{\"command\":\"ls\"}");
         assert_eq!(parse(&hermes, true, texts[2]).0.as_deref(), Some("The answer is in src/auth.py, line 3."));
-        assert_eq!(parse(&hermes, true, texts[3]).0.as_deref(), Some("Broken: <tool_call>\nnot json\n</tool_call> end"));
+        assert_eq!(
+            parse(&hermes, true, texts[3]).0.as_deref(),
+            Some("Broken: <tool_call>\nnot json\n</tool_call> end")
+        );
         assert_eq!(parse(&hermes, true, texts[5]).0.as_deref(), Some("a < b <tool and <tool_cal"));
         // Without tools, a tool-call block is just text.
         assert_eq!(parse(&hermes, false, texts[0]).1.len(), 0);

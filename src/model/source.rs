@@ -38,7 +38,10 @@ impl ModelSource {
         let path = Path::new(text);
         if path.is_dir() {
             if !path.join("tokenizer.json").exists() {
-                return Err(SourceError::Invalid { path: text.into(), reason: "the directory has no tokenizer.json".into() });
+                return Err(SourceError::Invalid {
+                    path: text.into(),
+                    reason: "the directory has no tokenizer.json".into(),
+                });
             }
             return Ok(ModelSource::HfDir(path.to_path_buf()));
         }
@@ -67,7 +70,11 @@ impl ModelSource {
             ModelSource::Tiny => {
                 let template = ChatTemplate::chatml_hermes();
                 let texts = corpus(&template);
-                let tokenizer = tokenizer::train_bpe(texts.iter().map(String::as_str), TINY_VOCAB_SIZE, &template.special_tokens())?;
+                let tokenizer = tokenizer::train_bpe(
+                    texts.iter().map(String::as_str),
+                    TINY_VOCAB_SIZE,
+                    &template.special_tokens(),
+                )?;
                 Ok((tokenizer, template))
             }
             ModelSource::HfDir(dir) => {
@@ -79,7 +86,9 @@ impl ModelSource {
                 let token_text = |key: &str| -> String {
                     match &config[key] {
                         serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+                        serde_json::Value::Object(o) => {
+                            o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string()
+                        }
                         _ => String::new(),
                     }
                 };
@@ -87,7 +96,8 @@ impl ModelSource {
                     .as_str()
                     .map(str::to_string)
                     .or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-                let template = ChatTemplate::for_model(own.as_deref(), &token_text("bos_token"), &token_text("eos_token"));
+                let template =
+                    ChatTemplate::for_model(own.as_deref(), &token_text("bos_token"), &token_text("eos_token"));
                 Ok((tokenizer, template))
             }
             ModelSource::Gguf(path) => {

@@ -38,11 +38,13 @@ fn tk(error: impl std::fmt::Display) -> TokenizerError {
 }
 
 pub fn load_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
-    Tokenizer::from_file(path).map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })
+    Tokenizer::from_file(path)
+        .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })
 }
 
 fn split_then_byte_level(regex: &str, byte_level: ByteLevel) -> Result<PreTokenizerWrapper, TokenizerError> {
-    let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tk)?;
+    let split =
+        Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tk)?;
     Ok(Sequence::new(vec![split.into(), byte_level.into()]).into())
 }
 
@@ -51,10 +53,12 @@ fn apply_pre(tokenizer: &mut Tokenizer, pre: &str) -> Result<(), TokenizerError>
     match pre {
         "qwen2" => {
             tokenizer.with_normalizer(Some(NFC));
-            tokenizer.with_pre_tokenizer(Some(split_then_byte_level(QWEN2_REGEX, ByteLevel::new(false, false, false))?));
+            tokenizer
+                .with_pre_tokenizer(Some(split_then_byte_level(QWEN2_REGEX, ByteLevel::new(false, false, false))?));
         }
         "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" => {
-            tokenizer.with_pre_tokenizer(Some(split_then_byte_level(LLAMA3_REGEX, ByteLevel::new(false, true, false))?));
+            tokenizer
+                .with_pre_tokenizer(Some(split_then_byte_level(LLAMA3_REGEX, ByteLevel::new(false, true, false))?));
         }
         // SmolLM / StarCoder: single digits, then GPT-2's byte-level regex.
         "smollm" | "starcoder" | "refact" => {
@@ -89,15 +93,20 @@ pub struct GgufTokenizer {
 }
 
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, TokenizerError> {
-    let mut file = std::fs::File::open(path).map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })?;
-    gguf_file::Content::read(&mut file).map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })?;
+    gguf_file::Content::read(&mut file)
+        .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// Rebuild a byte-level BPE tokenizer from GGUF metadata.
 pub fn from_gguf(content: &gguf_file::Content) -> Result<GgufTokenizer, TokenizerError> {
-    let model = metadata_string(content, "tokenizer.ggml.model").ok_or_else(|| TokenizerError::Gguf("tokenizer.ggml.model is missing".into()))?;
+    let model = metadata_string(content, "tokenizer.ggml.model")
+        .ok_or_else(|| TokenizerError::Gguf("tokenizer.ggml.model is missing".into()))?;
     if model != "gpt2" {
-        return Err(TokenizerError::Gguf(format!("tokenizer.ggml.model {model:?} is not supported (only gpt2 byte-level BPE)")));
+        return Err(TokenizerError::Gguf(format!(
+            "tokenizer.ggml.model {model:?} is not supported (only gpt2 byte-level BPE)"
+        )));
     }
     let strings = |key: &str| -> Result<Vec<String>, TokenizerError> {
         let value = content.metadata.get(key).ok_or_else(|| TokenizerError::Gguf(format!("{key} is missing")))?;
@@ -110,7 +119,11 @@ pub fn from_gguf(content: &gguf_file::Content) -> Result<GgufTokenizer, Tokenize
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
         .into_iter()
-        .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| TokenizerError::Gguf(format!("bad merge {m:?}"))))
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| TokenizerError::Gguf(format!("bad merge {m:?}")))
+        })
         .collect::<Result<_, _>>()?;
     let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let mut builder = BPE::builder().vocab_and_merges(vocab, merges);
@@ -147,7 +160,11 @@ pub fn from_gguf(content: &gguf_file::Content) -> Result<GgufTokenizer, Tokenize
 
 /// Train a byte-level BPE on `texts` with the Qwen2 pipeline; `special_tokens` become single
 /// tokens with the first ids. Every one of the 256 byte symbols is in the vocabulary.
-pub fn train_bpe<'a>(texts: impl Iterator<Item = &'a str> + Send, vocab_size: usize, special_tokens: &[String]) -> Result<Tokenizer, TokenizerError> {
+pub fn train_bpe<'a>(
+    texts: impl Iterator<Item = &'a str> + Send,
+    vocab_size: usize,
+    special_tokens: &[String],
+) -> Result<Tokenizer, TokenizerError> {
     let mut tokenizer = Tokenizer::new(BPE::default());
     apply_pre(&mut tokenizer, "qwen2")?;
     let specials: Vec<AddedToken> = special_tokens.iter().map(|t| AddedToken::from(t.clone(), true)).collect();
@@ -179,7 +196,10 @@ mod tests {
 
     #[test]
     fn trained_tokenizer_keeps_specials_whole_and_round_trips() {
-        let corpus = ["<|im_start|>user\nWhere is the auth check?<|im_end|>", "<|im_start|>assistant\nIn src/auth/tokens.py, line 12.<|im_end|>"];
+        let corpus = [
+            "<|im_start|>user\nWhere is the auth check?<|im_end|>",
+            "<|im_start|>assistant\nIn src/auth/tokens.py, line 12.<|im_end|>",
+        ];
         let texts: Vec<&str> = corpus.iter().copied().cycle().take(200).collect();
         let specials = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string(), "<|im_end|>".to_string()];
         let tokenizer = train_bpe(texts.into_iter(), 400, &specials).unwrap();

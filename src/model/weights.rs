@@ -74,7 +74,8 @@ pub fn read_config(source: &ModelSource) -> anyhow::Result<LlamaConfig> {
 }
 
 fn gguf_config(path: &Path, content: &gguf_file::Content) -> anyhow::Result<LlamaConfig> {
-    let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let arch =
+        content.metadata.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
     if arch != "llama" {
         return Err(err(format!("{}: architecture {arch:?} is not llama", path.display())));
     }

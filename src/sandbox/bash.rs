@@ -131,7 +131,9 @@ impl Workspace {
             }
             "git" => self.git(&rest),
             "pytest" => Ok(self.pytest(&rest)),
-            "python" | "python3" if rest.len() >= 2 && rest[0] == "-m" && rest[1] == "pytest" => Ok(self.pytest(&rest[2..])),
+            "python" | "python3" if rest.len() >= 2 && rest[0] == "-m" && rest[1] == "pytest" => {
+                Ok(self.pytest(&rest[2..]))
+            }
             "make" if rest == ["test"] => Ok(self.pytest(&["-q"])),
             other => Err(format!("Command `{other}` is not allowed in this sandbox. Allowed: {ALLOWED}.")),
         }
@@ -210,7 +212,9 @@ impl Workspace {
             if arg == "-n" {
                 index += 1;
                 count = args.get(index).and_then(|n| n.trim_start_matches('+').parse().ok()).unwrap_or(10);
-            } else if let Some(n) = arg.strip_prefix("-n").or_else(|| arg.strip_prefix('-')).and_then(|n| n.parse().ok()) {
+            } else if let Some(n) =
+                arg.strip_prefix("-n").or_else(|| arg.strip_prefix('-')).and_then(|n| n.parse().ok())
+            {
                 count = n;
             } else {
                 file = Some(arg);
@@ -252,7 +256,9 @@ impl Workspace {
         let mut out = Vec::new();
         for raw in paths {
             match self.path_or_fail(raw, "wc") {
-                Ok(path) if self.files.contains_key(&path) => out.push(format!("{} {raw}", measure(&self.files[&path]))),
+                Ok(path) if self.files.contains_key(&path) => {
+                    out.push(format!("{} {raw}", measure(&self.files[&path])))
+                }
                 Ok(_) => return Run::fail(format!("wc: {raw}: Is a directory")),
                 Err(run) => return run,
             }
@@ -375,9 +381,17 @@ impl Workspace {
             None => None,
         };
         let shown = |relative: &str| -> String {
-            let suffix = if base.is_empty() { relative.to_string() } else { relative[base.len()..].trim_start_matches('/').to_string() };
+            let suffix = if base.is_empty() {
+                relative.to_string()
+            } else {
+                relative[base.len()..].trim_start_matches('/').to_string()
+            };
             let start = start.trim_end_matches('/');
-            if suffix.is_empty() { start.to_string() } else { format!("{start}/{suffix}") }
+            if suffix.is_empty() {
+                start.to_string()
+            } else {
+                format!("{start}/{suffix}")
+            }
         };
         let mut out = Vec::new();
         let mut dirs: Vec<String> = Vec::new();
@@ -422,7 +436,8 @@ impl Workspace {
                         out.push_str(&format!("\t{state}:   {path}\n"));
                     }
                 }
-                let untracked: Vec<&String> = changed.iter().filter(|(_, s)| *s == "new file").map(|(p, _)| p).collect();
+                let untracked: Vec<&String> =
+                    changed.iter().filter(|(_, s)| *s == "new file").map(|(p, _)| p).collect();
                 if !untracked.is_empty() {
                     out.push_str("\nUntracked files:\n");
                     for path in untracked {
@@ -449,14 +464,22 @@ impl Workspace {
                         if oneline {
                             format!("{} {}", c.hash, c.message)
                         } else {
-                            format!("commit {}{}\nAuthor: {}\nDate:   {}\n\n    {}\n", c.hash, "0".repeat(33), c.author, c.date, c.message)
+                            format!(
+                                "commit {}{}\nAuthor: {}\nDate:   {}\n\n    {}\n",
+                                c.hash,
+                                "0".repeat(33),
+                                c.author,
+                                c.date,
+                                c.message
+                            )
                         }
                     })
                     .collect();
                 Ok(Run::ok(lines.join("\n")))
             }
             Some("diff") => {
-                let only: Vec<String> = args[1..].iter().filter(|a| !a.starts_with('-')).filter_map(|p| self.resolve(p)).collect();
+                let only: Vec<String> =
+                    args[1..].iter().filter(|a| !a.starts_with('-')).filter_map(|p| self.resolve(p)).collect();
                 let mut out = String::new();
                 for (path, _) in self.changed_files() {
                     if !only.is_empty() && !only.iter().any(|o| path.starts_with(o.as_str())) {
@@ -466,11 +489,19 @@ impl Workspace {
                     let after = self.files.get(&path).map(String::as_str).unwrap_or("");
                     let diff = similar::TextDiff::from_lines(before, after);
                     out.push_str(&format!("diff --git a/{path} b/{path}\n"));
-                    out.push_str(&diff.unified_diff().context_radius(3).header(&format!("a/{path}"), &format!("b/{path}")).to_string());
+                    out.push_str(
+                        &diff
+                            .unified_diff()
+                            .context_radius(3)
+                            .header(&format!("a/{path}"), &format!("b/{path}"))
+                            .to_string(),
+                    );
                 }
                 Ok(Run::ok(out))
             }
-            Some(other) => Err(format!("`git {other}` is not allowed in this sandbox. Allowed: git status, log, diff, branch.")),
+            Some(other) => {
+                Err(format!("`git {other}` is not allowed in this sandbox. Allowed: git status, log, diff, branch."))
+            }
             None => Err("usage: git status|log|diff|branch".into()),
         }
     }
@@ -548,7 +579,9 @@ fn module_defines(workspace: &Workspace, module: &str, names: &str) -> Result<()
 fn imports_resolve(workspace: &Workspace, test_source: &str) -> Result<(), String> {
     let package = workspace.fact("package").unwrap_or("");
     let mut sources: Vec<&str> = vec![test_source];
-    sources.extend(workspace.files.iter().filter(|(p, _)| p.starts_with("src/") && p.ends_with(".py")).map(|(_, s)| s.as_str()));
+    sources.extend(
+        workspace.files.iter().filter(|(p, _)| p.starts_with("src/") && p.ends_with(".py")).map(|(_, s)| s.as_str()),
+    );
     for source in sources {
         for captures in FROM_IMPORT.captures_iter(source) {
             let module = &captures[1];
@@ -598,8 +631,15 @@ pub(super) fn run_tests(workspace: &Workspace, args: &[&str]) -> (String, bool) 
             if selected_paths.iter().any(|s| s.contains("::") && !s.ends_with(&format!("::{name}"))) {
                 continue;
             }
-            let body: String = source.split(&format!("def {name}(")).nth(1).unwrap_or("").lines().skip(1)
-                .take_while(|l| l.starts_with(' ') || l.is_empty()).collect::<Vec<_>>().join("\n");
+            let body: String = source
+                .split(&format!("def {name}("))
+                .nth(1)
+                .unwrap_or("")
+                .lines()
+                .skip(1)
+                .take_while(|l| l.starts_with(' ') || l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
             let failure = if let Some(error) = &import_error {
                 Some(format!("E   {error}"))
             } else {
@@ -622,7 +662,8 @@ pub(super) fn run_tests(workspace: &Workspace, args: &[&str]) -> (String, bool) 
     files.dedup();
     let mut done = 0;
     for file in &files {
-        let marks: String = outcomes.iter().filter(|o| o.file == *file).map(|o| if o.failure.is_some() { 'F' } else { '.' }).collect();
+        let marks: String =
+            outcomes.iter().filter(|o| o.file == *file).map(|o| if o.failure.is_some() { 'F' } else { '.' }).collect();
         done += marks.len();
         let percent = if outcomes.is_empty() { 100 } else { done * 100 / outcomes.len() };
         if quiet {
@@ -638,11 +679,17 @@ pub(super) fn run_tests(workspace: &Workspace, args: &[&str]) -> (String, bool) 
         out.push_str("\n=================================== FAILURES ===================================\n");
         for outcome in &failed {
             out.push_str(&format!("_________________________ {} _________________________\n", outcome.name));
-            out.push_str(&format!("{}\n{}:{}: AssertionError\n", outcome.failure.as_deref().unwrap_or(""), outcome.file, line_of_test(workspace, outcome)));
+            out.push_str(&format!(
+                "{}\n{}:{}: AssertionError\n",
+                outcome.failure.as_deref().unwrap_or(""),
+                outcome.file,
+                line_of_test(workspace, outcome)
+            ));
         }
         out.push_str("=========================== short test summary info ============================\n");
         for outcome in &failed {
-            let reason = outcome.failure.as_deref().unwrap_or("").lines().last().unwrap_or("").trim_start_matches('E').trim();
+            let reason =
+                outcome.failure.as_deref().unwrap_or("").lines().last().unwrap_or("").trim_start_matches('E').trim();
             out.push_str(&format!("FAILED {}::{} - {reason}\n", outcome.file, outcome.name));
         }
     }
@@ -673,11 +720,14 @@ pub(super) fn run_tests(workspace: &Workspace, args: &[&str]) -> (String, bool) 
 fn evaluate_test(workspace: &Workspace, name: &str, body: &str) -> Option<String> {
     match name {
         "test_accepts_fresh_token" | "test_rejects_expired_token" => {
-            let (expires_at, now, expected) = if name == "test_accepts_fresh_token" { (2000, 1000, true) } else { (1000, 2000, false) };
+            let (expires_at, now, expected) =
+                if name == "test_accepts_fresh_token" { (2000, 1000, true) } else { (1000, 2000, false) };
             let assertion = body.lines().find(|l| l.trim_start().starts_with("assert")).unwrap_or("").trim();
             match check_token(workspace, expires_at, now) {
                 Some(actual) if actual == expected => None,
-                Some(actual) => Some(format!(">       {assertion}\nE       assert {} is {}", py_bool(actual), py_bool(expected))),
+                Some(actual) => {
+                    Some(format!(">       {assertion}\nE       assert {} is {}", py_bool(actual), py_bool(expected)))
+                }
                 None => Some(format!(">       {assertion}\nE       NameError: check_token could not be evaluated")),
             }
         }
@@ -685,7 +735,8 @@ fn evaluate_test(workspace: &Workspace, name: &str, body: &str) -> Option<String
             // Tests written against the helpers: each `assert CALL == VALUE` must be a known fact.
             for captures in ASSERT_EQUALS.captures_iter(body) {
                 let (call, value) = (captures[1].trim(), captures[2].trim());
-                let known = workspace.fact("helper_call") == Some(call) && workspace.fact("helper_result") == Some(value);
+                let known =
+                    workspace.fact("helper_call") == Some(call) && workspace.fact("helper_result") == Some(value);
                 let is_db_test = call.contains(workspace.fact("entities").unwrap_or("\u{0}"));
                 if !known && !is_db_test {
                     return Some(format!(">       assert {call} == {value}\nE       AssertionError: the sandbox cannot confirm {call} == {value}"));
@@ -697,7 +748,11 @@ fn evaluate_test(workspace: &Workspace, name: &str, body: &str) -> Option<String
 }
 
 fn py_bool(value: bool) -> &'static str {
-    if value { "True" } else { "False" }
+    if value {
+        "True"
+    } else {
+        "False"
+    }
 }
 
 #[cfg(test)]

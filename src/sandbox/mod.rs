@@ -38,7 +38,9 @@ impl Workspace {
             "Grep" => self.grep(arguments),
             "Glob" => self.glob(arguments),
             "Bash" => self.bash(arguments),
-            other => ToolOutput::error(format!("Unknown tool {other:?}; available: Read, Write, Edit, Grep, Glob, Bash")),
+            other => {
+                ToolOutput::error(format!("Unknown tool {other:?}; available: Read, Write, Edit, Grep, Glob, Bash"))
+            }
         }
     }
 
@@ -71,7 +73,8 @@ impl Workspace {
     }
 
     pub fn is_dir(&self, relative: &str) -> bool {
-        relative.is_empty() || self.files.keys().any(|p| p.starts_with(relative) && p[relative.len()..].starts_with('/'))
+        relative.is_empty()
+            || self.files.keys().any(|p| p.starts_with(relative) && p[relative.len()..].starts_with('/'))
     }
 
     /// Files under a directory (or the file itself), in path order.

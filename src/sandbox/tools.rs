@@ -69,7 +69,10 @@ pub(crate) fn numbered(content: &str, first_line: usize, limit: usize) -> String
 impl Workspace {
     fn resolve_or_error(&self, raw: &str) -> Result<String, ToolOutput> {
         self.resolve(raw).ok_or_else(|| {
-            ToolOutput::error(format!("Path {raw} is outside the workspace {}; only files inside it can be used", self.root))
+            ToolOutput::error(format!(
+                "Path {raw} is outside the workspace {}; only files inside it can be used",
+                self.root
+            ))
         })
     }
 
@@ -86,7 +89,9 @@ impl Workspace {
         };
         let total = content.lines().count();
         if total == 0 {
-            return ToolOutput::ok("<system-reminder>Warning: the file exists but the contents are empty.</system-reminder>");
+            return ToolOutput::ok(
+                "<system-reminder>Warning: the file exists but the contents are empty.</system-reminder>",
+            );
         }
         if offset > total {
             return ToolOutput::ok(format!(
@@ -124,7 +129,9 @@ impl Workspace {
             return ToolOutput::error("No changes to make: old_string and new_string are exactly the same.");
         }
         if old.is_empty() {
-            return ToolOutput::error("old_string must not be empty for an existing file; use Write to replace the whole file.");
+            return ToolOutput::error(
+                "old_string must not be empty for an existing file; use Write to replace the whole file.",
+            );
         }
         let matches = content.matches(old).count();
         if matches == 0 {
@@ -150,8 +157,8 @@ impl Workspace {
         let path_arg = try_tool!(optional_string(args, "path")).unwrap_or("");
         let glob = try_tool!(optional_string(args, "glob"));
         let mode = try_tool!(optional_string(args, "output_mode")).unwrap_or("files_with_matches");
-        let case_insensitive = try_tool!(optional_bool(args, "case_insensitive"))
-            || try_tool!(optional_bool(args, "-i"));
+        let case_insensitive =
+            try_tool!(optional_bool(args, "case_insensitive")) || try_tool!(optional_bool(args, "-i"));
         let regex = match RegexBuilder::new(pattern).case_insensitive(case_insensitive).build() {
             Ok(regex) => regex,
             Err(e) => return ToolOutput::error(format!("Invalid regular expression {pattern:?}: {e}")),
@@ -296,7 +303,9 @@ mod tests {
         let db = w.fact("db_file").unwrap().to_string();
         let ambiguous = w.edit(&json!({"file_path": db, "old_string": "conn = get_db()", "new_string": "conn = x()"}));
         assert!(ambiguous.is_error && ambiguous.content.contains("replace_all is false"), "{}", ambiguous.content);
-        let all = w.edit(&json!({"file_path": db, "old_string": "conn = get_db()", "new_string": "conn = x()", "replace_all": true}));
+        let all = w.edit(
+            &json!({"file_path": db, "old_string": "conn = get_db()", "new_string": "conn = x()", "replace_all": true}),
+        );
         assert!(!all.is_error);
         assert!(!w.files[&db].contains("conn = get_db()"));
         let (old, new) = (w.fact("bug_old").unwrap().to_string(), w.fact("bug_new").unwrap().to_string());

@@ -31,23 +31,76 @@ pub struct Workspace {
 }
 
 const PROJECTS: &[&str] = &[
-    "ledgerly", "tidepool", "orbitdesk", "parcelhub", "quillstack", "brightcart", "fernwood", "kitehq",
-    "mosaicpay", "northwind-api", "harborline", "pinecrest", "lumenboard", "sparrowmail", "cobaltcrm",
-    "driftwood", "emberlog", "glasshouse", "ironbridge", "junipr", "acornbooks", "bluefin-ops", "canopy", "dockyard",
-    "everpost", "fieldnote", "granary", "hollowpine", "inkwell-api", "jetstream-billing", "keystone-hr", "larkspur",
-    "meridian-crm", "nimbus-desk", "oakline", "pebblepay", "quarry", "riverbend", "saltmarsh", "thimble",
+    "ledgerly",
+    "tidepool",
+    "orbitdesk",
+    "parcelhub",
+    "quillstack",
+    "brightcart",
+    "fernwood",
+    "kitehq",
+    "mosaicpay",
+    "northwind-api",
+    "harborline",
+    "pinecrest",
+    "lumenboard",
+    "sparrowmail",
+    "cobaltcrm",
+    "driftwood",
+    "emberlog",
+    "glasshouse",
+    "ironbridge",
+    "junipr",
+    "acornbooks",
+    "bluefin-ops",
+    "canopy",
+    "dockyard",
+    "everpost",
+    "fieldnote",
+    "granary",
+    "hollowpine",
+    "inkwell-api",
+    "jetstream-billing",
+    "keystone-hr",
+    "larkspur",
+    "meridian-crm",
+    "nimbus-desk",
+    "oakline",
+    "pebblepay",
+    "quarry",
+    "riverbend",
+    "saltmarsh",
+    "thimble",
 ];
 const ENTITIES: &[(&str, &str)] = &[
-    ("user", "users"), ("order", "orders"), ("invoice", "invoices"), ("customer", "customers"),
-    ("ticket", "tickets"), ("product", "products"), ("shipment", "shipments"), ("subscription", "subscriptions"),
-    ("booking", "bookings"), ("payment", "payments"), ("account", "accounts"), ("project", "projects"),
-    ("report", "reports"), ("vendor", "vendors"), ("warehouse", "warehouses"), ("coupon", "coupons"),
+    ("user", "users"),
+    ("order", "orders"),
+    ("invoice", "invoices"),
+    ("customer", "customers"),
+    ("ticket", "tickets"),
+    ("product", "products"),
+    ("shipment", "shipments"),
+    ("subscription", "subscriptions"),
+    ("booking", "bookings"),
+    ("payment", "payments"),
+    ("account", "accounts"),
+    ("project", "projects"),
+    ("report", "reports"),
+    ("vendor", "vendors"),
+    ("warehouse", "warehouses"),
+    ("coupon", "coupons"),
 ];
-const AUTHORS: &[&str] = &["Ana Ruiz", "Tom Becker", "Priya Natarajan", "Wei Zhang", "Sam O'Neill", "Lena Fischer", "Kofi Mensah"];
+const AUTHORS: &[&str] =
+    &["Ana Ruiz", "Tom Becker", "Priya Natarajan", "Wei Zhang", "Sam O'Neill", "Lena Fischer", "Kofi Mensah"];
 const DEPENDENCIES: &[(&str, &str, &str)] = &[
-    ("requests", "2.25.1", "2.32.3"), ("flask", "2.0.3", "3.0.3"), ("sqlalchemy", "1.4.46", "2.0.31"),
-    ("pyjwt", "2.4.0", "2.8.0"), ("pydantic", "1.10.2", "2.7.4"), ("gunicorn", "20.1.0", "22.0.0"),
-    ("redis", "4.3.4", "5.0.7"), ("celery", "5.2.7", "5.4.0"),
+    ("requests", "2.25.1", "2.32.3"),
+    ("flask", "2.0.3", "3.0.3"),
+    ("sqlalchemy", "1.4.46", "2.0.31"),
+    ("pyjwt", "2.4.0", "2.8.0"),
+    ("pydantic", "1.10.2", "2.7.4"),
+    ("gunicorn", "20.1.0", "22.0.0"),
+    ("redis", "4.3.4", "5.0.7"),
+    ("celery", "5.2.7", "5.4.0"),
 ];
 const FRONTEND_PORTS: &[u16] = &[3000, 5173, 4200, 8081];
 const APP_PORTS: &[u16] = &[8000, 8080, 5000, 9000];
@@ -104,10 +157,26 @@ const HELPERS: &[(&str, &str, &str, &str)] = &[
 
 /// Errors planted in the log: (component, message, cause for the answer, config key involved).
 const LOG_ERRORS: &[(&str, &str, &str)] = &[
-    ("db.pool", "could not connect to postgres://db:5433/app: connection refused", "the database URL points at port 5433 but Postgres listens on 5432"),
-    ("payments.client", "timeout after 30000 ms calling https://payments.internal/charge", "the payments service timed out after 30 s"),
-    ("auth.tokens", "signature verification failed: key id 'k2' not found in JWKS", "the signing key 'k2' is missing from the JWKS"),
-    ("worker.email", "SMTPAuthenticationError: 535 5.7.8 Username and Password not accepted", "the SMTP credentials are rejected"),
+    (
+        "db.pool",
+        "could not connect to postgres://db:5433/app: connection refused",
+        "the database URL points at port 5433 but Postgres listens on 5432",
+    ),
+    (
+        "payments.client",
+        "timeout after 30000 ms calling https://payments.internal/charge",
+        "the payments service timed out after 30 s",
+    ),
+    (
+        "auth.tokens",
+        "signature verification failed: key id 'k2' not found in JWKS",
+        "the signing key 'k2' is missing from the JWKS",
+    ),
+    (
+        "worker.email",
+        "SMTPAuthenticationError: 535 5.7.8 Username and Password not accepted",
+        "the SMTP credentials are rejected",
+    ),
 ];
 
 fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
@@ -161,7 +230,14 @@ impl Workspace {
                  python -m {package}.server\n\n## Tests\n\n    python -m pytest\n"
             ),
         );
-        files.insert(format!("{src}/__init__.py"), format!("\"\"\"{project}: {entities} service.\"\"\"\n__version__ = \"0.{}.{}\"\n", rng.random_range(1..9), rng.random_range(0..20)));
+        files.insert(
+            format!("{src}/__init__.py"),
+            format!(
+                "\"\"\"{project}: {entities} service.\"\"\"\n__version__ = \"0.{}.{}\"\n",
+                rng.random_range(1..9),
+                rng.random_range(0..20)
+            ),
+        );
         files.insert(
             format!("{src}/config.py"),
             format!(
@@ -230,7 +306,10 @@ impl Workspace {
         for subpackage in ["api", "auth", "db", "utils"] {
             files.insert(format!("{src}/{subpackage}/__init__.py"), String::new());
         }
-        files.insert(format!("{src}/utils/text.py"), format!("\"\"\"Small text helpers shared by the API and the jobs.\"\"\"\n\n\n{helper_source}"));
+        files.insert(
+            format!("{src}/utils/text.py"),
+            format!("\"\"\"Small text helpers shared by the API and the jobs.\"\"\"\n\n\n{helper_source}"),
+        );
         files.insert(
             format!("{src}/server.py"),
             format!(
@@ -286,16 +365,14 @@ impl Workspace {
                  \"devDependencies\": {{ \"vite\": \"^5.2.0\" }}\n}}\n"
             ),
         );
-        files.insert(
-            "requirements.txt".to_string(),
-            {
-                let mut lines: Vec<String> = DEPENDENCIES.iter().filter(|d| d.0 != dep_name).take(4).map(|(n, v, _)| format!("{n}=={v}")).collect();
-                lines.push(format!("{dep_name}=={dep_old}"));
-                lines.sort();
-                lines.push("pytest==8.2.2".to_string());
-                lines.join("\n") + "\n"
-            },
-        );
+        files.insert("requirements.txt".to_string(), {
+            let mut lines: Vec<String> =
+                DEPENDENCIES.iter().filter(|d| d.0 != dep_name).take(4).map(|(n, v, _)| format!("{n}=={v}")).collect();
+            lines.push(format!("{dep_name}=={dep_old}"));
+            lines.sort();
+            lines.push("pytest==8.2.2".to_string());
+            lines.join("\n") + "\n"
+        });
         files.insert(
             "Dockerfile".to_string(),
             format!(
@@ -339,14 +416,24 @@ impl Workspace {
         let error_at = rng.random_range(n_lines / 3..n_lines - 2);
         let mut error_line = 0;
         for i in 0..n_lines {
-            let stamp = format!("2026-11-{:02} {:02}:{:02}:{:02}", rng.random_range(10..27), 8 + i / 6, (i * 7) % 60, (i * 13) % 60);
+            let stamp = format!(
+                "2026-11-{:02} {:02}:{:02}:{:02}",
+                rng.random_range(10..27),
+                8 + i / 6,
+                (i * 7) % 60,
+                (i * 13) % 60
+            );
             if i == error_at {
                 log.push_str(&format!("{stamp} ERROR {log_component}: {log_message}\n"));
                 error_line = i + 1;
             } else {
                 let routine = match rng.random_range(0..5) {
                     0 => format!("INFO http: GET /api/{entities} 200 {}ms", rng.random_range(3..90)),
-                    1 => format!("INFO http: GET /api/{entities}/{} 200 {}ms", rng.random_range(1..500), rng.random_range(2..40)),
+                    1 => format!(
+                        "INFO http: GET /api/{entities}/{} 200 {}ms",
+                        rng.random_range(1..500),
+                        rng.random_range(2..40)
+                    ),
                     2 => "INFO worker: heartbeat ok".to_string(),
                     3 => format!("WARN http: GET /api/{entities}/search 401 1ms"),
                     _ => "INFO scheduler: nightly cleanup done".to_string(),

@@ -51,10 +51,17 @@ pub enum Finish {
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A generated token (its text arrives as `Text`, possibly later: a character may be partial).
-    Token { id: u32, logprob: Option<TokenLogprob> },
+    Token {
+        id: u32,
+        logprob: Option<TokenLogprob>,
+    },
     /// The next piece of reply text.
     Text(String),
-    Done { finish: Finish, prompt_tokens: usize, completion_tokens: usize },
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     Failed(String),
 }
 
@@ -101,7 +108,12 @@ impl Engine {
     }
 
     /// Queue a request; its events arrive on the returned receiver.
-    pub fn submit(&self, model: Arc<ServedModel>, prompt_ids: Vec<u32>, sampling: Sampling) -> Result<UnboundedReceiver<Event>, EngineError> {
+    pub fn submit(
+        &self,
+        model: Arc<ServedModel>,
+        prompt_ids: Vec<u32>,
+        sampling: Sampling,
+    ) -> Result<UnboundedReceiver<Event>, EngineError> {
         let (events, receiver) = unbounded_channel();
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.sender.try_send(Job { model, prompt_ids, sampling, events }) {
@@ -201,7 +213,16 @@ struct Emitter<'a> {
 impl<'a> Emitter<'a> {
     fn new(model: &'a ServedModel, sampling: &'a Sampling, events: &'a UnboundedSender<Event>) -> Emitter<'a> {
         let longest_stop = sampling.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-        Emitter { model, sampling, events, stops: model.stop_ids(), longest_stop, generated: Vec::new(), text: String::new(), emitted: 0 }
+        Emitter {
+            model,
+            sampling,
+            events,
+            stops: model.stop_ids(),
+            longest_stop,
+            generated: Vec::new(),
+            text: String::new(),
+            emitted: 0,
+        }
     }
 
     fn push(&mut self, id: u32, logits: Option<&[f32]>) -> anyhow::Result<Step> {
@@ -250,19 +271,27 @@ impl<'a> Emitter<'a> {
 /// Decode one request, sending a token event per token; stops when the receiver is dropped.
 fn decode(job: Job) -> anyhow::Result<()> {
     let Job { model, prompt_ids, sampling, events } = job;
-    let options = GenerateOptions { max_tokens: sampling.max_tokens, temperature: sampling.temperature, top_p: sampling.top_p, seed: sampling.seed };
+    let options = GenerateOptions {
+        max_tokens: sampling.max_tokens,
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        seed: sampling.seed,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     let budget = sampling.max_tokens.min(model.context_length.saturating_sub(prompt_ids.len()));
     let mut emitter = Emitter::new(&model, &sampling, &events);
     let finish = match &model.runtime {
-        Runtime::Candle(llama) => decode_candle(llama, &prompt_ids, budget, &mut emitter, |logits| sample(logits, &options, &mut rng))?,
+        Runtime::Candle(llama) => {
+            decode_candle(llama, &prompt_ids, budget, &mut emitter, |logits| sample(logits, &options, &mut rng))?
+        }
         Runtime::MistralRs(runner) => {
             if budget == 0 {
                 Some(Finish::Length)
             } else {
                 let picker = Box::new(move |logits: &[f32]| sample(logits, &options, &mut rng));
                 let stops = emitter.stops.clone();
-                let mut generation = runner.generate(prompt_ids.clone(), budget, &stops, picker, sampling.logprobs.is_some())?;
+                let mut generation =
+                    runner.generate(prompt_ids.clone(), budget, &stops, picker, sampling.logprobs.is_some())?;
                 let mut finish = None;
                 // Leaving the loop drops the generation, which cancels it inside mistral.rs.
                 while let Some(event) = generation.next_event() {
@@ -298,7 +327,13 @@ fn decode(job: Job) -> anyhow::Result<()> {
 }
 
 /// Our own decoder: `None` when the client went away.
-fn decode_candle(llama: &Llama, prompt_ids: &[u32], budget: usize, emitter: &mut Emitter, mut pick: impl FnMut(&[f32]) -> u32) -> anyhow::Result<Option<Finish>> {
+fn decode_candle(
+    llama: &Llama,
+    prompt_ids: &[u32],
+    budget: usize,
+    emitter: &mut Emitter,
+    mut pick: impl FnMut(&[f32]) -> u32,
+) -> anyhow::Result<Option<Finish>> {
     let device = llama.cos_device();
     let mut cache = KvCache::new(llama.config.num_hidden_layers);
     let mut input = Tensor::from_vec(prompt_ids.to_vec(), (1, prompt_ids.len()), &device)?;

@@ -11,12 +11,12 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
 use mistralrs::core::{
-    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig, MistralRsBuilder,
-    NormalLoaderBuilder, NormalLoaderType, NormalSpecificConfig, SchedulerConfig,
+    AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
+    MistralRsBuilder, NormalLoaderBuilder, NormalLoaderType, NormalSpecificConfig, SchedulerConfig,
 };
 use mistralrs::{
-    Constraint, CustomLogitsProcessor, Device, Model, ModelDType, NormalRequest, Request, RequestMessage, Response, SamplingParams,
-    StopTokens, Tensor, TokenSource,
+    Constraint, CustomLogitsProcessor, Device, Model, ModelDType, NormalRequest, Request, RequestMessage, Response,
+    SamplingParams, StopTokens, Tensor, TokenSource,
 };
 
 /// One loaded model on its own mistral.rs engine thread.
@@ -79,23 +79,31 @@ impl MistralRunner {
     /// Start generating after `prompt_ids` (no template or BOS added: the ids are the whole
     /// prompt). The events arrive on the returned receiver as they happen; dropping the
     /// receiver cancels the generation at the next token.
-    pub fn generate(&self, prompt_ids: Vec<u32>, max_len: usize, stop_ids: &[u32], picker: Picker, want_logits: bool) -> anyhow::Result<RunnerGeneration> {
+    pub fn generate(
+        &self,
+        prompt_ids: Vec<u32>,
+        max_len: usize,
+        stop_ids: &[u32],
+        picker: Picker,
+        want_logits: bool,
+    ) -> anyhow::Result<RunnerGeneration> {
         if max_len == 0 {
             bail!("nothing to generate: max_len is 0");
         }
         let (tokens, received) = mpsc::channel::<(u32, Option<Vec<f32>>)>();
         let picker = Mutex::new(picker);
-        let processor: Arc<dyn CustomLogitsProcessor> = Arc::new(move |logits: &Tensor, _context: &[u32]| -> mistralrs::Result<Tensor> {
-            let values: Vec<f32> = logits.to_dtype(mistralrs::DType::F32)?.flatten_all()?.to_vec1()?;
-            let id = (picker.lock().unwrap_or_else(|e| e.into_inner()))(&values) as usize;
-            // The engine's own argmax must pick our id: every other logit is -inf.
-            let mut forced = vec![f32::NEG_INFINITY; values.len()];
-            if let Some(slot) = forced.get_mut(id) {
-                *slot = 0.0;
-            }
-            let _ = tokens.send((id as u32, want_logits.then_some(values)));
-            Tensor::from_vec(forced, logits.shape(), logits.device())
-        });
+        let processor: Arc<dyn CustomLogitsProcessor> =
+            Arc::new(move |logits: &Tensor, _context: &[u32]| -> mistralrs::Result<Tensor> {
+                let values: Vec<f32> = logits.to_dtype(mistralrs::DType::F32)?.flatten_all()?.to_vec1()?;
+                let id = (picker.lock().unwrap_or_else(|e| e.into_inner()))(&values) as usize;
+                // The engine's own argmax must pick our id: every other logit is -inf.
+                let mut forced = vec![f32::NEG_INFINITY; values.len()];
+                if let Some(slot) = forced.get_mut(id) {
+                    *slot = 0.0;
+                }
+                let _ = tokens.send((id as u32, want_logits.then_some(values)));
+                Tensor::from_vec(forced, logits.shape(), logits.device())
+            });
         let params = SamplingParams {
             temperature: Some(0.0),
             top_k: None,
@@ -152,13 +160,19 @@ impl RunnerGeneration {
             let responses = self.responses.as_mut()?;
             let end = match responses.blocking_recv() {
                 // No `CompletionDone` follows a streamed completion: the finish rides on a chunk.
-                Some(Response::CompletionChunk(chunk)) => match chunk.choices.first().and_then(|c| c.finish_reason.as_deref()) {
-                    Some("length") => RunnerEvent::Finished(RunnerFinish::Length),
-                    Some(_) => RunnerEvent::Finished(RunnerFinish::Stop),
-                    None => continue,
-                },
-                Some(Response::CompletionModelError(message, _)) | Some(Response::ModelError(message, _)) => RunnerEvent::Failed(message),
-                Some(Response::InternalError(error)) | Some(Response::ValidationError(error)) => RunnerEvent::Failed(error.to_string()),
+                Some(Response::CompletionChunk(chunk)) => {
+                    match chunk.choices.first().and_then(|c| c.finish_reason.as_deref()) {
+                        Some("length") => RunnerEvent::Finished(RunnerFinish::Length),
+                        Some(_) => RunnerEvent::Finished(RunnerFinish::Stop),
+                        None => continue,
+                    }
+                }
+                Some(Response::CompletionModelError(message, _)) | Some(Response::ModelError(message, _)) => {
+                    RunnerEvent::Failed(message)
+                }
+                Some(Response::InternalError(error)) | Some(Response::ValidationError(error)) => {
+                    RunnerEvent::Failed(error.to_string())
+                }
                 Some(_) => continue,
                 None => RunnerEvent::Failed("the mistral.rs engine stopped before the reply finished".to_string()),
             };
@@ -171,19 +185,43 @@ impl RunnerGeneration {
 async fn build(path: &Path, max_seqs: usize) -> anyhow::Result<Model> {
     let text = |p: &Path| p.to_string_lossy().into_owned();
     let loader = if path.is_dir() {
-        NormalLoaderBuilder::new(NormalSpecificConfig::default(), None, Some(text(&path.join("tokenizer.json"))), Some(text(path)), false, None)
-            .build(Some(NormalLoaderType::Llama))?
+        NormalLoaderBuilder::new(
+            NormalSpecificConfig::default(),
+            None,
+            Some(text(&path.join("tokenizer.json"))),
+            Some(text(path)),
+            false,
+            None,
+        )
+        .build(Some(NormalLoaderType::Llama))?
     } else {
         let dir = path.parent().ok_or_else(|| anyhow!("{}: no parent directory", path.display()))?;
         let file = path.file_name().ok_or_else(|| anyhow!("{}: not a file", path.display()))?;
-        GGUFLoaderBuilder::new(None, None, text(dir), vec![file.to_string_lossy().into_owned()], GGUFSpecificConfig { topology: None }, false, None)
-            .build()
+        GGUFLoaderBuilder::new(
+            None,
+            None,
+            text(dir),
+            vec![file.to_string_lossy().into_owned()],
+            GGUFSpecificConfig { topology: None },
+            false,
+            None,
+        )
+        .build()
     };
     // F32 activations: the builder's Auto picks F16 on CPU, which is slower there and drifts
     // from llama.cpp's greedy output on q8_0.
     let dtype = if cfg!(feature = "cuda") { ModelDType::Auto } else { ModelDType::F32 };
     let pipeline = loader
-        .load_model_from_hf(None, TokenSource::None, &dtype, &device(), true, DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()), None, None)
+        .load_model_from_hf(
+            None,
+            TokenSource::None,
+            &dtype,
+            &device(),
+            true,
+            DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+            None,
+            None,
+        )
         .map_err(|e| anyhow!("mistral.rs could not load {}: {e:#}", path.display()))?;
     let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(max_seqs.try_into()?) };
     let runner = MistralRsBuilder::new(pipeline, scheduler, false, None).with_prefix_cache_n(16).build().await;

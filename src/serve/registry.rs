@@ -67,7 +67,14 @@ pub fn catalog(exports: &[ExportRow], models: &[ModelRow]) -> Vec<CatalogEntry> 
             continue;
         }
         let Some(path) = served_file(row) else { continue };
-        entries.push(CatalogEntry { name: row.name.clone(), version: row.id.clone(), path, created: unix_seconds(&row.created_at), champion: false, exported: true });
+        entries.push(CatalogEntry {
+            name: row.name.clone(),
+            version: row.id.clone(),
+            path,
+            created: unix_seconds(&row.created_at),
+            champion: false,
+            exported: true,
+        });
     }
     let exported: Vec<Option<&str>> = exports.iter().map(|e| e.model_id.as_deref()).collect();
     for model in models {
@@ -84,7 +91,12 @@ pub fn catalog(exports: &[ExportRow], models: &[ModelRow]) -> Vec<CatalogEntry> 
         });
     }
     let champion = champion_model
-        .and_then(|id| exports.iter().find(|e| e.parity_passed && e.model_id.as_deref() == Some(id.as_str())).map(|e| e.name.clone()))
+        .and_then(|id| {
+            exports
+                .iter()
+                .find(|e| e.parity_passed && e.model_id.as_deref() == Some(id.as_str()))
+                .map(|e| e.name.clone())
+        })
         .and_then(|name| entries.iter().position(|e| e.name == name))
         .unwrap_or(0);
     if let Some(entry) = entries.get_mut(champion) {
@@ -142,7 +154,15 @@ impl ServedModel {
             let loaded = LoadedModel::load_path(&entry.path, &Device::Cpu)?;
             let config = &loaded.model.config;
             let (context_length, vocab_size) = (config.max_position_embeddings, config.vocab_size);
-            return Ok(ServedModel { name, version, tokenizer: loaded.tokenizer, template: loaded.template, context_length, vocab_size, runtime: Runtime::Candle(loaded.model) });
+            return Ok(ServedModel {
+                name,
+                version,
+                tokenizer: loaded.tokenizer,
+                template: loaded.template,
+                context_length,
+                vocab_size,
+                runtime: Runtime::Candle(loaded.model),
+            });
         }
         let source = ModelSource::parse(&entry.path.display().to_string())?;
         let config = weights::read_config(&source)?;
@@ -188,7 +208,8 @@ impl Registry {
         if let Some(model) = self.find(&entry.version) {
             return Ok(model);
         }
-        let model = ServedModel::load(entry, self.max_seqs).map_err(|e| anyhow::anyhow!("loading {} ({}): {e:#}", entry.name, entry.path.display()))?;
+        let model = ServedModel::load(entry, self.max_seqs)
+            .map_err(|e| anyhow::anyhow!("loading {} ({}): {e:#}", entry.name, entry.path.display()))?;
         let model = Arc::new(model);
         let mut cache = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = cache.iter().find(|m| m.version == entry.version) {

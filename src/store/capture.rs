@@ -87,7 +87,13 @@ impl Db {
              GROUP BY session ORDER BY MAX(created_at) DESC, session LIMIT ?";
         let mut statement = self.conn.prepare(sql)?;
         let rows = statement.query_map([limit], |row| {
-            Ok(CaptureSession { session_id: row.get(0)?, project: row.get(1)?, git_branch: row.get(2)?, last_at: row.get(3)?, n_traces: row.get(4)? })
+            Ok(CaptureSession {
+                session_id: row.get(0)?,
+                project: row.get(1)?,
+                git_branch: row.get(2)?,
+                last_at: row.get(3)?,
+                n_traces: row.get(4)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

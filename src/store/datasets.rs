@@ -21,11 +21,25 @@ fn dataset_row(row: &Row<'_>) -> rusqlite::Result<DatasetRow> {
     let json = |index: usize| -> rusqlite::Result<serde_json::Value> {
         Ok(serde_json::from_str(&row.get::<_, String>(index)?).unwrap_or_default())
     };
-    Ok(DatasetRow { id: row.get(0)?, name: row.get(1)?, config: json(2)?, stats: json(3)?, path: row.get(4)?, created_at: row.get(5)? })
+    Ok(DatasetRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        config: json(2)?,
+        stats: json(3)?,
+        path: row.get(4)?,
+        created_at: row.get(5)?,
+    })
 }
 
 impl Db {
-    pub fn insert_dataset(&self, id: &str, name: &str, config: &serde_json::Value, stats: &serde_json::Value, path: &str) -> StoreResult<()> {
+    pub fn insert_dataset(
+        &self,
+        id: &str,
+        name: &str,
+        config: &serde_json::Value,
+        stats: &serde_json::Value,
+        path: &str,
+    ) -> StoreResult<()> {
         self.conn.execute(
             "INSERT INTO datasets (id, name, config, stats, path, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             params![id, name, config.to_string(), stats.to_string(), path, now_rfc3339()],
@@ -35,8 +49,9 @@ impl Db {
 
     /// Newest first.
     pub fn list_datasets(&self) -> StoreResult<Vec<DatasetRow>> {
-        let mut statement =
-            self.conn.prepare("SELECT id, name, config, stats, path, created_at FROM datasets ORDER BY created_at DESC, id DESC")?;
+        let mut statement = self.conn.prepare(
+            "SELECT id, name, config, stats, path, created_at FROM datasets ORDER BY created_at DESC, id DESC",
+        )?;
         let rows = statement.query_map([], dataset_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -35,7 +35,15 @@ fn export_row(row: &Row<'_>) -> rusqlite::Result<ExportRow> {
 const COLUMNS: &str = "id, model_id, name, path, manifest, parity_passed, created_at";
 
 impl Db {
-    pub fn insert_export(&self, id: &str, model_id: Option<&str>, name: &str, path: &str, manifest: &serde_json::Value, parity_passed: bool) -> StoreResult<()> {
+    pub fn insert_export(
+        &self,
+        id: &str,
+        model_id: Option<&str>,
+        name: &str,
+        path: &str,
+        manifest: &serde_json::Value,
+        parity_passed: bool,
+    ) -> StoreResult<()> {
         self.conn.execute(
             "INSERT INTO exports (id, model_id, name, path, manifest, parity_passed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             params![id, model_id, name, path, manifest.to_string(), parity_passed as i64, now_rfc3339()],
@@ -45,7 +53,8 @@ impl Db {
 
     /// Newest first.
     pub fn list_exports(&self) -> StoreResult<Vec<ExportRow>> {
-        let mut statement = self.conn.prepare(&format!("SELECT {COLUMNS} FROM exports ORDER BY created_at DESC, id DESC"))?;
+        let mut statement =
+            self.conn.prepare(&format!("SELECT {COLUMNS} FROM exports ORDER BY created_at DESC, id DESC"))?;
         let rows = statement.query_map([], export_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -58,15 +67,34 @@ impl Db {
     pub fn latest_export(&self) -> StoreResult<Option<ExportRow>> {
         Ok(self
             .conn
-            .query_row(&format!("SELECT {COLUMNS} FROM exports WHERE parity_passed = 1 ORDER BY created_at DESC, id DESC LIMIT 1"), [], export_row)
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM exports WHERE parity_passed = 1 ORDER BY created_at DESC, id DESC LIMIT 1"
+                ),
+                [],
+                export_row,
+            )
             .optional()?)
     }
 
-    pub fn insert_deployment(&self, export_id: &str, host: &str, names: &[String], result: &serde_json::Value) -> StoreResult<String> {
+    pub fn insert_deployment(
+        &self,
+        export_id: &str,
+        host: &str,
+        names: &[String],
+        result: &serde_json::Value,
+    ) -> StoreResult<String> {
         let id = format!("dep_{}", ulid::Ulid::new());
         self.conn.execute(
             "INSERT INTO deployments (id, export_id, host, names, result, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            params![id, export_id, host, serde_json::to_string(names).unwrap_or_default(), result.to_string(), now_rfc3339()],
+            params![
+                id,
+                export_id,
+                host,
+                serde_json::to_string(names).unwrap_or_default(),
+                result.to_string(),
+                now_rfc3339()
+            ],
         )?;
         Ok(id)
     }

@@ -113,7 +113,13 @@ impl Db {
     }
 
     /// Record the end of a run. Only a running job can finish.
-    pub fn finish_job(&self, id: &str, status: JobStatus, result: Option<&Value>, error: Option<&str>) -> StoreResult<()> {
+    pub fn finish_job(
+        &self,
+        id: &str,
+        status: JobStatus,
+        result: Option<&Value>,
+        error: Option<&str>,
+    ) -> StoreResult<()> {
         let now = now_rfc3339();
         self.conn.execute(
             "UPDATE jobs SET status = ?, result = COALESCE(?, result), error = ?, finished_at = ?, updated_at = ?,
@@ -200,7 +206,8 @@ impl Db {
     pub fn job_metrics(&self, id: &str) -> StoreResult<Vec<JobMetric>> {
         let mut statement =
             self.conn.prepare("SELECT step, name, value FROM job_metrics WHERE job_id = ? ORDER BY name, step")?;
-        let rows = statement.query_map([id], |row| Ok(JobMetric { step: row.get(0)?, name: row.get(1)?, value: row.get(2)? }))?;
+        let rows = statement
+            .query_map([id], |row| Ok(JobMetric { step: row.get(0)?, name: row.get(1)?, value: row.get(2)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -219,8 +226,9 @@ impl Db {
                (SELECT id, level, message, logged_at FROM job_logs WHERE job_id = ? ORDER BY id DESC LIMIT ?)
              ORDER BY id",
         )?;
-        let rows = statement
-            .query_map(params![id, limit], |row| Ok(JobLog { level: row.get(0)?, message: row.get(1)?, logged_at: row.get(2)? }))?;
+        let rows = statement.query_map(params![id, limit], |row| {
+            Ok(JobLog { level: row.get(0)?, message: row.get(1)?, logged_at: row.get(2)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

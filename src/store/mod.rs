@@ -20,10 +20,10 @@ use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
 pub use capture::{CaptureFileRow, CaptureSession};
-pub use pairs::{PairInsertOutcome, StoredPair};
 pub use datasets::DatasetRow;
 pub use exports::ExportRow;
 pub use models::{ModelRow, NewModel};
+pub use pairs::{PairInsertOutcome, StoredPair};
 pub use templates::StoredTemplate;
 pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary, UpsertOutcome};
 
@@ -109,9 +109,9 @@ impl Db {
     }
 
     pub fn table_names(&self) -> StoreResult<Vec<String>> {
-        let mut statement = self
-            .conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
+        let mut statement = self.conn.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?;
         let names = statement.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?;
         Ok(names)
     }

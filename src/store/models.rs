@@ -55,14 +55,25 @@ impl Db {
         self.conn.execute(
             "INSERT INTO models (id, name, base_model, parent_id, dataset_id, run_id, path, metrics, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            params![id, model.name, model.base_model, model.parent_id, model.dataset_id, model.run_id, model.path, model.metrics.to_string(), now_rfc3339()],
+            params![
+                id,
+                model.name,
+                model.base_model,
+                model.parent_id,
+                model.dataset_id,
+                model.run_id,
+                model.path,
+                model.metrics.to_string(),
+                now_rfc3339()
+            ],
         )?;
         Ok(id)
     }
 
     /// Newest first.
     pub fn list_models(&self) -> StoreResult<Vec<ModelRow>> {
-        let mut statement = self.conn.prepare(&format!("SELECT {COLUMNS} FROM models ORDER BY created_at DESC, id DESC"))?;
+        let mut statement =
+            self.conn.prepare(&format!("SELECT {COLUMNS} FROM models ORDER BY created_at DESC, id DESC"))?;
         let rows = statement.query_map([], model_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -73,6 +84,9 @@ impl Db {
 
     /// The model a run registered, if any.
     pub fn model_of_run(&self, run_id: &str) -> StoreResult<Option<ModelRow>> {
-        Ok(self.conn.query_row(&format!("SELECT {COLUMNS} FROM models WHERE run_id = ?"), [run_id], model_row).optional()?)
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {COLUMNS} FROM models WHERE run_id = ?"), [run_id], model_row)
+            .optional()?)
     }
 }

@@ -25,7 +25,9 @@ impl Db {
 
     pub fn stored_templates(&self) -> StoreResult<Vec<StoredTemplate>> {
         let mut statement = self.conn.prepare("SELECT name, body, updated_at FROM workflow_templates ORDER BY name")?;
-        let rows = statement.query_map([], |row| Ok(StoredTemplate { name: row.get(0)?, body: row.get(1)?, updated_at: row.get(2)? }))?;
+        let rows = statement.query_map([], |row| {
+            Ok(StoredTemplate { name: row.get(0)?, body: row.get(1)?, updated_at: row.get(2)? })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

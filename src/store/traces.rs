@@ -191,7 +191,8 @@ impl Db {
 
     pub fn trace_counts(&self) -> StoreResult<TraceCounts> {
         let group = |column: &str| -> StoreResult<Vec<NamedCount>> {
-            let sql = format!("SELECT {column}, COUNT(*) FROM traces GROUP BY {column} ORDER BY COUNT(*) DESC, {column}");
+            let sql =
+                format!("SELECT {column}, COUNT(*) FROM traces GROUP BY {column} ORDER BY COUNT(*) DESC, {column}");
             let mut statement = self.conn.prepare(&sql)?;
             let rows = statement.query_map([], |row| Ok(NamedCount { name: row.get(0)?, count: row.get(1)? }))?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -214,8 +215,19 @@ impl Db {
 }
 
 /// The columns a trace's content fills (besides `id` and `stored_at`), in `content_values` order.
-const CONTENT_COLUMNS: [&str; 11] =
-    ["content_hash", "source", "category", "prompt", "split", "outcome_status", "n_messages", "n_tool_calls", "tool_names", "body", "created_at"];
+const CONTENT_COLUMNS: [&str; 11] = [
+    "content_hash",
+    "source",
+    "category",
+    "prompt",
+    "split",
+    "outcome_status",
+    "n_messages",
+    "n_tool_calls",
+    "tool_names",
+    "body",
+    "created_at",
+];
 
 /// A trace's values for `CONTENT_COLUMNS`: one list for the insert and the in-place update.
 fn content_values(trace: &Trace) -> Vec<Value> {
@@ -247,7 +259,11 @@ pub(super) fn insert_trace_row(conn: &Connection, trace: &Trace, now: &str) -> S
     values.extend(content_values(trace));
     values.push(Value::from(now.to_string()));
     static INSERT: LazyLock<String> = LazyLock::new(|| {
-        format!("INSERT INTO traces (id, {}, stored_at) VALUES (?, {}, ?)", CONTENT_COLUMNS.join(", "), vec!["?"; CONTENT_COLUMNS.len()].join(", "))
+        format!(
+            "INSERT INTO traces (id, {}, stored_at) VALUES (?, {}, ?)",
+            CONTENT_COLUMNS.join(", "),
+            vec!["?"; CONTENT_COLUMNS.len()].join(", ")
+        )
     });
     conn.prepare_cached(&INSERT)?.execute(params_from_iter(values))?;
     Ok(InsertOutcome::Inserted)

@@ -171,17 +171,19 @@ fn sharegpt_to_trace(row: ShareGptRow) -> Result<Trace, String> {
             "human" | "user" => messages.push(Message::text(Role::User, turn.value)),
             "gpt" | "assistant" => messages.push(Message::text(Role::Assistant, turn.value)),
             "function_call" => {
-                let parsed: Value = serde_json::from_str(&turn.value)
-                    .map_err(|e| format!("{}: not valid JSON: {e}", at("value")))?;
+                let parsed: Value =
+                    serde_json::from_str(&turn.value).map_err(|e| format!("{}: not valid JSON: {e}", at("value")))?;
                 let calls = match parsed {
                     Value::Array(items) => items,
                     single => vec![single],
                 };
                 let mut tool_calls = Vec::new();
                 for (call_index, call) in calls.into_iter().enumerate() {
-                    let name = call.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or_else(|| {
-                        format!("{}: call {call_index} needs a non-empty \"name\"", at("value"))
-                    })?;
+                    let name = call
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .filter(|n| !n.is_empty())
+                        .ok_or_else(|| format!("{}: call {call_index} needs a non-empty \"name\"", at("value")))?;
                     let arguments = match call.get("arguments") {
                         None | Some(Value::Null) => "{}".to_string(),
                         Some(Value::String(text)) => text.clone(),

@@ -262,7 +262,12 @@ mod tests {
             Err(ArrayWalkError::Json { element, .. }) => assert_eq!(element, 2),
             other => panic!("{other:?}"),
         }
-        let stopped = for_each_array_element(&b"[1, 2, 3]"[..], 0, |element| if element.index == 2 { Err("stop") } else { Ok(()) });
+        let stopped =
+            for_each_array_element(
+                &b"[1, 2, 3]"[..],
+                0,
+                |element| if element.index == 2 { Err("stop") } else { Ok(()) },
+            );
         assert!(matches!(stopped, Err(ArrayWalkError::Visit("stop"))));
     }
 

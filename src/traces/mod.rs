@@ -257,12 +257,8 @@ impl Trace {
         for (index, tool) in draft.tools.iter().enumerate() {
             validate_tool_schema(tool).map_err(|reason| invalid(format!("tools[{index}]"), reason))?;
         }
-        let first_user = draft
-            .messages
-            .iter()
-            .find(|m| m.role == Role::User)
-            .and_then(|m| m.content.clone())
-            .unwrap_or_default();
+        let first_user =
+            draft.messages.iter().find(|m| m.role == Role::User).and_then(|m| m.content.clone()).unwrap_or_default();
         let prompt = match draft.prompt {
             Some(prompt) if !prompt.trim().is_empty() => prompt,
             _ => first_user,
@@ -527,8 +523,7 @@ fn write_canonical(value: &Value, out: &mut String) {
 /// prompt's wording. The names match the built-in workflow templates.
 pub fn infer_category(prompt: &str, messages: &[Message]) -> String {
     let lower = prompt.to_lowercase();
-    let tools: HashSet<&str> =
-        messages.iter().flat_map(|m| m.tool_calls.iter()).map(|c| c.name.as_str()).collect();
+    let tools: HashSet<&str> = messages.iter().flat_map(|m| m.tool_calls.iter()).map(|c| c.name.as_str()).collect();
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     let category = if has(&["deploy", "docker", "kubernetes", "release", "ci pipeline"]) {
         "deployment"
@@ -573,7 +568,13 @@ mod tests {
     }
 
     fn tool_reply(id: &str) -> Message {
-        Message { role: Role::Tool, content: Some("ok".into()), tool_calls: vec![], tool_call_id: Some(id.into()), name: None }
+        Message {
+            role: Role::Tool,
+            content: Some("ok".into()),
+            tool_calls: vec![],
+            tool_call_id: Some(id.into()),
+            name: None,
+        }
     }
 
     #[test]

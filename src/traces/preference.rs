@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use super::formats::decode;
 use super::wire::{messages_from_wire, messages_to_wire, WireMessage};
 use super::{
-    canonical_messages, invalid, json_kind, new_trace_id, sha256_canonical,
-    validate_messages, validate_tool_schema, Message, Role, Source, Trace, TraceDraft, ValidationError,
+    canonical_messages, invalid, json_kind, new_trace_id, sha256_canonical, validate_messages, validate_tool_schema,
+    Message, Role, Source, Trace, TraceDraft, ValidationError,
 };
 
 /// Pair metadata keys copied onto the SFT trace a pair yields.
@@ -140,11 +140,9 @@ impl PreferencePair {
     pub fn prompt_text(&self) -> String {
         match &self.prompt {
             PairText::Text(text) => text.clone(),
-            PairText::Messages(messages) => messages
-                .iter()
-                .find(|m| m.role == Role::User)
-                .and_then(|m| m.content.clone())
-                .unwrap_or_default(),
+            PairText::Messages(messages) => {
+                messages.iter().find(|m| m.role == Role::User).and_then(|m| m.content.clone()).unwrap_or_default()
+            }
         }
     }
 
@@ -198,10 +196,7 @@ pub fn split_implicit_prompt(
         return Err(invalid("rejected", "is identical to chosen (a pair needs two different answers)"));
     }
     if shared == 0 {
-        return Err(invalid(
-            "prompt",
-            "missing, and chosen and rejected share no leading messages to take it from",
-        ));
+        return Err(invalid("prompt", "missing, and chosen and rejected share no leading messages to take it from"));
     }
     if shared == chosen.len() {
         return Err(invalid("chosen", "holds nothing after the prompt it shares with rejected"));
@@ -516,7 +511,8 @@ mod tests {
     #[test]
     fn implicit_prompt_keeps_multi_message_tails() {
         let chosen = vec![user("q"), assistant("a"), user("more?"), assistant("yes")];
-        let rejected = vec![user("q"), assistant("a"), user("more?"), assistant("no"), user("why"), assistant("because")];
+        let rejected =
+            vec![user("q"), assistant("a"), user("more?"), assistant("no"), user("why"), assistant("because")];
         let (prompt, chosen, rejected) = split_implicit_prompt(chosen, rejected).unwrap();
         assert_eq!(prompt.len(), 3);
         assert_eq!(chosen, vec![assistant("yes")]);
@@ -582,9 +578,17 @@ mod tests {
         assert_eq!(reason(r#"{"prompt":"p","rejected":"r"}"#), "chosen: missing");
         assert_eq!(reason(r#"{"prompt":"p","chosen":"  ","rejected":"r"}"#), "chosen: must not be empty");
         assert!(reason(r#"{"prompt":"p","chosen":"same ","rejected":"same"}"#).starts_with("rejected: is identical"));
-        assert_eq!(reason(r#"{"prompt":"p","chosen":7,"rejected":"r"}"#), "chosen: must be a string or a list of messages, got a number");
-        assert_eq!(reason(r#"{"prompt":"p","chosen":"c","rejected":"r","pos_reward":"high"}"#), "pos_reward: must be a number, got a string");
-        assert!(reason(r#"{"prompt":"p","chosen":"c","rejected":"r","timestamp":"yesterday"}"#).starts_with("timestamp:"));
+        assert_eq!(
+            reason(r#"{"prompt":"p","chosen":7,"rejected":"r"}"#),
+            "chosen: must be a string or a list of messages, got a number"
+        );
+        assert_eq!(
+            reason(r#"{"prompt":"p","chosen":"c","rejected":"r","pos_reward":"high"}"#),
+            "pos_reward: must be a number, got a string"
+        );
+        assert!(
+            reason(r#"{"prompt":"p","chosen":"c","rejected":"r","timestamp":"yesterday"}"#).starts_with("timestamp:")
+        );
         assert!(reason(r#"{"chosen":"c","rejected":"r"}"#).starts_with("prompt: missing"));
         let bad_role = r#"{"prompt":"p","chosen":[{"role":"robot","content":"x"}],"rejected":"r"}"#;
         assert!(reason(bad_role).starts_with("chosen[0].role: unknown variant `robot`"), "{}", reason(bad_role));

@@ -43,7 +43,13 @@ fn device_label(device: &Device) -> &'static str {
     }
 }
 
-pub fn sft(vocab_size: usize, batch_size: usize, seq_len: usize, steps: usize, device: &Device) -> candle_core::Result<SftFigures> {
+pub fn sft(
+    vocab_size: usize,
+    batch_size: usize,
+    seq_len: usize,
+    steps: usize,
+    device: &Device,
+) -> candle_core::Result<SftFigures> {
     let device = device.clone();
     let config = LlamaConfig::tiny(vocab_size);
     let varmap = init_varmap(&config, 0, &device)?;
@@ -62,7 +68,12 @@ pub fn lora(
     device: &Device,
 ) -> candle_core::Result<SftFigures> {
     let device = device.clone();
-    let lora = crate::model::llama::LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec() };
+    let lora = crate::model::llama::LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+    };
     let varmap = super::params::init_lora_varmap(&config, &lora, 0, &device)?;
     let model = Llama::new_with_lora(
         config.clone(),

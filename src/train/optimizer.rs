@@ -18,7 +18,8 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(vars: &[(String, Var, bool)], weight_decay: f64) -> Result<AdamW> {
-        let moments = vars.iter().map(|(_, var, _)| Ok((var.zeros_like()?, var.zeros_like()?))).collect::<Result<_>>()?;
+        let moments =
+            vars.iter().map(|(_, var, _)| Ok((var.zeros_like()?, var.zeros_like()?))).collect::<Result<_>>()?;
         Ok(AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay, step: 0, moments })
     }
 
@@ -28,12 +29,13 @@ impl AdamW {
         self.step += 1;
         let t = self.step as i32;
         let (c1, c2) = (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t));
-        for ((( _, var, is_norm), grad), (m, v)) in vars.iter().zip(grads).zip(self.moments.iter_mut()) {
+        for (((_, var, is_norm), grad), (m, v)) in vars.iter().zip(grads).zip(self.moments.iter_mut()) {
             let Some(grad) = grad else { continue };
             let new_m = ((&*m * self.beta1)? + (grad * (1.0 - self.beta1))?)?;
             let new_v = ((&*v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&new_m / c1)? / ((&new_v / c2)?.sqrt()? + self.eps)?)?;
-            let decayed = if *is_norm { var.as_tensor().clone() } else { (var.as_tensor() * (1.0 - lr * self.weight_decay))? };
+            let decayed =
+                if *is_norm { var.as_tensor().clone() } else { (var.as_tensor() * (1.0 - lr * self.weight_decay))? };
             var.set(&(decayed - (update * lr)?)?)?;
             *m = new_m;
             *v = new_v;
@@ -54,8 +56,14 @@ impl AdamW {
         let device = vars.first().map(|(_, v, _)| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
         let tensors = candle_core::safetensors::load(path, &device)?;
         for ((name, _, _), (m, v)) in vars.iter().zip(self.moments.iter_mut()) {
-            *m = tensors.get(&format!("{name}.m")).cloned().ok_or_else(|| candle_core::Error::msg(format!("optimizer state lacks {name}.m")))?;
-            *v = tensors.get(&format!("{name}.v")).cloned().ok_or_else(|| candle_core::Error::msg(format!("optimizer state lacks {name}.v")))?;
+            *m = tensors
+                .get(&format!("{name}.m"))
+                .cloned()
+                .ok_or_else(|| candle_core::Error::msg(format!("optimizer state lacks {name}.m")))?;
+            *v = tensors
+                .get(&format!("{name}.v"))
+                .cloned()
+                .ok_or_else(|| candle_core::Error::msg(format!("optimizer state lacks {name}.v")))?;
         }
         self.step = step;
         Ok(())

@@ -52,7 +52,11 @@ pub fn init_varmap(config: &LlamaConfig, seed: u64, device: &Device) -> Result<V
             let values: Vec<f32> = if is_norm {
                 vec![1.0; count]
             } else {
-                let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") { residual_std } else { 0.02 };
+                let std = if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+                    residual_std
+                } else {
+                    0.02
+                };
                 (0..count).map(|_| normal(&mut rng, std)).collect()
             };
             let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(DType::F32)?;
@@ -90,7 +94,11 @@ pub fn lora_shapes(config: &LlamaConfig, lora: &LoraConfig) -> Vec<(String, Vec<
     let mut shapes = Vec::new();
     for i in 0..config.num_hidden_layers {
         for name in LoraConfig::PROJECTIONS.iter().filter(|p| lora.targets.iter().any(|t| t == *p)) {
-            let group = if name.ends_with("proj") && ["q_proj", "k_proj", "v_proj", "o_proj"].contains(name) { "self_attn" } else { "mlp" };
+            let group = if name.ends_with("proj") && ["q_proj", "k_proj", "v_proj", "o_proj"].contains(name) {
+                "self_attn"
+            } else {
+                "mlp"
+            };
             let (input, output) = dims(name);
             let prefix = format!("model.layers.{i}.{group}.{name}");
             shapes.push((format!("{prefix}.lora_A.weight"), vec![lora.rank, input]));
@@ -121,12 +129,17 @@ pub fn init_lora_varmap(config: &LlamaConfig, lora: &LoraConfig, seed: u64, devi
 }
 
 /// A VarMap whose variables start from pretrained tensors (full fine-tuning of a base model).
-pub fn varmap_from_tensors(config: &LlamaConfig, tensors: &std::collections::HashMap<String, Tensor>) -> Result<VarMap> {
+pub fn varmap_from_tensors(
+    config: &LlamaConfig,
+    tensors: &std::collections::HashMap<String, Tensor>,
+) -> Result<VarMap> {
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().expect("varmap lock");
         for (name, shape, _) in parameter_shapes(config) {
-            let tensor = tensors.get(&name).ok_or_else(|| candle_core::Error::msg(format!("the base model has no tensor {name}")))?;
+            let tensor = tensors
+                .get(&name)
+                .ok_or_else(|| candle_core::Error::msg(format!("the base model has no tensor {name}")))?;
             if tensor.dims() != shape.as_slice() {
                 return Err(candle_core::Error::msg(format!("{name}: shape {:?}, expected {shape:?}", tensor.dims())));
             }
@@ -140,7 +153,10 @@ pub fn varmap_from_tensors(config: &LlamaConfig, tensors: &std::collections::Has
 /// weight decay on B... and we keep A undecayed too).
 pub fn ordered_lora_vars(config: &LlamaConfig, lora: &LoraConfig, varmap: &VarMap) -> Vec<(String, Var, bool)> {
     let data = varmap.data().lock().expect("varmap lock");
-    lora_shapes(config, lora).into_iter().filter_map(|(name, _)| data.get(&name).map(|var| (name, var.clone(), true))).collect()
+    lora_shapes(config, lora)
+        .into_iter()
+        .filter_map(|(name, _)| data.get(&name).map(|var| (name, var.clone(), true)))
+        .collect()
 }
 
 /// Merge adapters into base weights: `W += (alpha / rank) · B A` for every targeted projection.
@@ -152,9 +168,12 @@ pub fn merge_lora(
     let mut merged = base.clone();
     for (name, a) in adapters.iter().filter(|(n, _)| n.ends_with(".lora_A.weight")) {
         let prefix = name.trim_end_matches(".lora_A.weight");
-        let b = adapters.get(&format!("{prefix}.lora_B.weight")).ok_or_else(|| candle_core::Error::msg(format!("{prefix}: lora_B missing")))?;
+        let b = adapters
+            .get(&format!("{prefix}.lora_B.weight"))
+            .ok_or_else(|| candle_core::Error::msg(format!("{prefix}: lora_B missing")))?;
         let weight_name = format!("{prefix}.weight");
-        let weight = merged.get(&weight_name).ok_or_else(|| candle_core::Error::msg(format!("{weight_name} missing")))?;
+        let weight =
+            merged.get(&weight_name).ok_or_else(|| candle_core::Error::msg(format!("{weight_name} missing")))?;
         let updated = (weight + (b.matmul(a)? * lora.scale())?)?;
         merged.insert(weight_name, updated);
     }

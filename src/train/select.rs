@@ -36,16 +36,28 @@ fn checkpoints(run_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 
 /// Scores of the newest `last` checkpoints of a run (its `model/` directory supplies the config,
 /// tokenizer and template), newest first.
-pub fn score_checkpoints(run_dir: &Path, prompts: &[(Vec<Message>, Vec<Value>)], last: usize, max_tokens: usize) -> anyhow::Result<Vec<CheckpointScore>> {
+pub fn score_checkpoints(
+    run_dir: &Path,
+    prompts: &[(Vec<Message>, Vec<Value>)],
+    last: usize,
+    max_tokens: usize,
+) -> anyhow::Result<Vec<CheckpointScore>> {
     let options = GenerateOptions { max_tokens, ..GenerateOptions::default() };
     let mut scores = Vec::new();
     for (step, dir) in checkpoints(run_dir)?.into_iter().take(last) {
-        let model = LoadedModel::load_with_weights(&run_dir.join("model"), &dir.join("model.safetensors"), &candle_core::Device::Cpu)?;
+        let model = LoadedModel::load_with_weights(
+            &run_dir.join("model"),
+            &dir.join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )?;
         let mut tool_calls = 0;
         for (messages, tools) in prompts {
             let reply = model.generate(messages, tools, &options)?;
             let calls = &reply.parsed.tool_calls;
-            if !calls.is_empty() && reply.parsed.malformed == 0 && calls.iter().all(|(name, arguments)| well_formed(name, arguments, tools)) {
+            if !calls.is_empty()
+                && reply.parsed.malformed == 0
+                && calls.iter().all(|(name, arguments)| well_formed(name, arguments, tools))
+            {
                 tool_calls += 1;
             }
         }
@@ -56,9 +68,16 @@ pub fn score_checkpoints(run_dir: &Path, prompts: &[(Vec<Message>, Vec<Value>)],
 
 /// A call names an offered tool and its arguments are an object with the tool's required keys.
 pub fn well_formed(name: &str, arguments: &Value, tools: &[Value]) -> bool {
-    let Some(tool) = tools.iter().map(|t| t.get("function").unwrap_or(t)).find(|t| t["name"] == name) else { return false };
+    let Some(tool) = tools.iter().map(|t| t.get("function").unwrap_or(t)).find(|t| t["name"] == name) else {
+        return false;
+    };
     let Some(arguments) = arguments.as_object() else { return false };
-    tool["parameters"]["required"].as_array().into_iter().flatten().filter_map(Value::as_str).all(|key| arguments.contains_key(key))
+    tool["parameters"]["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .all(|key| arguments.contains_key(key))
 }
 
 /// The best score, the newest among equals.

@@ -138,7 +138,11 @@ fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
 }
 
 /// One micro-batch: inputs (b, t), targets and loss mask flattened to (b*t).
-fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> candle_core::Result<(Tensor, Tensor, Tensor, usize)> {
+fn batch_tensors(
+    examples: &[&Example],
+    max_len: usize,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor, Tensor, usize)> {
     let t = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
     let mut inputs = Vec::with_capacity(examples.len() * t);
     let mut targets = Vec::with_capacity(examples.len() * t);
@@ -173,7 +177,8 @@ fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> cand
 fn batch_loss(model: &Llama, inputs: &Tensor, targets: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
     let (b, t) = inputs.dims2()?;
     let hidden = model.hidden(inputs, None)?.reshape((b * t, model.config.hidden_size))?;
-    let rows: Vec<u32> = mask.to_vec1::<f32>()?.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
+    let rows: Vec<u32> =
+        mask.to_vec1::<f32>()?.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
     if rows.is_empty() {
         return Tensor::new(0f32, inputs.device());
     }
@@ -208,7 +213,12 @@ fn epoch_order(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> V
     batches.concat()
 }
 
-pub fn eval_loss(model: &Llama, examples: &[Example], config: &SftConfig, device: &Device) -> Result<Option<f64>, TrainError> {
+pub fn eval_loss(
+    model: &Llama,
+    examples: &[Example],
+    config: &SftConfig,
+    device: &Device,
+) -> Result<Option<f64>, TrainError> {
     let chosen: Vec<&Example> = examples.iter().take(config.eval_examples).collect();
     if chosen.is_empty() {
         return Ok(None);
@@ -266,7 +276,9 @@ pub fn train(
             let vars = ordered_vars(model_config, &varmap);
             (varmap, model, vars, None)
         }
-        (Some(_), Init::Scratch) => return Err(TrainError::Config("lora: LoRA needs a pretrained base model (--model PATH), not tiny".into())),
+        (Some(_), Init::Scratch) => {
+            return Err(TrainError::Config("lora: LoRA needs a pretrained base model (--model PATH), not tiny".into()))
+        }
         (Some(lora), Init::Pretrained(tensors)) => {
             let varmap = super::params::init_lora_varmap(model_config, lora, config.seed, &device)?;
             let base = VarBuilder::from_tensors(tensors.clone(), DType::F32, &device);
@@ -287,7 +299,8 @@ pub fn train(
     let lengths: Vec<usize> = train_examples.iter().map(|e| e.ids.len()).collect();
     let per_step = config.batch_size * config.grad_accum;
     let steps_per_epoch = train_examples.len().div_ceil(per_step) as u64;
-    let total_steps = config.max_steps.unwrap_or(u64::MAX).min(steps_per_epoch * u64::from(config.epochs.max(1))).max(1);
+    let total_steps =
+        config.max_steps.unwrap_or(u64::MAX).min(steps_per_epoch * u64::from(config.epochs.max(1))).max(1);
 
     let mut state = TrainState { total_steps, ..TrainState::default() };
     if let Some(checkpoint) = resume {
@@ -300,7 +313,10 @@ pub fn train(
         state = TrainState { total_steps, ..saved };
     }
     std::fs::create_dir_all(run_dir)?;
-    std::fs::write(run_dir.join("config.json"), serde_json::to_string_pretty(model_config).expect("config serialises"))?;
+    std::fs::write(
+        run_dir.join("config.json"),
+        serde_json::to_string_pretty(model_config).expect("config serialises"),
+    )?;
     let started = Instant::now();
     let seconds_before = state.seconds;
     let tokens_before = state.tokens_seen;
@@ -315,7 +331,8 @@ pub fn train(
         let mut micro_batches = 0;
         for micro in 0..config.grad_accum {
             let from = start + micro * config.batch_size;
-            let chosen: Vec<&Example> = order.iter().skip(from).take(config.batch_size).map(|&i| &train_examples[i]).collect();
+            let chosen: Vec<&Example> =
+                order.iter().skip(from).take(config.batch_size).map(|&i| &train_examples[i]).collect();
             if chosen.is_empty() {
                 break;
             }
@@ -359,7 +376,12 @@ pub fn train(
         state.last_loss = Some(loss);
         state.seconds = seconds_before + started.elapsed().as_secs_f64();
         let step_seconds = step_started.elapsed().as_secs_f64();
-        let mut metrics = vec![("loss", loss), ("lr", lr), ("grad_norm", grad_norm), ("tokens_per_second", step_tokens as f64 / step_seconds.max(1e-9))];
+        let mut metrics = vec![
+            ("loss", loss),
+            ("lr", lr),
+            ("grad_norm", grad_norm),
+            ("tokens_per_second", step_tokens as f64 / step_seconds.max(1e-9)),
+        ];
         if state.step % config.eval_every == 0 || state.step == total_steps {
             if let Some(eval) = eval_loss(&model, &val_examples, config, &device)? {
                 state.last_eval_loss = Some(eval);
@@ -385,11 +407,17 @@ pub fn train(
                 vars.iter().map(|(name, var, _)| (name.clone(), var.as_tensor().clone())).collect();
             let merged = super::params::merge_lora(lora, base, &adapters)?;
             candle_core::safetensors::save(&merged, staging.join("model.safetensors"))?;
-            std::fs::write(staging.join("adapter_config.json"), serde_json::to_string_pretty(lora).expect("lora serialises"))?;
+            std::fs::write(
+                staging.join("adapter_config.json"),
+                serde_json::to_string_pretty(lora).expect("lora serialises"),
+            )?;
         }
         _ => varmap.save(staging.join("model.safetensors"))?,
     }
-    std::fs::write(staging.join("config.json"), serde_json::to_string_pretty(model_config).expect("config serialises"))?;
+    std::fs::write(
+        staging.join("config.json"),
+        serde_json::to_string_pretty(model_config).expect("config serialises"),
+    )?;
     for name in ["tokenizer.json", "chat_template.jinja", "template.json"] {
         std::fs::copy(dataset_dir.join(name), staging.join(name))?;
     }
@@ -403,7 +431,8 @@ pub fn train(
         first_loss: state.first_loss.unwrap_or(f64::NAN),
         final_loss: state.last_loss.unwrap_or(f64::NAN),
         final_eval_loss: state.last_eval_loss,
-        tokens_per_second: (state.tokens_seen - tokens_before.min(state.tokens_seen)) as f64 / (seconds - seconds_before).max(1e-9),
+        tokens_per_second: (state.tokens_seen - tokens_before.min(state.tokens_seen)) as f64
+            / (seconds - seconds_before).max(1e-9),
         model_dir,
     })
 }
@@ -440,7 +469,9 @@ mod tests {
         use rand::Rng;
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let lengths: Vec<usize> = (0..203).map(|_| rng.random_range(20..600)).collect();
-        let padded = |order: &[usize]| -> usize { order.chunks(4).map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum() };
+        let padded = |order: &[usize]| -> usize {
+            order.chunks(4).map(|b| b.iter().map(|&i| lengths[i]).max().unwrap() * b.len()).sum()
+        };
         let order = epoch_order(&lengths, 4, 7, 0);
         let mut sorted = order.clone();
         sorted.sort_unstable();
@@ -493,7 +524,9 @@ mod tests {
         let ids: Vec<u32> = (0..12).map(|i| (i * 7 % config.vocab_size) as u32).collect();
         let other: Vec<u32> = (0..12).map(|i| (i * 5 + 3) as u32 % config.vocab_size as u32).collect();
         let row = |ids: &[u32]| Tensor::new(ids, &device).unwrap().unsqueeze(0).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
         let full = model.forward(&row(&ids), None).unwrap();
         // Causal: a prefix's logits do not depend on what follows it.
         let prefix = model.forward(&row(&ids[..5]), None).unwrap();
@@ -582,10 +615,21 @@ mod tests {
     fn loss_falls_and_a_resumed_run_ends_with_the_same_weights() {
         let data_dir = tempfile::tempdir().unwrap();
         write_dataset(data_dir.path());
-        let config = SftConfig { epochs: 10, lr: 1e-2, batch_size: 3, grad_accum: 2, warmup_steps: 2, eval_every: 5, checkpoint_every: 4, seed: 7, ..SftConfig::default() };
+        let config = SftConfig {
+            epochs: 10,
+            lr: 1e-2,
+            batch_size: 3,
+            grad_accum: 2,
+            warmup_steps: 2,
+            eval_every: 5,
+            checkpoint_every: 4,
+            seed: 7,
+            ..SftConfig::default()
+        };
         let whole = tempfile::tempdir().unwrap();
         let mut recorder = Recorder { losses: Vec::new() };
-        let summary = train(data_dir.path(), &micro_config(), &config, Init::Scratch, whole.path(), None, &mut recorder).unwrap();
+        let summary =
+            train(data_dir.path(), &micro_config(), &config, Init::Scratch, whole.path(), None, &mut recorder).unwrap();
         assert_eq!(summary.steps, 20);
         assert!(summary.final_loss < summary.first_loss * 0.7, "{} -> {}", summary.first_loss, summary.final_loss);
 
@@ -594,18 +638,32 @@ mod tests {
         struct StopAt(u64);
         impl TrainHooks for StopAt {
             fn step(&mut self, step: u64, _total: u64, _metrics: &[(&str, f64)]) -> Result<(), TrainError> {
-                if step > self.0 { Err(TrainError::Cancelled) } else { Ok(()) }
+                if step > self.0 {
+                    Err(TrainError::Cancelled)
+                } else {
+                    Ok(())
+                }
             }
             fn checkpoint(&mut self, _step: u64, _dir: &Path) -> Result<(), TrainError> {
                 Ok(())
             }
             fn log(&mut self, _message: &str) {}
         }
-        let interrupted = train(data_dir.path(), &micro_config(), &config, Init::Scratch, split.path(), None, &mut StopAt(8));
+        let interrupted =
+            train(data_dir.path(), &micro_config(), &config, Init::Scratch, split.path(), None, &mut StopAt(8));
         assert!(matches!(interrupted, Err(TrainError::Cancelled)));
         let checkpoint = split.path().join("checkpoint-000008");
         assert!(checkpoint.join("optimizer.safetensors").exists());
-        train(data_dir.path(), &micro_config(), &config, Init::Scratch, split.path(), Some(&checkpoint), &mut Recorder { losses: Vec::new() }).unwrap();
+        train(
+            data_dir.path(),
+            &micro_config(),
+            &config,
+            Init::Scratch,
+            split.path(),
+            Some(&checkpoint),
+            &mut Recorder { losses: Vec::new() },
+        )
+        .unwrap();
         assert_eq!(weights(whole.path()), weights(split.path()), "resumed weights equal uninterrupted weights");
     }
 
@@ -621,8 +679,18 @@ mod tests {
         *norm = Tensor::full(f32::NAN, norm.shape(), &Device::Cpu).unwrap();
         let config = SftConfig { epochs: 2, batch_size: 3, seed: 1, ..SftConfig::default() };
         let run = tempfile::tempdir().unwrap();
-        match train(data_dir.path(), &micro_config(), &config, Init::Pretrained(tensors), run.path(), None, &mut Recorder { losses: Vec::new() }) {
-            Err(error @ TrainError::NotFinite { step: 1, .. }) => assert!(error.to_string().contains("step 1"), "{error}"),
+        match train(
+            data_dir.path(),
+            &micro_config(),
+            &config,
+            Init::Pretrained(tensors),
+            run.path(),
+            None,
+            &mut Recorder { losses: Vec::new() },
+        ) {
+            Err(error @ TrainError::NotFinite { step: 1, .. }) => {
+                assert!(error.to_string().contains("step 1"), "{error}")
+            }
             other => panic!("expected the run to stop at step 1, got {:?}", other.map(|s| s.final_loss)),
         }
     }

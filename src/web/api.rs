@@ -23,16 +23,69 @@ pub const MAX_PER_PAGE: i64 = 500;
 #[openapi(
     info(title = "Understudy API", description = "Traces, jobs and statistics of an Understudy data dir."),
     paths(
-        health, stats, list_traces, get_trace, delete_trace, export_traces, import_traces, list_jobs, get_job, cancel_job,
-        resume_job, start_bootstrap, list_templates, get_template, put_template, import_pairs, list_pairs,
-        build_dataset, list_datasets, get_dataset, get_dataset_file, start_run, list_models, get_model, start_export,
-        list_exports, start_deploy, capture_status, capture_scan, capture_engine_start, capture_engine_stop, capture_hook_install,
+        health,
+        stats,
+        list_traces,
+        get_trace,
+        delete_trace,
+        export_traces,
+        import_traces,
+        list_jobs,
+        get_job,
+        cancel_job,
+        resume_job,
+        start_bootstrap,
+        list_templates,
+        get_template,
+        put_template,
+        import_pairs,
+        list_pairs,
+        build_dataset,
+        list_datasets,
+        get_dataset,
+        get_dataset_file,
+        start_run,
+        list_models,
+        get_model,
+        start_export,
+        list_exports,
+        start_deploy,
+        capture_status,
+        capture_scan,
+        capture_engine_start,
+        capture_engine_stop,
+        capture_hook_install,
         capture_hook_uninstall
     ),
     components(schemas(
-        Health, Stats, TraceCounts, NamedCount, TracePage, TraceSummary, JobRecord, JobStatus, JobDetail, JobLog,
-        JobMetric, ImportReport, LineError, ImportFormat, ErrorBody, ErrorDetail, BootstrapRequest, TemplateSummary, PairPage, DatasetRequest, crate::store::DatasetRow, RunRequest, crate::store::ModelRow,
-        ExportModelRequest, crate::store::ExportRow, DeployRequest, CaptureScanRequest, CaptureStartRequest
+        Health,
+        Stats,
+        TraceCounts,
+        NamedCount,
+        TracePage,
+        TraceSummary,
+        JobRecord,
+        JobStatus,
+        JobDetail,
+        JobLog,
+        JobMetric,
+        ImportReport,
+        LineError,
+        ImportFormat,
+        ErrorBody,
+        ErrorDetail,
+        BootstrapRequest,
+        TemplateSummary,
+        PairPage,
+        DatasetRequest,
+        crate::store::DatasetRow,
+        RunRequest,
+        crate::store::ModelRow,
+        ExportModelRequest,
+        crate::store::ExportRow,
+        DeployRequest,
+        CaptureScanRequest,
+        CaptureStartRequest
     ))
 )]
 pub struct ApiDoc;
@@ -163,14 +216,20 @@ impl TryFrom<&TraceQuery> for TraceFilter {
         let bad = |field: &'static str, message: &str| QueryFieldError { field, message: message.to_string() };
         Ok(TraceFilter {
             source: given(&query.source)
-                .map(|v| Source::parse(v).ok_or_else(|| bad("source", "expected synthetic, claude_code, dpo_import, served or import")))
+                .map(|v| {
+                    Source::parse(v)
+                        .ok_or_else(|| bad("source", "expected synthetic, claude_code, dpo_import, served or import"))
+                })
                 .transpose()?,
             category: given(&query.category).map(str::to_string),
             split: given(&query.split)
                 .map(|v| Split::parse(v).ok_or_else(|| bad("split", "expected train, val or test")))
                 .transpose()?,
             outcome: given(&query.outcome)
-                .map(|v| OutcomeStatus::parse(v).ok_or_else(|| bad("outcome", "expected success, failure, partial or unknown")))
+                .map(|v| {
+                    OutcomeStatus::parse(v)
+                        .ok_or_else(|| bad("outcome", "expected success, failure, partial or unknown"))
+                })
                 .transpose()?,
             text: given(&query.q).map(str::to_string),
         })
@@ -198,9 +257,13 @@ pub struct TracePage {
 /// One page of trace summaries, newest first.
 #[utoipa::path(get, path = "/api/traces", params(TraceQuery),
     responses((status = 200, body = TracePage), (status = 400, body = ErrorBody)))]
-pub async fn list_traces(state: web::Data<AppState>, query: web::Query<TraceQuery>) -> Result<web::Json<TracePage>, ApiError> {
+pub async fn list_traces(
+    state: web::Data<AppState>,
+    query: web::Query<TraceQuery>,
+) -> Result<web::Json<TracePage>, ApiError> {
     let query = query.into_inner();
-    let filter = TraceFilter::try_from(&query).map_err(|e| WebError::BadRequest(format!("{}: {}", e.field, e.message)))?;
+    let filter =
+        TraceFilter::try_from(&query).map_err(|e| WebError::BadRequest(format!("{}: {}", e.field, e.message)))?;
     let (page, per_page) = (query.page(), query.per_page());
     let result = state
         .with_db(move |db| {
@@ -219,7 +282,9 @@ pub async fn get_trace(state: web::Data<AppState>, id: web::Path<String>) -> Res
     let id = id.into_inner();
     let body = state
         .with_db(move |db| {
-            db.get_trace(&id)?.map(|t| to_canonical_json(&t)).ok_or_else(|| WebError::NotFound(format!("no trace with id {id:?}")))
+            db.get_trace(&id)?
+                .map(|t| to_canonical_json(&t))
+                .ok_or_else(|| WebError::NotFound(format!("no trace with id {id:?}")))
         })
         .await?;
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
@@ -230,7 +295,13 @@ pub async fn get_trace(state: web::Data<AppState>, id: web::Path<String>) -> Res
 pub async fn delete_trace(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     state
-        .with_db(move |db| if db.delete_trace(&id)? { Ok(()) } else { Err(WebError::NotFound(format!("no trace with id {id:?}"))) })
+        .with_db(move |db| {
+            if db.delete_trace(&id)? {
+                Ok(())
+            } else {
+                Err(WebError::NotFound(format!("no trace with id {id:?}")))
+            }
+        })
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -253,9 +324,12 @@ pub async fn export_traces(
     let encode = match query.format.as_deref().unwrap_or("canonical") {
         "canonical" => to_canonical_json,
         "openai" => to_openai_json,
-        other => return Err(WebError::BadRequest(format!("format: unknown {other:?}, expected canonical or openai")).into()),
+        other => {
+            return Err(WebError::BadRequest(format!("format: unknown {other:?}, expected canonical or openai")).into())
+        }
     };
-    let filter = TraceFilter::try_from(&*filter).map_err(|e| WebError::BadRequest(format!("{}: {}", e.field, e.message)))?;
+    let filter =
+        TraceFilter::try_from(&*filter).map_err(|e| WebError::BadRequest(format!("{}: {}", e.field, e.message)))?;
     let body = state
         .with_db(move |db| {
             let mut out = String::new();
@@ -299,9 +373,14 @@ pub async fn import_traces(
 }
 
 /// Stream a request body into a new file under uploads/.
-async fn save_body(state: &AppState, name: &str, body: &mut web::Payload) -> Result<(std::path::PathBuf, String), WebError> {
+async fn save_body(
+    state: &AppState,
+    name: &str,
+    body: &mut web::Payload,
+) -> Result<(std::path::PathBuf, String), WebError> {
     let upload = new_upload_path(state, name);
-    let mut file = tokio::fs::File::create(&upload.0).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
+    let mut file =
+        tokio::fs::File::create(&upload.0).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
     let mut received = 0usize;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| WebError::BadRequest(format!("reading the body: {e}")))?;
@@ -337,8 +416,15 @@ pub async fn import_pairs(
 }
 
 /// Queue a preference-pair import job for a stored upload and wake the runner.
-pub async fn enqueue_dpo_import(state: &AppState, path: std::path::PathBuf, display_name: String) -> Result<JobRecord, WebError> {
-    let params = crate::jobs::import_dpo::params_value(&crate::jobs::import_dpo::ImportDpoParams { path, display_name: Some(display_name) });
+pub async fn enqueue_dpo_import(
+    state: &AppState,
+    path: std::path::PathBuf,
+    display_name: String,
+) -> Result<JobRecord, WebError> {
+    let params = crate::jobs::import_dpo::params_value(&crate::jobs::import_dpo::ImportDpoParams {
+        path,
+        display_name: Some(display_name),
+    });
     let job = state.with_db(move |db| Ok(db.insert_job(JobKind::ImportDpo.as_str(), &params, None)?)).await?;
     state.runner.notify();
     Ok(job)
@@ -360,7 +446,10 @@ pub struct PairQuery {
 
 /// Stored preference pairs, newest first.
 #[utoipa::path(get, path = "/api/pairs", params(PairQuery), responses((status = 200, body = PairPage)))]
-pub async fn list_pairs(state: web::Data<AppState>, query: web::Query<PairQuery>) -> Result<web::Json<PairPage>, ApiError> {
+pub async fn list_pairs(
+    state: web::Data<AppState>,
+    query: web::Query<PairQuery>,
+) -> Result<web::Json<PairPage>, ApiError> {
     let (limit, offset) = (query.limit.unwrap_or(50).clamp(1, 1000), query.offset.unwrap_or(0).max(0));
     let page = state
         .with_db(move |db| {
@@ -411,7 +500,10 @@ pub struct JobsQuery {
 
 /// Recent jobs, newest first.
 #[utoipa::path(get, path = "/api/jobs", params(JobsQuery), responses((status = 200, body = Vec<JobRecord>)))]
-pub async fn list_jobs(state: web::Data<AppState>, query: web::Query<JobsQuery>) -> Result<web::Json<Vec<JobRecord>>, ApiError> {
+pub async fn list_jobs(
+    state: web::Data<AppState>,
+    query: web::Query<JobsQuery>,
+) -> Result<web::Json<Vec<JobRecord>>, ApiError> {
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     Ok(web::Json(state.with_db(move |db| Ok(db.list_jobs(limit)?)).await?))
 }
@@ -494,10 +586,15 @@ pub struct BootstrapRequest {
 /// Queue a bootstrap job that generates executable synthetic traces.
 #[utoipa::path(post, path = "/api/bootstrap", request_body = BootstrapRequest,
     responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
-pub async fn start_bootstrap(state: web::Data<AppState>, request: web::Json<BootstrapRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn start_bootstrap(
+    state: web::Data<AppState>,
+    request: web::Json<BootstrapRequest>,
+) -> Result<HttpResponse, ApiError> {
     let request = request.into_inner();
     if !(1..=super::bootstrap::MAX_BOOTSTRAP_TRACES).contains(&request.traces) {
-        return Err(WebError::BadRequest(format!("traces: must be 1 to {}", super::bootstrap::MAX_BOOTSTRAP_TRACES)).into());
+        return Err(
+            WebError::BadRequest(format!("traces: must be 1 to {}", super::bootstrap::MAX_BOOTSTRAP_TRACES)).into()
+        );
     }
     let params = crate::jobs::bootstrap::BootstrapParams {
         traces: request.traces,
@@ -553,7 +650,11 @@ pub async fn get_template(state: web::Data<AppState>, name: web::Path<String>) -
 #[utoipa::path(put, path = "/api/templates/{name}", params(("name" = String, Path)),
     request_body(content = Object, description = "A workflow template"),
     responses((status = 200, description = "The stored template", body = Object), (status = 400, body = ErrorBody)))]
-pub async fn put_template(state: web::Data<AppState>, name: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn put_template(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let text = std::str::from_utf8(&body).map_err(|_| WebError::BadRequest("the body is not UTF-8".into()))?;
     let template = super::bootstrap::store_template(&state, text, Some(&name)).await.map_err(WebError::BadRequest)?;
     Ok(HttpResponse::Ok().json(template))
@@ -587,12 +688,18 @@ fn tiny() -> String {
 /// Queue a dataset build.
 #[utoipa::path(post, path = "/api/datasets", request_body = DatasetRequest,
     responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
-pub async fn build_dataset(state: web::Data<AppState>, request: web::Json<DatasetRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn build_dataset(
+    state: web::Data<AppState>,
+    request: web::Json<DatasetRequest>,
+) -> Result<HttpResponse, ApiError> {
     let request = request.into_inner();
-    let model = super::datasets::confined_model(&state, &request.model).map_err(|e| WebError::BadRequest(format!("model: {e}")))?;
+    let model = super::datasets::confined_model(&state, &request.model)
+        .map_err(|e| WebError::BadRequest(format!("model: {e}")))?;
     let mut config = crate::dataset::DatasetConfig::new(request.name, model);
     for source in &request.sources {
-        config.sources.push(Source::parse(source).ok_or_else(|| WebError::BadRequest(format!("sources: unknown source {source:?}")))?);
+        config.sources.push(
+            Source::parse(source).ok_or_else(|| WebError::BadRequest(format!("sources: unknown source {source:?}")))?,
+        );
     }
     config.categories = request.categories;
     config.min_tool_calls = request.min_tool_calls;
@@ -616,16 +723,24 @@ pub async fn list_datasets(state: web::Data<AppState>) -> Result<web::Json<Vec<c
 /// One dataset: its config, statistics (with file checksums) and directory.
 #[utoipa::path(get, path = "/api/datasets/{id}", params(("id" = String, Path)),
     responses((status = 200, body = crate::store::DatasetRow), (status = 404, body = ErrorBody)))]
-pub async fn get_dataset(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<crate::store::DatasetRow>, ApiError> {
+pub async fn get_dataset(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<crate::store::DatasetRow>, ApiError> {
     let id = id.into_inner();
-    let row = state.with_db(move |db| db.get_dataset(&id)?.ok_or_else(|| WebError::NotFound(format!("no dataset with id {id:?}")))).await?;
+    let row = state
+        .with_db(move |db| db.get_dataset(&id)?.ok_or_else(|| WebError::NotFound(format!("no dataset with id {id:?}"))))
+        .await?;
     Ok(web::Json(row))
 }
 
 /// Download one of a dataset's files (config.json, sft.jsonl, tokenizer.json, train.tokens, ...).
 #[utoipa::path(get, path = "/api/datasets/{id}/files/{name}", params(("id" = String, Path), ("name" = String, Path)),
     responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
-pub async fn get_dataset_file(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn get_dataset_file(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
     Ok(super::datasets::dataset_file(&state, id, &name).await?)
 }
@@ -654,7 +769,11 @@ fn sft() -> String {
 pub async fn start_run(state: web::Data<AppState>, request: web::Json<RunRequest>) -> Result<HttpResponse, ApiError> {
     let request = request.into_inner();
     if request.phase != "sft" {
-        return Err(WebError::BadRequest(format!("phase: {:?} is not available in this build yet (only sft)", request.phase)).into());
+        return Err(WebError::BadRequest(format!(
+            "phase: {:?} is not available in this build yet (only sft)",
+            request.phase
+        ))
+        .into());
     }
     let defaults = crate::train::sft::SftConfig::default();
     let config = crate::train::sft::SftConfig {
@@ -675,7 +794,9 @@ pub async fn start_run(state: web::Data<AppState>, request: web::Json<RunRequest
 /// files, sessions and traces captured, last scan and capture, last error, the last scan's report
 /// (malformed lines, redactions), the `SessionEnd` hook, progress toward retraining.
 #[utoipa::path(get, path = "/api/capture", responses((status = 200, description = "The engine status document (as `understudy engine status --json`)", body = Object)))]
-pub async fn capture_status(state: web::Data<AppState>) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
+pub async fn capture_status(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
     Ok(web::Json(super::capture::status(&state).await?))
 }
 
@@ -689,7 +810,10 @@ pub struct CaptureScanRequest {
 /// Scan a Claude Code directory once, now (incremental: unchanged files are skipped).
 #[utoipa::path(post, path = "/api/capture/scan", request_body = CaptureScanRequest,
     responses((status = 200, description = "The scan report (as `understudy capture scan --json`)", body = Object), (status = 400, body = ErrorBody)))]
-pub async fn capture_scan(state: web::Data<AppState>, request: web::Json<CaptureScanRequest>) -> Result<web::Json<crate::capture::ScanReport>, ApiError> {
+pub async fn capture_scan(
+    state: web::Data<AppState>,
+    request: web::Json<CaptureScanRequest>,
+) -> Result<web::Json<crate::capture::ScanReport>, ApiError> {
     Ok(web::Json(super::capture::scan(&state, &request.dir).await?))
 }
 
@@ -702,9 +826,14 @@ pub async fn list_models(state: web::Data<AppState>) -> Result<web::Json<Vec<cra
 /// One model.
 #[utoipa::path(get, path = "/api/models/{id}", params(("id" = String, Path)),
     responses((status = 200, body = crate::store::ModelRow), (status = 404, body = ErrorBody)))]
-pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<crate::store::ModelRow>, ApiError> {
+pub async fn get_model(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<crate::store::ModelRow>, ApiError> {
     let id = id.into_inner();
-    let row = state.with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}")))).await?;
+    let row = state
+        .with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}"))))
+        .await?;
     Ok(web::Json(row))
 }
 
@@ -729,7 +858,11 @@ pub struct ExportModelRequest {
 /// report. The export and its parity appear under /api/exports, also when parity fails.
 #[utoipa::path(post, path = "/api/models/{id}/export", params(("id" = String, Path)), request_body = ExportModelRequest,
     responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn start_export(state: web::Data<AppState>, id: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn start_export(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let request: ExportModelRequest = optional_json(&body)?;
     let quants = super::models::parse_quants(&request.quants.unwrap_or_else(|| vec!["q4_k_m".to_string()]))?;
     let job = super::models::enqueue_export(&state, id.into_inner(), quants, request.name).await?;
@@ -759,9 +892,18 @@ pub struct DeployRequest {
 /// whose parity check failed cannot be deployed (409).
 #[utoipa::path(post, path = "/api/exports/{id}/deploy", params(("id" = String, Path)), request_body = DeployRequest,
     responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn start_deploy(state: web::Data<AppState>, id: web::Path<String>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn start_deploy(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
     let request: DeployRequest = optional_json(&body)?;
-    let choice = super::models::DeployChoice { name: request.name, host: request.host, quant: request.quant, test: request.test };
+    let choice = super::models::DeployChoice {
+        name: request.name,
+        host: request.host,
+        quant: request.quant,
+        test: request.test,
+    };
     let job = super::models::enqueue_deploy(&state, id.into_inner(), choice).await?;
     Ok(HttpResponse::Accepted().json(job))
 }
@@ -776,28 +918,40 @@ pub struct CaptureStartRequest {
 /// Start the background watcher (as `understudy engine start`); answers the engine status.
 #[utoipa::path(post, path = "/api/capture/engine/start", request_body = CaptureStartRequest,
     responses((status = 200, description = "The engine status after starting", body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn capture_engine_start(state: web::Data<AppState>, body: web::Bytes) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
-    let request: CaptureStartRequest =
-        if body.is_empty() { CaptureStartRequest::default() } else { serde_json::from_slice(&body).map_err(|e| WebError::BadRequest(format!("body: {e}")))? };
+pub async fn capture_engine_start(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
+    let request: CaptureStartRequest = if body.is_empty() {
+        CaptureStartRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| WebError::BadRequest(format!("body: {e}")))?
+    };
     super::capture::start_engine(&state, request.dir).await?;
     Ok(web::Json(super::capture::status(&state).await?))
 }
 
 /// Stop the background watcher (as `understudy engine stop`); answers the engine status.
 #[utoipa::path(post, path = "/api/capture/engine/stop", responses((status = 200, description = "The engine status after stopping", body = Object)))]
-pub async fn capture_engine_stop(state: web::Data<AppState>) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
+pub async fn capture_engine_stop(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::engine::EngineStatus>, ApiError> {
     super::capture::stop_engine(&state).await?;
     Ok(web::Json(super::capture::status(&state).await?))
 }
 
 /// Add the `SessionEnd` hook to Claude Code's settings (as `understudy engine install`).
 #[utoipa::path(post, path = "/api/capture/hook/install", responses((status = 200, description = "What changed (action, entry, backup)", body = Object), (status = 409, body = ErrorBody)))]
-pub async fn capture_hook_install(state: web::Data<AppState>) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
+pub async fn capture_hook_install(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
     Ok(web::Json(super::capture::change_hook(&state, true).await?))
 }
 
 /// Remove exactly the hook install added (as `understudy engine uninstall`).
 #[utoipa::path(post, path = "/api/capture/hook/uninstall", responses((status = 200, description = "What changed (removed, backup)", body = Object), (status = 409, body = ErrorBody)))]
-pub async fn capture_hook_uninstall(state: web::Data<AppState>) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
+pub async fn capture_hook_uninstall(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
     Ok(web::Json(super::capture::change_hook(&state, false).await?))
 }

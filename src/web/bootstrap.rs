@@ -106,7 +106,10 @@ fn validate(input: &GenerateInput) -> Result<BootstrapParams, GenerateForm> {
         (Some(traces), Some(seed)) => Ok(BootstrapParams {
             traces,
             seed,
-            templates: Some(input.template.trim()).filter(|t| !t.is_empty()).map(|t| vec![t.to_string()]).unwrap_or_default(),
+            templates: Some(input.template.trim())
+                .filter(|t| !t.is_empty())
+                .map(|t| vec![t.to_string()])
+                .unwrap_or_default(),
         }),
         _ => Err(form),
     }
@@ -119,7 +122,10 @@ async fn generate(state: web::Data<AppState>, input: web::Form<GenerateInput>) -
             Ok(see_other(&format!("/jobs/{}", job.id)))
         }
         Err(form) => {
-            let body = render_page(&state, form, &input.template).await?.render().map_err(|e| WebError::Internal(e.to_string()))?;
+            let body = render_page(&state, form, &input.template)
+                .await?
+                .render()
+                .map_err(|e| WebError::Internal(e.to_string()))?;
             Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
         }
     }
@@ -174,7 +180,11 @@ pub struct TemplateInput {
 }
 
 /// Validate and store one template from editor text; the error names where the problem is.
-pub async fn store_template(state: &AppState, body: &str, expected_name: Option<&str>) -> Result<WorkflowTemplate, String> {
+pub async fn store_template(
+    state: &AppState,
+    body: &str,
+    expected_name: Option<&str>,
+) -> Result<WorkflowTemplate, String> {
     let mut templates = parse_file(body)?;
     if templates.len() != 1 {
         return Err(format!("expected one template object, got {}", templates.len()));
@@ -182,7 +192,10 @@ pub async fn store_template(state: &AppState, body: &str, expected_name: Option<
     let template = templates.remove(0);
     if let Some(expected) = expected_name {
         if template.name != expected {
-            return Err(format!("name: this page edits {expected:?}; to create {:?}, use Add a template", template.name));
+            return Err(format!(
+                "name: this page edits {expected:?}; to create {:?}, use Add a template",
+                template.name
+            ));
         }
     }
     let json = serde_json::to_string(&template).map_err(|e| e.to_string())?;
@@ -191,7 +204,11 @@ pub async fn store_template(state: &AppState, body: &str, expected_name: Option<
     Ok(template)
 }
 
-async fn save_template(state: web::Data<AppState>, name: web::Path<String>, input: web::Form<TemplateInput>) -> Result<HttpResponse, PageError> {
+async fn save_template(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    input: web::Form<TemplateInput>,
+) -> Result<HttpResponse, PageError> {
     let name = name.into_inner();
     match store_template(&state, &input.body, Some(&name)).await {
         Ok(_) => Ok(see_other("/bootstrap")),
@@ -199,7 +216,10 @@ async fn save_template(state: web::Data<AppState>, name: web::Path<String>, inpu
     }
 }
 
-async fn create_template(state: web::Data<AppState>, input: web::Form<TemplateInput>) -> Result<HttpResponse, PageError> {
+async fn create_template(
+    state: web::Data<AppState>,
+    input: web::Form<TemplateInput>,
+) -> Result<HttpResponse, PageError> {
     match store_template(&state, &input.body, None).await {
         Ok(_) => Ok(see_other("/bootstrap")),
         Err(error) => invalid(editor("new", true, input.body.clone(), Some(error))),

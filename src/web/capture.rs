@@ -64,10 +64,11 @@ pub fn validate_dir(dir: &str) -> Result<PathBuf, String> {
 pub async fn scan(state: &AppState, dir: &str) -> Result<ScanReport, WebError> {
     let (store, dir) = (state.store.clone(), dir.to_string());
     // Checking the directory touches the file system too: off the async workers with the scan.
-    let report = web::block(move || validate_dir(&dir).map(|root| capture::scan(&store, &CaptureSettings::new(vec![root]))))
-        .await
-        .map_err(|e| WebError::Internal(format!("blocking task failed: {e}")))?
-        .map_err(WebError::BadRequest)?;
+    let report =
+        web::block(move || validate_dir(&dir).map(|root| capture::scan(&store, &CaptureSettings::new(vec![root]))))
+            .await
+            .map_err(|e| WebError::Internal(format!("blocking task failed: {e}")))?
+            .map_err(WebError::BadRequest)?;
     report.map_err(|error| match error {
         error @ CaptureError::NoProjects(_) => WebError::BadRequest(format!("dir: {error}")),
         CaptureError::Store(store) => store.into(),
@@ -77,15 +78,15 @@ pub async fn scan(state: &AppState, dir: &str) -> Result<ScanReport, WebError> {
 
 /// The directory the form offers: the one holding the known settings file (`~/.claude`).
 fn default_dir(state: &AppState) -> String {
-    state
-        .claude_settings
-        .as_deref()
-        .and_then(|p| p.parent())
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
+    state.claude_settings.as_deref().and_then(|p| p.parent()).map(|p| p.display().to_string()).unwrap_or_default()
 }
 
-async fn render(state: &AppState, scanned: Option<String>, dir: String, dir_error: Option<String>) -> Result<CapturePage, WebError> {
+async fn render(
+    state: &AppState,
+    scanned: Option<String>,
+    dir: String,
+    dir_error: Option<String>,
+) -> Result<CapturePage, WebError> {
     render_with(state, scanned, dir, dir_error, None).await
 }
 
@@ -104,11 +105,18 @@ async fn render_with(
         })
         .await?;
     let engine_line = match (&status.pid, &status.started_at, &status.interval) {
-        (Some(pid), Some(started_at), Some(interval)) => format!("running (pid {pid}) since {started_at}, every {interval}s"),
+        (Some(pid), Some(started_at), Some(interval)) => {
+            format!("running (pid {pid}) since {started_at}, every {interval}s")
+        }
         _ => "not running".to_string(),
     };
     let from_report = |key: &str| {
-        status.last_report.as_ref().and_then(|r| r.get(key)).and_then(serde_json::Value::as_u64).map_or_else(|| "—".to_string(), |n| n.to_string())
+        status
+            .last_report
+            .as_ref()
+            .and_then(|r| r.get(key))
+            .and_then(serde_json::Value::as_u64)
+            .map_or_else(|| "—".to_string(), |n| n.to_string())
     };
     Ok(CapturePage {
         nav: Nav::new("/capture"),
@@ -130,7 +138,13 @@ async fn render_with(
         settings_path: status.settings.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         sessions: sessions
             .into_iter()
-            .map(|s| CaptureSessionRow { session_id: s.session_id, project: s.project, git_branch: s.git_branch, last_at: s.last_at, n_traces: s.n_traces })
+            .map(|s| CaptureSessionRow {
+                session_id: s.session_id,
+                project: s.project,
+                git_branch: s.git_branch,
+                last_at: s.last_at,
+                n_traces: s.n_traces,
+            })
             .collect(),
         traces: traces.into_iter().map(trace_row).collect(),
         scanned,
@@ -179,7 +193,10 @@ async fn page(state: web::Data<AppState>, query: web::Query<PageQuery>) -> Resul
     html(render(&state, scanned, dir, None).await?)
 }
 
-async fn scan_form(state: web::Data<AppState>, values: web::Form<HashMap<String, String>>) -> Result<HttpResponse, PageError> {
+async fn scan_form(
+    state: web::Data<AppState>,
+    values: web::Form<HashMap<String, String>>,
+) -> Result<HttpResponse, PageError> {
     let dir = values.get("dir").cloned().unwrap_or_default();
     match scan(&state, &dir).await {
         Ok(report) => {
@@ -196,7 +213,10 @@ async fn scan_form(state: web::Data<AppState>, values: web::Form<HashMap<String,
             Ok(see_other(&location))
         }
         Err(WebError::BadRequest(message)) => {
-            let body = render(&state, None, dir, Some(message)).await?.render().map_err(|e| WebError::Internal(e.to_string()))?;
+            let body = render(&state, None, dir, Some(message))
+                .await?
+                .render()
+                .map_err(|e| WebError::Internal(e.to_string()))?;
             Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
         }
         Err(other) => Err(other.into()),
@@ -217,11 +237,13 @@ pub async fn start_engine(state: &AppState, dir: Option<String>) -> Result<(), W
     };
     let dir = dir.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).unwrap_or_else(|| default_dir(state));
     let data_dir = state.config.data_dir().to_path_buf();
-    web::block(move || validate_dir(&dir).map(|root| engine::start(&binary, &data_dir, &[root], &StartOptions::default())))
-        .await
-        .map_err(blocking_failed)?
-        .map_err(WebError::BadRequest)?
-        .map_err(|e| WebError::Internal(e.to_string()))?;
+    web::block(move || {
+        validate_dir(&dir).map(|root| engine::start(&binary, &data_dir, &[root], &StartOptions::default()))
+    })
+    .await
+    .map_err(blocking_failed)?
+    .map_err(WebError::BadRequest)?
+    .map_err(|e| WebError::Internal(e.to_string()))?;
     Ok(())
 }
 
@@ -232,7 +254,10 @@ pub async fn stop_engine(state: &AppState) -> Result<(), WebError> {
     Ok(())
 }
 
-async fn engine_start_form(state: web::Data<AppState>, values: web::Form<HashMap<String, String>>) -> Result<HttpResponse, PageError> {
+async fn engine_start_form(
+    state: web::Data<AppState>,
+    values: web::Form<HashMap<String, String>>,
+) -> Result<HttpResponse, PageError> {
     let dir = values.get("dir").cloned();
     match start_engine(&state, dir.clone()).await {
         Ok(()) => Ok(see_other("/capture")),
@@ -254,7 +279,10 @@ async fn engine_stop_form(state: web::Data<AppState>) -> Result<HttpResponse, Pa
 /// exactly as `engine install|uninstall` do; shared with the API.
 pub async fn change_hook(state: &AppState, install: bool) -> Result<crate::capture::hook::FileChange, WebError> {
     let Some(path) = state.claude_settings.clone() else {
-        return Err(WebError::Conflict("this server does not know Claude Code's settings file; use `understudy engine install --settings PATH`".into()));
+        return Err(WebError::Conflict(
+            "this server does not know Claude Code's settings file; use `understudy engine install --settings PATH`"
+                .into(),
+        ));
     };
     let data_dir = state.config.data_dir().to_path_buf();
     web::block(move || {

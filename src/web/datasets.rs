@@ -77,7 +77,8 @@ pub fn confined_model(state: &AppState, text: &str) -> Result<ModelSource, Strin
         return Ok(ModelSource::Tiny);
     }
     let models = state.config.data_dir().join("models");
-    let candidate = if std::path::Path::new(text).is_absolute() { std::path::PathBuf::from(text) } else { models.join(text) };
+    let candidate =
+        if std::path::Path::new(text).is_absolute() { std::path::PathBuf::from(text) } else { models.join(text) };
     let resolved = candidate.canonicalize().map_err(|_| format!("{text}: no such model under {}", models.display()))?;
     let root = models.canonicalize().map_err(|_| format!("{} does not exist; put models there", models.display()))?;
     if !resolved.starts_with(&root) {
@@ -109,7 +110,10 @@ fn validate(state: &AppState, fields: &HashMap<String, String>) -> Result<Datase
         match Source::parse(part) {
             Some(source) => sources.push(source),
             None => {
-                form.errors.insert("sources", format!("{part:?} is not a source (synthetic, claude_code, dpo_import, served, import)"));
+                form.errors.insert(
+                    "sources",
+                    format!("{part:?} is not a source (synthetic, claude_code, dpo_import, served, import)"),
+                );
             }
         }
     }
@@ -128,8 +132,15 @@ fn validate(state: &AppState, fields: &HashMap<String, String>) -> Result<Datase
     let test_ratio = number("test_ratio", &form.test_ratio.clone());
     let max_seq_len = number("max_seq_len", &form.max_seq_len.clone());
     let seed = number("seed", &form.seed.clone());
-    let (Some(model), Some(min_tool_calls), Some(real_weight), Some(val_ratio), Some(test_ratio), Some(max_seq_len), Some(seed)) =
-        (model, min_tool_calls, real_weight, val_ratio, test_ratio, max_seq_len, seed)
+    let (
+        Some(model),
+        Some(min_tool_calls),
+        Some(real_weight),
+        Some(val_ratio),
+        Some(test_ratio),
+        Some(max_seq_len),
+        Some(seed),
+    ) = (model, min_tool_calls, real_weight, val_ratio, test_ratio, max_seq_len, seed)
     else {
         return Err(form);
     };
@@ -169,7 +180,10 @@ pub async fn enqueue(state: &AppState, config: DatasetConfig) -> Result<JobRecor
     Ok(job)
 }
 
-async fn build(state: web::Data<AppState>, fields: web::Form<HashMap<String, String>>) -> Result<HttpResponse, PageError> {
+async fn build(
+    state: web::Data<AppState>,
+    fields: web::Form<HashMap<String, String>>,
+) -> Result<HttpResponse, PageError> {
     match validate(&state, &fields) {
         Ok(config) => {
             let job = enqueue(&state, config).await?;
@@ -183,7 +197,9 @@ async fn build(state: web::Data<AppState>, fields: web::Form<HashMap<String, Str
 }
 
 async fn find(state: &AppState, id: String) -> Result<DatasetRow, WebError> {
-    state.with_db(move |db| db.get_dataset(&id)?.ok_or_else(|| WebError::NotFound(format!("no dataset with id {id:?}")))).await
+    state
+        .with_db(move |db| db.get_dataset(&id)?.ok_or_else(|| WebError::NotFound(format!("no dataset with id {id:?}"))))
+        .await
 }
 
 fn chart_rows(value: &serde_json::Value) -> Vec<(String, f64)> {
@@ -228,7 +244,13 @@ async fn show(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpR
         name: row.name.clone(),
         model: list.model,
         template: stats["template"].as_str().unwrap_or("").to_string(),
-        end_of_turn: stats["end_of_turn"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+        end_of_turn: stats["end_of_turn"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         train: list.train,
         weighted_train: number(&stats["weighted_train"]),
         val: list.val,
@@ -254,7 +276,10 @@ pub async fn dataset_file(state: &AppState, id: String, name: &str) -> Result<Ht
     };
     let row = find(state, id).await?;
     let path = std::path::PathBuf::from(&row.path).join(name);
-    let bytes = web::block(move || std::fs::read(path)).await.map_err(|e| WebError::Internal(e.to_string()))?.map_err(|e| WebError::Internal(e.to_string()))?;
+    let bytes = web::block(move || std::fs::read(path))
+        .await
+        .map_err(|e| WebError::Internal(e.to_string()))?
+        .map_err(|e| WebError::Internal(e.to_string()))?;
     let content_type = match name.rsplit('.').next() {
         Some("jsonl") => "application/x-ndjson",
         Some("json") => "application/json",

@@ -30,7 +30,10 @@ impl Histogram {
         for (bucket, count) in BUCKETS.iter().zip(self.counts.iter()) {
             out.push_str(&format!("{name}_bucket{{le=\"{bucket}\"}} {count}\n"));
         }
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n", self.count, self.sum, self.count));
+        out.push_str(&format!(
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
+            self.count, self.sum, self.count
+        ));
     }
 }
 
@@ -80,7 +83,11 @@ impl Metrics {
             inner.completion_tokens
         ));
         inner.latency.render("understudy_request_seconds", "Request latency (whole response).", &mut out);
-        inner.first_token.render("understudy_time_to_first_token_seconds", "Time to the first generated token of streamed requests.", &mut out);
+        inner.first_token.render(
+            "understudy_time_to_first_token_seconds",
+            "Time to the first generated token of streamed requests.",
+            &mut out,
+        );
         out.push_str(&format!("# HELP understudy_queue_waiting Requests waiting for a decoding worker.\n# TYPE understudy_queue_waiting gauge\nunderstudy_queue_waiting {queued}\n"));
         out.push_str(&format!("# HELP understudy_queue_active Requests being decoded.\n# TYPE understudy_queue_active gauge\nunderstudy_queue_active {active}\n"));
         out.push_str(&format!("# HELP understudy_queue_capacity Waiting requests accepted before 429.\n# TYPE understudy_queue_capacity gauge\nunderstudy_queue_capacity {capacity}\n"));

@@ -92,7 +92,17 @@ impl Application {
             registry: Arc::new(crate::serve::registry::Registry::new(settings.engine_workers)),
             metrics: Arc::new(metrics::Metrics::default()),
         });
-        let state = web::Data::new(AppState { config, store, runner: Arc::clone(&runner), api_key: settings.api_key, admin_token: settings.admin_token, ollama_host, serving, claude_settings: settings.claude_settings, understudy_binary: settings.understudy_binary });
+        let state = web::Data::new(AppState {
+            config,
+            store,
+            runner: Arc::clone(&runner),
+            api_key: settings.api_key,
+            admin_token: settings.admin_token,
+            ollama_host,
+            serving,
+            claude_settings: settings.claude_settings,
+            understudy_binary: settings.understudy_binary,
+        });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
         let address = listener.local_addr()?;
@@ -152,11 +162,18 @@ fn routes(config: &mut web::ServiceConfig) {
 const ADMIN_COOKIE: &str = "understudy_admin";
 
 /// `GET /login?token=...`: a right admin token becomes an HttpOnly, same-site cookie.
-async fn login(state: web::Data<AppState>, query: web::Query<std::collections::HashMap<String, String>>) -> Result<actix_web::HttpResponse, error::PageError> {
+async fn login(
+    state: web::Data<AppState>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> Result<actix_web::HttpResponse, error::PageError> {
     let given = query.get("token").cloned().unwrap_or_default();
     match &state.admin_token {
         Some(token) if *token == given => {
-            let cookie = actix_web::cookie::Cookie::build(ADMIN_COOKIE, given).path("/").http_only(true).same_site(actix_web::cookie::SameSite::Strict).finish();
+            let cookie = actix_web::cookie::Cookie::build(ADMIN_COOKIE, given)
+                .path("/")
+                .http_only(true)
+                .same_site(actix_web::cookie::SameSite::Strict)
+                .finish();
             Ok(actix_web::HttpResponse::SeeOther().insert_header(("Location", "/")).cookie(cookie).finish())
         }
         Some(_) => Err(error::PageError(WebError::Forbidden("wrong admin token".into()))),
@@ -167,7 +184,12 @@ async fn login(state: web::Data<AppState>, query: web::Query<std::collections::H
 /// Prometheus text: requests, tokens, latency, time to first token, the engine's queue.
 async fn metrics_text(state: web::Data<AppState>) -> actix_web::HttpResponse {
     let serving = &state.serving;
-    let body = serving.metrics.render(serving.engine.queued(), serving.engine.active(), serving.engine.capacity(), serving.registry.loaded_versions().len());
+    let body = serving.metrics.render(
+        serving.engine.queued(),
+        serving.engine.active(),
+        serving.engine.capacity(),
+        serving.registry.loaded_versions().len(),
+    );
     actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 
@@ -178,7 +200,12 @@ async fn access_control(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = request.app_data::<web::Data<AppState>>().cloned();
     let path = request.path().to_string();
-    let bearer = request.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string);
+    let bearer = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
     let (api_key, admin_token) = state.as_ref().map_or((None, None), |s| (s.api_key.clone(), s.admin_token.clone()));
     let open = path == "/health" || path == "/login" || path.starts_with("/static/");
     if path.starts_with("/v1/") {
@@ -191,7 +218,10 @@ async fn access_control(
             if path.starts_with("/api/") {
                 return Err(error::ApiError(WebError::Unauthorized).into());
             }
-            return Err(error::PageError(WebError::Forbidden("this Understudy needs its admin token: open /login?token=TOKEN once in this browser".into())).into());
+            return Err(error::PageError(WebError::Forbidden(
+                "this Understudy needs its admin token: open /login?token=TOKEN once in this browser".into(),
+            ))
+            .into());
         }
     } else if let Some(key) = api_key.filter(|_| path.starts_with("/api/")) {
         if bearer.as_deref() != Some(key.as_str()) {

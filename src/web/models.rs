@@ -37,8 +37,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
 pub fn parse_quants(texts: &[String]) -> Result<Vec<Quant>, WebError> {
     let mut quants = Vec::new();
     for text in texts {
-        let quant = Quant::parse(text.trim())
-            .ok_or_else(|| WebError::BadRequest(format!("quants: unknown quant {text:?}; expected f32, f16, q8_0 or q4_k_m")))?;
+        let quant = Quant::parse(text.trim()).ok_or_else(|| {
+            WebError::BadRequest(format!("quants: unknown quant {text:?}; expected f32, f16, q8_0 or q4_k_m"))
+        })?;
         if !quants.contains(&quant) {
             quants.push(quant);
         }
@@ -50,13 +51,20 @@ pub fn parse_quants(texts: &[String]) -> Result<Vec<Quant>, WebError> {
 }
 
 /// Queue an export of a stored model and wake the runner. 404 for an unknown model.
-pub async fn enqueue_export(state: &AppState, model_id: String, quants: Vec<Quant>, name: Option<String>) -> Result<JobRecord, WebError> {
+pub async fn enqueue_export(
+    state: &AppState,
+    model_id: String,
+    quants: Vec<Quant>,
+    name: Option<String>,
+) -> Result<JobRecord, WebError> {
     let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
     if name.as_ref().is_some_and(|n| n.chars().count() > MAX_EXPORT_NAME_LEN) {
         return Err(WebError::BadRequest(format!("name: at most {MAX_EXPORT_NAME_LEN} characters")));
     }
     let id = model_id.clone();
-    let model = state.with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}")))).await?;
+    let model = state
+        .with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}"))))
+        .await?;
     let params = crate::jobs::export::params_value(&ExportParams {
         source: ExportSource::ModelDir(model.path.into()),
         quants,
@@ -95,7 +103,10 @@ fn gguf_quants(manifest: &ExportManifest) -> Vec<String> {
 /// failed, 400 naming the field for a bad name, host or quant.
 fn deploy_params(export: ExportRow, choice: &DeployChoice, default_host: &str) -> Result<DeployParams, WebError> {
     if !export.parity_passed {
-        return Err(WebError::Conflict(format!("export {} failed its parity check and cannot be deployed; export the model again", export.id)));
+        return Err(WebError::Conflict(format!(
+            "export {} failed its parity check and cannot be deployed; export the model again",
+            export.id
+        )));
     }
     let name = given(&choice.name).unwrap_or_else(|| DEFAULT_NAME.to_string());
     crate::deploy::validate_name(&name).map_err(|e| WebError::BadRequest(format!("name: {e}")))?;
@@ -103,10 +114,15 @@ fn deploy_params(export: ExportRow, choice: &DeployChoice, default_host: &str) -
     let host = base_url(&host).map_err(|e| WebError::BadRequest(format!("host: {e}")))?;
     let quant = given(&choice.quant);
     if let Some(quant) = &quant {
-        let available = serde_json::from_value::<ExportManifest>(export.manifest.clone()).map(|m| gguf_quants(&m)).unwrap_or_default();
+        let available = serde_json::from_value::<ExportManifest>(export.manifest.clone())
+            .map(|m| gguf_quants(&m))
+            .unwrap_or_default();
         if !available.contains(quant) {
             let listed = if available.is_empty() { "none".to_string() } else { available.join(", ") };
-            return Err(WebError::BadRequest(format!("quant: export {} has no {quant:?} GGUF (it has: {listed})", export.id)));
+            return Err(WebError::BadRequest(format!(
+                "quant: export {} has no {quant:?} GGUF (it has: {listed})",
+                export.id
+            )));
         }
     }
     Ok(DeployParams { export_id: export.id, export_dir: export.path.into(), name, host, quant, test: choice.test })
@@ -117,7 +133,9 @@ pub async fn enqueue_deploy(state: &AppState, export_id: String, choice: DeployC
     let default_host = state.ollama_host.clone();
     let job = state
         .with_db(move |db| {
-            let export = db.get_export(&export_id)?.ok_or_else(|| WebError::NotFound(format!("no export with id {export_id:?}")))?;
+            let export = db
+                .get_export(&export_id)?
+                .ok_or_else(|| WebError::NotFound(format!("no export with id {export_id:?}")))?;
             let params = crate::jobs::deploy::params_value(&deploy_params(export, &choice, &default_host)?);
             Ok(db.insert_job(JobKind::Deploy.as_str(), &params, None)?)
         })
@@ -133,9 +151,12 @@ enum Refused {
 }
 
 fn model_row(row: &ModelRow, refused: Option<&Refused>) -> ModelListRow {
-    let metric = |name: &str, digits: usize| row.metrics[name].as_f64().map_or("–".to_string(), |v| format!("{v:.digits$}"));
+    let metric =
+        |name: &str, digits: usize| row.metrics[name].as_f64().map_or("–".to_string(), |v| format!("{v:.digits$}"));
     let (checked, export_error) = match refused {
-        Some(Refused::Export { model_id, quants, message }) if *model_id == row.id => (quants.clone(), Some(message.clone())),
+        Some(Refused::Export { model_id, quants, message }) if *model_id == row.id => {
+            (quants.clone(), Some(message.clone()))
+        }
         _ => (vec![DEFAULT_QUANT.as_str().to_string()], None),
     };
     ModelListRow {
@@ -148,7 +169,10 @@ fn model_row(row: &ModelRow, refused: Option<&Refused>) -> ModelListRow {
         eval_loss: metric("final_eval_loss", 4),
         speed: metric("tokens_per_second", 0),
         created_at: row.created_at.clone(),
-        quants: Quant::ALL.iter().map(|q| QuantChoice { value: q.as_str(), checked: checked.iter().any(|c| c == q.as_str()) }).collect(),
+        quants: Quant::ALL
+            .iter()
+            .map(|q| QuantChoice { value: q.as_str(), checked: checked.iter().any(|c| c == q.as_str()) })
+            .collect(),
         export_error,
     }
 }
@@ -158,12 +182,20 @@ fn export_row(row: &ExportRow, refused: Option<&Refused>, default_host: &str) ->
     let files = manifest
         .iter()
         .flat_map(|m| m.files.iter().filter(|f| f.format == "gguf"))
-        .map(|f| ExportFileView { quant: f.quant.clone().unwrap_or_else(|| "gguf".into()), size: format!("{:.1} MB", f.bytes as f64 / 1e6) })
+        .map(|f| ExportFileView {
+            quant: f.quant.clone().unwrap_or_else(|| "gguf".into()),
+            size: format!("{:.1} MB", f.bytes as f64 / 1e6),
+        })
         .collect();
     let checks: Vec<ParityCheckView> = manifest
         .iter()
         .flat_map(|m| m.parity.checks.iter())
-        .map(|c| ParityCheckView { name: c.name.clone(), passed: c.passed, required: c.required, detail: c.detail.clone() })
+        .map(|c| ParityCheckView {
+            name: c.name.clone(),
+            passed: c.passed,
+            required: c.required,
+            detail: c.detail.clone(),
+        })
         .collect();
     let not_deployable = if row.parity_passed {
         None
@@ -175,12 +207,19 @@ fn export_row(row: &ExportRow, refused: Option<&Refused>, default_host: &str) ->
         })
     };
     let (choice, deploy_error) = match refused {
-        Some(Refused::Deploy { export_id, choice, message }) if *export_id == row.id => (choice.clone(), Some(message.clone())),
+        Some(Refused::Deploy { export_id, choice, message }) if *export_id == row.id => {
+            (choice.clone(), Some(message.clone()))
+        }
         _ => (DeployChoice::default(), None),
     };
     let chosen_quant = given(&choice.quant).unwrap_or_default();
-    let mut quants = vec![SelectOption { value: String::new(), label: "first GGUF".into(), selected: chosen_quant.is_empty() }];
-    quants.extend(manifest.iter().flat_map(gguf_quants).map(|q| SelectOption { selected: q == chosen_quant, label: q.clone(), value: q }));
+    let mut quants =
+        vec![SelectOption { value: String::new(), label: "first GGUF".into(), selected: chosen_quant.is_empty() }];
+    quants.extend(manifest.iter().flat_map(gguf_quants).map(|q| SelectOption {
+        selected: q == chosen_quant,
+        label: q.clone(),
+        value: q,
+    }));
     ExportListRow {
         id: row.id.clone(),
         model: row.model_id.clone(),
@@ -215,7 +254,8 @@ async fn page(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
 
 /// The page again with a refused form's reason, as 422.
 async fn refuse(state: &AppState, refused: Refused) -> Result<HttpResponse, PageError> {
-    let body = render(state, Some(refused)).await?.render().map_err(|e| WebError::Internal(format!("template: {e}")))?;
+    let body =
+        render(state, Some(refused)).await?.render().map_err(|e| WebError::Internal(format!("template: {e}")))?;
     Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
 }
 
@@ -228,16 +268,23 @@ fn form_message(message: String) -> String {
 }
 
 /// `quant=q8_0&quant=q4_k_m` (checkboxes; repeated keys).
-async fn export_form(state: web::Data<AppState>, id: web::Path<String>, fields: web::Form<Vec<(String, String)>>) -> Result<HttpResponse, PageError> {
+async fn export_form(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    fields: web::Form<Vec<(String, String)>>,
+) -> Result<HttpResponse, PageError> {
     let model_id = id.into_inner();
-    let quants: Vec<String> = fields.into_inner().into_iter().filter(|(key, _)| key == "quant").map(|(_, value)| value).collect();
+    let quants: Vec<String> =
+        fields.into_inner().into_iter().filter(|(key, _)| key == "quant").map(|(_, value)| value).collect();
     let outcome = match parse_quants(&quants) {
         Ok(parsed) => enqueue_export(&state, model_id.clone(), parsed, None).await,
         Err(error) => Err(error),
     };
     match outcome {
         Ok(job) => Ok(see_other(&format!("/jobs/{}", job.id))),
-        Err(WebError::BadRequest(message)) => refuse(&state, Refused::Export { model_id, quants, message: form_message(message) }).await,
+        Err(WebError::BadRequest(message)) => {
+            refuse(&state, Refused::Export { model_id, quants, message: form_message(message) }).await
+        }
         Err(other) => Err(other.into()),
     }
 }
@@ -251,7 +298,11 @@ struct DeployFormInput {
     test: Option<String>,
 }
 
-async fn deploy_form(state: web::Data<AppState>, id: web::Path<String>, input: web::Form<DeployFormInput>) -> Result<HttpResponse, PageError> {
+async fn deploy_form(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    input: web::Form<DeployFormInput>,
+) -> Result<HttpResponse, PageError> {
     let export_id = id.into_inner();
     let input = input.into_inner();
     let choice = DeployChoice { name: input.name, host: input.host, quant: input.quant, test: input.test.is_some() };

@@ -19,16 +19,24 @@ use utoipa::{OpenApi, ToSchema};
 use super::metrics::Metrics;
 use super::AppState;
 use crate::model::chat_template::TemplateKind;
+use crate::model::reply::{ReplyEvent, ReplyParser, ToolCallOut};
 use crate::serve::engine::{EngineError, Event, Finish, Sampling, TokenLogprob};
 use crate::serve::registry::{self, CatalogEntry, ServedModel};
-use crate::model::reply::{ReplyEvent, ReplyParser, ToolCallOut};
 use crate::traces::wire::{messages_from_wire, WireMessage};
 use crate::traces::Message;
 
 #[derive(OpenApi)]
 #[openapi(
     paths(list_models, chat_completions, completions),
-    components(schemas(ModelList, ModelCard, ChatCompletionRequest, CompletionRequest, StreamOptions, OpenAiErrorBody, OpenAiErrorDetail))
+    components(schemas(
+        ModelList,
+        ModelCard,
+        ChatCompletionRequest,
+        CompletionRequest,
+        StreamOptions,
+        OpenAiErrorBody,
+        OpenAiErrorDetail
+    ))
 )]
 pub struct OpenAiDoc;
 
@@ -70,7 +78,14 @@ pub struct OpenAiErrorDetail {
 
 impl OpenAiError {
     pub fn bad_request(param: impl Into<Option<String>>, message: impl Into<String>) -> OpenAiError {
-        OpenAiError { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", message: message.into(), param: param.into(), code: None, retry_after: None }
+        OpenAiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: param.into(),
+            code: None,
+            retry_after: None,
+        }
     }
 
     pub fn unauthorized() -> OpenAiError {
@@ -89,23 +104,52 @@ impl OpenAiError {
         let message = if served.is_empty() {
             format!("the model {model:?} does not exist: no model is served yet (train and export one first)")
         } else {
-            format!("the model {model:?} does not exist; served models: understudy (the champion), {}", served.join(", "))
+            format!(
+                "the model {model:?} does not exist; served models: understudy (the champion), {}",
+                served.join(", ")
+            )
         };
-        OpenAiError { status: StatusCode::NOT_FOUND, kind: "invalid_request_error", message, param: Some("model".into()), code: Some("model_not_found"), retry_after: None }
+        OpenAiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            message,
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            retry_after: None,
+        }
     }
 
     fn overloaded(message: String) -> OpenAiError {
-        OpenAiError { status: StatusCode::TOO_MANY_REQUESTS, kind: "rate_limit_error", message, param: None, code: Some("rate_limit_exceeded"), retry_after: Some(1) }
+        OpenAiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            message,
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(1),
+        }
     }
 
     fn internal(message: impl std::fmt::Display) -> OpenAiError {
         tracing::error!("openai endpoint: {message}");
-        OpenAiError { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "server_error", message: message.to_string(), param: None, code: None, retry_after: None }
+        OpenAiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            message: message.to_string(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     fn body(&self) -> OpenAiErrorBody {
         OpenAiErrorBody {
-            error: OpenAiErrorDetail { message: self.message.clone(), kind: self.kind.into(), param: self.param.clone(), code: self.code.map(str::to_string) },
+            error: OpenAiErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.into(),
+                param: self.param.clone(),
+                code: self.code.map(str::to_string),
+            },
         }
     }
 }
@@ -177,7 +221,14 @@ pub struct ModelCard {
 }
 
 fn card(entry: &CatalogEntry) -> ModelCard {
-    ModelCard { id: entry.name.clone(), object: "model", created: entry.created, owned_by: "understudy", version: entry.version.clone(), champion: entry.champion }
+    ModelCard {
+        id: entry.name.clone(),
+        object: "model",
+        created: entry.created,
+        owned_by: "understudy",
+        version: entry.version.clone(),
+        champion: entry.champion,
+    }
 }
 
 async fn catalog(state: &AppState) -> Result<Vec<CatalogEntry>, OpenAiError> {
@@ -202,7 +253,9 @@ pub async fn get_model(state: web::Data<AppState>, id: web::Path<String>) -> Res
 async fn served_model(state: &AppState, requested: Option<&str>) -> Result<Arc<ServedModel>, OpenAiError> {
     let catalog = catalog(state).await?;
     let requested = requested.unwrap_or("understudy");
-    let entry = registry::resolve(&catalog, requested).cloned().ok_or_else(|| OpenAiError::model_not_found(requested, &catalog))?;
+    let entry = registry::resolve(&catalog, requested)
+        .cloned()
+        .ok_or_else(|| OpenAiError::model_not_found(requested, &catalog))?;
     let registry = Arc::clone(&state.serving.registry);
     web::block(move || registry.get(&entry)).await.map_err(OpenAiError::internal)?.map_err(OpenAiError::internal)
 }
@@ -300,9 +353,15 @@ fn stop_list(stop: &Option<Value>) -> Result<Vec<String>, OpenAiError> {
         Some(Value::String(text)) => vec![text.clone()],
         Some(Value::Array(items)) => items
             .iter()
-            .map(|item| item.as_str().map(str::to_string).ok_or_else(|| OpenAiError::bad_request(Some("stop".into()), "stop: every entry must be a string")))
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| OpenAiError::bad_request(Some("stop".into()), "stop: every entry must be a string"))
+            })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(OpenAiError::bad_request(Some("stop".into()), "stop: expected a string or a list of strings")),
+        Some(_) => {
+            return Err(OpenAiError::bad_request(Some("stop".into()), "stop: expected a string or a list of strings"))
+        }
     };
     if list.len() > 4 {
         return Err(OpenAiError::bad_request(Some("stop".into()), "stop: at most 4 sequences"));
@@ -313,7 +372,10 @@ fn stop_list(stop: &Option<Value>) -> Result<Vec<String>, OpenAiError> {
 fn check_common(temperature: Option<f64>, top_p: Option<f64>, n: Option<u64>) -> Result<(), OpenAiError> {
     if let Some(t) = temperature {
         if !(0.0..=2.0).contains(&t) {
-            return Err(OpenAiError::bad_request(Some("temperature".into()), format!("temperature: {t} is not between 0 and 2")));
+            return Err(OpenAiError::bad_request(
+                Some("temperature".into()),
+                format!("temperature: {t} is not between 0 and 2"),
+            ));
         }
     }
     if let Some(p) = top_p {
@@ -350,13 +412,23 @@ fn tool_mode(request: &ChatCompletionRequest, tools: &[Value]) -> Result<ToolMod
             "none" => ToolMode::None,
             "auto" => ToolMode::Auto,
             "required" => ToolMode::Required,
-            other => return Err(OpenAiError::bad_request(param(), format!("tool_choice: {other:?} is not none, auto, required or a named function"))),
+            other => {
+                return Err(OpenAiError::bad_request(
+                    param(),
+                    format!("tool_choice: {other:?} is not none, auto, required or a named function"),
+                ))
+            }
         },
         Some(Value::Object(object)) => {
             let name = object.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
             match name {
                 Some(name) => ToolMode::Named(name.to_string()),
-                None => return Err(OpenAiError::bad_request(param(), "tool_choice: expected {\"type\": \"function\", \"function\": {\"name\": ...}}")),
+                None => {
+                    return Err(OpenAiError::bad_request(
+                        param(),
+                        "tool_choice: expected {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    ))
+                }
             }
         }
         Some(_) => return Err(OpenAiError::bad_request(param(), "tool_choice: expected a string or an object")),
@@ -376,7 +448,10 @@ fn check_tools(tools: &[Value]) -> Result<(), OpenAiError> {
     for (index, tool) in tools.iter().enumerate() {
         let param = Some(format!("tools[{index}]"));
         if tool["type"].as_str() != Some("function") {
-            return Err(OpenAiError::bad_request(param, format!("tools[{index}].type: only \"function\" tools are supported")));
+            return Err(OpenAiError::bad_request(
+                param,
+                format!("tools[{index}].type: only \"function\" tools are supported"),
+            ));
         }
         if tool["function"]["name"].as_str().is_none_or(str::is_empty) {
             return Err(OpenAiError::bad_request(param, format!("tools[{index}].function.name is required")));
@@ -394,23 +469,29 @@ fn messages(raw: &[Value]) -> Result<Vec<Message>, OpenAiError> {
     for (index, message) in raw.iter().enumerate() {
         let mut message = message.clone();
         let Some(object) = message.as_object_mut() else {
-            return Err(OpenAiError::bad_request(Some(format!("messages[{index}]")), format!("messages[{index}]: expected an object")));
+            return Err(OpenAiError::bad_request(
+                Some(format!("messages[{index}]")),
+                format!("messages[{index}]: expected an object"),
+            ));
         };
         if object.get("role").and_then(Value::as_str) == Some("developer") {
             object.insert("role".into(), json!("system"));
         }
-        let parsed: WireMessage = serde_json::from_value(message)
-            .map_err(|e| OpenAiError::bad_request(Some(format!("messages[{index}]")), format!("messages[{index}]: {e}")))?;
+        let parsed: WireMessage = serde_json::from_value(message).map_err(|e| {
+            OpenAiError::bad_request(Some(format!("messages[{index}]")), format!("messages[{index}]: {e}"))
+        })?;
         wire.push(parsed);
     }
-    messages_from_wire(wire).map_err(|e| OpenAiError::bad_request(Some(e.field.clone()), format!("{}: {}", e.field, e.reason)))
+    messages_from_wire(wire)
+        .map_err(|e| OpenAiError::bad_request(Some(e.field.clone()), format!("{}: {}", e.field, e.reason)))
 }
 
 /// Text forced at the start of the reply for `required` and named tool choices. It ends at a
 /// pre-tokenizer boundary (after `":`), so the tokens the model continues with are the ones
 /// it was trained on.
 fn forced_prefix(mode: &ToolMode, kind: TemplateKind, source: &str) -> String {
-    let llama = kind == TemplateKind::Llama3 || (kind == TemplateKind::Custom && source.contains("<|start_header_id|>"));
+    let llama =
+        kind == TemplateKind::Llama3 || (kind == TemplateKind::Custom && source.contains("<|start_header_id|>"));
     match (mode, llama) {
         (ToolMode::Required, false) => "<tool_call>\n{\"name\":".into(),
         (ToolMode::Required, true) => "{\"name\":".into(),
@@ -421,10 +502,19 @@ fn forced_prefix(mode: &ToolMode, kind: TemplateKind, source: &str) -> String {
 }
 
 fn tokenize(model: &ServedModel, text: &str) -> Result<Vec<u32>, OpenAiError> {
-    model.tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| OpenAiError::internal(format!("tokenizer: {e}")))
+    model
+        .tokenizer
+        .encode(text, false)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| OpenAiError::internal(format!("tokenizer: {e}")))
 }
 
-fn max_new_tokens(requested: Option<u64>, default: usize, prompt: usize, model: &ServedModel) -> Result<usize, OpenAiError> {
+fn max_new_tokens(
+    requested: Option<u64>,
+    default: usize,
+    prompt: usize,
+    model: &ServedModel,
+) -> Result<usize, OpenAiError> {
     let context = model.context_length;
     if prompt >= context {
         return Err(OpenAiError {
@@ -465,7 +555,11 @@ struct ToolCallWire {
 }
 
 fn tool_call_wire(call: &ToolCallOut) -> ToolCallWire {
-    ToolCallWire { id: new_id("call_"), kind: "function", function: FunctionOut { name: call.name.clone(), arguments: call.arguments.clone() } }
+    ToolCallWire {
+        id: new_id("call_"),
+        kind: "function",
+        function: FunctionOut { name: call.name.clone(), arguments: call.arguments.clone() },
+    }
 }
 
 fn logprob_wire(logprob: &TokenLogprob) -> Value {
@@ -486,8 +580,19 @@ struct Outcome {
     completion_tokens: usize,
 }
 
-async fn drain(mut events: UnboundedReceiver<Event>, parser: &mut ReplyParser, replies: &mut Vec<ReplyEvent>, text: &mut String) -> Result<Outcome, OpenAiError> {
-    let mut outcome = Outcome { token_ids: Vec::new(), logprobs: Vec::new(), finish: Finish::Length, prompt_tokens: 0, completion_tokens: 0 };
+async fn drain(
+    mut events: UnboundedReceiver<Event>,
+    parser: &mut ReplyParser,
+    replies: &mut Vec<ReplyEvent>,
+    text: &mut String,
+) -> Result<Outcome, OpenAiError> {
+    let mut outcome = Outcome {
+        token_ids: Vec::new(),
+        logprobs: Vec::new(),
+        finish: Finish::Length,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    };
     while let Some(event) = events.recv().await {
         match event {
             Event::Token { id, logprob } => {
@@ -546,11 +651,14 @@ async fn prepare_chat(state: &AppState, request: ChatCompletionRequest) -> Resul
     let model = served_model(state, request.model.as_deref()).await?;
     let offered: &[Value] = if mode == ToolMode::None { &[] } else { &tools };
     let template = &model.template;
-    let mut prompt = template.render(&messages, offered, true).map_err(|e| OpenAiError::bad_request(Some("messages".into()), e.to_string()))?;
+    let mut prompt = template
+        .render(&messages, offered, true)
+        .map_err(|e| OpenAiError::bad_request(Some("messages".into()), e.to_string()))?;
     let forced = forced_prefix(&mode, template.kind, &template.source);
     prompt.push_str(&forced);
     let prompt_ids = tokenize(&model, &prompt)?;
-    let max_tokens = max_new_tokens(request.max_completion_tokens.or(request.max_tokens), 4096, prompt_ids.len(), &model)?;
+    let max_tokens =
+        max_new_tokens(request.max_completion_tokens.or(request.max_tokens), 4096, prompt_ids.len(), &model)?;
     let mut parser = ReplyParser::new(template, mode != ToolMode::None);
     let early = parser.push(&forced);
     debug_assert!(early.is_empty(), "a forced tool-call prefix is never content");
@@ -590,14 +698,22 @@ pub async fn chat_completions(state: web::Data<AppState>, body: web::Bytes) -> R
     let started = Instant::now();
     let metrics = Arc::clone(&state.serving.metrics);
     let result = chat_inner(&state, &body, started).await;
-    metrics.request("chat", result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()), started.elapsed().as_secs_f64());
+    metrics.request(
+        "chat",
+        result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
+        started.elapsed().as_secs_f64(),
+    );
     result
 }
 
 async fn chat_inner(state: &AppState, body: &[u8], started: Instant) -> Result<HttpResponse, OpenAiError> {
     let request: ChatCompletionRequest = parse_body(body)?;
     let prepared = prepare_chat(state, request).await?;
-    let events = state.serving.engine.submit(Arc::clone(&prepared.model), prepared.prompt_ids.clone(), prepared.sampling.clone())?;
+    let events = state.serving.engine.submit(
+        Arc::clone(&prepared.model),
+        prepared.prompt_ids.clone(),
+        prepared.sampling.clone(),
+    )?;
     if prepared.stream {
         let model = Arc::clone(&prepared.model);
         return Ok(sse(&model, chat_stream(prepared, events, Arc::clone(&state.serving.metrics), started)));
@@ -639,7 +755,10 @@ fn served_by(model: &ServedModel) -> [(&'static str, String); 2] {
     [("x-understudy-model-version", model.version.clone()), ("x-understudy-runtime", model.runtime.label().to_string())]
 }
 
-fn sse(model: &ServedModel, stream: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> + 'static) -> HttpResponse {
+fn sse(
+    model: &ServedModel,
+    stream: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
     let [version, runtime] = served_by(model);
     HttpResponse::Ok()
         .insert_header(version)
@@ -751,7 +870,12 @@ impl ChatStream {
     }
 }
 
-fn chat_stream(prepared: Prepared, events: UnboundedReceiver<Event>, metrics: Arc<Metrics>, started: Instant) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
+fn chat_stream(
+    prepared: Prepared,
+    events: UnboundedReceiver<Event>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> {
     let mut state = ChatStream {
         events,
         id: new_id("chatcmpl-"),
@@ -799,12 +923,18 @@ fn prompt_ids(model: &ServedModel, prompt: &Value) -> Result<(String, Vec<u32>),
             let ids: Vec<u32> = items.iter().filter_map(Value::as_u64).map(|v| v as u32).collect();
             let vocab = model.vocab_size as u32;
             if let Some(bad) = ids.iter().find(|&&id| id >= vocab) {
-                return Err(OpenAiError::bad_request(param(), format!("prompt: token id {bad} is outside the vocabulary ({vocab})")));
+                return Err(OpenAiError::bad_request(
+                    param(),
+                    format!("prompt: token id {bad} is outside the vocabulary ({vocab})"),
+                ));
             }
             let text = model.tokenizer.decode(&ids, false).unwrap_or_default();
             Ok((text, ids))
         }
-        Value::Array(_) => Err(OpenAiError::bad_request(param(), "prompt: only one prompt per request (a string, [string] or token ids)")),
+        Value::Array(_) => Err(OpenAiError::bad_request(
+            param(),
+            "prompt: only one prompt per request (a string, [string] or token ids)",
+        )),
         _ => Err(OpenAiError::bad_request(param(), "prompt: expected a string or token ids")),
     }
 }
@@ -820,7 +950,11 @@ fn prompt_ids(model: &ServedModel, prompt: &Value) -> Result<(String, Vec<u32>),
 pub async fn completions(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, OpenAiError> {
     let started = Instant::now();
     let result = completions_inner(&state, &body).await;
-    state.serving.metrics.request("completions", result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()), started.elapsed().as_secs_f64());
+    state.serving.metrics.request(
+        "completions",
+        result.as_ref().map_or_else(|e| e.status.as_u16(), |r| r.status().as_u16()),
+        started.elapsed().as_secs_f64(),
+    );
     result
 }
 
@@ -855,7 +989,9 @@ async fn completions_inner(state: &AppState, body: &[u8]) -> Result<HttpResponse
         let metrics = Arc::clone(&state.serving.metrics);
         let served = Arc::clone(&model);
         let chunk = move |text: &str, finish: Option<&str>| {
-            event_bytes(&json!({"id": id, "object": "text_completion", "created": created, "model": model.name, "system_fingerprint": model.version, "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}))
+            event_bytes(
+                &json!({"id": id, "object": "text_completion", "created": created, "model": model.name, "system_fingerprint": model.version, "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}),
+            )
         };
         let stream = async_stream_completion(events, chunk, echo, include_usage, prompt_tokens, metrics);
         return Ok(sse(&served, stream));

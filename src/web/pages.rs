@@ -90,7 +90,11 @@ pub(super) fn trace_row(summary: TraceSummary) -> TraceRow {
     }
 }
 
-async fn traces(state: web::Data<AppState>, request: HttpRequest, query: web::Query<TraceQuery>) -> Result<HttpResponse, PageError> {
+async fn traces(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    query: web::Query<TraceQuery>,
+) -> Result<HttpResponse, PageError> {
     let query = query.into_inner();
     let (filter, filter_error) = match TraceFilter::try_from(&query) {
         Ok(filter) => (filter, None),
@@ -122,7 +126,11 @@ async fn traces(state: web::Data<AppState>, request: HttpRequest, query: web::Qu
         sources: SelectOption::list(Source::ALL.map(Source::as_str), &current(&query.source), Some("any")),
         categories: SelectOption::list(categories.iter().map(String::as_str), &current(&query.category), Some("any")),
         splits: SelectOption::list(Split::ALL.map(Split::as_str), &current(&query.split), Some("any")),
-        outcomes: SelectOption::list(OutcomeStatus::ALL.map(OutcomeStatus::as_str), &current(&query.outcome), Some("any")),
+        outcomes: SelectOption::list(
+            OutcomeStatus::ALL.map(OutcomeStatus::as_str),
+            &current(&query.outcome),
+            Some("any"),
+        ),
         q: current(&query.q),
         rows,
         total,
@@ -153,7 +161,9 @@ pub(super) fn message_views(trace: &Trace) -> Vec<MessageView> {
             let (label, css) = match message.role {
                 Role::System => ("System", "system"),
                 Role::User => ("User", "user"),
-                Role::Assistant if !message.tool_calls.is_empty() => ("Assistant · reasoning and tool calls", "assistant reasoning"),
+                Role::Assistant if !message.tool_calls.is_empty() => {
+                    ("Assistant · reasoning and tool calls", "assistant reasoning")
+                }
                 Role::Assistant => ("Assistant · answer", "assistant answer"),
                 Role::Tool => ("Tool result", "tool"),
             };
@@ -176,7 +186,8 @@ pub(super) fn message_views(trace: &Trace) -> Vec<MessageView> {
                     .map(|call| CallView {
                         id: call.id.clone(),
                         name: call.name.clone(),
-                        arguments: serde_json::to_string_pretty(&call.arguments_value()).unwrap_or_else(|_| call.arguments.clone()),
+                        arguments: serde_json::to_string_pretty(&call.arguments_value())
+                            .unwrap_or_else(|_| call.arguments.clone()),
                     })
                     .collect(),
             }
@@ -213,7 +224,13 @@ async fn trace(state: web::Data<AppState>, id: web::Path<String>) -> Result<Http
 async fn delete_trace(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, PageError> {
     let id = id.into_inner();
     state
-        .with_db(move |db| if db.delete_trace(&id)? { Ok(()) } else { Err(WebError::NotFound(format!("no trace with id {id:?}"))) })
+        .with_db(move |db| {
+            if db.delete_trace(&id)? {
+                Ok(())
+            } else {
+                Err(WebError::NotFound(format!("no trace with id {id:?}")))
+            }
+        })
         .await?;
     Ok(see_other("/traces"))
 }
@@ -221,7 +238,11 @@ async fn delete_trace(state: web::Data<AppState>, id: web::Path<String>) -> Resu
 fn import_page(format: &str, file_error: Option<String>, format_error: Option<String>) -> ImportPage {
     ImportPage {
         nav: Nav::new("/import"),
-        formats: SelectOption::list(ImportFormat::ALL.map(ImportFormat::as_str).into_iter().chain([DPO_CHOICE]), format, None),
+        formats: SelectOption::list(
+            ImportFormat::ALL.map(ImportFormat::as_str).into_iter().chain([DPO_CHOICE]),
+            format,
+            None,
+        ),
         file_error,
         format_error,
     }
@@ -249,17 +270,15 @@ async fn import_upload(state: web::Data<AppState>, mut form: Multipart) -> Resul
                 format_text = String::from_utf8_lossy(&bytes).trim().to_string();
             }
             "file" => {
-                let original = field
-                    .content_disposition()
-                    .and_then(|d| d.get_filename())
-                    .map(str::to_string)
-                    .unwrap_or_default();
+                let original =
+                    field.content_disposition().and_then(|d| d.get_filename()).map(str::to_string).unwrap_or_default();
                 if original.is_empty() {
                     while field.next().await.is_some() {}
                     continue;
                 }
                 let (path, shown) = api::new_upload_path(&state, &original);
-                let mut file = tokio::fs::File::create(&path).await.map_err(|e| WebError::Internal(format!("upload: {e}")))?;
+                let mut file =
+                    tokio::fs::File::create(&path).await.map_err(|e| WebError::Internal(format!("upload: {e}")))?;
                 let mut size = 0usize;
                 while let Some(chunk) = field.next().await {
                     let chunk = chunk.map_err(|e| WebError::BadRequest(format!("upload interrupted: {e}")))?;
@@ -284,7 +303,8 @@ async fn import_upload(state: web::Data<AppState>, mut form: Multipart) -> Resul
         if let Some((path, _, _)) = &upload {
             let _ = tokio::fs::remove_file(path).await;
         }
-        let page = import_page(if format_error.is_some() { "canonical" } else { &format_text }, file_error, format_error);
+        let page =
+            import_page(if format_error.is_some() { "canonical" } else { &format_text }, file_error, format_error);
         let body = page.render().map_err(|e| WebError::Internal(format!("template: {e}")))?;
         return Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body));
     }
@@ -301,10 +321,19 @@ pub(super) async fn recent_jobs(state: &AppState, limit: i64) -> Result<Vec<JobR
     recent_jobs_of(state, limit, None).await
 }
 
-pub(super) async fn recent_jobs_of(state: &AppState, limit: i64, kind: Option<String>) -> Result<Vec<JobRow>, WebError> {
+pub(super) async fn recent_jobs_of(
+    state: &AppState,
+    limit: i64,
+    kind: Option<String>,
+) -> Result<Vec<JobRow>, WebError> {
     let fetch = limit * if kind.is_some() { 10 } else { 1 };
     let jobs = state.with_db(move |db| Ok(db.list_jobs(fetch)?)).await?;
-    Ok(jobs.iter().filter(|j| kind.as_ref().is_none_or(|k| &j.kind == k)).take(limit as usize).map(JobRow::from).collect())
+    Ok(jobs
+        .iter()
+        .filter(|j| kind.as_ref().is_none_or(|k| &j.kind == k))
+        .take(limit as usize)
+        .map(JobRow::from)
+        .collect())
 }
 
 #[derive(serde::Deserialize)]
@@ -323,7 +352,10 @@ async fn job_rows(state: web::Data<AppState>, query: web::Query<RowsQuery>) -> R
     html(JobRowsPartial { jobs: recent_jobs_of(&state, query.limit.unwrap_or(50).clamp(1, 500), query.kind).await? })
 }
 
-async fn load_job(state: &AppState, id: String) -> Result<(JobRecord, Vec<crate::jobs::JobLog>, Vec<LineChart>), WebError> {
+async fn load_job(
+    state: &AppState,
+    id: String,
+) -> Result<(JobRecord, Vec<crate::jobs::JobLog>, Vec<LineChart>), WebError> {
     state
         .with_db(move |db| {
             let job = db.get_job(&id)?.ok_or_else(|| WebError::NotFound(format!("no job with id {id:?}")))?;
@@ -336,9 +368,14 @@ async fn load_job(state: &AppState, id: String) -> Result<(JobRecord, Vec<crate:
 /// Line charts of a job's metrics (training: loss with eval loss, learning rate, gradient norm,
 /// tokens/s).
 fn metric_charts(metrics: &[crate::jobs::JobMetric]) -> Vec<LineChart> {
-    let series = |name: &str| -> Vec<(i64, f64)> { metrics.iter().filter(|m| m.name == name).map(|m| (m.step, m.value)).collect() };
+    let series = |name: &str| -> Vec<(i64, f64)> {
+        metrics.iter().filter(|m| m.name == name).map(|m| (m.step, m.value)).collect()
+    };
     [
-        LineChart::new("Loss", vec![("loss", "#2f6fdb", series("loss")), ("eval loss", "#d9480f", series("eval_loss"))]),
+        LineChart::new(
+            "Loss",
+            vec![("loss", "#2f6fdb", series("loss")), ("eval loss", "#d9480f", series("eval_loss"))],
+        ),
         LineChart::new("Learning rate", vec![("lr", "#2b8a3e", series("lr"))]),
         LineChart::new("Gradient norm", vec![("grad norm", "#7048e8", series("grad_norm"))]),
         LineChart::new("Tokens per second", vec![("tokens/s", "#495057", series("tokens_per_second"))]),
@@ -385,11 +422,7 @@ async fn docs() -> Result<HttpResponse, PageError> {
         ];
         for (method, operation) in operations {
             if let Some(operation) = operation {
-                let summary = operation
-                    .summary
-                    .clone()
-                    .or_else(|| operation.description.clone())
-                    .unwrap_or_default();
+                let summary = operation.summary.clone().or_else(|| operation.description.clone()).unwrap_or_default();
                 let params = operation
                     .parameters
                     .as_ref()

@@ -16,9 +16,7 @@ use crate::model::llama::LlamaConfig;
 use crate::train::sft::SftConfig;
 
 pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .route("/training", web::get().to(page))
-        .route("/training/start", web::post().to(start));
+    config.route("/training", web::get().to(page)).route("/training/start", web::post().to(start));
 }
 
 /// (field, label, default) of the numeric hyperparameters on the form.
@@ -49,14 +47,28 @@ fn form(values: &HashMap<String, String>, errors: &std::collections::BTreeMap<&'
     }
 }
 
-async fn render(state: &AppState, values: &HashMap<String, String>, errors: std::collections::BTreeMap<&'static str, String>) -> Result<TrainingPage, WebError> {
+async fn render(
+    state: &AppState,
+    values: &HashMap<String, String>,
+    errors: std::collections::BTreeMap<&'static str, String>,
+) -> Result<TrainingPage, WebError> {
     let datasets = state.with_db(|db| Ok(db.list_datasets()?)).await?;
-    let selected = values.get("dataset").cloned().or_else(|| datasets.first().map(|d| d.id.clone())).unwrap_or_default();
+    let selected =
+        values.get("dataset").cloned().or_else(|| datasets.first().map(|d| d.id.clone())).unwrap_or_default();
     let options = datasets
         .iter()
-        .map(|d| SelectOption { value: d.id.clone(), label: format!("{} ({}, {} train)", d.id, d.name, d.stats["examples"]["train"]), selected: d.id == selected })
+        .map(|d| SelectOption {
+            value: d.id.clone(),
+            label: format!("{} ({}, {} train)", d.id, d.name, d.stats["examples"]["train"]),
+            selected: d.id == selected,
+        })
         .collect();
-    Ok(TrainingPage { nav: Nav::new("/training"), form: form(values, &errors), datasets: options, jobs: recent_jobs_of(state, 20, Some("train".into())).await? })
+    Ok(TrainingPage {
+        nav: Nav::new("/training"),
+        form: form(values, &errors),
+        datasets: options,
+        jobs: recent_jobs_of(state, 20, Some("train".into())).await?,
+    })
 }
 
 async fn page(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
@@ -120,7 +132,11 @@ fn validate(values: &HashMap<String, String>) -> Result<SftConfig, std::collecti
 /// Queue an SFT run on a dataset and wake the runner; shared with the API.
 pub async fn enqueue(state: &AppState, dataset_id: String, sft: SftConfig) -> Result<JobRecord, WebError> {
     let id = dataset_id.clone();
-    let dataset = state.with_db(move |db| db.get_dataset(&id)?.ok_or_else(|| WebError::BadRequest(format!("dataset: no dataset with id {id:?}")))).await?;
+    let dataset = state
+        .with_db(move |db| {
+            db.get_dataset(&id)?.ok_or_else(|| WebError::BadRequest(format!("dataset: no dataset with id {id:?}")))
+        })
+        .await?;
     let dataset_dir = std::path::PathBuf::from(&dataset.path);
     let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json"))
         .map_err(|e| WebError::Internal(format!("the dataset's tokenizer: {e}")))?;
@@ -140,7 +156,10 @@ pub async fn enqueue(state: &AppState, dataset_id: String, sft: SftConfig) -> Re
     Ok(job)
 }
 
-async fn start(state: web::Data<AppState>, values: web::Form<HashMap<String, String>>) -> Result<HttpResponse, PageError> {
+async fn start(
+    state: web::Data<AppState>,
+    values: web::Form<HashMap<String, String>>,
+) -> Result<HttpResponse, PageError> {
     let values = values.into_inner();
     let dataset = values.get("dataset").cloned().unwrap_or_default();
     let mut errors = match validate(&values) {

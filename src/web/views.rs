@@ -50,7 +50,11 @@ pub struct SelectOption {
 
 impl SelectOption {
     /// "Any" first, then the values; `current` is selected.
-    pub fn list<'a>(values: impl IntoIterator<Item = &'a str>, current: &str, any_label: Option<&str>) -> Vec<SelectOption> {
+    pub fn list<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+        current: &str,
+        any_label: Option<&str>,
+    ) -> Vec<SelectOption> {
         let mut options = Vec::new();
         if let Some(any) = any_label {
             options.push(SelectOption { value: String::new(), label: any.to_string(), selected: current.is_empty() });
@@ -162,7 +166,8 @@ pub struct LineChart {
 impl LineChart {
     /// `series`: (name, color, [(step, value)]). Non-finite values are skipped.
     pub fn new(title: &str, series: Vec<(&str, &'static str, Vec<(i64, f64)>)>) -> Option<LineChart> {
-        let values: Vec<f64> = series.iter().flat_map(|(_, _, p)| p.iter().map(|(_, v)| *v)).filter(|v| v.is_finite()).collect();
+        let values: Vec<f64> =
+            series.iter().flat_map(|(_, _, p)| p.iter().map(|(_, v)| *v)).filter(|v| v.is_finite()).collect();
         if values.is_empty() {
             return None;
         }
@@ -172,7 +177,15 @@ impl LineChart {
         let y_max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let span = (y_max - y_min).max(1e-12);
         let (left, right, top, bottom) = (40.0, width as f64 - 5.0, 10.0, height as f64 - 20.0);
-        let format = |v: f64| if v.abs() >= 100.0 { format!("{v:.0}") } else if v.abs() >= 1.0 { format!("{v:.3}") } else { format!("{v:.2e}") };
+        let format = |v: f64| {
+            if v.abs() >= 100.0 {
+                format!("{v:.0}")
+            } else if v.abs() >= 1.0 {
+                format!("{v:.3}")
+            } else {
+                format!("{v:.2e}")
+            }
+        };
         let series = series
             .into_iter()
             .map(|(name, color, points)| {
@@ -190,7 +203,15 @@ impl LineChart {
                 Series { name: name.to_string(), color, points, last }
             })
             .collect();
-        Some(LineChart { title: title.to_string(), width, height, y_min: format(y_min), y_max: format(y_max), x_max, series })
+        Some(LineChart {
+            title: title.to_string(),
+            width,
+            height,
+            y_min: format(y_min),
+            y_max: format(y_max),
+            x_max,
+            series,
+        })
     }
 }
 
@@ -468,7 +489,13 @@ impl BarChart {
                 y: i as u32 * 22,
             })
             .collect();
-        BarChart { title: title.to_string(), height: rows.len() as u32 * 22 + 4, width: label_width + PLOT as u32 + 60, label_width, bars }
+        BarChart {
+            title: title.to_string(),
+            height: rows.len() as u32 * 22 + 4,
+            width: label_width + PLOT as u32 + 60,
+            label_width,
+            bars,
+        }
     }
 }
 

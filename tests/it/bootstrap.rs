@@ -43,8 +43,10 @@ fn five_hundred_true_diverse_reproducible_traces() {
         assert!(trace.messages[0].content.as_deref().unwrap().contains("Grep"), "the system prompt lists the tools");
         prompts.insert(trace.prompt.clone());
         // Replaying the calls against a fresh workspace from the same seed gives the same results.
-        let recorded: Vec<&str> = trace.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
-        let replayed: Vec<String> = replay(trace).expect("workspace seed recorded").into_iter().map(|o| o.content).collect();
+        let recorded: Vec<&str> =
+            trace.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
+        let replayed: Vec<String> =
+            replay(trace).expect("workspace seed recorded").into_iter().map(|o| o.content).collect();
         assert_eq!(recorded, replayed, "replay of {}", trace.id);
         let workspace = Workspace::generate(trace.metadata["workspace_seed"].as_u64().unwrap());
         for (call, result) in trace.tool_calls().zip(&recorded) {
@@ -63,7 +65,10 @@ fn five_hundred_true_diverse_reproducible_traces() {
             }
         }
         let answer = trace.final_answer().expect("ends with an answer");
-        assert!(!answer.contains('{') || answer.contains("{{") || answer.contains("f\"%{term}%\""), "unfilled slot in {answer}");
+        assert!(
+            !answer.contains('{') || answer.contains("{{") || answer.contains("f\"%{term}%\""),
+            "unfilled slot in {answer}"
+        );
         if trace.metadata["template"] == "deployment" && trace.metadata["scenario"] == "docker_port" {
             let order: Vec<String> = trace.tool_calls().map(|c| c.name.clone() + &c.arguments).take(6).collect();
             orders.entry("docker".into()).or_default().insert(order);
@@ -77,7 +82,10 @@ fn five_hundred_true_diverse_reproducible_traces() {
 
     // Same seed in another data dir: the same traces (ids and times aside).
     let second = tempfile::tempdir().unwrap();
-    assert_eq!(cli(second.path(), &["bootstrap", "--traces", "500", "--seed", "11", "--json"]).json()["synthetic"], 500);
+    assert_eq!(
+        cli(second.path(), &["bootstrap", "--traces", "500", "--seed", "11", "--json"]).json()["synthetic"],
+        500
+    );
     let hashes = |traces: &[Trace]| traces.iter().map(|t| t.content_hash.clone()).collect::<BTreeSet<_>>();
     assert_eq!(hashes(&traces), hashes(&exported(second.path())));
     // Again in the first: all duplicates.
@@ -98,10 +106,31 @@ fn templates_export_edit_and_reimport() {
     let search = templates.iter_mut().find(|t| t["name"] == "code_search").unwrap();
     search["prompts"] = serde_json::json!(["Zebra question: where is {concept}?"]);
     std::fs::write(&file, serde_json::to_string(&templates).unwrap()).unwrap();
-    let run = cli(dir.path(), &["bootstrap", "--traces", "5", "--seed", "3", "--templates", file.to_str().unwrap(), "--template", "code_search", "--json"]);
+    let run = cli(
+        dir.path(),
+        &[
+            "bootstrap",
+            "--traces",
+            "5",
+            "--seed",
+            "3",
+            "--templates",
+            file.to_str().unwrap(),
+            "--template",
+            "code_search",
+            "--json",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let list = cli(dir.path(), &["traces", "list", "--json"]).json();
-    assert!(list.as_array().unwrap().iter().all(|t| t["prompt"].as_str().unwrap().to_lowercase().contains("zebra question")), "{list}");
+    assert!(
+        list.as_array().unwrap().iter().all(|t| t["prompt"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("zebra question")),
+        "{list}"
+    );
     let listed = cli(dir.path(), &["templates", "list", "--json"]).json();
     assert!(listed.as_array().unwrap().iter().all(|t| t["origin"] == "custom"));
 
@@ -131,7 +160,14 @@ fn bootstrap_page_generates_edits_and_previews() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("code_search") && page.body.contains("data_query"));
 
-    let form = |body: &str| reply(http().post(&app.url("/bootstrap/generate")).header("Content-Type", "application/x-www-form-urlencoded").send(body.as_bytes()));
+    let form = |body: &str| {
+        reply(
+            http()
+                .post(&app.url("/bootstrap/generate"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(body.as_bytes()),
+        )
+    };
     let bad = form("traces=lots&seed=-4&template=");
     assert_eq!(bad.status, 422);
     assert!(bad.body.contains("id=\"traces-error\"") && bad.body.contains("id=\"seed-error\""));
@@ -147,10 +183,18 @@ fn bootstrap_page_generates_edits_and_previews() {
     assert_eq!(get(&app.url("/api/traces?category=debugging")).json()["total"], 40);
 
     let editor = get(&app.url("/bootstrap/templates/debugging"));
-    assert!(editor.body.contains("&quot;name&quot;") || editor.body.contains("&#34;name&#34;"), "editor shows the JSON");
+    assert!(
+        editor.body.contains("&quot;name&quot;") || editor.body.contains("&#34;name&#34;"),
+        "editor shows the JSON"
+    );
     let save = |body: &str| {
         let encoded = serde_urlencoded::to_string([("body", body)]).unwrap();
-        reply(http().post(&app.url("/bootstrap/templates/debugging")).header("Content-Type", "application/x-www-form-urlencoded").send(encoded.as_bytes()))
+        reply(
+            http()
+                .post(&app.url("/bootstrap/templates/debugging"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(encoded.as_bytes()),
+        )
     };
     let broken = save("{\"name\": \"debugging\", \"scenarios\": []}");
     assert_eq!(broken.status, 422);
@@ -160,7 +204,10 @@ fn bootstrap_page_generates_edits_and_previews() {
     assert_eq!(save(&template.to_string()).status, 303);
     let listed = get(&app.url("/api/templates")).json();
     let edited = listed.as_array().unwrap().iter().find(|t| t["name"] == "debugging").unwrap();
-    assert_eq!((edited["origin"].as_str(), edited["description"].as_str()), (Some("custom"), Some("Edited in the browser")));
+    assert_eq!(
+        (edited["origin"].as_str(), edited["description"].as_str()),
+        (Some("custom"), Some("Edited in the browser"))
+    );
 
     let preview = get(&app.url("/bootstrap/preview?template=data_query&seed=9"));
     assert_eq!(preview.status, 200);
@@ -173,7 +220,8 @@ fn bootstrap_page_generates_edits_and_previews() {
 fn bootstrap_imports_command_center_pairs() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = crate::support::fixture("dpo_pairs.jsonl");
-    let run = cli(dir.path(), &["bootstrap", "--traces", "20", "--seed", "1", "--dpo", pairs.to_str().unwrap(), "--json"]);
+    let run =
+        cli(dir.path(), &["bootstrap", "--traces", "20", "--seed", "1", "--dpo", pairs.to_str().unwrap(), "--json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report = run.json();
     assert_eq!(report["synthetic"], 20);

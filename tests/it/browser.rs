@@ -132,7 +132,10 @@ impl Driver {
     /// The current value of a form field (what the user typed, or what a script set).
     fn value(&self, css: &str) -> String {
         let element = wait_for(10, css, || self.find(css));
-        call("GET", &self.url(&format!("/element/{element}/property/value")), None)["value"].as_str().unwrap_or("").to_string()
+        call("GET", &self.url(&format!("/element/{element}/property/value")), None)["value"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 }
 
@@ -177,7 +180,12 @@ fn the_playground_without_a_served_model_says_how_to_get_one() {
     let page = get(&app.url("/playground"));
     assert_eq!(page.status, 200);
     assert!(page.body.contains("No model is served yet"), "{}", page.body);
-    assert!(page.body.contains(r#"<a href="/training">Training</a>"#) && page.body.contains(r#"<a href="/models">Models</a>"#), "{}", page.body);
+    assert!(
+        page.body.contains(r#"<a href="/training">Training</a>"#)
+            && page.body.contains(r#"<a href="/models">Models</a>"#),
+        "{}",
+        page.body
+    );
     assert!(!page.body.contains(r#"id="playground""#), "no chat form without a model");
     assert!(page.body.contains(r#"href="/playground" class="active""#), "the Playground is in the navigation");
 }
@@ -191,7 +199,10 @@ fn chromium_plays_the_agent_loop_in_the_playground() {
     driver.go(&app.url("/playground"));
     let models = driver.text("#model option");
     assert!(models.starts_with("cc-tiny"), "the served model is listed: {models:?}; page: {}", driver.text("body"));
-    assert!(driver.value("#system-prompt").starts_with("You are a coding agent working in the repository at ."), "the default system prompt");
+    assert!(
+        driver.value("#system-prompt").starts_with("You are a coding agent working in the repository at ."),
+        "the default system prompt"
+    );
     let default_tools: Value = serde_json::from_str(&driver.value("#tools-json")).expect("the tools box holds JSON");
     assert_eq!(default_tools.as_array().map(Vec::len), Some(6), "the default tools: {default_tools}");
 
@@ -222,13 +233,21 @@ fn chromium_plays_the_agent_loop_in_the_playground() {
     });
     assert!(call.contains(r#""path": "src""#), "arguments are pretty-printed JSON: {call}");
     let meta = driver.text("#conversation .reply-meta");
-    assert!(meta.contains("finish: tool_calls") && meta.contains("cc-tiny exp_") && meta.contains("completion tokens"), "{meta}");
+    assert!(
+        meta.contains("finish: tool_calls") && meta.contains("cc-tiny exp_") && meta.contains("completion tokens"),
+        "{meta}"
+    );
 
     driver.type_into(".tool-result textarea", "src/auth.py:3:def login(user):");
     driver.click(".tool-result button");
-    wait_for(60, "the final answer", || driver.text("#conversation .message:last-child .content").eq("In src/auth.py, line 3.").then_some(()));
+    wait_for(60, "the final answer", || {
+        driver.text("#conversation .message:last-child .content").eq("In src/auth.py, line 3.").then_some(())
+    });
     assert!(driver.text("#conversation .message:last-child .reply-meta").contains("finish: stop"));
-    assert!(driver.text("#conversation").contains("src/auth.py:3:def login(user):"), "the tool result is in the conversation");
+    assert!(
+        driver.text("#conversation").contains("src/auth.py:3:def login(user):"),
+        "the tool result is in the conversation"
+    );
     assert!(driver.text("#chat-error").is_empty());
 
     driver.click("#new-chat");

@@ -149,7 +149,19 @@ fn a_scan_makes_one_trace_per_human_prompt_with_its_metadata() {
     let fix = &traces["The test parse_empty_input fails, please fix it"];
     assert_eq!(
         roles(fix),
-        ["user", "assistant", "tool", "assistant", "tool", "tool", "assistant", "tool", "assistant", "tool", "assistant"]
+        [
+            "user",
+            "assistant",
+            "tool",
+            "assistant",
+            "tool",
+            "tool",
+            "assistant",
+            "tool",
+            "assistant",
+            "tool",
+            "assistant"
+        ]
     );
     assert_eq!(fix.messages[1].content.as_deref(), Some("Let me run the test first."));
     assert_eq!(fix.messages[1].tool_calls[0].name, "Bash");
@@ -205,8 +217,13 @@ fn a_scan_makes_one_trace_per_human_prompt_with_its_metadata() {
 
     // Persisted outputs: re-inlined when the file exists, else marked truncated.
     let persisted = &traces["Show me the full build log and the old one"];
-    let results: Vec<&str> = persisted.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
-    assert!(results[0].contains("Compiling crate-39 v1.0.39") && !results[0].contains("<persisted-output>"), "{}", results[0]);
+    let results: Vec<&str> =
+        persisted.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.as_deref().unwrap()).collect();
+    assert!(
+        results[0].contains("Compiling crate-39 v1.0.39") && !results[0].contains("<persisted-output>"),
+        "{}",
+        results[0]
+    );
     assert!(results[1].contains("result truncated"), "{}", results[1]);
     assert_eq!(persisted.metadata["reinlined_tool_results"], 1);
     assert_eq!(persisted.metadata["truncated_tool_results"], 1);
@@ -230,7 +247,15 @@ fn secrets_are_redacted_before_anything_is_stored() {
     let setup = Setup::new();
     let report = setup.scan(&[]);
     let by_pattern = report["redactions_by_pattern"].as_object().unwrap();
-    for name in ["github_token", "url_password", "secret_assignment", "aws_access_key_id", "openai_api_key", "private_key", "slack_token"] {
+    for name in [
+        "github_token",
+        "url_password",
+        "secret_assignment",
+        "aws_access_key_id",
+        "openai_api_key",
+        "private_key",
+        "slack_token",
+    ] {
         assert!(by_pattern.get(name).and_then(Value::as_u64).unwrap_or(0) >= 1, "{name} not counted: {report:#}");
     }
     let traces = setup.traces();
@@ -238,7 +263,10 @@ fn secrets_are_redacted_before_anything_is_stored() {
     let env_file = deploy.messages[2].content.as_deref().unwrap();
     assert!(env_file.contains("postgres://app:[REDACTED:url_password]@db.internal"), "{env_file}");
     assert!(env_file.contains("STRIPE_SECRET_KEY=[REDACTED:secret_assignment]"), "{env_file}");
-    assert!(deploy.messages[3].tool_calls[0].arguments_value()["command"].as_str().unwrap().contains("Bearer [REDACTED:"));
+    assert!(deploy.messages[3].tool_calls[0].arguments_value()["command"]
+        .as_str()
+        .unwrap()
+        .contains("Bearer [REDACTED:"));
     // Nothing of the originals anywhere in the database files (WAL included).
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(&setup.data).unwrap() {
@@ -321,7 +349,11 @@ fn the_root_comes_from_claude_config_dir_and_a_missing_root_is_an_error() {
 fn redaction_patterns_and_the_result_cap_are_configurable() {
     let setup = Setup::new();
     let report = setup.scan(&["--redact", "crate_name=crate-3[0-9]", "--max-tool-result-bytes", "300"]);
-    assert_eq!(report["redactions_by_pattern"]["crate_name"].as_u64().unwrap_or(0), 0, "cut by the cap first: {report:#}");
+    assert_eq!(
+        report["redactions_by_pattern"]["crate_name"].as_u64().unwrap_or(0),
+        0,
+        "cut by the cap first: {report:#}"
+    );
     let traces = setup.traces();
     let persisted = &traces["Show me the full build log and the old one"];
     let log = persisted.messages[2].content.as_deref().unwrap();
@@ -354,7 +386,9 @@ fn engine_status(data: &Path) -> Value {
 /// Whether a process exists and is not a zombie.
 fn process_alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()), Some("Z" | "X")),
+        Ok(stat) => {
+            !matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()), Some("Z" | "X"))
+        }
         // Safety: signal 0 only asks whether the process exists.
         Err(_) => !Path::new("/proc/self").exists() && unsafe { libc::kill(pid as i32, 0) } == 0,
     }
@@ -410,11 +444,8 @@ fn engine_capture_hook_install_keeps_other_settings_and_uninstall_restores_them(
     assert_eq!(settings_value(&backups[0]), original);
 
     // The hook's command touches the trigger and exits 0, whatever its stdin holds.
-    let output = std::process::Command::new("sh")
-        .args(["-c", command])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let output =
+        std::process::Command::new("sh").args(["-c", command]).stdin(std::process::Stdio::null()).output().unwrap();
     assert!(output.status.success());
     assert!(trigger.exists());
 
@@ -434,7 +465,10 @@ fn engine_capture_hook_install_keeps_other_settings_and_uninstall_restores_them(
     // A settings file that does not exist yet is created, and removed to `{}` again.
     let fresh = temp.path().join("fresh/settings.json");
     assert_eq!(cli(&data, &["engine", "install", "--settings", fresh.to_str().unwrap()]).code, 0);
-    assert!(settings_value(&fresh)["hooks"]["SessionEnd"][0]["hooks"][0]["command"].as_str().unwrap().contains("understudy-capture"));
+    assert!(settings_value(&fresh)["hooks"]["SessionEnd"][0]["hooks"][0]["command"]
+        .as_str()
+        .unwrap()
+        .contains("understudy-capture"));
     assert_eq!(cli(&data, &["engine", "uninstall", "--settings", fresh.to_str().unwrap()]).code, 0);
     assert_eq!(settings_value(&fresh), serde_json::json!({}));
 }
@@ -466,7 +500,8 @@ fn engine_capture_runs_in_the_background_wakes_on_the_trigger_and_stops() {
     // A long interval: after the first scan, only the trigger makes it scan again.
     let run = cli(&data, &["engine", "start", "--dir", root, "--interval", "300"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let pid_file: Value = serde_json::from_str(&std::fs::read_to_string(data.join("capture-engine.pid")).unwrap()).unwrap();
+    let pid_file: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("capture-engine.pid")).unwrap()).unwrap();
     let pid = pid_file["pid"].as_u64().unwrap();
     assert_eq!(pid_file["interval"], 300);
 
@@ -501,7 +536,9 @@ fn engine_capture_runs_in_the_background_wakes_on_the_trigger_and_stops() {
     // The hook's trigger file wakes it too.
     let scans = status["totals"]["scans"].as_u64().unwrap();
     std::fs::write(data.join("capture-engine.trigger"), "").unwrap();
-    crate::support::wait_for(10, "the triggered scan", || (engine_status(&data)["totals"]["scans"].as_u64().unwrap() > scans).then_some(()));
+    crate::support::wait_for(10, "the triggered scan", || {
+        (engine_status(&data)["totals"]["scans"].as_u64().unwrap() > scans).then_some(())
+    });
     assert_eq!(status["totals"]["traces_new"], 12, "{status:#}");
     assert_eq!(status["totals"]["traces_updated"], 1, "{status:#}");
     assert_eq!(setup.traces()["Thanks, commit it"].final_answer(), Some("Committed as 1a2b3c4."));
@@ -570,7 +607,11 @@ fn capture_page_form_scans_and_a_bad_dir_names_the_field() {
     let no_projects = setup.root.join("projects");
     let form = reply(http().post(&app.url("/capture/scan")).send_form([("dir", no_projects.to_str().unwrap())]));
     assert_eq!(form.status, 422, "{}", form.body);
-    assert!(form.body.contains("id=\"dir-error\"") && form.body.contains("has no projects/ directory"), "{}", form.body);
+    assert!(
+        form.body.contains("id=\"dir-error\"") && form.body.contains("has no projects/ directory"),
+        "{}",
+        form.body
+    );
 
     let form = reply(http().post(&app.url("/capture/scan")).send_form([("dir", setup.root.to_str().unwrap())]));
     assert_eq!(form.status, 303, "{}", form.body);
@@ -578,10 +619,17 @@ fn capture_page_form_scans_and_a_bad_dir_names_the_field() {
     assert!(location.starts_with("/capture?"), "{location}");
     let page = get(&app.url(&location));
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("11 new traces") && page.body.contains("2 malformed lines") && page.body.contains("8 redactions"), "{}", page.body);
+    assert!(
+        page.body.contains("11 new traces")
+            && page.body.contains("2 malformed lines")
+            && page.body.contains("8 redactions"),
+        "{}",
+        page.body
+    );
     assert!(page.body.contains("href=\"/traces/tr_cc_"));
     // Scanning again stores nothing new.
-    let again = reply(http().post(&app.url("/api/capture/scan")).send_json(serde_json::json!({"dir": setup.root}))).json();
+    let again =
+        reply(http().post(&app.url("/api/capture/scan")).send_json(serde_json::json!({"dir": setup.root}))).json();
     assert_eq!(again["traces_new"], 0, "{again:#}");
 }
 
@@ -596,7 +644,8 @@ fn capture_page_starts_and_stops_the_engine() {
     let bare = spawn_app(|_| {});
     let page = get(&bare.url("/capture")).body;
     assert!(!page.contains("id=\"engine-start\"") && page.contains("engine-start-unavailable"), "{page}");
-    let refused = reply(http().post(&bare.url("/capture/engine/start")).send_form([("dir", setup.root.to_str().unwrap())]));
+    let refused =
+        reply(http().post(&bare.url("/capture/engine/start")).send_form([("dir", setup.root.to_str().unwrap())]));
     assert_eq!(refused.status, 409, "{}", refused.body);
     assert!(refused.body.contains("understudy engine start"), "{}", refused.body);
 
@@ -612,11 +661,16 @@ fn capture_page_starts_and_stops_the_engine() {
     let page = get(&app.url("/capture")).body;
     assert!(page.contains("id=\"engine-start\"") && page.contains("not running"), "{page}");
 
-    let bad = reply(http().post(&app.url("/capture/engine/start")).send_form([("dir", setup.root.join("nowhere").to_str().unwrap())]));
+    let bad = reply(
+        http()
+            .post(&app.url("/capture/engine/start"))
+            .send_form([("dir", setup.root.join("nowhere").to_str().unwrap())]),
+    );
     assert_eq!(bad.status, 422, "{}", bad.body);
     assert!(bad.body.contains("id=\"engine-error\""), "{}", bad.body);
 
-    let started = reply(http().post(&app.url("/capture/engine/start")).send_form([("dir", setup.root.to_str().unwrap())]));
+    let started =
+        reply(http().post(&app.url("/capture/engine/start")).send_form([("dir", setup.root.to_str().unwrap())]));
     assert_eq!(started.status, 303, "{}", started.body);
     assert_eq!(started.location.as_deref(), Some("/capture"));
     let page = get(&app.url("/capture")).body;
@@ -636,10 +690,15 @@ fn capture_page_starts_and_stops_the_engine() {
     assert_eq!(engine_status(&data)["running"], false);
 
     // The same through the JSON API.
-    let bad = reply(http().post(&app.url("/api/capture/engine/start")).send_json(serde_json::json!({"dir": setup.root.join("nowhere")})));
+    let bad = reply(
+        http()
+            .post(&app.url("/api/capture/engine/start"))
+            .send_json(serde_json::json!({"dir": setup.root.join("nowhere")})),
+    );
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("dir:"), "{}", bad.body);
-    let started = reply(http().post(&app.url("/api/capture/engine/start")).send_json(serde_json::json!({"dir": setup.root})));
+    let started =
+        reply(http().post(&app.url("/api/capture/engine/start")).send_json(serde_json::json!({"dir": setup.root})));
     assert_eq!(started.status, 200, "{}", started.body);
     let status: serde_json::Value = serde_json::from_str(&started.body).unwrap();
     assert_eq!(status["running"], true, "{status:#}");
@@ -682,5 +741,12 @@ fn capture_page_installs_and_removes_the_hook_keeping_other_settings() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(&api.body).unwrap()["removed"], 1);
     let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
     assert_eq!(after, original, "uninstall removes exactly what install added");
-    assert!(std::fs::read_dir(settings_dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains("understudy-backup")), "a backup is kept");
+    assert!(
+        std::fs::read_dir(settings_dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("understudy-backup")),
+        "a backup is kept"
+    );
 }

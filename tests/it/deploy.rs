@@ -29,7 +29,8 @@ struct Recorded {
 
 impl Recorded {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{} {} body is not JSON: {e}", self.method, self.path))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{} {} body is not JSON: {e}", self.method, self.path))
     }
 }
 
@@ -92,7 +93,10 @@ fn serve_connection(stream: TcpStream, state: &Mutex<OllamaState>) {
         None => ("text/plain; charset=utf-8", String::new()),
     };
     let mut stream = stream;
-    let head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     let _ = stream.write_all(head.as_bytes());
     if request.method != "HEAD" {
         let _ = stream.write_all(body.as_bytes());
@@ -141,7 +145,11 @@ fn error(status: u16, message: &str) -> (u16, Option<Value>) {
 
 /// `name` or `name:tag` as Ollama resolves it.
 fn full_name(name: &str) -> String {
-    if name.contains(':') { name.to_string() } else { format!("{name}:latest") }
+    if name.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
 }
 
 /// Ollama's documented behaviour (docs/api.md), strict where Ollama is lenient.
@@ -149,7 +157,9 @@ fn handle(request: &Recorded, state: &Mutex<OllamaState>) -> (u16, Option<Value>
     let mut state = state.lock().unwrap();
     let method = request.method.as_str();
     if let Some(digest) = request.path.strip_prefix("/api/blobs/") {
-        let valid = digest.strip_prefix("sha256:").is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        let valid = digest
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
         if !valid {
             return error(400, "invalid digest format");
         }
@@ -175,8 +185,21 @@ fn handle(request: &Recorded, state: &Mutex<OllamaState>) -> (u16, Option<Value>
     match request.path.as_str() {
         "/api/create" => {
             const FIELDS: [&str; 15] = [
-                "model", "stream", "quantize", "from", "files", "adapters", "template", "license", "system", "parameters", "messages", "renderer",
-                "parser", "requires", "info",
+                "model",
+                "stream",
+                "quantize",
+                "from",
+                "files",
+                "adapters",
+                "template",
+                "license",
+                "system",
+                "parameters",
+                "messages",
+                "renderer",
+                "parser",
+                "requires",
+                "info",
             ];
             if let Some(field) = ["modelfile", "name", "quantization"].iter().find(|f| body.contains_key(**f)) {
                 return error(400, &format!("deprecated field {field:?}"));
@@ -204,7 +227,9 @@ fn handle(request: &Recorded, state: &Mutex<OllamaState>) -> (u16, Option<Value>
             }
         }
         "/api/copy" => {
-            let (Some(source), Some(destination)) = (body.get("source").and_then(Value::as_str), body.get("destination").and_then(Value::as_str)) else {
+            let (Some(source), Some(destination)) =
+                (body.get("source").and_then(Value::as_str), body.get("destination").and_then(Value::as_str))
+            else {
                 return error(400, "source and destination are required");
             };
             let Some(model) = state.models.get(&full_name(source)).cloned() else {
@@ -218,20 +243,23 @@ fn handle(request: &Recorded, state: &Mutex<OllamaState>) -> (u16, Option<Value>
             if !state.models.contains_key(&full_name(model)) {
                 return error(404, &format!("model '{model}' not found"));
             }
-            (200, Some(json!({
-                "model": model,
-                "created_at": "2025-01-01T00:00:00.000000Z",
-                "message": {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [{"function": {"name": "Grep", "arguments": {"pattern": "validate_token", "path": "."}}}],
-                },
-                "done_reason": "stop",
-                "done": true,
-                "total_duration": 1000,
-                "prompt_eval_count": 10,
-                "eval_count": 12,
-            })))
+            (
+                200,
+                Some(json!({
+                    "model": model,
+                    "created_at": "2025-01-01T00:00:00.000000Z",
+                    "message": {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"function": {"name": "Grep", "arguments": {"pattern": "validate_token", "path": "."}}}],
+                    },
+                    "done_reason": "stop",
+                    "done": true,
+                    "total_duration": 1000,
+                    "prompt_eval_count": 10,
+                    "eval_count": 12,
+                })),
+            )
         }
         _ => (404, Some(Value::String("404 page not found".into()))),
     }
@@ -245,7 +273,8 @@ struct FakeExport {
     hex: String,
 }
 
-const TEMPLATE: &str = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
+const TEMPLATE: &str =
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
 
 /// An export directory as `understudy export` writes it: a GGUF, a Modelfile, export.json.
 fn fake_export() -> FakeExport {
@@ -263,8 +292,20 @@ fn fake_export() -> FakeExport {
         run_id: None,
         name: "tiny".into(),
         files: vec![
-            ExportFile { path: "hf/model.safetensors".into(), format: "hf".into(), quant: None, sha256: "00".repeat(32), bytes: 1 },
-            ExportFile { path: "model-q8_0.gguf".into(), format: "gguf".into(), quant: Some("q8_0".into()), sha256: hex.clone(), bytes: gguf.len() as u64 },
+            ExportFile {
+                path: "hf/model.safetensors".into(),
+                format: "hf".into(),
+                quant: None,
+                sha256: "00".repeat(32),
+                bytes: 1,
+            },
+            ExportFile {
+                path: "model-q8_0.gguf".into(),
+                format: "gguf".into(),
+                quant: Some("q8_0".into()),
+                sha256: hex.clone(),
+                bytes: gguf.len() as u64,
+            },
         ],
         modelfile: "Modelfile".into(),
         ollama: OllamaSettings {
@@ -278,12 +319,19 @@ fn fake_export() -> FakeExport {
         created_at: "2025-01-01T00:00:00Z".into(),
     };
     std::fs::write(dir.join("export.json"), serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
-    std::fs::write(dir.join("Modelfile"), format!("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"{TEMPLATE}\"\"\"\n")).unwrap();
+    std::fs::write(dir.join("Modelfile"), format!("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"{TEMPLATE}\"\"\"\n"))
+        .unwrap();
     FakeExport { _dir: temp, dir, manifest, gguf, hex }
 }
 
 fn options(host: &str, test: bool) -> DeployOptions {
-    DeployOptions { host: host.into(), name: "cc-claude-agent".into(), quant: None, version_tag: "exp_01test".into(), test }
+    DeployOptions {
+        host: host.into(),
+        name: "cc-claude-agent".into(),
+        quant: None,
+        version_tag: "exp_01test".into(),
+        test,
+    }
 }
 
 #[test]
@@ -299,37 +347,56 @@ fn first_deploy_uploads_the_blob_creates_and_tags_latest_then_skips_the_upload()
     })
     .unwrap();
 
-    assert_eq!(ollama.calls(), vec![
-        format!("HEAD /api/blobs/{digest}"),
-        format!("POST /api/blobs/{digest}"),
-        "POST /api/create".to_string(),
-        "POST /api/copy".to_string(),
-    ]);
+    assert_eq!(
+        ollama.calls(),
+        vec![
+            format!("HEAD /api/blobs/{digest}"),
+            format!("POST /api/blobs/{digest}"),
+            "POST /api/create".to_string(),
+            "POST /api/copy".to_string(),
+        ]
+    );
     let requests = ollama.requests();
     assert!(requests[1].body == export.gguf, "the blob body is the GGUF's exact bytes");
-    assert_eq!(requests[1].headers.get("content-length"), Some(&export.gguf.len().to_string()), "streamed with its length, as curl -T does");
+    assert_eq!(
+        requests[1].headers.get("content-length"),
+        Some(&export.gguf.len().to_string()),
+        "streamed with its length, as curl -T does"
+    );
     assert!(requests[2].headers["content-type"].starts_with("application/json"));
     assert_eq!(uploaded_bytes, export.gguf.len() as u64);
-    assert_eq!(requests[2].json(), json!({
-        "model": "cc-claude-agent:exp_01test",
-        "files": {"model-q8_0.gguf": digest},
-        "template": TEMPLATE,
-        "system": "You are a coding agent.",
-        "parameters": {"stop": ["<|im_end|>", "<|im_start|>"], "num_ctx": 4096, "temperature": 0.7},
-        "stream": false,
-    }));
-    assert_eq!(requests[3].json(), json!({"source": "cc-claude-agent:exp_01test", "destination": "cc-claude-agent:latest"}));
+    assert_eq!(
+        requests[2].json(),
+        json!({
+            "model": "cc-claude-agent:exp_01test",
+            "files": {"model-q8_0.gguf": digest},
+            "template": TEMPLATE,
+            "system": "You are a coding agent.",
+            "parameters": {"stop": ["<|im_end|>", "<|im_start|>"], "num_ctx": 4096, "temperature": 0.7},
+            "stream": false,
+        })
+    );
+    assert_eq!(
+        requests[3].json(),
+        json!({"source": "cc-claude-agent:exp_01test", "destination": "cc-claude-agent:latest"})
+    );
     assert_eq!(report.host, ollama.host);
     assert_eq!(report.model, "cc-claude-agent:exp_01test");
     assert_eq!(report.names, vec!["cc-claude-agent:exp_01test", "cc-claude-agent:latest"]);
-    assert_eq!((report.digest.as_str(), report.uploaded, report.bytes), (digest.as_str(), true, export.gguf.len() as u64));
+    assert_eq!(
+        (report.digest.as_str(), report.uploaded, report.bytes),
+        (digest.as_str(), true, export.gguf.len() as u64)
+    );
     assert_eq!(report.gguf, export.dir.join("model-q8_0.gguf"));
     assert!(report.test.is_none());
 
     ollama.clear_requests();
     let again = deploy(&export.dir, &export.manifest, &options(&ollama.host, false), &mut |_, _, _| {}).unwrap();
     assert!(!again.uploaded);
-    assert_eq!(ollama.calls(), vec![format!("HEAD /api/blobs/{digest}"), "POST /api/create".to_string(), "POST /api/copy".to_string()]);
+    assert_eq!(
+        ollama.calls(),
+        vec![format!("HEAD /api/blobs/{digest}"), "POST /api/create".to_string(), "POST /api/copy".to_string()]
+    );
 }
 
 #[test]
@@ -339,16 +406,22 @@ fn test_chat_sends_the_default_tools_and_reports_the_tool_call() {
     let report = deploy(&export.dir, &export.manifest, &options(&ollama.host, true), &mut |_, _, _| {}).unwrap();
 
     let chat = ollama.requests().into_iter().find(|r| r.path == "/api/chat").expect("a chat request");
-    assert_eq!(chat.json(), json!({
-        "model": "cc-claude-agent:latest",
-        "messages": [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": TEST_PROMPT}],
-        "tools": understudy::traces::tools::default_tools(),
-        "stream": false,
-        "options": {"temperature": 0, "num_predict": 128},
-    }));
+    assert_eq!(
+        chat.json(),
+        json!({
+            "model": "cc-claude-agent:latest",
+            "messages": [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": TEST_PROMPT}],
+            "tools": understudy::traces::tools::default_tools(),
+            "stream": false,
+            "options": {"temperature": 0, "num_predict": 128},
+        })
+    );
     let message = report.test.expect("a test reply");
     assert_eq!(message["role"], "assistant");
-    assert_eq!(message["tool_calls"][0]["function"], json!({"name": "Grep", "arguments": {"pattern": "validate_token", "path": "."}}));
+    assert_eq!(
+        message["tool_calls"][0]["function"],
+        json!({"name": "Grep", "arguments": {"pattern": "validate_token", "path": "."}})
+    );
 }
 
 #[test]
@@ -449,6 +522,10 @@ fn cli_without_ollama_exits_non_zero_with_the_ollama_create_command() {
     assert_ne!(run.code, 0);
     let modelfile = export.dir.join("Modelfile");
     assert!(run.stderr.contains(&format!("not reachable at {host}")), "{}", run.stderr);
-    assert!(run.stderr.contains(&format!("ollama create cc-claude-agent -f {}", modelfile.display())), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("ollama create cc-claude-agent -f {}", modelfile.display())),
+        "{}",
+        run.stderr
+    );
     assert!(run.stdout.is_empty());
 }

@@ -17,8 +17,6 @@ fn import_dpo(dir: &Path, name: &str) -> Value {
     run.json()
 }
 
-
-
 fn counts(report: &Value) -> (u64, u64, u64) {
     (report["imported"].as_u64().unwrap(), report["duplicates"].as_u64().unwrap(), report["rejected"].as_u64().unwrap())
 }
@@ -102,10 +100,7 @@ fn command_center_jsonl_reports_each_bad_line_and_dedupes() {
     assert_eq!(reason(&report, 7), "chosen: must be a string or a list of messages, got a number");
     assert_eq!(reason(&report, 10), "pos_reward: must be a number, got a string");
     assert_eq!(reason(&report, 11), "chosen: must not be empty");
-    assert_eq!(
-        crate::support::sorted_keys(&report),
-        vec!["duplicates", "errors", "imported", "rejected"]
-    );
+    assert_eq!(crate::support::sorted_keys(&report), vec!["duplicates", "errors", "imported", "rejected"]);
     assert_eq!(pair_count(dir.path()), 3);
     assert_traces_end_with_chosen(dir.path(), "dpo_pairs.jsonl", &[1, 2, 8]);
 
@@ -137,10 +132,7 @@ fn command_center_jsonl_reports_each_bad_line_and_dedupes() {
     assert_eq!(jobs[0]["kind"], "import_dpo");
     let shown = cli(dir.path(), &["jobs", "show", job_id, "--json"]).json();
     let logs: Vec<&str> = shown["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
-    assert!(
-        logs.iter().any(|m| m.contains("dpo_pairs.jsonl:11: chosen: must not be empty")),
-        "{logs:?}"
-    );
+    assert!(logs.iter().any(|m| m.contains("dpo_pairs.jsonl:11: chosen: must not be empty")), "{logs:?}");
 }
 
 #[test]
@@ -182,7 +174,8 @@ fn trl_rows_with_explicit_and_implicit_prompts() {
 
     let traces = dpo_traces(dir.path());
     let explicit = trace_with_prompt(&traces, "Where is the rate limiter?");
-    let roles: Vec<&str> = explicit["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> =
+        explicit["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, vec!["system", "user", "assistant"], "the message-list prompt comes first, then chosen");
 
     let implicit = trace_with_prompt(&traces, "Which file sets the log level?");
@@ -215,7 +208,8 @@ fn command_center_dir_is_found_and_unreadable_files_fail() {
     std::fs::create_dir_all(&rl).unwrap();
     std::fs::copy(fixture("dpo_pairs.jsonl"), rl.join("dpo_pairs.jsonl")).unwrap();
 
-    let found = cli_with_env(dir.path(), &["import", "dpo", "--json"], &[("COMMAND_CENTER_DIR", command_center.path())]);
+    let found =
+        cli_with_env(dir.path(), &["import", "dpo", "--json"], &[("COMMAND_CENTER_DIR", command_center.path())]);
     assert_eq!(found.code, 0, "{}", found.stderr);
     assert_eq!(counts(&found.json()), (3, 1, 6));
 
@@ -278,7 +272,8 @@ fn interrupted_array_import_resumes_after_committed_elements() {
 #[test]
 fn background_import_runs_on_the_job_runner() {
     let dir = tempfile::tempdir().unwrap();
-    let queued = cli(dir.path(), &["import", "dpo", fixture("dpo_trl.jsonl").to_str().unwrap(), "--background", "--json"]);
+    let queued =
+        cli(dir.path(), &["import", "dpo", fixture("dpo_trl.jsonl").to_str().unwrap(), "--background", "--json"]);
     assert_eq!(queued.code, 0, "{}", queued.stderr);
     let job = queued.json();
     assert_eq!((job["kind"].as_str(), job["status"].as_str()), (Some("import_dpo"), Some("queued")));

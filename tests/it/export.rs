@@ -17,7 +17,14 @@ use crate::support::{cli, fixture};
 
 fn python(script: &str, args: &[&Path], stdin: &Value) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity").join(script);
-    let mut child = Command::new("python3").arg(path).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{script} failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -25,7 +32,12 @@ fn python(script: &str, args: &[&Path], stdin: &Value) -> Value {
 }
 
 fn gguf_path(export: &Value, quant: &str) -> PathBuf {
-    let file = export["files"].as_array().unwrap().iter().find(|f| f["format"] == "gguf" && f["quant"] == quant).unwrap_or_else(|| panic!("no {quant} file in {export}"));
+    let file = export["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["format"] == "gguf" && f["quant"] == quant)
+        .unwrap_or_else(|| panic!("no {quant} file in {export}"));
     PathBuf::from(file["path"].as_str().unwrap())
 }
 
@@ -69,26 +81,57 @@ fn check_with_gguf_reader(path: &Path, hidden: i64, layers: usize, vocab: i64, p
     assert_eq!(tensors.len(), 2 + 9 * layers, "token_embd, output_norm and 9 per layer (tied embeddings)");
     let embd = tensors.iter().find(|t| t["name"] == "token_embd.weight").unwrap();
     assert_eq!(embd["shape"], serde_json::json!([hidden, vocab]));
-    assert!(tensors.iter().filter(|t| t["name"].as_str().unwrap().ends_with("norm.weight")).all(|t| t["type"] == "F32"));
+    assert!(tensors
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().ends_with("norm.weight"))
+        .all(|t| t["type"] == "F32"));
 }
 
 /// llama.cpp tokenizes the rendered prompts itself and decodes greedily; `understudy generate`
 /// on the same file must give the same tokens, and both stop at the end of turn together.
-fn check_with_llama_cpp(data_dir: &Path, gguf: &Path, template: &ChatTemplate, prompts: &[(&str, &str)], max_tokens: usize, expect_stop: bool) {
+fn check_with_llama_cpp(
+    data_dir: &Path,
+    gguf: &Path,
+    template: &ChatTemplate,
+    prompts: &[(&str, &str)],
+    max_tokens: usize,
+    expect_stop: bool,
+) {
     let tools = understudy::traces::tools::default_tools();
     let texts: Vec<String> = prompts
         .iter()
-        .map(|(system, user)| template.render(&[Message::text(Role::System, *system), Message::text(Role::User, *user)], &tools, true).unwrap())
+        .map(|(system, user)| {
+            template
+                .render(&[Message::text(Role::System, *system), Message::text(Role::User, *user)], &tools, true)
+                .unwrap()
+        })
         .collect();
-    let reference = python("llama_cpp_chat.py", &[gguf], &serde_json::json!({"prompts": texts, "max_tokens": max_tokens}));
+    let reference =
+        python("llama_cpp_chat.py", &[gguf], &serde_json::json!({"prompts": texts, "max_tokens": max_tokens}));
     let loaded = understudy::model::generate::LoadedModel::load_path(gguf, &candle_core::Device::Cpu).unwrap();
-    let prompt_ids: Vec<Vec<u32>> = (0..prompts.len()).map(|i| serde_json::from_value(reference["prompt_ids"][i].clone()).unwrap()).collect();
+    let prompt_ids: Vec<Vec<u32>> =
+        (0..prompts.len()).map(|i| serde_json::from_value(reference["prompt_ids"][i].clone()).unwrap()).collect();
     let served = served_greedy(gguf, &prompt_ids, max_tokens);
     for (index, (system, user)) in prompts.iter().enumerate() {
         let ours_prompt: Vec<u32> = loaded.tokenizer.encode(texts[index].as_str(), false).unwrap().get_ids().to_vec();
         let theirs_prompt: Vec<u32> = serde_json::from_value(reference["prompt_ids"][index].clone()).unwrap();
         assert_eq!(ours_prompt, theirs_prompt, "prompt token ids of {user:?} in {}", gguf.display());
-        let run = cli(data_dir, &["generate", "--model", gguf.to_str().unwrap(), "--system", system, "--prompt", user, "--tools", "--max-tokens", &max_tokens.to_string(), "--json"]);
+        let run = cli(
+            data_dir,
+            &[
+                "generate",
+                "--model",
+                gguf.to_str().unwrap(),
+                "--system",
+                system,
+                "--prompt",
+                user,
+                "--tools",
+                "--max-tokens",
+                &max_tokens.to_string(),
+                "--json",
+            ],
+        );
         assert_eq!(run.code, 0, "{}", run.stderr);
         let ours = run.json();
         let theirs: Vec<u32> = serde_json::from_value(reference["continuations"][index].clone()).unwrap();
@@ -110,14 +153,22 @@ fn check_with_llama_cpp(data_dir: &Path, gguf: &Path, template: &ChatTemplate, p
 fn served_greedy(gguf: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<(Vec<u32>, bool)> {
     use understudy::serve::engine::{Engine, Event, Finish, Sampling};
     use understudy::serve::registry::{CatalogEntry, ServedModel};
-    let entry = CatalogEntry { name: "parity".into(), version: "parity".into(), path: gguf.to_path_buf(), created: 0, champion: true, exported: true };
+    let entry = CatalogEntry {
+        name: "parity".into(),
+        version: "parity".into(),
+        path: gguf.to_path_buf(),
+        created: 0,
+        champion: true,
+        exported: true,
+    };
     let model = std::sync::Arc::new(ServedModel::load(&entry, 1).unwrap());
     assert_eq!(model.runtime.label(), "mistral.rs");
     let engine = Engine::start(1, 4);
     prompts
         .iter()
         .map(|ids| {
-            let sampling = Sampling { max_tokens, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), logprobs: None };
+            let sampling =
+                Sampling { max_tokens, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), logprobs: None };
             let mut events = engine.submit(std::sync::Arc::clone(&model), ids.clone(), sampling).unwrap();
             let mut tokens = Vec::new();
             loop {
@@ -136,7 +187,13 @@ fn served_greedy(gguf: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<(V
 fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
     let dir = tempfile::tempdir().unwrap();
     let model_id = crate::support::train_tiny_on(dir.path(), "overfit.jsonl");
-    let run = cli(dir.path(), &["export", "--model", &model_id, "--quant", "f32", "--quant", "f16", "--quant", "q8_0", "--quant", "q4_k_m", "--name", "cc-tiny", "--json"]);
+    let run = cli(
+        dir.path(),
+        &[
+            "export", "--model", &model_id, "--quant", "f32", "--quant", "f16", "--quant", "q8_0", "--quant", "q4_k_m",
+            "--name", "cc-tiny", "--json",
+        ],
+    );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let export = run.json();
     let keys = crate::support::sorted_keys(&export);
@@ -144,7 +201,8 @@ fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
         assert!(keys.iter().any(|k| *k == key), "{key} in {keys:?}");
     }
     assert_eq!(export["parity"]["passed"], true, "{}", export["parity"]);
-    let checks: Vec<&str> = export["parity"]["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let checks: Vec<&str> =
+        export["parity"]["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     for name in ["tokenization", "greedy_tokens", "stops_at_end_of_turn", "tool_call", "agreement:q8_0"] {
         assert!(checks.contains(&name), "{name} in {checks:?}");
     }
@@ -156,17 +214,29 @@ fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
         assert_eq!(file["sha256"].as_str().unwrap(), understudy::export::sha256_file(path).unwrap().0);
     }
     let exports_dir = dir.path().join("artifacts/exports");
-    let leftovers: Vec<String> = std::fs::read_dir(&exports_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains("partial")).collect();
+    let leftovers: Vec<String> = std::fs::read_dir(&exports_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let export_dir = exports_dir.join(export["export_id"].as_str().unwrap());
-    assert!(!std::fs::read_dir(&export_dir).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
-    for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    assert!(!std::fs::read_dir(&export_dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp")));
+    for name in
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+    {
         assert!(export_dir.join("hf").join(name).exists(), "hf/{name}");
     }
-    let tokenizer_config: Value = serde_json::from_str(&std::fs::read_to_string(export_dir.join("hf/tokenizer_config.json")).unwrap()).unwrap();
+    let tokenizer_config: Value =
+        serde_json::from_str(&std::fs::read_to_string(export_dir.join("hf/tokenizer_config.json")).unwrap()).unwrap();
     assert!(tokenizer_config["chat_template"].as_str().unwrap().contains("tool_call"));
     assert_eq!(tokenizer_config["eos_token"], "<|im_end|>");
-    let generation: Value = serde_json::from_str(&std::fs::read_to_string(export_dir.join("hf/generation_config.json")).unwrap()).unwrap();
+    let generation: Value =
+        serde_json::from_str(&std::fs::read_to_string(export_dir.join("hf/generation_config.json")).unwrap()).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(export_dir.join("hf/tokenizer.json")).unwrap();
     assert_eq!(generation["eos_token_id"], serde_json::json!([tokenizer.token_to_id("<|im_end|>").unwrap()]));
     let modelfile = std::fs::read_to_string(export["modelfile"].as_str().unwrap()).unwrap();
@@ -175,9 +245,16 @@ fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
 
     let vocab = tokenizer.get_vocab_size(true) as i64;
     for quant in ["f32", "f16", "q8_0", "q4_k_m"] {
-        check_with_gguf_reader(&gguf_path(&export, quant), 256, 4, vocab, &["understudy.model_id", "understudy.dataset_id", "understudy.run_id", "understudy.export_id"]);
+        check_with_gguf_reader(
+            &gguf_path(&export, quant),
+            256,
+            4,
+            vocab,
+            &["understudy.model_id", "understudy.dataset_id", "understudy.run_id", "understudy.export_id"],
+        );
     }
-    let template: ChatTemplate = serde_json::from_str(&std::fs::read_to_string(export_dir.join("hf/template.json")).unwrap()).unwrap();
+    let template: ChatTemplate =
+        serde_json::from_str(&std::fs::read_to_string(export_dir.join("hf/template.json")).unwrap()).unwrap();
     let prompts = [
         ("You are a coding agent. Use the tools.", "Where is the login code?"),
         ("You are a coding agent. Use the tools.", "Show me the README."),
@@ -186,7 +263,19 @@ fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
         check_with_llama_cpp(dir.path(), &gguf_path(&export, quant), &template, &prompts, 48, true);
     }
     // The exported HF directory is a model `generate` can load as it is.
-    let from_hf = cli(dir.path(), &["generate", "--model", export_dir.join("hf").to_str().unwrap(), "--system", prompts[0].0, "--prompt", prompts[0].1, "--json"]);
+    let from_hf = cli(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            export_dir.join("hf").to_str().unwrap(),
+            "--system",
+            prompts[0].0,
+            "--prompt",
+            prompts[0].1,
+            "--json",
+        ],
+    );
     assert_eq!(from_hf.json()["tool_calls"][0]["name"], "Grep", "{}", from_hf.stdout);
     // Listed in the store.
     let status = cli(dir.path(), &["jobs", "list", "--json"]).json();
@@ -197,11 +286,30 @@ fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
 fn smollm2_exports_to_f16_and_q8_0_that_llama_cpp_runs_identically() {
     let dir = tempfile::tempdir().unwrap();
     let source = smollm2_gguf();
-    let run = cli(dir.path(), &["export", "--model-path", source.to_str().unwrap(), "--quant", "f16", "--quant", "q8_0", "--name", "smollm2", "--parity-prompts", "1", "--parity-max-tokens", "6", "--json"]);
+    let run = cli(
+        dir.path(),
+        &[
+            "export",
+            "--model-path",
+            source.to_str().unwrap(),
+            "--quant",
+            "f16",
+            "--quant",
+            "q8_0",
+            "--name",
+            "smollm2",
+            "--parity-prompts",
+            "1",
+            "--parity-max-tokens",
+            "6",
+            "--json",
+        ],
+    );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let export = run.json();
     assert_eq!(export["parity"]["passed"], true, "{}", export["parity"]);
-    let tool_check = export["parity"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == "tool_call").unwrap().clone();
+    let tool_check =
+        export["parity"]["checks"].as_array().unwrap().iter().find(|c| c["name"] == "tool_call").unwrap().clone();
     assert_eq!(tool_check["required"], false, "a base model without a training run is not held to tool calls");
     for quant in ["f16", "q8_0"] {
         check_with_gguf_reader(&gguf_path(&export, quant), 576, 30, 49152, &["understudy.export_id"]);
@@ -217,7 +325,11 @@ fn a_quant_the_shapes_cannot_take_is_refused_naming_the_tensor() {
     let source = smollm2_gguf();
     let run = cli(dir.path(), &["export", "--model-path", source.to_str().unwrap(), "--quant", "q4_k_m"]);
     assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("q4_k_m") && run.stderr.contains("576") && run.stderr.contains("model.embed_tokens.weight"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("q4_k_m") && run.stderr.contains("576") && run.stderr.contains("model.embed_tokens.weight"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("q8_0"), "suggests a quant that fits: {}", run.stderr);
     let exports = dir.path().join("artifacts/exports");
     assert!(!exports.exists() || std::fs::read_dir(&exports).unwrap().next().is_none(), "nothing written");
@@ -227,7 +339,9 @@ fn a_quant_the_shapes_cannot_take_is_refused_naming_the_tensor() {
 
 #[test]
 fn the_modelfile_templates_match_their_goldens() {
-    for (template, golden) in [(ChatTemplate::chatml_hermes(), "modelfile_chatml.txt"), (ChatTemplate::llama3(), "modelfile_llama3.txt")] {
+    for (template, golden) in
+        [(ChatTemplate::chatml_hermes(), "modelfile_chatml.txt"), (ChatTemplate::llama3(), "modelfile_llama3.txt")]
+    {
         let settings = understudy::export::modelfile::settings(&template, "You are a coding agent.", 2048);
         let text = understudy::export::modelfile::render("model-q4_k_m.gguf", &settings);
         let path = fixture("golden").join(golden);
@@ -252,26 +366,57 @@ fn an_export_killed_mid_write_leaves_no_partial_file_and_is_cleaned_up() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_understudy"))
         .arg("--data-dir")
         .arg(dir.path())
-        .args(["export", "--model-path", source.to_str().unwrap(), "--quant", "f32", "--quant", "f16", "--quant", "q8_0"])
+        .args([
+            "export",
+            "--model-path",
+            source.to_str().unwrap(),
+            "--quant",
+            "f32",
+            "--quant",
+            "f16",
+            "--quant",
+            "q8_0",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let staging = dir.path().join("artifacts/.staging");
     crate::support::wait_for(120, "the export to start writing", || {
-        let writing = std::fs::read_dir(&staging).ok()?.flatten().any(|e| std::fs::read_dir(e.path()).map(|mut d| d.next().is_some()).unwrap_or(false));
+        let writing = std::fs::read_dir(&staging)
+            .ok()?
+            .flatten()
+            .any(|e| std::fs::read_dir(e.path()).map(|mut d| d.next().is_some()).unwrap_or(false));
         writing.then_some(())
     });
     child.kill().unwrap();
     child.wait().unwrap();
     let exports = dir.path().join("artifacts/exports");
-    let finished: Vec<_> = std::fs::read_dir(&exports).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let finished: Vec<_> =
+        std::fs::read_dir(&exports).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(finished.is_empty(), "nothing appears under exports/ before it is complete: {finished:?}");
     assert!(std::fs::read_dir(&staging).unwrap().next().is_some(), "the killed export left its staging directory");
     // The next export clears the dead one's staging directory.
     let again = cli(dir.path(), &["export", "--model-path", source.to_str().unwrap(), "--quant", "q4_k_m"]);
     assert_ne!(again.code, 0, "refused: SmolLM2's rows do not fit K-quants");
-    let run = cli(dir.path(), &["export", "--model-path", source.to_str().unwrap(), "--quant", "q8_0", "--parity-prompts", "1", "--parity-max-tokens", "2", "--json"]);
+    let run = cli(
+        dir.path(),
+        &[
+            "export",
+            "--model-path",
+            source.to_str().unwrap(),
+            "--quant",
+            "q8_0",
+            "--parity-prompts",
+            "1",
+            "--parity-max-tokens",
+            "2",
+            "--json",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(std::fs::read_dir(&staging).map(|mut d| d.next().is_none()).unwrap_or(true), "staging is empty after a finished export");
+    assert!(
+        std::fs::read_dir(&staging).map(|mut d| d.next().is_none()).unwrap_or(true),
+        "staging is empty after a finished export"
+    );
 }

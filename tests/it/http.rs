@@ -43,7 +43,18 @@ fn pages_render_and_navigation_links_all_work() {
     assert_eq!(dashboard.status, 200);
     assert!(dashboard.content_type.starts_with("text/html"));
     assert!(dashboard.body.contains("synthetic") && dashboard.body.contains("import_traces"));
-    let nav: Vec<&str> = dashboard.body.split("<nav>").nth(1).unwrap().split("</nav>").next().unwrap().split("href=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    let nav: Vec<&str> = dashboard
+        .body
+        .split("<nav>")
+        .nth(1)
+        .unwrap()
+        .split("</nav>")
+        .next()
+        .unwrap()
+        .split("href=\"")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .collect();
     assert!(nav.len() >= 5, "{nav:?}");
     for href in nav {
         let page = get(&app.url(href));
@@ -76,7 +87,15 @@ fn traces_page_filters_paginates_and_shows_a_conversation() {
 
     let trace = get(&app.url("/traces/tr_fixture_1"));
     assert_eq!(trace.status, 200);
-    for piece in ["Searching for middleware definitions.", "Grep", "pattern", "def .*auth", "src/auth/middleware.py:3", "require_auth", "found_expected_file"] {
+    for piece in [
+        "Searching for middleware definitions.",
+        "Grep",
+        "pattern",
+        "def .*auth",
+        "src/auth/middleware.py:3",
+        "require_auth",
+        "found_expected_file",
+    ] {
         assert!(trace.body.contains(piece), "trace page lacks {piece}");
     }
     assert_eq!(get(&app.url("/traces/tr_missing")).status, 404);
@@ -133,15 +152,26 @@ fn post_form(url: &str, body: Vec<u8>) -> Reply {
 #[test]
 fn upload_form_validates_fields_and_queues_a_job() {
     let app = spawn_app(|_| {});
-    let no_file = post_form(&app.url("/import"), multipart("XyZ", &[("format", None, b"canonical"), ("file", Some(""), b"")]));
+    let no_file =
+        post_form(&app.url("/import"), multipart("XyZ", &[("format", None, b"canonical"), ("file", Some(""), b"")]));
     assert_eq!(no_file.status, 422);
-    assert!(no_file.body.contains("id=\"file-error\"") && no_file.body.contains("Choose a JSONL file"), "{}", no_file.body);
-    let bad_format = post_form(&app.url("/import"), multipart("XyZ", &[("format", None, b"yaml"), ("file", Some("a.jsonl"), b"{}\n")]));
+    assert!(
+        no_file.body.contains("id=\"file-error\"") && no_file.body.contains("Choose a JSONL file"),
+        "{}",
+        no_file.body
+    );
+    let bad_format = post_form(
+        &app.url("/import"),
+        multipart("XyZ", &[("format", None, b"yaml"), ("file", Some("a.jsonl"), b"{}\n")]),
+    );
     assert_eq!(bad_format.status, 422);
     assert!(bad_format.body.contains("id=\"format-error\"") && bad_format.body.contains("unknown format"));
 
     let file = std::fs::read(crate::support::fixture("sharegpt_mixed.jsonl")).unwrap();
-    let accepted = post_form(&app.url("/import"), multipart("XyZ", &[("format", None, b"sharegpt"), ("file", Some("sg.jsonl"), &file)]));
+    let accepted = post_form(
+        &app.url("/import"),
+        multipart("XyZ", &[("format", None, b"sharegpt"), ("file", Some("sg.jsonl"), &file)]),
+    );
     assert_eq!(accepted.status, 303, "{}", accepted.body);
     let location = accepted.location.unwrap();
     let job_id = location.strip_prefix("/jobs/").unwrap();
@@ -230,7 +260,8 @@ fn openapi_lists_every_api_route() {
         assert!(status == 200 || (status == 404 && !path.starts_with("/api/traces")), "{path} -> {status}");
     }
     let docs = get(&app.url("/docs"));
-    for route in registered.iter().map(String::as_str).chain(["/v1/models", "/v1/chat/completions", "/v1/completions"]) {
+    for route in registered.iter().map(String::as_str).chain(["/v1/models", "/v1/chat/completions", "/v1/completions"])
+    {
         assert!(documented.contains(route), "{route} is not in /openapi.json");
         assert!(docs.body.contains(route), "docs page lacks {route}");
     }
@@ -251,7 +282,10 @@ fn preference_pairs_import_over_the_api_and_the_form() {
     assert_eq!(get(&app.url("/api/traces?source=dpo_import")).json()["total"], 3);
 
     // The import form takes the same file as "dpo"; everything is a duplicate now.
-    let form = post_form(&app.url("/import"), multipart("XyZ", &[("format", None, b"dpo"), ("file", Some("dpo_pairs.jsonl"), &file)]));
+    let form = post_form(
+        &app.url("/import"),
+        multipart("XyZ", &[("format", None, b"dpo"), ("file", Some("dpo_pairs.jsonl"), &file)]),
+    );
     assert_eq!(form.status, 303, "{}", form.body);
     let job_id = form.location.unwrap().trim_start_matches("/jobs/").to_string();
     let again = wait_for_job(&app.base, &job_id, |job| job["status"] == "succeeded");
@@ -267,7 +301,28 @@ fn trained_tiny_model(dir: &std::path::Path) {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let built = cli(dir, &["build-dataset", "--val-ratio", "0", "--test-ratio", "0", "--json"]);
     assert_eq!(built.code, 0, "{}", built.stderr);
-    let args = ["train", "--phase", "sft", "--max-steps", "40", "--epochs", "40", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"];
+    let args = [
+        "train",
+        "--phase",
+        "sft",
+        "--max-steps",
+        "40",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "3",
+        "--lr",
+        "0.003",
+        "--warmup-steps",
+        "5",
+        "--eval-every",
+        "100",
+        "--checkpoint-every",
+        "100",
+        "--seed",
+        "1",
+        "--json",
+    ];
     let trained = cli(dir, &args);
     assert_eq!(trained.code, 0, "{}", trained.stderr);
 }
@@ -294,17 +349,38 @@ fn models_page_exports_and_deploys_as_jobs_and_shows_parity() {
     // Refused requests: the form names the problem on the page, the API in its envelope.
     let no_quant = post_urlencoded(&app.url(&format!("/models/{model_id}/export")), "");
     assert_eq!(no_quant.status, 422);
-    assert!(no_quant.body.contains(&format!("id=\"export-error-{model_id}\"")) && no_quant.body.contains("choose at least one quant"), "{}", no_quant.body);
-    let bad_quant = reply(http().post(&app.url(&format!("/api/models/{model_id}/export"))).send_json(serde_json::json!({"quants": ["q3_k"]})));
+    assert!(
+        no_quant.body.contains(&format!("id=\"export-error-{model_id}\""))
+            && no_quant.body.contains("choose at least one quant"),
+        "{}",
+        no_quant.body
+    );
+    let bad_quant = reply(
+        http()
+            .post(&app.url(&format!("/api/models/{model_id}/export")))
+            .send_json(serde_json::json!({"quants": ["q3_k"]})),
+    );
     assert_eq!(bad_quant.status, 400);
-    assert!(bad_quant.json()["error"]["message"].as_str().unwrap().starts_with("quants: unknown quant \"q3_k\""), "{}", bad_quant.body);
-    let unknown = reply(http().post(&app.url("/api/models/mdl_nope/export")).send_json(serde_json::json!({"quants": ["q8_0"]})));
+    assert!(
+        bad_quant.json()["error"]["message"].as_str().unwrap().starts_with("quants: unknown quant \"q3_k\""),
+        "{}",
+        bad_quant.body
+    );
+    let unknown =
+        reply(http().post(&app.url("/api/models/mdl_nope/export")).send_json(serde_json::json!({"quants": ["q8_0"]})));
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.json()["error"]["type"], "not_found");
-    assert_eq!(reply(http().post(&app.url("/api/exports/exp_nope/deploy")).send_json(serde_json::json!({}))).status, 404);
+    assert_eq!(
+        reply(http().post(&app.url("/api/exports/exp_nope/deploy")).send_json(serde_json::json!({}))).status,
+        404
+    );
 
     // The API export runs as a job; the export and its parity report are stored.
-    let queued = reply(http().post(&app.url(&format!("/api/models/{model_id}/export"))).send_json(serde_json::json!({"quants": ["q8_0"]})));
+    let queued = reply(
+        http()
+            .post(&app.url(&format!("/api/models/{model_id}/export")))
+            .send_json(serde_json::json!({"quants": ["q8_0"]})),
+    );
     assert_eq!(queued.status, 202, "{}", queued.body);
     assert_eq!(queued.json()["kind"], "export");
     let job_id = queued.json()["id"].as_str().unwrap().to_string();
@@ -316,7 +392,12 @@ fn models_page_exports_and_deploys_as_jobs_and_shows_parity() {
     let export_id = export["id"].as_str().unwrap().to_string();
     assert_eq!(export["model_id"], model_id.as_str());
     assert_eq!(export["parity_passed"], true, "{}", export["manifest"]["parity"]);
-    let checks: Vec<&str> = export["manifest"]["parity"]["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let checks: Vec<&str> = export["manifest"]["parity"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert!(checks.contains(&"tool_call") && checks.contains(&"agreement:q8_0"), "{checks:?}");
     assert!(export["manifest"]["files"].as_array().unwrap().iter().any(|f| f["quant"] == "q8_0"));
 
@@ -340,37 +421,73 @@ fn models_page_exports_and_deploys_as_jobs_and_shows_parity() {
         }
     }
     let db = understudy::store::Store::open(app.data_dir()).unwrap().connect().unwrap();
-    db.insert_export("exp_failed", Some(&model_id), "failed", export["path"].as_str().unwrap(), &manifest, false).unwrap();
+    db.insert_export("exp_failed", Some(&model_id), "failed", export["path"].as_str().unwrap(), &manifest, false)
+        .unwrap();
 
     let page = get(&app.url("/models"));
     assert_eq!(page.status, 200);
-    let row = |id: &str| page.body.split(&format!("<tr id=\"export-{id}\">")).nth(1).unwrap().split("</tr>").next().unwrap().to_string();
+    let row = |id: &str| {
+        page.body.split(&format!("<tr id=\"export-{id}\">")).nth(1).unwrap().split("</tr>").next().unwrap().to_string()
+    };
     let passed = row(&export_id);
-    assert!(passed.contains("parity passed") && passed.contains("tool_call") && passed.contains("<details>"), "{passed}");
-    assert!(passed.contains(&format!("action=\"/exports/{export_id}/deploy\"")) && passed.contains("value=\"cc-claude-agent\""), "{passed}");
+    assert!(
+        passed.contains("parity passed") && passed.contains("tool_call") && passed.contains("<details>"),
+        "{passed}"
+    );
+    assert!(
+        passed.contains(&format!("action=\"/exports/{export_id}/deploy\""))
+            && passed.contains("value=\"cc-claude-agent\""),
+        "{passed}"
+    );
     assert!(passed.contains("value=\"http://127.0.0.1:11434\"") && passed.contains("name=\"test\""), "{passed}");
     assert!(passed.contains("q8_0") && passed.contains(" MB"), "{passed}");
     let failed = row("exp_failed");
-    assert!(failed.contains("parity failed") && failed.contains("none of 4 prompts gave a parseable tool call"), "{failed}");
-    assert!(!failed.contains("/deploy\"") && failed.contains("Not deployable: the tool_call parity check failed"), "{failed}");
+    assert!(
+        failed.contains("parity failed") && failed.contains("none of 4 prompts gave a parseable tool call"),
+        "{failed}"
+    );
+    assert!(
+        !failed.contains("/deploy\"") && failed.contains("Not deployable: the tool_call parity check failed"),
+        "{failed}"
+    );
     let refused = reply(http().post(&app.url("/api/exports/exp_failed/deploy")).send_json(serde_json::json!({})));
     assert_eq!(refused.status, 409, "{}", refused.body);
 
     // Bad deploy input: 422 on the page, 400 naming the field in the API.
-    let bad_host = post_urlencoded(&app.url(&format!("/exports/{export_id}/deploy")), "name=cc-claude-agent&host=https%3A%2F%2Fexample.com&quant=");
+    let bad_host = post_urlencoded(
+        &app.url(&format!("/exports/{export_id}/deploy")),
+        "name=cc-claude-agent&host=https%3A%2F%2Fexample.com&quant=",
+    );
     assert_eq!(bad_host.status, 422);
-    assert!(bad_host.body.contains(&format!("id=\"deploy-error-{export_id}\"")) && bad_host.body.contains("https is not supported"), "{}", bad_host.body);
-    let bad_quant = reply(http().post(&app.url(&format!("/api/exports/{export_id}/deploy"))).send_json(serde_json::json!({"quant": "f16"})));
+    assert!(
+        bad_host.body.contains(&format!("id=\"deploy-error-{export_id}\""))
+            && bad_host.body.contains("https is not supported"),
+        "{}",
+        bad_host.body
+    );
+    let bad_quant = reply(
+        http()
+            .post(&app.url(&format!("/api/exports/{export_id}/deploy")))
+            .send_json(serde_json::json!({"quant": "f16"})),
+    );
     assert_eq!(bad_quant.status, 400);
     assert!(bad_quant.json()["error"]["message"].as_str().unwrap().starts_with("quant: "), "{}", bad_quant.body);
-    let bad_name = reply(http().post(&app.url(&format!("/api/exports/{export_id}/deploy"))).send_json(serde_json::json!({"name": "-bad name"})));
+    let bad_name = reply(
+        http()
+            .post(&app.url(&format!("/api/exports/{export_id}/deploy")))
+            .send_json(serde_json::json!({"name": "-bad name"})),
+    );
     assert_eq!(bad_name.status, 400);
     assert!(bad_name.json()["error"]["message"].as_str().unwrap().starts_with("name: "), "{}", bad_name.body);
 
     // Deploying where no Ollama listens: accepted as a job, which fails saying how to register
     // the model by hand.
     let host = format!("http://127.0.0.1:{}", closed_port());
-    let deploy = reply(http().post(&app.url(&format!("/api/exports/{export_id}/deploy"))).send_json(serde_json::json!({"host": host, "quant": "q8_0"})));
+    let deploy = reply(
+        http()
+            .post(&app.url(&format!("/api/exports/{export_id}/deploy")))
+            .send_json(serde_json::json!({"host": host, "quant": "q8_0"})),
+    );
     assert_eq!(deploy.status, 202, "{}", deploy.body);
     assert_eq!(deploy.json()["kind"], "deploy");
     let deploy_id = deploy.json()["id"].as_str().unwrap().to_string();
@@ -378,10 +495,14 @@ fn models_page_exports_and_deploys_as_jobs_and_shows_parity() {
     assert_eq!(ended["job"]["status"], "failed", "{}", ended["job"]);
     let error = ended["job"]["error"].as_str().unwrap();
     assert!(error.contains("ollama create cc-claude-agent") && error.contains("Modelfile"), "{error}");
-    let form_deploy = post_urlencoded(&app.url(&format!("/exports/{export_id}/deploy")), &format!("name=cc-tiny&host={}&quant=q8_0&test=on", host.replace(':', "%3A").replace('/', "%2F")));
+    let form_deploy = post_urlencoded(
+        &app.url(&format!("/exports/{export_id}/deploy")),
+        &format!("name=cc-tiny&host={}&quant=q8_0&test=on", host.replace(':', "%3A").replace('/', "%2F")),
+    );
     assert_eq!(form_deploy.status, 303, "{}", form_deploy.body);
     let form_deploy_job = form_deploy.location.unwrap().trim_start_matches("/jobs/").to_string();
-    let ended = wait_for_job(&app.base, &form_deploy_job, |job| job["status"] != "queued" && job["status"] != "running");
+    let ended =
+        wait_for_job(&app.base, &form_deploy_job, |job| job["status"] != "queued" && job["status"] != "running");
     assert_eq!(ended["job"]["params"]["test"], true);
     assert!(ended["job"]["error"].as_str().unwrap().contains("ollama create cc-tiny"), "{}", ended["job"]);
 }

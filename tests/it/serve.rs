@@ -32,7 +32,11 @@ fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
     let tools = tools_file(app.data_dir());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/openai_client.py");
     let output = Command::new("python3").arg(script).arg(&app.base).arg(&tools).output().unwrap();
-    assert!(output.status.success(), "openai client script failed (pip install openai; .ci/run does): {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "openai client script failed (pip install openai; .ci/run does): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let out: Value = serde_json::from_slice(&output.stdout).unwrap();
 
     assert_eq!(out["models"], serde_json::json!(["cc-tiny"]));
@@ -51,7 +55,11 @@ fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
     assert_eq!(streamed["finishes"], serde_json::json!(["tool_calls"]), "one finish reason");
     assert_eq!(streamed["ids"], 1, "the call id is streamed once");
     assert_eq!(streamed["names"], serde_json::json!(["Grep"]));
-    assert_eq!(streamed["tool_calls"], serde_json::json!([{"name": "Grep", "arguments": whole["tool_calls"][0]["arguments"]}]), "streamed deltas reassemble to the whole reply");
+    assert_eq!(
+        streamed["tool_calls"],
+        serde_json::json!([{"name": "Grep", "arguments": whole["tool_calls"][0]["arguments"]}]),
+        "streamed deltas reassemble to the whole reply"
+    );
     assert_eq!(streamed["content"], whole["content"]);
     assert_eq!(streamed["usage_chunks"], 1);
     assert_eq!(streamed["distinct_chunk_ids"], 1);
@@ -76,7 +84,11 @@ fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
 }
 
 fn post(url: &str, body: &Value) -> (u16, Option<String>, String, String) {
-    let mut response = crate::support::http().post(url).header("content-type", "application/json").send(body.to_string()).expect("HTTP request");
+    let mut response = crate::support::http()
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .expect("HTTP request");
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (retry_after, content_type) = (header("retry-after"), header("content-type").unwrap_or_default());
     let status = response.status().as_u16();
@@ -85,7 +97,10 @@ fn post(url: &str, body: &Value) -> (u16, Option<String>, String, String) {
 
 fn sse_events(body: &str) -> Vec<String> {
     assert!(body.ends_with("data: [DONE]\n\n"), "ends with [DONE]: {body}");
-    body.split("\n\n").filter(|e| !e.is_empty()).map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("every event is a data line: {e:?}")).to_string()).collect()
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("every event is a data line: {e:?}")).to_string())
+        .collect()
 }
 
 #[test]
@@ -104,23 +119,32 @@ fn sse_framing_overload_metrics_and_hot_swap_on_the_raw_wire() {
     ]);
 
     // Framing: text/event-stream, a role-only first delta, one finish chunk, no usage unless asked.
-    let (status, _, content_type, body) = post(&chat, &serde_json::json!({"messages": messages, "tools": tools, "stream": true, "max_tokens": 30}));
+    let (status, _, content_type, body) =
+        post(&chat, &serde_json::json!({"messages": messages, "tools": tools, "stream": true, "max_tokens": 30}));
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/event-stream"), "{content_type}");
     let events = sse_events(&body);
     let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     assert_eq!(chunks[0]["choices"][0]["delta"], serde_json::json!({"role": "assistant", "content": ""}));
     assert!(chunks[1..].iter().all(|c| c["choices"][0]["delta"].get("role").is_none()));
-    let finishes: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
+    let finishes: Vec<&Value> =
+        chunks.iter().map(|c| &c["choices"][0]["finish_reason"]).filter(|f| !f.is_null()).collect();
     assert_eq!(finishes.len(), 1);
-    assert!(chunks.iter().all(|c| c["choices"].as_array().is_some_and(|a| a.len() == 1)), "no usage chunk without include_usage");
+    assert!(
+        chunks.iter().all(|c| c["choices"].as_array().is_some_and(|a| a.len() == 1)),
+        "no usage chunk without include_usage"
+    );
     let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
     assert_eq!(text, "40 users (41 lines with the header).", "the trained reply, streamed");
 
     // The export is served by mistral.rs, streamed or not, and each reply names its version.
     for stream in [false, true] {
         let request = serde_json::json!({"messages": messages, "max_tokens": 3, "stream": stream});
-        let response = crate::support::http().post(&chat).header("content-type", "application/json").send(request.to_string()).unwrap();
+        let response = crate::support::http()
+            .post(&chat)
+            .header("content-type", "application/json")
+            .send(request.to_string())
+            .unwrap();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         assert_eq!(header("x-understudy-runtime").as_deref(), Some("mistral.rs"), "stream: {stream}");
         assert!(header("x-understudy-model-version").is_some_and(|v| v.starts_with("exp_")), "stream: {stream}");
@@ -137,7 +161,11 @@ fn sse_framing_overload_metrics_and_hot_swap_on_the_raw_wire() {
         .collect();
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let refused: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
-    assert!(!refused.is_empty() && results.iter().any(|r| r.0 == 200), "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(
+        !refused.is_empty() && results.iter().any(|r| r.0 == 200),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     assert_eq!(refused[0].1.as_deref(), Some("1"), "Retry-After");
     let error: Value = serde_json::from_str(&refused[0].3).unwrap();
     assert_eq!(error["error"]["code"], "rate_limit_exceeded");
@@ -147,14 +175,17 @@ fn sse_framing_overload_metrics_and_hot_swap_on_the_raw_wire() {
     assert!(metrics.contains("understudy_requests_total{route=\"completions\",status=\"429\"}"), "{metrics}");
     assert!(metrics.contains("understudy_requests_total{route=\"chat\",status=\"200\"} 3"), "{metrics}");
     assert!(metrics.contains("understudy_queue_capacity 1"));
-    let completion_tokens: u64 = metrics.lines().find_map(|l| l.strip_prefix("understudy_completion_tokens_total ")).unwrap().parse().unwrap();
+    let completion_tokens: u64 =
+        metrics.lines().find_map(|l| l.strip_prefix("understudy_completion_tokens_total ")).unwrap().parse().unwrap();
     assert!(completion_tokens > 10);
 
     // Hot swap: a request in flight finishes on the old version; a new export takes over the name.
     let before: Value = serde_json::from_str(&crate::support::get(&app.url("/v1/models")).body).unwrap();
     let old_version = before["data"][0]["version"].as_str().unwrap().to_string();
     let url = app.url("/v1/completions");
-    let in_flight = std::thread::spawn(move || post(&url, &serde_json::json!({"prompt": "<|im_start|>user\nHow many", "max_tokens": 1500})));
+    let in_flight = std::thread::spawn(move || {
+        post(&url, &serde_json::json!({"prompt": "<|im_start|>user\nHow many", "max_tokens": 1500}))
+    });
     let again = cli(app.data_dir(), &["export", "--quant", "q8_0", "--name", "cc-tiny", "--json"]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     let (status, _, _, body) = in_flight.join().unwrap();
@@ -164,7 +195,8 @@ fn sse_framing_overload_metrics_and_hot_swap_on_the_raw_wire() {
     let after: Value = serde_json::from_str(&crate::support::get(&app.url("/v1/models")).body).unwrap();
     let new_version = after["data"][0]["version"].as_str().unwrap();
     assert_ne!(new_version, old_version);
-    let (status, _, _, body) = post(&chat, &serde_json::json!({"model": "cc-tiny", "messages": messages, "tools": tools, "max_tokens": 5}));
+    let (status, _, _, body) =
+        post(&chat, &serde_json::json!({"model": "cc-tiny", "messages": messages, "tools": tools, "max_tokens": 5}));
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["system_fingerprint"], new_version);
 }
@@ -177,9 +209,14 @@ fn the_endpoint_needs_the_key_when_one_is_set() {
     let error: Value = serde_json::from_str(&denied.body).unwrap();
     assert_eq!(error["error"]["code"], "invalid_api_key");
     assert_eq!(error["error"]["type"], "invalid_request_error");
-    let allowed = crate::support::reply(crate::support::http().get(&app.url("/v1/models")).header("authorization", "Bearer sekrit").call());
+    let allowed = crate::support::reply(
+        crate::support::http().get(&app.url("/v1/models")).header("authorization", "Bearer sekrit").call(),
+    );
     assert_eq!(allowed.status, 200);
-    assert_eq!(serde_json::from_str::<Value>(&allowed.body).unwrap(), serde_json::json!({"object": "list", "data": []}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&allowed.body).unwrap(),
+        serde_json::json!({"object": "list", "data": []})
+    );
     // No model served yet: a chat request says so in OpenAI's envelope.
     let missing = crate::support::reply(
         crate::support::http()
@@ -188,17 +225,32 @@ fn the_endpoint_needs_the_key_when_one_is_set() {
             .send(r#"{"model": "understudy", "messages": [{"role": "user", "content": "hi"}]}"#),
     );
     assert_eq!(missing.status, 404);
-    assert!(missing.body.contains("model_not_found") && missing.body.contains("no model is served yet"), "{}", missing.body);
-    let malformed = crate::support::reply(crate::support::http().post(&app.url("/v1/chat/completions")).header("authorization", "Bearer sekrit").send("{not json"));
+    assert!(
+        missing.body.contains("model_not_found") && missing.body.contains("no model is served yet"),
+        "{}",
+        missing.body
+    );
+    let malformed = crate::support::reply(
+        crate::support::http()
+            .post(&app.url("/v1/chat/completions"))
+            .header("authorization", "Bearer sekrit")
+            .send("{not json"),
+    );
     assert_eq!(malformed.status, 400);
     assert!(malformed.body.contains("invalid_request_error"), "{}", malformed.body);
 }
 
 #[test]
 fn an_admin_token_guards_the_ui_and_api_while_the_api_key_guards_v1() {
-    let app = crate::support::spawn_app_with_settings(|_| {}, Some("infer-key"), |settings| settings.admin_token = Some("admin-token".into()));
+    let app = crate::support::spawn_app_with_settings(
+        |_| {},
+        Some("infer-key"),
+        |settings| settings.admin_token = Some("admin-token".into()),
+    );
     let agent = crate::support::http();
-    let with = |path: &str, bearer: &str| crate::support::reply(agent.get(&app.url(path)).header("authorization", &format!("Bearer {bearer}")).call());
+    let with = |path: &str, bearer: &str| {
+        crate::support::reply(agent.get(&app.url(path)).header("authorization", &format!("Bearer {bearer}")).call())
+    };
     let page = crate::support::get(&app.url("/"));
     assert_eq!(page.status, 403);
     assert!(page.body.contains("/login?token="), "says how to log in");

@@ -23,8 +23,9 @@ pub struct CliRun {
 
 impl CliRun {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+        })
     }
 }
 
@@ -98,7 +99,11 @@ pub fn spawn_app_with_key(prepare: impl FnOnce(&Path), api_key: Option<&str>) ->
 }
 
 /// The real server with adjusted settings (engine workers, queue capacity, ...).
-pub fn spawn_app_with_settings(prepare: impl FnOnce(&Path), api_key: Option<&str>, adjust: impl FnOnce(&mut ServeSettings)) -> TestApp {
+pub fn spawn_app_with_settings(
+    prepare: impl FnOnce(&Path),
+    api_key: Option<&str>,
+    adjust: impl FnOnce(&mut ServeSettings),
+) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temp dir");
     prepare(data_dir.path());
     let config = Config::new(data_dir.path().to_path_buf());
@@ -198,7 +203,31 @@ pub fn train_tiny_on(dir: &Path, fixture_name: &str) -> String {
     assert_eq!(run.json()["imported"], 3, "{}", run.stderr);
     let built = cli(dir, &["build-dataset", "--val-ratio", "0", "--test-ratio", "0", "--json"]);
     assert_eq!(built.code, 0, "{}", built.stderr);
-    let run = cli(dir, &["train", "--phase", "sft", "--max-steps", "60", "--epochs", "60", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"]);
+    let run = cli(
+        dir,
+        &[
+            "train",
+            "--phase",
+            "sft",
+            "--max-steps",
+            "60",
+            "--epochs",
+            "60",
+            "--batch-size",
+            "3",
+            "--lr",
+            "0.003",
+            "--warmup-steps",
+            "5",
+            "--eval-every",
+            "100",
+            "--checkpoint-every",
+            "100",
+            "--seed",
+            "1",
+            "--json",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     run.json()["model_id"].as_str().unwrap().to_string()
 }

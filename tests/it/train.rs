@@ -21,11 +21,47 @@ fn overfit_dataset(dir: &Path) {
 fn a_tiny_model_overfits_and_reproduces_the_tool_calls() {
     let dir = tempfile::tempdir().unwrap();
     overfit_dataset(dir.path());
-    let run = cli(dir.path(), &["train", "--phase", "sft", "--max-steps", "60", "--epochs", "60", "--batch-size", "3", "--lr", "0.003", "--warmup-steps", "5", "--eval-every", "100", "--checkpoint-every", "100", "--seed", "1", "--json"]);
+    let run = cli(
+        dir.path(),
+        &[
+            "train",
+            "--phase",
+            "sft",
+            "--max-steps",
+            "60",
+            "--epochs",
+            "60",
+            "--batch-size",
+            "3",
+            "--lr",
+            "0.003",
+            "--warmup-steps",
+            "5",
+            "--eval-every",
+            "100",
+            "--checkpoint-every",
+            "100",
+            "--seed",
+            "1",
+            "--json",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let summary = run.json();
     let keys = crate::support::sorted_keys(&summary);
-    assert_eq!(keys, vec!["checkpoint_dir", "final_eval_loss", "final_loss", "first_loss", "model_id", "run_id", "steps", "tokens_per_second"]);
+    assert_eq!(
+        keys,
+        vec![
+            "checkpoint_dir",
+            "final_eval_loss",
+            "final_loss",
+            "first_loss",
+            "model_id",
+            "run_id",
+            "steps",
+            "tokens_per_second"
+        ]
+    );
     assert_eq!(summary["steps"], 60);
     let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["final_loss"].as_f64().unwrap());
     assert!(first > 5.0 && last < 0.2, "loss {first} -> {last}");
@@ -36,7 +72,21 @@ fn a_tiny_model_overfits_and_reproduces_the_tool_calls() {
         ("Show me the README.", "Read", serde_json::json!({"file_path": "README.md"})),
     ];
     for (prompt, tool, arguments) in expectations {
-        let generated = cli(dir.path(), &["generate", "--model", model, "--system", "You are a coding agent. Use the tools.", "--prompt", prompt, "--max-tokens", "60", "--json"]);
+        let generated = cli(
+            dir.path(),
+            &[
+                "generate",
+                "--model",
+                model,
+                "--system",
+                "You are a coding agent. Use the tools.",
+                "--prompt",
+                prompt,
+                "--max-tokens",
+                "60",
+                "--json",
+            ],
+        );
         assert_eq!(generated.code, 0, "{}", generated.stderr);
         let reply = generated.json();
         assert_eq!(reply["finish_reason"], "tool_calls", "{reply}");
@@ -57,7 +107,24 @@ fn final_weights(summary: &Value) -> Vec<u8> {
 
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
-    let args = ["train", "--phase", "sft", "--max-steps", "24", "--epochs", "24", "--batch-size", "2", "--checkpoint-every", "4", "--eval-every", "100", "--seed", "5", "--json"];
+    let args = [
+        "train",
+        "--phase",
+        "sft",
+        "--max-steps",
+        "24",
+        "--epochs",
+        "24",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "4",
+        "--eval-every",
+        "100",
+        "--seed",
+        "5",
+        "--json",
+    ];
     let whole = tempfile::tempdir().unwrap();
     overfit_dataset(whole.path());
     let uninterrupted = cli(whole.path(), &args);
@@ -86,7 +153,10 @@ fn a_killed_run_resumes_to_the_same_weights() {
     let resumed = cli(killed.path(), &["train", "--resume", &run_id, "--json"]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
     assert_eq!(resumed.json()["steps"], 24);
-    assert!(final_weights(&resumed.json()) == final_weights(&uninterrupted.json()), "resumed weights differ from an uninterrupted run");
+    assert!(
+        final_weights(&resumed.json()) == final_weights(&uninterrupted.json()),
+        "resumed weights differ from an uninterrupted run"
+    );
 }
 
 #[test]
@@ -101,7 +171,12 @@ fn bad_training_flags_are_refused() {
     assert!(bad_lr.stderr.contains("lr"), "{}", bad_lr.stderr);
     let bad_device = cli(dir.path(), &["train", "--phase", "sft", "--device", "tpu"]);
     assert!(bad_device.stderr.contains("tpu"), "{}", bad_device.stderr);
-    assert!(cli(dir.path(), &["jobs", "list", "--json"]).json().as_array().unwrap().iter().all(|j| j["kind"] != "train"));
+    assert!(cli(dir.path(), &["jobs", "list", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|j| j["kind"] != "train"));
 }
 
 #[test]
@@ -111,7 +186,14 @@ fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
     let page = get(&app.url("/training"));
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Start training"));
-    let form = |body: &str| reply(http().post(&app.url("/training/start")).header("Content-Type", "application/x-www-form-urlencoded").send(body.as_bytes()));
+    let form = |body: &str| {
+        reply(
+            http()
+                .post(&app.url("/training/start"))
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .send(body.as_bytes()),
+        )
+    };
     let dataset = get(&app.url("/api/datasets")).json()[0]["id"].as_str().unwrap().to_string();
     let bad = form(&format!("dataset={dataset}&phase=sft&epochs=0&max_steps=&lr=5&batch_size=2&grad_accum=1&warmup_steps=1&eval_every=2&checkpoint_every=2&seed=0"));
     assert_eq!(bad.status, 422);
@@ -126,12 +208,17 @@ fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
     });
     assert_eq!(detail["job"]["status"], "succeeded", "{detail}");
     let panel = get(&app.url(&format!("/jobs/{id}/panel")));
-    assert!(panel.body.contains("<polyline") && panel.body.contains("Loss") && panel.body.contains("eval loss"), "{}", panel.body);
+    assert!(
+        panel.body.contains("<polyline") && panel.body.contains("Loss") && panel.body.contains("eval loss"),
+        "{}",
+        panel.body
+    );
     let models = get(&app.url("/api/models")).json();
     assert_eq!(models[0]["run_id"], id.as_str());
     assert_eq!(models[0]["dataset_id"], dataset.as_str());
     assert!(get(&app.url("/models")).body.contains(models[0]["id"].as_str().unwrap()));
-    let api = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"dataset": dataset, "phase": "ppo"})));
+    let api =
+        reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"dataset": dataset, "phase": "ppo"})));
     assert_eq!(api.status, 400);
 }
 
@@ -145,16 +232,21 @@ fn smollm2_from_gguf_answers_sensibly() {
     let gguf = crate::dataset::smollm2_gguf();
     let device = candle_core::Device::Cpu;
     let (config, tensors) = understudy::model::weights::load(&ModelSource::Gguf(gguf.clone()), &device).unwrap();
-    assert_eq!((config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads), (576, 30, 9, 3));
+    assert_eq!(
+        (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads),
+        (576, 30, 9, 3)
+    );
     assert!(config.tie_word_embeddings);
-    let model = Llama::new(config, candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device)).unwrap();
+    let model =
+        Llama::new(config, candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device)).unwrap();
     let content = understudy::model::tokenizer::read_gguf(&gguf).unwrap();
     let tokenizer = understudy::model::tokenizer::from_gguf(&content).unwrap();
     // SmolLM2's own chat format (ChatML), greedy: a pretrained model with correct weights and
     // RoPE layout answers this; a wrong Q/K permutation produces gibberish.
     let loaded = LoadedModel { model, tokenizer: tokenizer.tokenizer, template: ChatTemplate::chatml_hermes() };
     let messages = vec![Message::text(Role::User, "What is the capital of France? Answer in one word.")];
-    let reply = loaded.generate(&messages, &[], &GenerateOptions { max_tokens: 12, ..GenerateOptions::default() }).unwrap();
+    let reply =
+        loaded.generate(&messages, &[], &GenerateOptions { max_tokens: 12, ..GenerateOptions::default() }).unwrap();
     assert!(reply.text.contains("Paris"), "{:?}", reply.text);
     assert_eq!(reply.finish_reason, "stop", "{:?}", reply.text);
 }
@@ -169,15 +261,44 @@ fn lora_trains_adapters_and_leaves_the_base_untouched() {
     let base = cli(dir.path(), &["train", "--max-steps", "3", "--epochs", "3", "--batch-size", "3", "--json"]).json();
     let base_dir = Path::new(base["checkpoint_dir"].as_str().unwrap()).join("model");
     let base_bytes = std::fs::read(base_dir.join("model.safetensors")).unwrap();
-    let built = cli(dir.path(), &["build-dataset", "--model", base_dir.to_str().unwrap(), "--val-ratio", "0", "--test-ratio", "0", "--json"]);
+    let built = cli(
+        dir.path(),
+        &["build-dataset", "--model", base_dir.to_str().unwrap(), "--val-ratio", "0", "--test-ratio", "0", "--json"],
+    );
     assert_eq!(built.code, 0, "{}", built.stderr);
     let dataset = built.json()["id"].as_str().unwrap().to_string();
-    let run = cli(dir.path(), &["train", "--dataset", &dataset, "--model", base_dir.to_str().unwrap(), "--lora-rank", "4", "--lora-dropout", "0.1", "--max-steps", "30", "--epochs", "30", "--batch-size", "3", "--lr", "0.003", "--json"]);
+    let run = cli(
+        dir.path(),
+        &[
+            "train",
+            "--dataset",
+            &dataset,
+            "--model",
+            base_dir.to_str().unwrap(),
+            "--lora-rank",
+            "4",
+            "--lora-dropout",
+            "0.1",
+            "--max-steps",
+            "30",
+            "--epochs",
+            "30",
+            "--batch-size",
+            "3",
+            "--lr",
+            "0.003",
+            "--json",
+        ],
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let summary = run.json();
     let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["final_loss"].as_f64().unwrap());
     assert!(last < first, "LoRA loss {first} -> {last}");
-    assert_eq!(std::fs::read(base_dir.join("model.safetensors")).unwrap(), base_bytes, "the base model file is untouched");
+    assert_eq!(
+        std::fs::read(base_dir.join("model.safetensors")).unwrap(),
+        base_bytes,
+        "the base model file is untouched"
+    );
     let out = Path::new(summary["checkpoint_dir"].as_str().unwrap()).join("model");
     let device = candle_core::Device::Cpu;
     let adapters = candle_core::safetensors::load(out.join("adapter.safetensors"), &device).unwrap();
@@ -195,7 +316,19 @@ fn lora_trains_adapters_and_leaves_the_base_untouched() {
         }
     }
     // The merged model generates.
-    let generated = cli(dir.path(), &["generate", "--model", summary["model_id"].as_str().unwrap(), "--prompt", "Show me the README.", "--max-tokens", "8", "--json"]);
+    let generated = cli(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            summary["model_id"].as_str().unwrap(),
+            "--prompt",
+            "Show me the README.",
+            "--max-tokens",
+            "8",
+            "--json",
+        ],
+    );
     assert_eq!(generated.code, 0, "{}", generated.stderr);
 }
 
@@ -212,10 +345,14 @@ fn smollm2_matches_llama_cpp() {
     let gguf = crate::dataset::smollm2_gguf();
     let device = candle_core::Device::Cpu;
     let (config, tensors) = understudy::model::weights::load(&ModelSource::Gguf(gguf.clone()), &device).unwrap();
-    let model = Llama::new(config, candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device)).unwrap();
-    let tokenizer = understudy::model::tokenizer::from_gguf(&understudy::model::tokenizer::read_gguf(&gguf).unwrap()).unwrap().tokenizer;
+    let model =
+        Llama::new(config, candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device)).unwrap();
+    let tokenizer = understudy::model::tokenizer::from_gguf(&understudy::model::tokenizer::read_gguf(&gguf).unwrap())
+        .unwrap()
+        .tokenizer;
     let loaded = LoadedModel { model, tokenizer, template: ChatTemplate::chatml_hermes() };
-    let questions = ["What is the capital of France?", "Write a Python function that adds two numbers.", "List three colors."];
+    let questions =
+        ["What is the capital of France?", "Write a Python function that adds two numbers.", "List three colors."];
     let prompts: Vec<Vec<u32>> = questions
         .iter()
         .map(|q| {
@@ -226,12 +363,15 @@ fn smollm2_matches_llama_cpp() {
     let max_tokens = 12;
     let stop: Vec<u32> = vec![loaded.tokenizer.token_to_id("<|im_end|>").unwrap()];
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/llama_cpp_greedy.py");
-    let mut child = Command::new("python3").arg(script).arg(&gguf).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        Command::new("python3").arg(script).arg(&gguf).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(serde_json::json!({"prompts": prompts, "max_tokens": max_tokens, "stop": stop}).to_string().as_bytes())
+        .write_all(
+            serde_json::json!({"prompts": prompts, "max_tokens": max_tokens, "stop": stop}).to_string().as_bytes(),
+        )
         .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "llama.cpp reference failed (pip install llama-cpp-python; .ci/run does)");
@@ -256,7 +396,11 @@ fn a_server_shutdown_leaves_a_running_run_interrupted() {
     use crate::support::{get, http, reply, spawn_app};
     let app = spawn_app(overfit_dataset);
     let dataset = get(&app.url("/api/datasets")).json()[0]["id"].as_str().unwrap().to_string();
-    let started = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"dataset": dataset, "max_steps": 400, "epochs": 400, "batch_size": 1})));
+    let started = reply(
+        http()
+            .post(&app.url("/api/runs"))
+            .send_json(serde_json::json!({"dataset": dataset, "max_steps": 400, "epochs": 400, "batch_size": 1})),
+    );
     assert_eq!(started.status, 202, "{}", started.body);
     let id = started.json()["id"].as_str().unwrap().to_string();
     wait_for(60, "the run to make progress", || {
