@@ -9,6 +9,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/understudy/target}"
 
 if [[ "${1:-}" == "test" ]]; then
   shift
+  # Every test runs here: one that needs Chromium, llama.cpp, a Python package or SmolLM2 fails
+  # when it is missing instead of skipping (a plain `cargo test` skips and names it).
+  export UNDERSTUDY_REQUIRE_EXTERNAL=1
   # One optimised profile for the binary and the tests: nothing is built twice.
   exec cargo test --release --locked "$@"
 fi

@@ -15,6 +15,7 @@ pub mod export;
 pub mod files;
 pub mod jobs;
 pub mod model;
+pub mod pipeline;
 pub mod sandbox;
 pub mod serve;
 pub mod store;

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 
-use super::templates::{interpolate, Check, Step, WorkflowTemplate};
+use super::workflows::{interpolate, Check, Step, WorkflowTemplate};
 use crate::sandbox::{ToolOutput, Workspace};
 use crate::traces::tools::{default_tools, DEFAULT_TOOL_NAMES};
 use crate::traces::{Message, Outcome, OutcomeCheck, OutcomeStatus, Role, Source, ToolCall, Trace, TraceDraft};
@@ -401,7 +401,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::bootstrap::templates::builtin;
+    use crate::bootstrap::workflows::builtin;
 
     #[test]
     fn traces_are_true_reproducible_and_mostly_successful() {

@@ -3,12 +3,12 @@
 //! sandbox workspace. The `bootstrap` job (jobs::bootstrap) drives both and stores the traces.
 
 pub mod generator;
-pub mod templates;
+pub mod workflows;
 
 use std::collections::BTreeMap;
 
 use crate::store::{Db, StoreError};
-use templates::WorkflowTemplate;
+use workflows::WorkflowTemplate;
 
 /// Where an active template comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -22,7 +22,7 @@ pub enum TemplateOrigin {
 /// built-ins of the same name and adding new ones. Sorted by name.
 pub fn active_templates(db: &Db) -> Result<Vec<(WorkflowTemplate, TemplateOrigin)>, StoreError> {
     let mut by_name: BTreeMap<String, (WorkflowTemplate, TemplateOrigin)> =
-        templates::builtin().into_iter().map(|t| (t.name.clone(), (t, TemplateOrigin::Builtin))).collect();
+        workflows::builtin().into_iter().map(|t| (t.name.clone(), (t, TemplateOrigin::Builtin))).collect();
     for stored in db.stored_templates()? {
         match serde_json::from_str::<WorkflowTemplate>(&stored.body) {
             Ok(template) => {

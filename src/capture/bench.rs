@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn bench_capture_tiny_corpus_makes_one_trace_per_turn_and_rescans_nothing() {
-        let work = std::env::temp_dir().join(format!("understudy-bench-capture-test-{}", ulid::Ulid::new()));
+        let scratch = tempfile::tempdir().unwrap();
+        let work = scratch.path().join("corpus");
         let figures = capture(3, 2, &work).unwrap();
         assert_eq!(figures.files, 3);
         assert_eq!(figures.lines, 3 * 2 * 5);

@@ -13,11 +13,11 @@
 
 pub mod bench;
 pub mod conversation;
-pub mod engine;
 pub mod hook;
 pub mod redact;
 pub mod scan;
 pub mod transcript;
+pub mod watcher;
 
 use std::path::PathBuf;
 

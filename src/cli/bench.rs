@@ -7,8 +7,7 @@ use std::time::Instant;
 use clap::Subcommand;
 
 use super::print_json;
-use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
-use crate::jobs::{run_job, JobKind, JobStatus};
+use crate::jobs::bootstrap::BootstrapParams;
 use crate::store::Store;
 
 #[derive(Debug, Subcommand)]
@@ -90,7 +89,7 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
             } else {
                 crate::export::ExportSource::ModelDir(super::generate::model_dir(config, &model)?)
             };
-            let templates = crate::bootstrap::templates::builtin();
+            let templates = crate::bootstrap::workflows::builtin();
             let traces: Vec<crate::traces::Trace> = (0..prompts)
                 .filter_map(|i| crate::bootstrap::generator::generate(&templates, 0xbe4c_e790, i).ok())
                 .collect();
@@ -122,18 +121,10 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
             let store = Store::open(&dir)?;
             let started = Instant::now();
             let params = BootstrapParams { traces, seed, templates: Vec::new() };
-            let job = store.connect()?.insert_job(
-                JobKind::Bootstrap.as_str(),
-                &params_value(&params),
-                Some(std::process::id()),
-            )?;
-            let job = run_job(&store, job, None)?;
+            let outcome = crate::pipeline::bootstrap(&store, params, None);
             let seconds = started.elapsed().as_secs_f64();
             let _ = std::fs::remove_dir_all(&dir);
-            if job.status != JobStatus::Succeeded {
-                anyhow::bail!("bootstrap failed: {}", job.error.unwrap_or_default());
-            }
-            let report: BootstrapReport = serde_json::from_value(job.result.unwrap_or_default())?;
+            let report = outcome?;
             print_json(&serde_json::json!({
                 "benchmark": "bootstrap",
                 "traces": traces,

@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use super::print_json;
 use super::progress::TerminalProgress;
-use crate::bootstrap::templates;
+use super::{flag_error, print_json};
+use crate::bootstrap::workflows;
 use crate::config::Config;
-use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
-use crate::jobs::{run_job, JobKind, JobRecord, JobStatus};
+use crate::jobs::requests::BootstrapRequest;
+use crate::jobs::{run_foreground, JobOutput, JobParams, JobRecord, JobStatus};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -43,7 +43,7 @@ pub fn run(config: &Config, args: BootstrapArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
     if let Some(path) = &args.templates {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let added = templates::parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let added = workflows::parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let db = store.connect()?;
         for template in &added {
             db.upsert_template(&template.name, &serde_json::to_string(template)?)?;
@@ -54,11 +54,10 @@ pub fn run(config: &Config, args: BootstrapArgs) -> anyhow::Result<ExitCode> {
     if args.seed.is_none() {
         eprintln!("seed {seed} (pass --seed {seed} to reproduce this run)");
     }
-    let params = BootstrapParams { traces: args.traces, seed, templates: args.only.clone() };
-    let job =
-        store.connect()?.insert_job(JobKind::Bootstrap.as_str(), &params_value(&params), Some(std::process::id()))?;
+    let request = BootstrapRequest { traces: args.traces, seed: Some(seed), templates: args.only.clone() };
+    let params = request.resolve().map_err(flag_error)?;
     let bar = TerminalProgress::count("bootstrap");
-    let finished = run_job(&store, job, Some(&bar))?;
+    let finished = run_foreground(&store, &JobParams::Bootstrap(params), Some(&bar))?;
     bar.finish();
 
     let dpo_path = args.dpo.clone().or_else(|| {
@@ -86,9 +85,8 @@ pub fn run(config: &Config, args: BootstrapArgs) -> anyhow::Result<ExitCode> {
 
 /// Print a bootstrap job's statistics; shared with `jobs resume`.
 pub fn report_bootstrap(store: &Store, job: &JobRecord, imported: u64, json: bool) -> anyhow::Result<ExitCode> {
-    let result = super::finished_result(job, "bootstrap", "understudy jobs resume")?;
-    let mut report: BootstrapReport =
-        serde_json::from_value(result).context("the bootstrap job stored an unreadable report")?;
+    let JobOutput::Bootstrap(report) = job.output()? else { anyhow::bail!("job {} is not a bootstrap", job.id) };
+    let mut report = report.clone();
     report.imported = imported;
     report.total_traces = store.connect()?.count_traces(&Default::default())? as u64;
     if json {

@@ -6,13 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::print_json;
 use super::progress::TerminalProgress;
+use super::{flag_error, print_json};
 use crate::config::Config;
-use crate::dataset::{datasets_dir, DatasetConfig};
-use crate::jobs::build_dataset::{params_value, BuildParams};
-use crate::jobs::{run_job, JobKind, JobRecord};
-use crate::model::source::ModelSource;
+use crate::jobs::requests::{DatasetRequest, ModelScope};
+use crate::jobs::{run_foreground, JobOutput, JobParams, JobRecord};
 use crate::store::Store;
 use crate::traces::Source;
 
@@ -70,12 +68,12 @@ pub enum DatasetsCommand {
 }
 
 impl BuildArgs {
-    pub fn to_config(&self) -> anyhow::Result<DatasetConfig> {
-        let model = ModelSource::parse(&self.model)?;
-        let config = DatasetConfig {
+    /// The flags as the request every surface builds.
+    fn request(&self) -> DatasetRequest {
+        DatasetRequest {
             name: self.name.clone(),
-            model,
-            sources: self.sources.clone(),
+            model: self.model.clone(),
+            sources: self.sources.iter().map(|s| s.as_str().to_string()).collect(),
             categories: self.categories.clone(),
             min_tool_calls: self.min_tool_calls,
             exclude_failed: self.exclude_failed,
@@ -84,42 +82,31 @@ impl BuildArgs {
             test_ratio: self.test_ratio,
             max_seq_len: self.max_seq_len,
             seed: self.seed,
-        };
-        config.validate()?;
-        Ok(config)
+        }
     }
 }
 
 pub fn build(config: &Config, args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let dataset_config = args.to_config()?;
+    let params = args.request().resolve(config, &ModelScope::Anywhere).map_err(flag_error)?;
     let store = Store::open(config.data_dir())?;
-    let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
-    let job = store.connect()?.insert_job(
-        JobKind::BuildDataset.as_str(),
-        &params_value(&params),
-        Some(std::process::id()),
-    )?;
     let bar = TerminalProgress::count("dataset");
-    let finished = run_job(&store, job, Some(&bar))?;
+    let finished = run_foreground(&store, &JobParams::BuildDataset(params), Some(&bar))?;
     bar.finish();
     report_build(&finished, args.json)
 }
 
 /// Print a dataset build's outcome; shared with `jobs resume`.
 pub fn report_build(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
-    let result = super::finished_result(job, "dataset build", "understudy jobs resume")?;
+    let JobOutput::BuildDataset(built) = job.output()? else { anyhow::bail!("job {} is not a dataset build", job.id) };
     if json {
-        print_json(&result)?;
+        print_json(built)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Dataset {}", result["id"].as_str().unwrap_or(""));
-    println!("  directory   {}", result["dir"].as_str().unwrap_or(""));
-    println!(
-        "  examples    train {}, val {}, test {}",
-        result["counts"]["train"], result["counts"]["val"], result["counts"]["test"]
-    );
-    println!("  truncated   {}   dropped {}", result["truncated"], result["dropped"]);
-    println!("  details     understudy datasets show {}", result["id"].as_str().unwrap_or(""));
+    println!("Dataset {}", built.id);
+    println!("  directory   {}", built.dir.display());
+    println!("  examples    train {}, val {}, test {}", built.counts.train, built.counts.val, built.counts.test);
+    println!("  truncated   {}   dropped {}", built.truncated, built.dropped);
+    println!("  details     understudy datasets show {}", built.id);
     Ok(ExitCode::SUCCESS)
 }
 

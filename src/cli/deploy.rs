@@ -1,18 +1,16 @@
 //! `understudy deploy [--export ID] [--name N] [--ollama-host URL] [--quant Q] [--test]`:
 //! register an export with Ollama, show upload progress, record the deployment.
 
-use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 
-use super::print_json;
 use super::progress::TerminalProgress;
+use super::{flag_error, print_json};
 use crate::config::Config;
-use crate::deploy::{deploy, version_tag, DeployOptions, DEFAULT_HOST, DEFAULT_NAME};
-use crate::export::ExportManifest;
-use crate::jobs::ProgressSink;
+use crate::deploy::{DEFAULT_HOST, DEFAULT_NAME};
+use crate::jobs::requests::DeployRequest;
+use crate::jobs::{run_foreground, JobOutput, JobParams, JobRecord};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -38,52 +36,33 @@ pub struct DeployArgs {
 
 pub fn run(config: &Config, args: DeployArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
-    let db = store.connect()?;
-    let export = match &args.export {
-        Some(id) => {
-            let row = db.get_export(id)?.with_context(|| format!("--export {id}: no such export"))?;
-            anyhow::ensure!(row.parity_passed, "export {id} failed its parity check; deploy an export that passed");
-            row
-        }
-        None => db.latest_export()?.context("no export yet: run `understudy export` first")?,
-    };
-    let export_dir = Path::new(&export.path);
-    let manifest = ExportManifest::read(export_dir)?;
-    let options = DeployOptions {
-        host: args.ollama_host.clone(),
-        name: args.name.clone(),
+    let request = DeployRequest {
+        export: args.export.clone(),
+        name: Some(args.name.clone()),
+        host: Some(args.ollama_host.clone()),
         quant: args.quant.clone(),
-        version_tag: version_tag(&manifest.export_id),
         test: args.test,
     };
-
-    let bar = TerminalProgress::bytes("upload");
-    let mut stage = String::new();
-    let mut report_progress = |name: &str, done: u64, total: u64| {
-        if name == "uploading" {
-            bar.progress(done, Some(total), "");
-        } else if name != stage {
-            if stage == "uploading" {
-                bar.finish();
-            }
-            eprintln!("{name} ...");
-        }
-        name.clone_into(&mut stage);
-    };
-    let outcome = deploy(export_dir, &manifest, &options, &mut report_progress);
+    let params = request.resolve(&store.connect()?, DEFAULT_HOST).map_err(flag_error)?;
+    let bar = TerminalProgress::bytes("deploy");
+    let finished = run_foreground(&store, &JobParams::Deploy(params), Some(&bar))?;
     bar.finish();
-    let report = outcome?;
-    let result = serde_json::to_value(&report)?;
-    db.insert_deployment(&export.id, &report.host, &report.names, &result)?;
+    report_deploy(&finished, args.json)
+}
 
-    if args.json {
-        print_json(&report)?;
+/// Print a deploy's outcome; shared with `jobs resume`.
+pub fn report_deploy(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
+    let JobOutput::Deploy(report) = job.output()? else { anyhow::bail!("job {} is not a deploy", job.id) };
+    if json {
+        print_json(report)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("deployed {} to {}", report.names.join(" and "), report.host);
     let blob = if report.uploaded { "uploaded" } else { "already in Ollama" };
     println!("gguf     {} ({} bytes, {}, {blob})", report.gguf.display(), report.bytes, report.digest);
-    println!("run it   ollama run {}", args.name);
+    if let Some(name) = report.names.first() {
+        println!("run it   ollama run {}", name.split(':').next().unwrap_or(name));
+    }
     if let Some(message) = &report.test {
         let content = message.get("content").and_then(|c| c.as_str()).unwrap_or_default();
         println!("test     {:?}", content);

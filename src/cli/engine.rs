@@ -15,9 +15,9 @@ use serde_json::json;
 
 use super::capture::CaptureArgs;
 use super::print_json;
-use crate::capture::engine::{
-    self, engine_status, read_json, running, write_json, EngineState, PidFile, StartOptions, StartOutcome, StopOutcome,
-    PID_FILE, STATE_FILE, TRAINING_THRESHOLD, TRIGGER_FILE,
+use crate::capture::watcher::{
+    self, read_json, running, watcher_status, write_json, PidFile, StartOptions, StartOutcome, StopOutcome,
+    WatcherState, PID_FILE, STATE_FILE, TRAINING_THRESHOLD, TRIGGER_FILE,
 };
 use crate::capture::{self, hook};
 use crate::config::Config;
@@ -114,7 +114,7 @@ fn start(config: &Config, args: StartArgs) -> anyhow::Result<ExitCode> {
         redact: args.capture.redact.clone(),
         no_default_redactions: args.capture.no_default_redactions,
     };
-    match engine::start(&std::env::current_exe()?, &data_dir, &settings.roots, &options)? {
+    match watcher::start(&std::env::current_exe()?, &data_dir, &settings.roots, &options)? {
         StartOutcome::AlreadyRunning(pid_file) => println!("already running (pid {})", pid_file.pid),
         StartOutcome::Started { pid_file, log } => {
             let roots_text = pid_file.roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
@@ -130,7 +130,7 @@ fn start(config: &Config, args: StartArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn stop(config: &Config) -> anyhow::Result<ExitCode> {
-    match engine::stop(config.data_dir()) {
+    match watcher::stop(config.data_dir()) {
         StopOutcome::NotRunning => println!("not running"),
         StopOutcome::Stopped(pid) => println!("capture engine stopped (pid {pid})"),
         StopOutcome::Killed(pid) => println!("capture engine killed (pid {pid})"),
@@ -163,8 +163,8 @@ fn run_loop(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let trigger = data_dir.join(TRIGGER_FILE);
     let interval = Duration::from_secs(args.interval.max(1));
     // Notifications wake the loop as soon as a transcript changes; the interval is the fallback.
-    let watcher = engine::watch(&settings.roots);
-    let mut state = EngineState { pid: std::process::id(), started_at: now_rfc3339(), ..EngineState::default() };
+    let watcher = watcher::watch(&settings.roots);
+    let mut state = WatcherState { pid: std::process::id(), started_at: now_rfc3339(), ..WatcherState::default() };
     tracing::info!(pid = state.pid, "capture engine running");
 
     while !STOP_REQUESTED.load(Ordering::SeqCst) {
@@ -238,7 +238,7 @@ fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir();
     let store = Store::open(data_dir)?;
     let settings = settings_path(args.settings, args.claude_config_dir.as_deref()).ok();
-    let status = engine_status(data_dir, &store, settings.as_deref())?;
+    let status = watcher_status(data_dir, &store, settings.as_deref())?;
     let captured = status.traces_captured;
     if args.json {
         print_json(&status)?;

@@ -4,15 +4,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 
-use super::print_json;
 use super::progress::TerminalProgress;
+use super::{flag_error, print_json};
 use crate::config::Config;
-use crate::export::{ExportSource, Quant};
-use crate::jobs::export::{params_value, result_value, ExportParams};
-use crate::jobs::{run_job, JobKind, JobRecord, JobStatus};
+use crate::jobs::export::ExportOutcome;
+use crate::jobs::requests::{ExportRequest, ExportTarget};
+use crate::jobs::{run_foreground, JobOutput, JobParams, JobRecord};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -40,59 +39,23 @@ pub struct ExportArgs {
 }
 
 pub fn run(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let mut quants = Vec::new();
-    for text in &args.quants {
-        let quant = Quant::parse(text).with_context(|| format!("--quant {text}: expected f32, f16, q8_0 or q4_k_m"))?;
-        if !quants.contains(&quant) {
-            quants.push(quant);
-        }
-    }
     let store = Store::open(config.data_dir())?;
     let db = store.connect()?;
     // An export killed with its process is still `running`: mark it interrupted, so its
     // staging directory is known to be dead and gets cleaned.
     db.mark_orphaned_jobs_interrupted(crate::jobs::other_process_is_alive)?;
-    let (source, name, model_id, dataset_id, run_id) = match &args.model_path {
-        Some(path) => {
-            if !path.exists() {
-                anyhow::bail!("--model-path {}: no such file or directory", path.display());
-            }
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-            (ExportSource::External(path.clone()), stem, None, None, None)
-        }
-        None => {
-            let wanted = args.model.as_deref().unwrap_or("latest");
-            let row = if wanted == "latest" {
-                db.list_models()?
-                    .into_iter()
-                    .next()
-                    .context("no trained model yet: run `understudy train` first, or pass --model-path")?
-            } else {
-                db.get_model(wanted)?.with_context(|| format!("--model {wanted}: no such model id"))?
-            };
-            (
-                ExportSource::ModelDir(PathBuf::from(&row.path)),
-                row.name.clone(),
-                Some(row.id),
-                row.dataset_id,
-                row.run_id,
-            )
-        }
+    let target = match &args.model_path {
+        Some(path) => ExportTarget::External(path.clone()),
+        None => ExportTarget::Stored(args.model.clone().unwrap_or_else(|| "latest".into())),
     };
-    let params = ExportParams {
-        source,
-        quants,
-        name: args.name.clone().unwrap_or(name),
-        model_id,
-        dataset_id,
-        run_id,
-        exports_dir: config.artifacts_dir().join("exports"),
-        parity_prompts: args.parity_prompts.max(1),
-        parity_max_tokens: args.parity_max_tokens.max(1),
+    let request = ExportRequest {
+        parity_prompts: args.parity_prompts,
+        parity_max_tokens: args.parity_max_tokens,
+        ..ExportRequest::new(target, args.quants.clone(), args.name.clone())
     };
-    let job = db.insert_job(JobKind::Export.as_str(), &params_value(&params), Some(std::process::id()))?;
+    let params = request.resolve(&db, config).map_err(flag_error)?;
     let bar = TerminalProgress::count("export");
-    let finished = run_job(&store, job, Some(&bar))?;
+    let finished = run_foreground(&store, &JobParams::Export(params), Some(&bar))?;
     bar.finish();
     report_export(&store, &finished, args.json)
 }
@@ -100,56 +63,47 @@ pub fn run(config: &Config, args: ExportArgs) -> anyhow::Result<ExitCode> {
 /// Print an export's outcome; shared with `jobs resume`. A failed parity check still prints
 /// the report (with `"passed": false`) before the error.
 pub fn report_export(store: &Store, job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
-    let result = match job.status {
-        JobStatus::Succeeded => job.result.clone().context("the export stored no result")?,
-        _ => {
+    let outcome = match job.output() {
+        Ok(JobOutput::Export(outcome)) => outcome,
+        Ok(_) => anyhow::bail!("job {} is not an export", job.id),
+        Err(unfinished) => {
             let export_id = crate::jobs::export::export_id_of(&job.id);
             if let Some(row) = store.connect()?.get_export(&export_id)? {
                 let manifest: crate::export::ExportManifest = serde_json::from_value(row.manifest)?;
-                let value = result_value(&manifest, std::path::Path::new(&row.path));
+                let outcome = ExportOutcome::new(&manifest, std::path::Path::new(&row.path));
                 if json {
-                    print_json(&value)?;
+                    print_json(&outcome)?;
                 } else {
-                    print_parity(&value);
+                    print_parity(&outcome);
                 }
             }
-            super::finished_result(job, "export", "understudy jobs resume")?;
-            unreachable!("finished_result fails for an unsuccessful job");
+            return Err(unfinished.into());
         }
     };
     if json {
-        print_json(&result)?;
+        print_json(outcome)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("export {}  {}", result["export_id"].as_str().unwrap_or(""), result["dir"].as_str().unwrap_or(""));
-    for file in result["files"].as_array().into_iter().flatten().filter(|f| f["format"] == "gguf") {
-        println!(
-            "  {}  {} bytes  sha256 {}",
-            file["path"].as_str().unwrap_or(""),
-            file["bytes"],
-            file["sha256"].as_str().unwrap_or("")
-        );
+    println!("export {}  {}", outcome.export_id, outcome.dir.display());
+    for file in outcome.files.iter().filter(|f| f.format == "gguf") {
+        println!("  {}  {} bytes  sha256 {}", file.path.display(), file.bytes, file.sha256);
     }
-    if let Some(modelfile) = result["modelfile"].as_str() {
-        println!("  Modelfile {modelfile}");
+    if let Some(modelfile) = &outcome.modelfile {
+        println!("  Modelfile {}", modelfile.display());
     }
-    print_parity(&result);
+    print_parity(outcome);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_parity(result: &serde_json::Value) {
-    for check in result["parity"]["checks"].as_array().into_iter().flatten() {
-        let mark = if check["passed"] == true {
+fn print_parity(outcome: &ExportOutcome) {
+    for check in &outcome.parity.checks {
+        let mark = if check.passed {
             "ok  "
-        } else if check["required"] == true {
+        } else if check.required {
             "FAIL"
         } else {
             "warn"
         };
-        println!(
-            "  parity {mark} {:<22} {}",
-            check["name"].as_str().unwrap_or(""),
-            check["detail"].as_str().unwrap_or("")
-        );
+        println!("  parity {mark} {:<22} {}", check.name, check.detail);
     }
 }

@@ -12,8 +12,8 @@ use super::print_json;
 use super::progress::TerminalProgress;
 use crate::config::Config;
 use crate::jobs::import_dpo::ImportDpoParams;
-use crate::jobs::import_traces::{params_value, ImportParams, ImportReport};
-use crate::jobs::{import_dpo, run_job, JobKind, JobRecord, JobStatus};
+use crate::jobs::import_traces::{ImportParams, ImportReport};
+use crate::jobs::{run_foreground, submit, JobOutput, JobParams, JobRecord};
 use crate::store::Store;
 use crate::traces::formats::ImportFormat;
 
@@ -111,7 +111,9 @@ fn import_dpo_command(config: &Config, args: ImportDpoArgs) -> anyhow::Result<Ex
     if args.background {
         let params = ImportDpoParams { path: readable_file(&file)?, display_name: Some(file.display().to_string()) };
         let store = Store::open(config.data_dir())?;
-        let job = store.connect()?.insert_job(JobKind::ImportDpo.as_str(), &import_dpo::params_value(&params), None)?;
+        let db = store.connect()?;
+        let id = submit(&db, &JobParams::ImportDpo(params))?;
+        let job = db.get_job(&id)?.context("the queued job vanished")?;
         if args.json {
             print_json(&job)?;
         } else {
@@ -137,13 +139,8 @@ fn import_dpo_command(config: &Config, args: ImportDpoArgs) -> anyhow::Result<Ex
 pub fn import_dpo_file(config: &Config, path: &Path, json: bool) -> anyhow::Result<ImportReport> {
     let params = ImportDpoParams { path: readable_file(path)?, display_name: Some(path.display().to_string()) };
     let store = Store::open(config.data_dir())?;
-    let job = store.connect()?.insert_job(
-        JobKind::ImportDpo.as_str(),
-        &import_dpo::params_value(&params),
-        Some(std::process::id()),
-    )?;
     let bar = TerminalProgress::bytes("import dpo");
-    let finished = run_job(&store, job, Some(&bar))?;
+    let finished = run_foreground(&store, &JobParams::ImportDpo(params), Some(&bar))?;
     bar.finish();
     let report = finished_report(&finished)?;
     if !json {
@@ -159,7 +156,8 @@ fn import_traces(config: &Config, args: ImportTracesArgs) -> anyhow::Result<Exit
     let params = ImportParams { path, format: args.format.into(), display_name: Some(args.file.display().to_string()) };
     let db = store.connect()?;
     if args.background {
-        let job = db.insert_job(JobKind::ImportTraces.as_str(), &params_value(&params), None)?;
+        let id = submit(&db, &JobParams::ImportTraces(params))?;
+        let job = db.get_job(&id)?.context("the queued job vanished")?;
         if args.json {
             print_json(&job)?;
         } else {
@@ -170,9 +168,8 @@ fn import_traces(config: &Config, args: ImportTracesArgs) -> anyhow::Result<Exit
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let job = db.insert_job(JobKind::ImportTraces.as_str(), &params_value(&params), Some(std::process::id()))?;
     let bar = TerminalProgress::bytes("import");
-    let finished = run_job(&store, job, Some(&bar))?;
+    let finished = run_foreground(&store, &JobParams::ImportTraces(params), Some(&bar))?;
     bar.finish();
     report_import(&finished, args.json)
 }
@@ -190,29 +187,20 @@ pub fn report_import(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
 
 /// The report of a succeeded import job; an error saying why otherwise.
 fn finished_report(job: &JobRecord) -> anyhow::Result<ImportReport> {
-    match job.status {
-        JobStatus::Succeeded => {
-            let report: ImportReport = serde_json::from_value(job.result.clone().unwrap_or_default())
-                .context("the import job stored no report")?;
-            if report.imported + report.duplicates + report.rejected == 0 {
-                eprintln!("warning: the file holds no records (it is empty or only blank lines)");
-            }
-            Ok(report)
-        }
-        JobStatus::Cancelled => {
-            anyhow::bail!("import {} was cancelled; `understudy jobs resume {}` continues it", job.id, job.id)
-        }
-        _ => {
-            anyhow::bail!("{}", job.error.clone().unwrap_or_else(|| format!("import ended as {}", job.status.as_str())))
-        }
+    let (JobOutput::ImportTraces(report) | JobOutput::ImportDpo(report)) = job.output()? else {
+        anyhow::bail!("job {} is not an import", job.id)
+    };
+    if report.imported + report.duplicates + report.rejected == 0 {
+        eprintln!("warning: the file holds no records (it is empty or only blank lines)");
     }
+    Ok(report.clone())
 }
 
 fn print_report(job: &JobRecord, report: &ImportReport) {
     println!("imported {}, duplicates {}, rejected {}", report.imported, report.duplicates, report.rejected);
     // Preference-pair imports name the file with each bad line (spec 3.2).
-    let file = match JobKind::parse(&job.kind) {
-        Some(JobKind::ImportDpo) => job.params.get("display_name").and_then(|name| name.as_str()),
+    let file = match &job.params {
+        JobParams::ImportDpo(params) => params.display_name.as_deref(),
         _ => None,
     };
     for error in &report.errors {

@@ -98,26 +98,22 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("job {} was taken by another process", job.id);
             }
             let job = db.get_job(&job.id)?.context("job vanished")?;
-            let kind = JobKind::parse(&job.kind);
+            let kind = job.kind;
             let bar = match kind {
-                Some(JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train | JobKind::Export) => {
-                    TerminalProgress::count(&job.kind)
+                JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train | JobKind::Export => {
+                    TerminalProgress::count(kind.as_str())
                 }
-                _ => TerminalProgress::bytes(&job.kind),
+                JobKind::ImportTraces | JobKind::ImportDpo | JobKind::Deploy => TerminalProgress::bytes(kind.as_str()),
             };
             let finished = run_job(&store, job, Some(&bar))?;
             bar.finish();
             return match kind {
-                Some(JobKind::ImportTraces | JobKind::ImportDpo) => super::import::report_import(&finished, args.json),
-                Some(JobKind::Bootstrap) => super::bootstrap::report_bootstrap(&store, &finished, 0, args.json),
-                Some(JobKind::BuildDataset) => super::dataset::report_build(&finished, args.json),
-                Some(JobKind::Train) => super::train::report_train(&finished, args.json),
-                Some(JobKind::Export) => super::export::report_export(&store, &finished, args.json),
-                Some(JobKind::Deploy) => {
-                    print_json(&super::finished_result(&finished, "deploy", "understudy jobs resume")?)?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => anyhow::bail!("unknown job kind {}", finished.kind),
+                JobKind::ImportTraces | JobKind::ImportDpo => super::import::report_import(&finished, args.json),
+                JobKind::Bootstrap => super::bootstrap::report_bootstrap(&store, &finished, 0, args.json),
+                JobKind::BuildDataset => super::dataset::report_build(&finished, args.json),
+                JobKind::Train => super::train::report_train(&finished, args.json),
+                JobKind::Export => super::export::report_export(&store, &finished, args.json),
+                JobKind::Deploy => super::deploy::report_deploy(&finished, args.json),
             };
         }
     }

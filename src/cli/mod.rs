@@ -96,6 +96,9 @@ pub fn main() -> ExitCode {
         }
     }
     init_tracing();
+    if std::env::var_os("UNDERSTUDY_FUSED").is_some_and(|v| v == "0") {
+        crate::model::ops::set_fused(false);
+    }
     let config = Config::new(cli.data_dir.clone());
     match run(&config, cli.command) {
         Ok(code) => code,
@@ -146,17 +149,19 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The result of a job that ran in the foreground, or a one-line reason it has none:
-/// cancelled (with how to resume it) or failed (with the job's error).
-fn finished_result(job: &crate::jobs::JobRecord, what: &str, resume: &str) -> anyhow::Result<serde_json::Value> {
-    use crate::jobs::JobStatus;
-    match job.status {
-        JobStatus::Succeeded => {}
-        JobStatus::Cancelled => anyhow::bail!("{what} {} was cancelled; `{resume} {}` continues it", job.id, job.id),
-        _ => anyhow::bail!(
-            "{}",
-            job.error.clone().unwrap_or_else(|| format!("{what} {} ended as {}", job.id, job.status.as_str()))
-        ),
+/// A request error as the command line says it: each field as its flag.
+fn flag_error(error: crate::jobs::requests::RequestError) -> anyhow::Error {
+    use crate::jobs::requests::RequestError;
+    match error {
+        RequestError::Invalid(fields) => {
+            let flag = |field: &str| match field {
+                "quants" => "quant".to_string(),
+                "host" => "ollama-host".to_string(),
+                other => other.replace('_', "-"),
+            };
+            let lines: Vec<String> = fields.iter().map(|f| format!("--{} {}", flag(f.field), f.message)).collect();
+            anyhow::anyhow!("{}", lines.join("; "))
+        }
+        other => other.into(),
     }
-    job.result.clone().ok_or_else(|| anyhow::anyhow!("{what} {} stored no result", job.id))
 }

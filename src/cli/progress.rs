@@ -37,6 +37,13 @@ impl TerminalProgress {
     }
 }
 
+/// A bar that goes out of scope (a pipeline stage ends, an error returns early) is cleared.
+impl Drop for TerminalProgress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl ProgressSink for TerminalProgress {
     fn progress(&self, done: u64, total: Option<u64>, message: &str) {
         if let Some(total) = total {

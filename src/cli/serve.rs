@@ -6,25 +6,12 @@ use clap::Args;
 
 use super::progress::TerminalProgress;
 use crate::config::{Config, ServeSettings};
-use crate::dataset::{datasets_dir, DatasetConfig};
-use crate::export::{ExportSource, Quant};
-use crate::jobs::bootstrap::{params_value, BootstrapParams, BootstrapReport};
-use crate::jobs::build_dataset::{params_value as build_params_value, BuildParams};
-use crate::jobs::export::{params_value as export_params_value, ExportParams};
-use crate::jobs::train::{params_value as train_params_value, TrainParams};
-use crate::jobs::{run_job, JobKind, JobStatus};
-use crate::model::llama::LlamaConfig;
-use crate::model::source::ModelSource;
+use crate::jobs::ProgressSink;
+use crate::pipeline::{
+    self, PipelineObserver, Recipe, Stage, StageReport, QUICKSTART_EXPORT, QUICKSTART_SEED, QUICKSTART_SFT_STEPS,
+};
 use crate::store::Store;
-use crate::train::sft::SftConfig;
 use crate::web::Application;
-
-/// Quickstart is reproducible: the same 500 traces on every machine.
-const QUICKSTART_SEED: u64 = 42;
-/// About 1.8 epochs of the 446 training examples at batch 2: enough for reliably well-formed
-/// tool calls (150 steps sometimes were not), and the whole quickstart stays near 7 minutes on
-/// 2 CPU cores (training about 5.5 of them at ~2,400 tokens/s).
-const QUICKSTART_SFT_STEPS: u64 = 400;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -59,74 +46,73 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     settings.engine_workers = args.engine_workers.into();
     settings.queue_capacity = args.queue_capacity.into();
     let store = Store::open(config.data_dir())?;
-    actix_web::rt::System::new().block_on(async move {
-        let application = Application::build(config.clone(), store, settings).await?;
-        let address = application.address();
+    Application::run_blocking(config.clone(), store, settings, |address| {
         eprintln!("Understudy is serving on http://{address}/ (Ctrl-C stops it)");
         eprintln!("  playground  http://{address}/playground");
         eprintln!("  OpenAI API  http://{address}/v1  (e.g. curl http://{address}/v1/models)");
-        application.run_until_stopped().await
     })?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Held-out prompts the quickstart scores its last checkpoints on.
-const SELECTION_PROMPTS: i64 = 6;
-/// How many of the newest checkpoints (every 50 steps) compete.
-const SELECTION_CHECKPOINTS: usize = 5;
+/// Prints quickstart's numbered stage lines and one progress bar per stage.
+struct QuickstartLines;
 
-/// Keep the newest of the run's last checkpoints whose greedy replies to validation prompts
-/// hold the most well-formed tool calls (see `train::select`), and say which one was kept.
-fn keep_best_checkpoint(store: &Store, run_dir: &std::path::Path) -> anyhow::Result<()> {
-    let db = store.connect()?;
-    let filter = crate::store::TraceFilter { split: Some(crate::traces::Split::Val), ..Default::default() };
-    let mut prompts = Vec::new();
-    for summary in db.list_traces(&filter, SELECTION_PROMPTS, 0)? {
-        if let Some(trace) = db.get_trace(&summary.id)? {
-            prompts.push((crate::export::parity::prompt_of(&trace), trace.tools.clone()));
+impl PipelineObserver for QuickstartLines {
+    fn begin(&mut self, stage: Stage) -> Option<Box<dyn ProgressSink>> {
+        let line = match stage {
+            Stage::Bootstrap => format!("[1/5] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})"),
+            Stage::Dataset => "[2/5] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks".into(),
+            Stage::Train => format!("[3/5] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 6 minutes on 2 cores)"),
+            Stage::Select => return None,
+            Stage::Export => "[4/5] export: HF directory, q8_0 and q4_k_m GGUF, Ollama Modelfile, parity checks".into(),
+        };
+        eprintln!("{line}");
+        Some(Box::new(TerminalProgress::count(stage.as_str())))
+    }
+
+    fn finished(&mut self, report: StageReport<'_>) {
+        match report {
+            StageReport::Bootstrap(report) => eprintln!(
+                "      {} new traces, {} already there, {} in the store ({:.2}s)",
+                report.synthetic, report.duplicates, report.total_traces, report.seconds
+            ),
+            StageReport::Dataset(dataset) => eprintln!(
+                "      dataset {}: train {}, val {}, test {} examples ({} truncated, {} dropped)",
+                dataset.id,
+                dataset.counts.train,
+                dataset.counts.val,
+                dataset.counts.test,
+                dataset.truncated,
+                dataset.dropped
+            ),
+            StageReport::Train(run) => eprintln!(
+                "      model {}: loss {:.3} -> {:.3}, {:.0} tokens/s",
+                run.model_id, run.first_loss, run.final_loss, run.tokens_per_second
+            ),
+            StageReport::Select(selected) => {
+                let scores: Vec<String> = selected
+                    .scores
+                    .iter()
+                    .map(|(step, calls, prompts)| format!("step {step} {calls}/{prompts}"))
+                    .collect();
+                let kept = match selected.kept_step {
+                    Some(step) if !selected.kept_final => format!("kept step {step}"),
+                    _ => "kept the final step".into(),
+                };
+                eprintln!("      {kept} (validation prompts with a well-formed tool call: {})", scores.join(", "));
+            }
+            StageReport::Export(export) => {
+                for check in &export.parity.checks {
+                    eprintln!("      parity {:<22} {}", check.name, check.detail);
+                }
+                let modelfile = export.modelfile.as_ref().map_or("-".to_string(), |m| m.display().to_string());
+                eprintln!("      Modelfile {modelfile}");
+            }
         }
     }
-    let scores = crate::train::select::score_checkpoints(run_dir, &prompts, SELECTION_CHECKPOINTS, 96)?;
-    let summary: Vec<String> =
-        scores.iter().map(|s| format!("step {} {}/{}", s.step, s.tool_calls, s.prompts)).collect();
-    let Some(best) = crate::train::select::best(&scores) else { return Ok(()) };
-    if Some(best) != scores.first() {
-        crate::train::select::adopt(run_dir, &best.dir)?;
-        eprintln!(
-            "      kept step {} (validation prompts with a well-formed tool call: {})",
-            best.step,
-            summary.join(", ")
-        );
-    } else {
-        eprintln!(
-            "      kept the final step (validation prompts with a well-formed tool call: {})",
-            summary.join(", ")
-        );
-    }
-    Ok(())
 }
 
-/// Run one pipeline stage as a foreground job with a progress bar; its result, or why it failed.
-fn run_stage(
-    store: &Store,
-    kind: JobKind,
-    params: &serde_json::Value,
-    label: &str,
-) -> anyhow::Result<serde_json::Value> {
-    let job = store.connect()?.insert_job(kind.as_str(), params, Some(std::process::id()))?;
-    let bar = TerminalProgress::count(label);
-    let job = run_job(store, job, Some(&bar))?;
-    bar.finish();
-    if job.status != JobStatus::Succeeded {
-        anyhow::bail!("{label} failed: {}", job.error.unwrap_or_else(|| job.status.as_str().to_string()));
-    }
-    Ok(job.result.unwrap_or_default())
-}
-
-/// The embedded default run: every pipeline stage that exists, then serve.
-/// The name quickstart exports under (and finds on a second run).
-const QUICKSTART_EXPORT: &str = "understudy-quickstart";
-
+/// The embedded default run: every pipeline stage (`pipeline::Recipe::quickstart`), then serve.
 pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
     let previous =
@@ -140,86 +126,7 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         eprintln!("[5/5] serve");
         return serve(config, args);
     }
-    eprintln!("[1/5] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})");
-    let params = BootstrapParams { traces: 500, seed: QUICKSTART_SEED, templates: Vec::new() };
-    let result = run_stage(&store, JobKind::Bootstrap, &params_value(&params), "bootstrap")?;
-    let report: BootstrapReport = serde_json::from_value(result)?;
-    eprintln!(
-        "      {} new traces, {} already there, {} in the store ({:.2}s)",
-        report.synthetic, report.duplicates, report.total_traces, report.seconds
-    );
-    eprintln!(
-        "[2/5] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks"
-    );
-    let dataset_config = DatasetConfig::new("quickstart".into(), ModelSource::Tiny);
-    let params = BuildParams { config: dataset_config, datasets_dir: datasets_dir(&config.artifacts_dir()) };
-    let result = run_stage(&store, JobKind::BuildDataset, &build_params_value(&params), "dataset")?;
-    eprintln!(
-        "      dataset {}: train {}, val {}, test {} examples ({} truncated, {} dropped)",
-        result["id"].as_str().unwrap_or(""),
-        result["counts"]["train"],
-        result["counts"]["val"],
-        result["counts"]["test"],
-        result["truncated"],
-        result["dropped"]
-    );
-    eprintln!(
-        "[3/5] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 6 minutes on 2 cores)"
-    );
-    let dataset_dir = std::path::PathBuf::from(result["dir"].as_str().unwrap_or_default());
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let sft = SftConfig {
-        max_steps: Some(QUICKSTART_SFT_STEPS),
-        epochs: 2,
-        batch_size: 2,
-        max_seq_len: 1024,
-        // Evaluate once, at the end: evaluation on the way costs minutes on CPU.
-        eval_every: QUICKSTART_SFT_STEPS,
-        checkpoint_every: 50,
-        seed: QUICKSTART_SEED,
-        ..SftConfig::default()
-    };
-    let params = TrainParams {
-        phase: "sft".into(),
-        dataset_id: result["id"].as_str().unwrap_or_default().to_string(),
-        dataset_dir,
-        base_model: "tiny".into(),
-        model_config: LlamaConfig::tiny(tokenizer.get_vocab_size(true)),
-        sft,
-        runs_dir: config.artifacts_dir().join("runs"),
-    };
-    let run = run_stage(&store, JobKind::Train, &train_params_value(&params), "train")?;
-    eprintln!(
-        "      model {}: loss {:.3} -> {:.3}, {:.0} tokens/s",
-        run["model_id"].as_str().unwrap_or(""),
-        run["first_loss"].as_f64().unwrap_or(f64::NAN),
-        run["final_loss"].as_f64().unwrap_or(f64::NAN),
-        run["tokens_per_second"].as_f64().unwrap_or(0.0)
-    );
-    let run_dir = std::path::PathBuf::from(run["checkpoint_dir"].as_str().unwrap_or_default());
-    keep_best_checkpoint(&store, &run_dir)?;
-    eprintln!("[4/5] export: HF directory, q8_0 and q4_k_m GGUF, Ollama Modelfile, parity checks");
-    let params = ExportParams {
-        source: ExportSource::ModelDir(run_dir.join("model")),
-        quants: vec![Quant::Q8_0, Quant::Q4KM],
-        name: QUICKSTART_EXPORT.into(),
-        model_id: run["model_id"].as_str().map(str::to_string),
-        dataset_id: Some(params.dataset_id.clone()),
-        run_id: run["run_id"].as_str().map(str::to_string),
-        exports_dir: config.artifacts_dir().join("exports"),
-        parity_prompts: 4,
-        parity_max_tokens: 64,
-    };
-    let export = run_stage(&store, JobKind::Export, &export_params_value(&params), "export")?;
-    for check in export["parity"]["checks"].as_array().into_iter().flatten() {
-        eprintln!(
-            "      parity {:<22} {}",
-            check["name"].as_str().unwrap_or(""),
-            check["detail"].as_str().unwrap_or("")
-        );
-    }
-    eprintln!("      Modelfile {}", export["modelfile"].as_str().unwrap_or("-"));
+    pipeline::run(&store, config, &Recipe::quickstart(), &mut QuickstartLines)?;
     eprintln!("[5/5] serve: the model answers as `{QUICKSTART_EXPORT}` (or `understudy`) on the OpenAI-compatible /v1 endpoint");
     serve(config, args)
 }

@@ -6,15 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::print_json;
 use super::progress::TerminalProgress;
+use super::{flag_error, print_json};
 use crate::config::Config;
-use crate::jobs::train::{params_value, TrainParams};
-use crate::jobs::{run_job, JobKind, JobRecord};
-use crate::model::llama::LlamaConfig;
-use crate::model::source::ModelSource;
+use crate::jobs::requests::{ModelScope, TrainRequest};
+use crate::jobs::train::Phase as TrainPhase;
+use crate::jobs::{begin, run_job, JobKind, JobOutput, JobParams, JobRecord};
 use crate::store::Store;
-use crate::train::sft::SftConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Phase {
@@ -22,6 +20,17 @@ pub enum Phase {
     Ppo,
     Grpo,
     Dpo,
+}
+
+impl From<Phase> for TrainPhase {
+    fn from(phase: Phase) -> TrainPhase {
+        match phase {
+            Phase::Sft => TrainPhase::Sft,
+            Phase::Ppo => TrainPhase::Ppo,
+            Phase::Grpo => TrainPhase::Grpo,
+            Phase::Dpo => TrainPhase::Dpo,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -77,15 +86,42 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+impl TrainArgs {
+    /// The flags as the request every surface builds.
+    fn request(&self) -> TrainRequest {
+        TrainRequest {
+            phase: self.phase.into(),
+            dataset: self.dataset.clone(),
+            model: self.model.clone(),
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            lr: self.lr,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            warmup_steps: self.warmup_steps,
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+            max_seq_len: self.max_seq_len,
+            lora_rank: self.lora_rank,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            lora_targets: self.lora_targets.clone(),
+            device: self.device.clone(),
+            seed: self.seed,
+        }
+    }
+}
+
 pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
     let db = store.connect()?;
-    let job = match &args.resume {
+    let bar = TerminalProgress::count("train");
+    let finished = match &args.resume {
         Some(run_id) => {
             // A run killed with the process that ran it is still `running`: mark it interrupted.
             db.mark_orphaned_jobs_interrupted(crate::jobs::other_process_is_alive)?;
             let job = db.get_job(run_id)?.with_context(|| format!("no run with id {run_id:?}"))?;
-            if job.kind != JobKind::Train.as_str() {
+            if job.kind != JobKind::Train {
                 anyhow::bail!("{run_id} is a {} job, not a training run", job.kind);
             }
             if !job.status.is_resumable() {
@@ -97,96 +133,37 @@ pub fn run(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
             if !db.take_over_job(run_id, std::process::id())? {
                 anyhow::bail!("run {run_id} was taken by another process");
             }
-            db.get_job(run_id)?.context("run vanished")?
+            let job = db.get_job(run_id)?.context("run vanished")?;
+            eprintln!("run {} (resume with `understudy train --resume {}` if it stops)", job.id, job.id);
+            run_job(&store, job, Some(&bar))?
         }
         None => {
-            if args.phase != Phase::Sft {
-                anyhow::bail!("--phase {:?} is not available in this build yet; run --phase sft", args.phase);
-            }
-            let dataset = match &args.dataset {
-                Some(id) => db.get_dataset(id)?.with_context(|| format!("no dataset with id {id:?}"))?,
-                None => db
-                    .list_datasets()?
-                    .into_iter()
-                    .next()
-                    .context("no dataset yet: run `understudy build-dataset` first")?,
-            };
-            let base = ModelSource::parse(&args.model)?;
-            let dataset_dir = std::path::PathBuf::from(&dataset.path);
-            let model_config = match &base {
-                ModelSource::Tiny => {
-                    let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json"))
-                        .map_err(|e| anyhow::anyhow!("the dataset's tokenizer: {e}"))?;
-                    let mut model_config = LlamaConfig::tiny(tokenizer.get_vocab_size(true));
-                    model_config.max_position_embeddings = model_config.max_position_embeddings.max(args.max_seq_len);
-                    model_config
-                }
-                pretrained => crate::model::weights::load(pretrained, &candle_core::Device::Cpu)?.0,
-            };
-            if args.lora_rank.is_some() && base == ModelSource::Tiny {
-                anyhow::bail!("--lora-rank: LoRA needs a pretrained base (--model DIR or FILE.gguf), not tiny");
-            }
-            let lora = args.lora_rank.map(|rank| crate::model::llama::LoraConfig {
-                rank,
-                alpha: args.lora_alpha.unwrap_or(2.0 * rank as f64),
-                dropout: args.lora_dropout,
-                targets: args.lora_targets.clone(),
-            });
-            let sft = SftConfig {
-                epochs: args.epochs,
-                max_steps: args.max_steps,
-                lr: args.lr,
-                batch_size: args.batch_size,
-                grad_accum: args.grad_accum,
-                warmup_steps: args.warmup_steps,
-                eval_every: args.eval_every.max(1),
-                checkpoint_every: args.checkpoint_every.max(1),
-                max_seq_len: args.max_seq_len,
-                seed: args.seed,
-                device: args.device.clone(),
-                lora,
-                ..SftConfig::default()
-            };
-            sft.validate().map_err(|e| anyhow::anyhow!("--{}", e.replacen('_', "-", 1)))?;
-            crate::model::llama::device_for(&sft.device).map_err(|e| anyhow::anyhow!("--device {e}"))?;
-            let params = TrainParams {
-                phase: "sft".into(),
-                dataset_id: dataset.id.clone(),
-                dataset_dir,
-                base_model: match &base {
-                    ModelSource::Tiny => "tiny".into(),
-                    other => other.label(),
-                },
-                model_config,
-                sft,
-                runs_dir: config.artifacts_dir().join("runs"),
-            };
-            db.insert_job(JobKind::Train.as_str(), &params_value(&params), Some(std::process::id()))?
+            let params = args.request().resolve(&db, config, &ModelScope::Anywhere).map_err(flag_error)?;
+            let job = begin(&db, &JobParams::Train(params))?;
+            eprintln!("run {} (resume with `understudy train --resume {}` if it stops)", job.id, job.id);
+            run_job(&store, job, Some(&bar))?
         }
     };
-    eprintln!("run {} (resume with `understudy train --resume {}` if it stops)", job.id, job.id);
-    let bar = TerminalProgress::count("train");
-    let finished = run_job(&store, job, Some(&bar))?;
     bar.finish();
     report_train(&finished, args.json)
 }
 
 /// Print a run's outcome; shared with `jobs resume`.
 pub fn report_train(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
-    let result = super::finished_result(job, "run", "understudy train --resume")?;
+    let JobOutput::Train(run) = job.output()? else { anyhow::bail!("job {} is not a training run", job.id) };
     if json {
-        print_json(&result)?;
+        print_json(run)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("run {}  model {}", result["run_id"].as_str().unwrap_or(""), result["model_id"].as_str().unwrap_or(""));
+    println!("run {}  model {}", run.run_id, run.model_id);
     println!(
         "  steps {}  loss {:.4} -> {:.4}  eval loss {}  {:.0} tokens/s",
-        result["steps"],
-        result["first_loss"].as_f64().unwrap_or(f64::NAN),
-        result["final_loss"].as_f64().unwrap_or(f64::NAN),
-        result["final_eval_loss"].as_f64().map_or("-".to_string(), |v| format!("{v:.4}")),
-        result["tokens_per_second"].as_f64().unwrap_or(0.0)
+        run.steps,
+        run.first_loss,
+        run.final_loss,
+        run.final_eval_loss.map_or("-".to_string(), |v| format!("{v:.4}")),
+        run.tokens_per_second
     );
-    println!("  checkpoints {}", result["checkpoint_dir"].as_str().unwrap_or(""));
+    println!("  checkpoints {}", run.checkpoint_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::export::{ExportFile, ExportManifest};
@@ -68,7 +68,7 @@ pub struct DeployOptions {
     pub test: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployReport {
     pub export_id: String,
     /// The normalized base URL.

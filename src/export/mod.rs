@@ -40,7 +40,8 @@ pub enum ExportSource {
 }
 
 #[derive(Debug, Clone)]
-pub struct ExportRequest {
+/// Everything one export needs, resolved: the job layer builds it from `ExportParams`.
+pub struct ExportPlan {
     pub export_id: String,
     pub source: ExportSource,
     pub quants: Vec<Quant>,
@@ -180,22 +181,22 @@ pub type Progress<'a> = dyn FnMut(&str, u64, u64) -> Result<(), ExportError> + '
 
 /// Write the export directory and run the parity checks. Returns the manifest (whose parity
 /// may have failed: the caller records it and fails) and the directory.
-pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(ExportManifest, PathBuf), ExportError> {
-    let total = 3 + request.quants.len() as u64 + 2;
+pub fn export(plan: &ExportPlan, progress: &mut Progress<'_>) -> Result<(ExportManifest, PathBuf), ExportError> {
+    let total = 3 + plan.quants.len() as u64 + 2;
     let mut step = 0u64;
     let mut advance = |message: &str, progress: &mut Progress<'_>| -> Result<(), ExportError> {
         step += 1;
         progress(message, step.min(total), total)
     };
     advance("loading the model", progress)?;
-    let bundle = Bundle::load(&request.source)?;
+    let bundle = Bundle::load(&plan.source)?;
     bundle.config.validate().map_err(|e| anyhow::anyhow!("config.json: {e}"))?;
-    for quant in &request.quants {
+    for quant in &plan.quants {
         gguf::check_quant(&bundle.config, &bundle.tensors, *quant)?;
     }
-    std::fs::create_dir_all(&request.exports_dir)?;
-    let final_dir = request.exports_dir.join(&request.export_id);
-    let staging = staging_dir(&request.exports_dir).join(&request.export_id);
+    std::fs::create_dir_all(&plan.exports_dir)?;
+    let final_dir = plan.exports_dir.join(&plan.export_id);
+    let staging = staging_dir(&plan.exports_dir).join(&plan.export_id);
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
@@ -205,15 +206,15 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
     write_hf(&staging.join("hf"), &bundle)?;
 
     let provenance = gguf::Provenance {
-        name: request.name.clone(),
-        export_id: request.export_id.clone(),
-        model_id: request.model_id.clone(),
-        dataset_id: request.dataset_id.clone(),
-        run_id: request.run_id.clone(),
+        name: plan.name.clone(),
+        export_id: plan.export_id.clone(),
+        model_id: plan.model_id.clone(),
+        dataset_id: plan.dataset_id.clone(),
+        run_id: plan.run_id.clone(),
     };
-    let stem = file_stem(&request.name);
+    let stem = file_stem(&plan.name);
     let mut gguf_files: Vec<(Quant, PathBuf)> = Vec::new();
-    for quant in &request.quants {
+    for quant in &plan.quants {
         advance(&format!("writing the {} GGUF", quant.as_str()), progress)?;
         let path = staging.join(format!("{stem}-{}.gguf", quant.as_str()));
         gguf::write(&path, &bundle.config, &bundle.tensors, &bundle.tokenizer, &bundle.template, *quant, &provenance)?;
@@ -245,16 +246,16 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
         bundle.template.clone(),
         &Device::Cpu,
     )?;
-    let mut checks = vec![parity::tokenization(&trained, &parity_f32, &request.held_out)];
+    let mut checks = vec![parity::tokenization(&trained, &parity_f32, &plan.held_out)];
     advance("parity: generation", progress)?;
     let quant_paths: Vec<(Quant, &Path)> = gguf_files.iter().map(|(q, p)| (*q, p.as_path())).collect();
-    let mut note = |message: &str| tracing::debug!("export {}: {message}", request.export_id);
+    let mut note = |message: &str| tracing::debug!("export {}: {message}", plan.export_id);
     checks.extend(parity::generation_checks(
         &trained,
         &parity_f32,
         &quant_paths,
-        &request.held_out,
-        &request.parity,
+        &plan.held_out,
+        &plan.parity,
         &mut note,
     )?);
     if parity_f32.file_name().is_some_and(|n| n == "parity-f32.tmp.gguf") {
@@ -262,7 +263,7 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
     }
     let report = ParityReport::new(checks);
 
-    let settings = modelfile::settings(&bundle.template, &request.system, bundle.config.max_position_embeddings);
+    let settings = modelfile::settings(&bundle.template, &plan.system, bundle.config.max_position_embeddings);
     let modelfile_gguf = gguf_files
         .iter()
         .find(|(q, _)| *q == Quant::Q4KM)
@@ -292,11 +293,11 @@ pub fn export(request: &ExportRequest, progress: &mut Progress<'_>) -> Result<(E
         files.push(ExportFile { path: format!("hf/{name}"), format: "hf".into(), quant: None, sha256, bytes });
     }
     let manifest = ExportManifest {
-        export_id: request.export_id.clone(),
-        model_id: request.model_id.clone(),
-        dataset_id: request.dataset_id.clone(),
-        run_id: request.run_id.clone(),
-        name: request.name.clone(),
+        export_id: plan.export_id.clone(),
+        model_id: plan.model_id.clone(),
+        dataset_id: plan.dataset_id.clone(),
+        run_id: plan.run_id.clone(),
+        name: plan.name.clone(),
         files,
         modelfile: if modelfile_gguf.is_some() { "Modelfile".into() } else { String::new() },
         ollama: settings,

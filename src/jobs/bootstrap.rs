@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{JobContext, JobError};
 use crate::bootstrap::{active_templates, generator};
@@ -46,14 +45,8 @@ struct Checkpoint {
     report: BootstrapReport,
 }
 
-pub fn params_value(params: &BootstrapParams) -> Value {
-    serde_json::to_value(params).expect("bootstrap params serialise")
-}
-
-pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
+pub fn run(context: &mut JobContext<'_>, params: &BootstrapParams) -> Result<BootstrapReport, JobError> {
     let started = Instant::now();
-    let params: BootstrapParams = serde_json::from_value(context.job().params.clone())
-        .map_err(|e| JobError::Failed(format!("bad bootstrap parameters: {e}")))?;
     let mut templates: Vec<_> = active_templates(context.db())?.into_iter().map(|(t, _)| t).collect();
     if !params.templates.is_empty() {
         let unknown: Vec<&String> =
@@ -100,7 +93,7 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
                     InsertOutcome::Duplicate | InsertOutcome::IdConflict => updated.report.duplicates += 1,
                 }
             }
-            Some((job_id.clone(), serde_json::to_string(&updated).expect("checkpoint serialises")))
+            Some((job_id.to_string(), serde_json::to_string(&updated).expect("checkpoint serialises")))
         })?;
         checkpoint = updated;
         let message = format!("Generated {}/{} traces...", checkpoint.next_index, params.traces);
@@ -119,5 +112,5 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
             report.synthetic, report.duplicates, report.failed, report.seconds
         ),
     )?;
-    Ok(serde_json::to_value(report).expect("report serialises"))
+    Ok(report)
 }

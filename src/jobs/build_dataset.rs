@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{JobContext, JobError};
 use crate::dataset::{self, BuildError, DatasetConfig, Stage};
@@ -18,8 +18,16 @@ pub struct BuildParams {
     pub datasets_dir: PathBuf,
 }
 
-pub fn params_value(params: &BuildParams) -> Value {
-    serde_json::to_value(params).expect("dataset params serialise")
+/// What a build reports (`build-dataset --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetBuilt {
+    pub id: String,
+    pub dir: PathBuf,
+    pub counts: dataset::SplitCounts,
+    pub dropped: usize,
+    pub truncated: usize,
+    /// File name → its path.
+    pub files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// The dataset id a job builds: derived from the job id, so a resumed job keeps it.
@@ -27,9 +35,7 @@ pub fn dataset_id(job_id: &str) -> String {
     format!("ds_{}", job_id.trim_start_matches("job_"))
 }
 
-pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: BuildParams = serde_json::from_value(context.job().params.clone())
-        .map_err(|e| JobError::Failed(format!("bad build_dataset parameters: {e}")))?;
+pub fn run(context: &mut JobContext<'_>, params: &BuildParams) -> Result<DatasetBuilt, JobError> {
     let id = dataset_id(&context.job().id);
     let out_dir = params.datasets_dir.join(&id);
     if out_dir.exists() {
@@ -82,8 +88,7 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         Err(other) => return Err(JobError::Failed(other.to_string())),
     };
     let dir = out_dir.display().to_string();
-    let files: serde_json::Map<String, Value> =
-        report.files.keys().map(|name| (name.clone(), json!(out_dir.join(name).display().to_string()))).collect();
+    let files = report.files.keys().map(|name| (name.clone(), out_dir.join(name))).collect();
     let stats = serde_json::to_value(&report.stats).expect("stats serialise");
     let mut stored_stats = stats.clone();
     stored_stats["sha256"] = json!(report.files);
@@ -102,12 +107,12 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
             report.stats.mask_coverage * 100.0
         ),
     )?;
-    Ok(json!({
-        "id": id,
-        "dir": dir,
-        "counts": report.counts,
-        "dropped": report.dropped,
-        "truncated": report.truncated,
-        "files": files,
-    }))
+    Ok(DatasetBuilt {
+        id,
+        dir: out_dir,
+        counts: report.counts,
+        dropped: report.dropped,
+        truncated: report.truncated,
+        files,
+    })
 }

@@ -9,10 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{JobContext, JobError};
-use crate::deploy::{deploy, version_tag, DeployOptions};
+use crate::deploy::{deploy, version_tag, DeployOptions, DeployReport};
 use crate::export::ExportManifest;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,18 +29,12 @@ pub struct DeployParams {
     pub test: bool,
 }
 
-pub fn params_value(params: &DeployParams) -> Value {
-    serde_json::to_value(params).expect("deploy params serialise")
-}
-
 /// Bytes as megabytes with one decimal, for progress messages.
 fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: DeployParams = serde_json::from_value(context.job().params.clone())
-        .map_err(|e| JobError::Failed(format!("bad deploy parameters: {e}")))?;
+pub fn run(context: &mut JobContext<'_>, params: &DeployParams) -> Result<DeployReport, JobError> {
     let manifest = ExportManifest::read(&params.export_dir)
         .map_err(|e| JobError::Failed(format!("export {}: {e:#}", params.export_id)))?;
     if let Some(failed) = manifest.parity.first_failure() {
@@ -89,5 +82,5 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
     let result = serde_json::to_value(&report).expect("deploy report serialises");
     let deployment_id = context.db().insert_deployment(&params.export_id, &report.host, &report.names, &result)?;
     context.log("info", &format!("deployed {} to {} ({deployment_id})", report.names.join(" and "), report.host))?;
-    Ok(result)
+    Ok(report)
 }

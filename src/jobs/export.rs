@@ -6,12 +6,11 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::{JobContext, JobError};
 use crate::bootstrap::generator::{generate, system_prompt};
-use crate::bootstrap::templates::builtin;
-use crate::export::{self, ExportError, ExportRequest, ExportSource, ParityOptions, Quant};
+use crate::bootstrap::workflows::builtin;
+use crate::export::{self, ExportError, ExportPlan, ExportSource, ParityOptions, Quant};
 use crate::store::{Db, TraceFilter};
 use crate::traces::{Split, Trace};
 
@@ -32,10 +31,6 @@ pub struct ExportParams {
 /// The export id of an export job: derived from the job id, so a resumed job rewrites the same export.
 pub fn export_id_of(job_id: &str) -> String {
     format!("exp_{}", job_id.trim_start_matches("job_").to_lowercase())
-}
-
-pub fn params_value(params: &ExportParams) -> Value {
-    serde_json::to_value(params).expect("export params serialise")
 }
 
 /// Up to `n` traces for the parity checks: the held-out test split, then val, then any stored
@@ -64,37 +59,61 @@ fn held_out(db: &Db, n: usize) -> Result<Vec<Trace>, JobError> {
     Ok(traces)
 }
 
-/// The JSON the CLI prints with `--json`: `{"export_id", "files", "modelfile", "parity"}`.
-pub fn result_value(manifest: &export::ExportManifest, dir: &std::path::Path) -> Value {
-    let files: Vec<Value> = manifest
-        .files
-        .iter()
-        .map(|f| json!({"path": dir.join(&f.path).display().to_string(), "format": f.format, "quant": f.quant, "sha256": f.sha256, "bytes": f.bytes}))
-        .collect();
-    json!({
-        "export_id": manifest.export_id,
-        "dir": dir.display().to_string(),
-        "files": files,
-        "modelfile": if manifest.modelfile.is_empty() { Value::Null } else { json!(dir.join(&manifest.modelfile).display().to_string()) },
-        "parity": manifest.parity,
-    })
+/// One file of an export, with its absolute path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportedFile {
+    pub path: PathBuf,
+    pub format: String,
+    pub quant: Option<String>,
+    pub sha256: String,
+    pub bytes: u64,
 }
 
-pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: ExportParams = serde_json::from_value(context.job().params.clone())
-        .map_err(|e| JobError::Failed(format!("bad export parameters: {e}")))?;
+/// What an export reports (`export --json`): `{"export_id", "dir", "files", "modelfile", "parity"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportOutcome {
+    pub export_id: String,
+    pub dir: PathBuf,
+    pub files: Vec<ExportedFile>,
+    pub modelfile: Option<PathBuf>,
+    pub parity: export::ParityReport,
+}
+
+impl ExportOutcome {
+    pub fn new(manifest: &export::ExportManifest, dir: &std::path::Path) -> ExportOutcome {
+        ExportOutcome {
+            export_id: manifest.export_id.clone(),
+            dir: dir.to_path_buf(),
+            files: manifest
+                .files
+                .iter()
+                .map(|f| ExportedFile {
+                    path: dir.join(&f.path),
+                    format: f.format.clone(),
+                    quant: f.quant.clone(),
+                    sha256: f.sha256.clone(),
+                    bytes: f.bytes,
+                })
+                .collect(),
+            modelfile: (!manifest.modelfile.is_empty()).then(|| dir.join(&manifest.modelfile)),
+            parity: manifest.parity.clone(),
+        }
+    }
+}
+
+pub fn run(context: &mut JobContext<'_>, params: &ExportParams) -> Result<ExportOutcome, JobError> {
     let export_id = export_id_of(&context.job().id);
     let own_id = context.job().id.clone();
     let running: Vec<String> = context
         .db()
         .list_jobs(1000)?
         .iter()
-        .filter(|j| j.kind == "export" && j.status == super::JobStatus::Running && j.id != own_id)
+        .filter(|j| j.kind == super::JobKind::Export && j.status == super::JobStatus::Running && j.id != own_id)
         .map(|j| export_id_of(&j.id))
         .collect();
     export::clean_partial(&params.exports_dir, &running);
     let held_out = held_out(context.db(), params.parity_prompts.max(8))?;
-    let request = ExportRequest {
+    let plan = ExportPlan {
         export_id: export_id.clone(),
         source: params.source.clone(),
         quants: params.quants.clone(),
@@ -123,12 +142,12 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         let mut progress = |message: &str, done: u64, total: u64| -> Result<(), ExportError> {
             let failed = |e: JobError| match e {
                 JobError::Cancelled | JobError::Interrupted => ExportError::Cancelled,
-                other => ExportError::Other(anyhow::anyhow!("{other}")),
+                other => ExportError::Io(std::io::Error::other(other.to_string())),
             };
             context.progress(done, Some(total), message, true).map_err(failed)?;
             context.check_cancelled().map_err(failed)
         };
-        export::export(&request, &mut progress)
+        export::export(&plan, &mut progress)
     };
     let (manifest, dir) = match outcome {
         Ok(done) => done,
@@ -165,5 +184,5 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
             dir.display()
         )));
     }
-    Ok(result_value(&manifest, &dir))
+    Ok(ExportOutcome::new(&manifest, &dir))
 }

@@ -10,7 +10,6 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::import_traces::{ImportReport, MAX_REPORTED_ERRORS};
 use super::{JobContext, JobError};
@@ -29,10 +28,6 @@ pub struct ImportDpoParams {
     /// The name the user knows the file by (as given on the command line, or an upload's name).
     #[serde(default)]
     pub display_name: Option<String>,
-}
-
-pub fn params_value(params: &ImportDpoParams) -> Value {
-    serde_json::to_value(params).expect("import params serialise")
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -58,9 +53,7 @@ enum Layout {
     },
 }
 
-pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: ImportDpoParams = serde_json::from_value(context.job().params.clone())
-        .map_err(|e| JobError::Failed(format!("bad import_dpo parameters: {e}")))?;
+pub fn run(context: &mut JobContext<'_>, params: &ImportDpoParams) -> Result<ImportReport, JobError> {
     let shown = params.display_name.clone().unwrap_or_else(|| params.path.display().to_string());
     let cannot_read = |e: &dyn std::fmt::Display| JobError::Failed(format!("cannot read {shown}: {e}"));
     let mut file = File::open(&params.path).map_err(|e| cannot_read(&e))?;
@@ -112,7 +105,7 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
             report.imported, checkpoint.new_traces, report.duplicates, report.rejected
         ),
     )?;
-    Ok(serde_json::to_value(report).expect("report serialises"))
+    Ok(report.clone())
 }
 
 /// A file whose first non-space byte is `[` is one JSON array; anything else is JSONL.
@@ -293,7 +286,7 @@ impl PairImport {
                     }
                 }
             }
-            Some((job_id.clone(), serde_json::to_string(&updated).expect("checkpoint serialises")))
+            Some((job_id.to_string(), serde_json::to_string(&updated).expect("checkpoint serialises")))
         })?;
         self.lines.clear();
         self.items.clear();

@@ -8,7 +8,6 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{JobContext, JobError};
 use crate::store::InsertOutcome;
@@ -63,13 +62,7 @@ struct Checkpoint {
     report: ImportReport,
 }
 
-pub fn params_value(params: &ImportParams) -> Value {
-    serde_json::to_value(params).expect("import params serialise")
-}
-
-pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: ImportParams = serde_json::from_value(context.job().params.clone())
-        .map_err(|e| JobError::Failed(format!("bad import_traces parameters: {e}")))?;
+pub fn run(context: &mut JobContext<'_>, params: &ImportParams) -> Result<ImportReport, JobError> {
     let shown = params.display_name.clone().unwrap_or_else(|| params.path.display().to_string());
     let file = File::open(&params.path).map_err(|e| JobError::Failed(format!("cannot read {shown}: {e}")))?;
     let metadata = file.metadata().map_err(|e| JobError::Failed(format!("cannot read {shown}: {e}")))?;
@@ -138,7 +131,7 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         "info",
         &format!("done: {} imported, {} duplicates, {} rejected", report.imported, report.duplicates, report.rejected),
     )?;
-    Ok(serde_json::to_value(report).expect("report serialises"))
+    Ok(report.clone())
 }
 
 fn progress_message(checkpoint: &Checkpoint) -> String {
@@ -168,7 +161,7 @@ fn commit_batch(
                     .reject(*line, format!("id: {:?} is already used by a different stored trace", trace.id)),
             }
         }
-        Some((job_id.clone(), serde_json::to_string(&updated).expect("checkpoint serialises")))
+        Some((job_id.to_string(), serde_json::to_string(&updated).expect("checkpoint serialises")))
     })?;
     batch.clear();
     *checkpoint = updated;

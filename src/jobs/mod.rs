@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod export;
 pub mod import_dpo;
 pub mod import_traces;
+pub mod requests;
 mod runner;
 pub mod train;
 
@@ -69,8 +70,9 @@ impl JobStatus {
     }
 }
 
-/// The kinds of job there are. Each has a body module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kinds of job there are. Each has a body module and a `JobParams` variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum JobKind {
     ImportTraces,
     ImportDpo,
@@ -82,6 +84,16 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    pub const ALL: [JobKind; 7] = [
+        JobKind::ImportTraces,
+        JobKind::ImportDpo,
+        JobKind::Bootstrap,
+        JobKind::BuildDataset,
+        JobKind::Train,
+        JobKind::Export,
+        JobKind::Deploy,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::ImportTraces => "import_traces",
@@ -95,30 +107,171 @@ impl JobKind {
     }
 
     pub fn parse(text: &str) -> Option<JobKind> {
-        match text {
-            "import_traces" => Some(JobKind::ImportTraces),
-            "import_dpo" => Some(JobKind::ImportDpo),
-            "bootstrap" => Some(JobKind::Bootstrap),
-            "build_dataset" => Some(JobKind::BuildDataset),
-            "train" => Some(JobKind::Train),
-            "export" => Some(JobKind::Export),
-            "deploy" => Some(JobKind::Deploy),
-            _ => None,
+        JobKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A job's id (`job_<ULID>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub String);
+
+impl JobId {
+    pub fn new() -> JobId {
+        JobId(format!("job_{}", ulid::Ulid::new()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        JobId::new()
+    }
+}
+
+impl std::ops::Deref for JobId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl PartialEq<str> for JobId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+/// What a job does: one variant per kind, each holding the config its body takes. Stored as
+/// the `kind` and `params` columns; every front door (CLI, pages, API, pipeline) builds one of
+/// these and hands it to `submit` or `run_foreground`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "params", rename_all = "snake_case")]
+pub enum JobParams {
+    ImportTraces(import_traces::ImportParams),
+    ImportDpo(import_dpo::ImportDpoParams),
+    Bootstrap(bootstrap::BootstrapParams),
+    BuildDataset(build_dataset::BuildParams),
+    Train(train::TrainParams),
+    Export(export::ExportParams),
+    Deploy(deploy::DeployParams),
+}
+
+/// What a job produced: one variant per kind, stored as the `result` column.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "result", rename_all = "snake_case")]
+pub enum JobOutput {
+    ImportTraces(import_traces::ImportReport),
+    ImportDpo(import_traces::ImportReport),
+    Bootstrap(bootstrap::BootstrapReport),
+    BuildDataset(build_dataset::DatasetBuilt),
+    Train(train::TrainOutcome),
+    Export(export::ExportOutcome),
+    Deploy(crate::deploy::DeployReport),
+}
+
+/// Split an adjacently tagged value into its inner JSON, and put one together again from the
+/// `kind` column and the inner JSON.
+fn inner_json(value: &impl serde::Serialize, content: &str) -> Value {
+    let mut whole = serde_json::to_value(value).expect("job values serialise");
+    whole.get_mut(content).map(Value::take).unwrap_or(Value::Null)
+}
+
+fn from_parts<T: serde::de::DeserializeOwned>(
+    kind: JobKind,
+    content: &str,
+    inner: Value,
+) -> Result<T, serde_json::Error> {
+    let mut whole = serde_json::Map::new();
+    whole.insert("kind".into(), Value::String(kind.as_str().into()));
+    whole.insert(content.into(), inner);
+    serde_json::from_value(Value::Object(whole))
+}
+
+impl JobParams {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobParams::ImportTraces(_) => JobKind::ImportTraces,
+            JobParams::ImportDpo(_) => JobKind::ImportDpo,
+            JobParams::Bootstrap(_) => JobKind::Bootstrap,
+            JobParams::BuildDataset(_) => JobKind::BuildDataset,
+            JobParams::Train(_) => JobKind::Train,
+            JobParams::Export(_) => JobKind::Export,
+            JobParams::Deploy(_) => JobKind::Deploy,
         }
+    }
+
+    /// The `params` column: the variant's config alone.
+    pub fn to_json(&self) -> Value {
+        inner_json(self, "params")
+    }
+
+    pub fn from_json(kind: JobKind, params: Value) -> Result<JobParams, serde_json::Error> {
+        from_parts(kind, "params", params)
+    }
+
+    fn serialize_inner<S: serde::Serializer>(params: &JobParams, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&params.to_json(), serializer)
+    }
+}
+
+impl JobOutput {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobOutput::ImportTraces(_) => JobKind::ImportTraces,
+            JobOutput::ImportDpo(_) => JobKind::ImportDpo,
+            JobOutput::Bootstrap(_) => JobKind::Bootstrap,
+            JobOutput::BuildDataset(_) => JobKind::BuildDataset,
+            JobOutput::Train(_) => JobKind::Train,
+            JobOutput::Export(_) => JobKind::Export,
+            JobOutput::Deploy(_) => JobKind::Deploy,
+        }
+    }
+
+    /// The `result` column: the variant's value alone (what `--json` prints).
+    pub fn to_json(&self) -> Value {
+        inner_json(self, "result")
+    }
+
+    pub fn from_json(kind: JobKind, result: Value) -> Result<JobOutput, serde_json::Error> {
+        from_parts(kind, "result", result)
+    }
+
+    fn serialize_inner<S: serde::Serializer>(output: &Option<JobOutput>, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&output.as_ref().map(JobOutput::to_json), serializer)
     }
 }
 
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
-    pub id: String,
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub id: JobId,
+    pub kind: JobKind,
     pub status: JobStatus,
+    #[serde(serialize_with = "JobParams::serialize_inner")]
     #[schema(value_type = Object)]
-    pub params: Value,
+    pub params: JobParams,
+    /// The body's own resume state; only the body reads it.
     #[schema(value_type = Option<Object>)]
     pub checkpoint: Option<Value>,
+    #[serde(serialize_with = "JobOutput::serialize_inner")]
     #[schema(value_type = Option<Object>)]
-    pub result: Option<Value>,
+    pub result: Option<JobOutput>,
     pub error: Option<String>,
     pub progress_done: i64,
     pub progress_total: Option<i64>,
@@ -235,6 +388,54 @@ impl<'a> JobContext<'a> {
     }
 }
 
+/// Queue a job for the runner of a serving process; returns its id at once. The pages, the API,
+/// the CLI's `--background` paths and the pipeline all start background work here.
+pub fn submit(db: &Db, params: &JobParams) -> Result<JobId, StoreError> {
+    Ok(db.insert_job(params, None)?.id)
+}
+
+/// Record a job that this process runs now (already `running`, owned by this pid); hand it to
+/// `run_job`. For a caller that shows the id before the work starts.
+pub fn begin(db: &Db, params: &JobParams) -> Result<JobRecord, StoreError> {
+    db.insert_job(params, Some(std::process::id()))
+}
+
+/// Run a job in this process now (the CLI's foreground jobs, the pipeline's stages), reporting
+/// to `sink`; returns the finished record.
+pub fn run_foreground(
+    store: &Store,
+    params: &JobParams,
+    sink: Option<&dyn ProgressSink>,
+) -> Result<JobRecord, StoreError> {
+    let job = begin(&store.connect()?, params)?;
+    run_job(store, job, sink)
+}
+
+/// Why a finished job has no output: it did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Unfinished {
+    #[error("{kind} {id} was cancelled; `understudy jobs resume {id}` continues it")]
+    Cancelled { kind: JobKind, id: JobId },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl JobRecord {
+    /// The output of a job that succeeded, or why there is none.
+    pub fn output(&self) -> Result<&JobOutput, Unfinished> {
+        match self.status {
+            JobStatus::Succeeded => self
+                .result
+                .as_ref()
+                .ok_or_else(|| Unfinished::Failed(format!("{} {} stored no result", self.kind, self.id))),
+            JobStatus::Cancelled => Err(Unfinished::Cancelled { kind: self.kind, id: self.id.clone() }),
+            status => Err(Unfinished::Failed(
+                self.error.clone().unwrap_or_else(|| format!("{} {} ended as {}", self.kind, self.id, status.as_str())),
+            )),
+        }
+    }
+}
+
 /// Execute a job that is already marked running for this process, and record how it ended.
 /// Returns the final record.
 pub fn run_job(store: &Store, job: JobRecord, sink: Option<&dyn ProgressSink>) -> Result<JobRecord, StoreError> {
@@ -251,16 +452,17 @@ pub fn run_job_until(
     let job_id = job.id.clone();
     let span = tracing::info_span!("job", id = %job_id, kind = %job.kind);
     let _entered = span.enter();
+    let params = job.params.clone();
     let mut context = JobContext { job, db: store.connect()?, sink, last_progress_write: None, stop };
-    let outcome = match JobKind::parse(&context.job.kind) {
-        Some(JobKind::ImportTraces) => import_traces::run(&mut context),
-        Some(JobKind::ImportDpo) => import_dpo::run(&mut context),
-        Some(JobKind::Bootstrap) => bootstrap::run(&mut context),
-        Some(JobKind::BuildDataset) => build_dataset::run(&mut context),
-        Some(JobKind::Train) => train::run(&mut context),
-        Some(JobKind::Export) => export::run(&mut context),
-        Some(JobKind::Deploy) => deploy::run(&mut context),
-        None => Err(JobError::Failed(format!("unknown job kind {:?}", context.job.kind))),
+    let context = &mut context;
+    let outcome = match &params {
+        JobParams::ImportTraces(params) => import_traces::run(context, params).map(JobOutput::ImportTraces),
+        JobParams::ImportDpo(params) => import_dpo::run(context, params).map(JobOutput::ImportDpo),
+        JobParams::Bootstrap(params) => bootstrap::run(context, params).map(JobOutput::Bootstrap),
+        JobParams::BuildDataset(params) => build_dataset::run(context, params).map(JobOutput::BuildDataset),
+        JobParams::Train(params) => train::run(context, params).map(JobOutput::Train),
+        JobParams::Export(params) => export::run(context, params).map(JobOutput::Export),
+        JobParams::Deploy(params) => deploy::run(context, params).map(JobOutput::Deploy),
     };
     let db = store.connect()?;
     match outcome {
@@ -281,7 +483,7 @@ pub fn run_job_until(
             db.finish_job(&job_id, JobStatus::Failed, None, Some(&message))?
         }
     }
-    db.get_job(&job_id)?.ok_or_else(|| StoreError::Corrupt { id: job_id, reason: "job vanished".into() })
+    db.get_job(&job_id)?.ok_or_else(|| StoreError::Corrupt { id: job_id.to_string(), reason: "job vanished".into() })
 }
 
 /// Whether another process with this id is alive on this machine (tells crashed jobs from ones

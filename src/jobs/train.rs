@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{JobContext, JobError};
 use crate::model::llama::LlamaConfig;
@@ -14,9 +14,30 @@ use crate::model::source::ModelSource;
 use crate::store::NewModel;
 use crate::train::sft::{self, SftConfig, TrainError, TrainHooks};
 
+/// The training phases of spec 3.6; only SFT runs in this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Sft,
+    Ppo,
+    Grpo,
+    Dpo,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Sft => "sft",
+            Phase::Ppo => "ppo",
+            Phase::Grpo => "grpo",
+            Phase::Dpo => "dpo",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainParams {
-    pub phase: String,
+    pub phase: Phase,
     pub dataset_id: String,
     pub dataset_dir: PathBuf,
     /// `tiny` or the path of the base model.
@@ -27,8 +48,18 @@ pub struct TrainParams {
     pub runs_dir: PathBuf,
 }
 
-pub fn params_value(params: &TrainParams) -> Value {
-    serde_json::to_value(params).expect("train params serialise")
+/// What a finished run reports (`train --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    pub run_id: String,
+    pub model_id: String,
+    pub steps: u64,
+    pub first_loss: f64,
+    pub final_loss: f64,
+    pub final_eval_loss: Option<f64>,
+    pub tokens_per_second: f64,
+    /// The run directory: checkpoints, and the trained model under `model/`.
+    pub checkpoint_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,16 +105,14 @@ impl TrainHooks for JobHooks<'_, '_> {
     }
 }
 
-pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
-    let params: TrainParams = serde_json::from_value(context.job().params.clone())
-        .map_err(|e| JobError::Failed(format!("bad train parameters: {e}")))?;
-    if params.phase != "sft" {
+pub fn run(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOutcome, JobError> {
+    if params.phase != Phase::Sft {
         return Err(JobError::Failed(format!(
-            "phase {:?} is not available in this build yet (only sft)",
-            params.phase
+            "phase {} is not available in this build yet (only sft)",
+            params.phase.as_str()
         )));
     }
-    let run_id = context.job().id.clone();
+    let run_id = context.job().id.to_string();
     let run_dir = params.runs_dir.join(&run_id);
     let resume: Option<Checkpoint> = context.job().checkpoint.clone().and_then(|v| serde_json::from_value(v).ok());
     let resume_dir = resume.as_ref().map(|c| c.dir.clone()).filter(|d| d.join("state.json").exists());
@@ -156,14 +185,14 @@ pub fn run(context: &mut JobContext<'_>) -> Result<Value, JobError> {
         })?,
     };
     context.log("info", &format!("model {model_id} saved at {model_path}"))?;
-    Ok(json!({
-        "run_id": run_id,
-        "model_id": model_id,
-        "steps": summary.steps,
-        "first_loss": summary.first_loss,
-        "final_loss": summary.final_loss,
-        "final_eval_loss": summary.final_eval_loss,
-        "tokens_per_second": summary.tokens_per_second,
-        "checkpoint_dir": run_dir.display().to_string(),
-    }))
+    Ok(TrainOutcome {
+        run_id,
+        model_id,
+        steps: summary.steps,
+        first_loss: summary.first_loss,
+        final_loss: summary.final_loss,
+        final_eval_loss: summary.final_eval_loss,
+        tokens_per_second: summary.tokens_per_second,
+        checkpoint_dir: run_dir,
+    })
 }

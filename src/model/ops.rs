@@ -8,13 +8,17 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+static FUSED_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turn the fused kernels off (or on again) for this process: the CLI does for
+/// `UNDERSTUDY_FUSED=0`, to measure what they save or to rule them out.
+pub fn set_fused(enabled: bool) {
+    FUSED_ENABLED.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether the fused kernels apply to tensors on this device with this dtype.
-/// `UNDERSTUDY_FUSED=0` turns them off (to measure what they save, or to rule them out).
 pub fn fused(device: &Device, dtype: DType) -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("UNDERSTUDY_FUSED").map_or(true, |v| v != "0"))
-        && device.is_cpu()
-        && dtype == DType::F32
+    FUSED_ENABLED.load(std::sync::atomic::Ordering::Relaxed) && device.is_cpu() && dtype == DType::F32
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {

@@ -4,6 +4,6 @@
 //! same parser `generate` and export parity use. The OpenAI wire format lives in `web::openai`;
 //! nothing here knows about HTTP.
 
-pub mod engine;
+pub mod decode;
 pub mod mistral;
 pub mod registry;

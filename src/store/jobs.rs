@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
 use super::{Db, StoreError, StoreResult};
-use crate::jobs::{JobLog, JobMetric, JobRecord, JobStatus};
+use crate::jobs::{JobId, JobKind, JobLog, JobMetric, JobOutput, JobParams, JobRecord, JobStatus};
 use crate::traces::now_rfc3339;
 
 const JOB_COLUMNS: &str = "id, kind, status, params, checkpoint, result, error, progress_done, progress_total,
@@ -22,14 +22,27 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         let text: Option<String> = row.get(index)?;
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     };
+    let unreadable = |index: usize, reason: String| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, reason.into())
+    };
+    let id: String = row.get(0)?;
+    let kind_text: String = row.get(1)?;
+    let kind =
+        JobKind::parse(&kind_text).ok_or_else(|| unreadable(1, format!("job {id}: unknown kind {kind_text:?}")))?;
     let status: String = row.get(2)?;
+    let params = JobParams::from_json(kind, json(3)?.unwrap_or(Value::Null))
+        .map_err(|e| unreadable(3, format!("job {id}: {kind} parameters: {e}")))?;
+    let result = json(5)?
+        .map(|value| JobOutput::from_json(kind, value))
+        .transpose()
+        .map_err(|e| unreadable(5, format!("job {id}: {kind} result: {e}")))?;
     Ok(JobRecord {
-        id: row.get(0)?,
-        kind: row.get(1)?,
+        id: JobId(id),
+        kind,
         status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
-        params: json(3)?.unwrap_or(Value::Null),
+        params,
         checkpoint: json(4)?,
-        result: json(5)?,
+        result,
         error: row.get(6)?,
         progress_done: row.get(7)?,
         progress_total: row.get(8)?,
@@ -44,8 +57,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 
 impl Db {
     /// Add a job; `owner_pid` set means the caller runs it now in the foreground.
-    pub fn insert_job(&self, kind: &str, params: &Value, owner_pid: Option<u32>) -> StoreResult<JobRecord> {
-        let id = format!("job_{}", ulid::Ulid::new());
+    pub fn insert_job(&self, params: &JobParams, owner_pid: Option<u32>) -> StoreResult<JobRecord> {
+        let id = JobId::new().0;
         let now = now_rfc3339();
         let (status, started_at) = match owner_pid {
             Some(_) => (JobStatus::Running, Some(now.clone())),
@@ -54,7 +67,16 @@ impl Db {
         self.conn.execute(
             "INSERT INTO jobs (id, kind, status, params, owner_pid, created_at, started_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            params![id, kind, status.as_str(), params.to_string(), owner_pid, now, started_at, now],
+            params![
+                id,
+                params.kind().as_str(),
+                status.as_str(),
+                params.to_json().to_string(),
+                owner_pid,
+                now,
+                started_at,
+                now
+            ],
         )?;
         self.get_job(&id)?.ok_or_else(|| StoreError::Corrupt { id, reason: "vanished after insert".into() })
     }
@@ -117,7 +139,7 @@ impl Db {
         &self,
         id: &str,
         status: JobStatus,
-        result: Option<&Value>,
+        result: Option<&JobOutput>,
         error: Option<&str>,
     ) -> StoreResult<()> {
         let now = now_rfc3339();
@@ -125,7 +147,7 @@ impl Db {
             "UPDATE jobs SET status = ?, result = COALESCE(?, result), error = ?, finished_at = ?, updated_at = ?,
                 owner_pid = NULL
              WHERE id = ? AND status = 'running'",
-            params![status.as_str(), result.map(Value::to_string), error, now, now, id],
+            params![status.as_str(), result.map(|r| r.to_json().to_string()), error, now, now, id],
         )?;
         Ok(())
     }

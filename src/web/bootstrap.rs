@@ -3,20 +3,21 @@
 
 use actix_web::{web, HttpResponse};
 use askama::Template;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::PageError;
-use super::pages::{html, message_views, see_other, trace_row};
-use super::views::*;
+use super::error::{ApiError, ErrorBody, PageError};
+use super::shared::*;
+use super::traces::{message_views, trace_row, CheckView, MessageView, TraceRow};
 use super::{AppState, WebError};
-use crate::bootstrap::templates::{fact_names, parse_file, WorkflowTemplate};
+use crate::bootstrap::workflows::{fact_names, parse_file, WorkflowTemplate};
 use crate::bootstrap::{active_templates, generator, TemplateOrigin};
-use crate::jobs::bootstrap::{params_value, BootstrapParams};
-use crate::jobs::JobKind;
+use crate::jobs::bootstrap::BootstrapParams;
+use crate::jobs::requests::{BootstrapRequest, MAX_BOOTSTRAP_TRACES};
+use crate::jobs::JobRecord;
+use crate::jobs::{JobId, JobParams};
 use crate::store::TraceFilter;
 use crate::traces::Source;
-
-pub const MAX_BOOTSTRAP_TRACES: u64 = 100_000;
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
@@ -27,6 +28,15 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/bootstrap/templates", web::post().to(create_template))
         .route("/bootstrap/templates/{name}", web::get().to(edit_template))
         .route("/bootstrap/templates/{name}", web::post().to(save_template));
+}
+
+/// Routes under `/api`.
+pub fn api_routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/bootstrap", web::post().to(start_bootstrap))
+        .route("/templates", web::get().to(list_templates))
+        .route("/templates/{name}", web::get().to(get_template))
+        .route("/templates/{name}", web::put().to(put_template));
 }
 
 async fn render_page(state: &AppState, form: GenerateForm, selected: &str) -> Result<BootstrapPage, WebError> {
@@ -82,44 +92,33 @@ pub struct GenerateInput {
     pub template: String,
 }
 
-/// The form's fields converted into job parameters, or the form with errors beside its fields.
+/// The form's fields as a request, resolved by `BootstrapRequest`'s rules, or the form with
+/// errors beside its fields.
 fn validate(input: &GenerateInput) -> Result<BootstrapParams, GenerateForm> {
     let mut form = GenerateForm { traces: input.traces.clone(), seed: input.seed.clone(), ..GenerateForm::default() };
-    let traces = match input.traces.trim().parse::<u64>() {
-        Ok(n) if (1..=MAX_BOOTSTRAP_TRACES).contains(&n) => Some(n),
-        _ => {
-            form.traces_error = Some(format!("Enter a whole number from 1 to {MAX_BOOTSTRAP_TRACES}."));
-            None
-        }
-    };
+    let traces_rule = format!("Enter a whole number from 1 to {MAX_BOOTSTRAP_TRACES}.");
+    let traces = input.traces.trim().parse::<u64>().map_err(|_| form.traces_error = Some(traces_rule.clone())).ok();
     let seed = match input.seed.trim() {
-        "" => Some(u64::from(rand::random::<u32>())),
-        text => match text.parse::<u64>() {
-            Ok(seed) => Some(seed),
-            Err(_) => {
-                form.seed_error = Some("The seed is a non-negative whole number (or leave it empty).".into());
-                None
-            }
-        },
+        "" => Some(None),
+        text => text
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| form.seed_error = Some("The seed is a non-negative whole number (or leave it empty).".into()))
+            .ok(),
     };
-    match (traces, seed) {
-        (Some(traces), Some(seed)) => Ok(BootstrapParams {
-            traces,
-            seed,
-            templates: Some(input.template.trim())
-                .filter(|t| !t.is_empty())
-                .map(|t| vec![t.to_string()])
-                .unwrap_or_default(),
-        }),
-        _ => Err(form),
-    }
+    let (Some(traces), Some(seed)) = (traces, seed) else { return Err(form) };
+    let templates = Some(input.template.trim()).filter(|t| !t.is_empty()).map(|t| vec![t.to_string()]);
+    BootstrapRequest { traces, seed, templates: templates.unwrap_or_default() }.resolve().map_err(|_| {
+        form.traces_error = Some(traces_rule);
+        form
+    })
 }
 
 async fn generate(state: web::Data<AppState>, input: web::Form<GenerateInput>) -> Result<HttpResponse, PageError> {
     match validate(&input) {
         Ok(params) => {
-            let job = enqueue(&state, params).await?;
-            Ok(see_other(&format!("/jobs/{}", job.id)))
+            let id = enqueue(&state, params).await?;
+            Ok(see_other(&format!("/jobs/{id}")))
         }
         Err(form) => {
             let body = render_page(&state, form, &input.template)
@@ -132,11 +131,8 @@ async fn generate(state: web::Data<AppState>, input: web::Form<GenerateInput>) -
 }
 
 /// Queue a bootstrap job and wake the runner; shared with the API.
-pub async fn enqueue(state: &AppState, params: BootstrapParams) -> Result<crate::jobs::JobRecord, WebError> {
-    let value = params_value(&params);
-    let job = state.with_db(move |db| Ok(db.insert_job(JobKind::Bootstrap.as_str(), &value, None)?)).await?;
-    state.runner.notify();
-    Ok(job)
+pub async fn enqueue(state: &AppState, params: BootstrapParams) -> Result<JobId, WebError> {
+    state.submit(JobParams::Bootstrap(params)).await
 }
 
 fn editor(name: &str, is_new: bool, body: String, body_error: Option<String>) -> TemplateEditPage {
@@ -254,4 +250,129 @@ async fn preview(state: web::Data<AppState>, query: web::Query<PreviewQuery>) ->
         checks: trace.outcome.checks.iter().map(|c| CheckView { name: c.name.clone(), passed: c.passed }).collect(),
         messages: message_views(&trace),
     })
+}
+
+pub struct TemplateRow {
+    pub name: String,
+    pub category: String,
+    pub origin: &'static str,
+    pub scenarios: usize,
+    pub prompts: usize,
+    pub description: String,
+}
+
+/// Values and errors of the generate form.
+#[derive(Default)]
+pub struct GenerateForm {
+    pub traces: String,
+    pub seed: String,
+    pub traces_error: Option<String>,
+    pub seed_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/bootstrap.html")]
+pub struct BootstrapPage {
+    pub nav: Nav,
+    pub form: GenerateForm,
+    pub template_options: Vec<SelectOption>,
+    pub templates: Vec<TemplateRow>,
+    pub rows: Vec<TraceRow>,
+    pub total: i64,
+    pub page: i64,
+    pub pages: i64,
+    pub prev_link: Option<String>,
+    pub next_link: Option<String>,
+    pub filter_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/template_edit.html")]
+pub struct TemplateEditPage {
+    pub nav: Nav,
+    pub name: String,
+    pub is_new: bool,
+    pub action: String,
+    pub body: String,
+    pub body_error: Option<String>,
+    pub facts: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/preview.html")]
+pub struct PreviewPage {
+    pub nav: Nav,
+    pub template: String,
+    pub seed: u64,
+    pub next_seed: u64,
+    pub prompt: String,
+    pub outcome: String,
+    pub checks: Vec<CheckView>,
+    pub messages: Vec<MessageView>,
+}
+
+/// Queue a bootstrap job that generates executable synthetic traces.
+#[utoipa::path(post, path = "/api/bootstrap", request_body = BootstrapRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn start_bootstrap(
+    state: web::Data<AppState>,
+    request: web::Json<BootstrapRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = super::bootstrap::enqueue(&state, request.into_inner().resolve()?).await?;
+    accepted(&state, id).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TemplateSummary {
+    pub name: String,
+    pub category: String,
+    /// builtin or custom
+    pub origin: String,
+    pub scenarios: usize,
+    pub description: String,
+}
+
+/// The active workflow templates.
+#[utoipa::path(get, path = "/api/templates", responses((status = 200, body = Vec<TemplateSummary>)))]
+pub async fn list_templates(state: web::Data<AppState>) -> Result<web::Json<Vec<TemplateSummary>>, ApiError> {
+    let templates = state.with_db(|db| Ok(crate::bootstrap::active_templates(db)?)).await?;
+    Ok(web::Json(
+        templates
+            .into_iter()
+            .map(|(t, origin)| TemplateSummary {
+                category: t.category().to_string(),
+                origin: format!("{origin:?}").to_lowercase(),
+                scenarios: t.scenarios.len(),
+                description: t.description,
+                name: t.name,
+            })
+            .collect(),
+    ))
+}
+
+/// One template as JSON.
+#[utoipa::path(get, path = "/api/templates/{name}", params(("name" = String, Path)),
+    responses((status = 200, description = "The template", body = Object), (status = 404, body = ErrorBody)))]
+pub async fn get_template(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    let templates = state.with_db(|db| Ok(crate::bootstrap::active_templates(db)?)).await?;
+    let template = templates
+        .into_iter()
+        .find(|(t, _)| t.name == name)
+        .ok_or_else(|| WebError::NotFound(format!("no template named {name:?}")))?;
+    Ok(HttpResponse::Ok().json(template.0))
+}
+
+/// Add or replace a template; it is validated first (unknown slots, tools, extractors).
+#[utoipa::path(put, path = "/api/templates/{name}", params(("name" = String, Path)),
+    request_body(content = Object, description = "A workflow template"),
+    responses((status = 200, description = "The stored template", body = Object), (status = 400, body = ErrorBody)))]
+pub async fn put_template(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let text = std::str::from_utf8(&body).map_err(|_| WebError::BadRequest("the body is not UTF-8".into()))?;
+    let template = super::bootstrap::store_template(&state, text, Some(&name)).await.map_err(WebError::BadRequest)?;
+    Ok(HttpResponse::Ok().json(template))
 }

@@ -1,5 +1,5 @@
 //! The Capture page: the background watcher's state with Start/Stop buttons (they run
-//! `capture::engine::start|stop` on the blocking pool, as `understudy engine start|stop` do),
+//! `capture::watcher::start|stop` on the blocking pool, as `understudy engine start|stop` do),
 //! the `SessionEnd` hook, the captured sessions and traces, and a form that scans a Claude Code
 //! directory now. The scan runs on the blocking pool (it is incremental, so a rescan is cheap);
 //! the API (`api`) shares `status` and `scan`.
@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use actix_web::{web, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use super::error::PageError;
-use super::pages::{html, see_other, trace_row};
-use super::views::*;
+use super::error::{ApiError, ErrorBody, PageError};
+use super::shared::*;
+use super::traces::{trace_row, TraceRow};
 use super::{AppState, WebError};
-use crate::capture::engine::{self, engine_status, EngineStatus, StartOptions};
+use crate::capture::watcher::{self, watcher_status, StartOptions, WatcherStatus};
 use crate::capture::{self, CaptureError, CaptureSettings, ScanReport};
 use crate::store::{CaptureSession, TraceFilter, TraceSummary};
 use crate::traces::Source;
@@ -33,12 +34,23 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/capture/hook/uninstall", web::post().to(hook_uninstall_form));
 }
 
+/// Routes under `/api`.
+pub fn api_routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/capture", web::get().to(capture_status))
+        .route("/capture/scan", web::post().to(capture_scan))
+        .route("/capture/engine/start", web::post().to(capture_engine_start))
+        .route("/capture/engine/stop", web::post().to(capture_engine_stop))
+        .route("/capture/hook/install", web::post().to(capture_hook_install))
+        .route("/capture/hook/uninstall", web::post().to(capture_hook_uninstall));
+}
+
 /// The watcher's status document, read on the blocking pool.
-pub async fn status(state: &AppState) -> Result<EngineStatus, WebError> {
+pub async fn status(state: &AppState) -> Result<WatcherStatus, WebError> {
     let data_dir = state.config.data_dir().to_path_buf();
     let store = state.store.clone();
     let settings = state.claude_settings.clone();
-    web::block(move || engine_status(&data_dir, &store, settings.as_deref()))
+    web::block(move || watcher_status(&data_dir, &store, settings.as_deref()))
         .await
         .map_err(|e| WebError::Internal(format!("blocking task failed: {e}")))?
         .map_err(|e| WebError::Internal(e.to_string()))
@@ -238,7 +250,7 @@ pub async fn start_engine(state: &AppState, dir: Option<String>) -> Result<(), W
     let dir = dir.map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).unwrap_or_else(|| default_dir(state));
     let data_dir = state.config.data_dir().to_path_buf();
     web::block(move || {
-        validate_dir(&dir).map(|root| engine::start(&binary, &data_dir, &[root], &StartOptions::default()))
+        validate_dir(&dir).map(|root| watcher::start(&binary, &data_dir, &[root], &StartOptions::default()))
     })
     .await
     .map_err(blocking_failed)?
@@ -250,7 +262,7 @@ pub async fn start_engine(state: &AppState, dir: Option<String>) -> Result<(), W
 /// Stop the watcher, as `engine stop` does (nothing to do when it does not run).
 pub async fn stop_engine(state: &AppState) -> Result<(), WebError> {
     let data_dir = state.config.data_dir().to_path_buf();
-    web::block(move || engine::stop(&data_dir)).await.map_err(blocking_failed)?;
+    web::block(move || watcher::stop(&data_dir)).await.map_err(blocking_failed)?;
     Ok(())
 }
 
@@ -286,7 +298,7 @@ pub async fn change_hook(state: &AppState, install: bool) -> Result<crate::captu
     };
     let data_dir = state.config.data_dir().to_path_buf();
     web::block(move || {
-        let trigger = std::fs::canonicalize(&data_dir).unwrap_or(data_dir).join(engine::TRIGGER_FILE);
+        let trigger = std::fs::canonicalize(&data_dir).unwrap_or(data_dir).join(watcher::TRIGGER_FILE);
         if install {
             crate::capture::hook::install_file(&path, &trigger)
         } else {
@@ -306,4 +318,121 @@ async fn hook_install_form(state: web::Data<AppState>) -> Result<HttpResponse, P
 async fn hook_uninstall_form(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     change_hook(&state, false).await?;
     Ok(see_other("/capture"))
+}
+
+pub struct CaptureSessionRow {
+    pub session_id: String,
+    pub project: String,
+    pub git_branch: String,
+    pub last_at: String,
+    pub n_traces: i64,
+}
+
+/// The Capture page: the background watcher (with Start/Stop), the hook, what was captured, the scan form.
+#[derive(Template)]
+#[template(path = "pages/capture.html")]
+pub struct CapturePage {
+    pub nav: Nav,
+    /// "running (pid N) since T, every Ns" or "not running".
+    pub engine_line: String,
+    pub running: bool,
+    /// Whether the server knows the binary the Start button runs.
+    pub can_start: bool,
+    /// Why the Start button's directory was refused.
+    pub engine_error: Option<String>,
+    pub roots: Vec<String>,
+    pub last_scan_at: String,
+    pub last_capture_at: String,
+    pub last_error: Option<String>,
+    pub files: usize,
+    pub n_sessions: usize,
+    pub traces_captured: i64,
+    pub threshold: i64,
+    /// From the watcher's last scan: "—" when it has not scanned.
+    pub malformed_lines: String,
+    pub redactions: String,
+    pub hook_installed: bool,
+    /// Empty when the server does not know the settings file.
+    pub settings_path: String,
+    pub sessions: Vec<CaptureSessionRow>,
+    pub traces: Vec<TraceRow>,
+    /// The summary of a scan this page just ran.
+    pub scanned: Option<String>,
+    pub dir: String,
+    pub dir_error: Option<String>,
+}
+
+/// The capture engine: whether the background watcher runs (pid, roots, interval, started at),
+/// files, sessions and traces captured, last scan and capture, last error, the last scan's report
+/// (malformed lines, redactions), the `SessionEnd` hook, progress toward retraining.
+#[utoipa::path(get, path = "/api/capture", responses((status = 200, description = "The engine status document (as `understudy engine status --json`)", body = Object)))]
+pub async fn capture_status(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::watcher::WatcherStatus>, ApiError> {
+    Ok(web::Json(super::capture::status(&state).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CaptureScanRequest {
+    /// A Claude Code directory (e.g. `/home/me/.claude`) that holds `projects/`.
+    #[serde(default)]
+    pub dir: String,
+}
+
+/// Scan a Claude Code directory once, now (incremental: unchanged files are skipped).
+#[utoipa::path(post, path = "/api/capture/scan", request_body = CaptureScanRequest,
+    responses((status = 200, description = "The scan report (as `understudy capture scan --json`)", body = Object), (status = 400, body = ErrorBody)))]
+pub async fn capture_scan(
+    state: web::Data<AppState>,
+    request: web::Json<CaptureScanRequest>,
+) -> Result<web::Json<crate::capture::ScanReport>, ApiError> {
+    Ok(web::Json(super::capture::scan(&state, &request.dir).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CaptureStartRequest {
+    /// The Claude Code directory to watch (default: the server's).
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// Start the background watcher (as `understudy engine start`); answers the engine status.
+#[utoipa::path(post, path = "/api/capture/engine/start", request_body = CaptureStartRequest,
+    responses((status = 200, description = "The engine status after starting", body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn capture_engine_start(
+    state: web::Data<AppState>,
+    body: web::Bytes,
+) -> Result<web::Json<crate::capture::watcher::WatcherStatus>, ApiError> {
+    let request: CaptureStartRequest = if body.is_empty() {
+        CaptureStartRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| WebError::BadRequest(format!("body: {e}")))?
+    };
+    super::capture::start_engine(&state, request.dir).await?;
+    Ok(web::Json(super::capture::status(&state).await?))
+}
+
+/// Stop the background watcher (as `understudy engine stop`); answers the engine status.
+#[utoipa::path(post, path = "/api/capture/engine/stop", responses((status = 200, description = "The engine status after stopping", body = Object)))]
+pub async fn capture_engine_stop(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::watcher::WatcherStatus>, ApiError> {
+    super::capture::stop_engine(&state).await?;
+    Ok(web::Json(super::capture::status(&state).await?))
+}
+
+/// Add the `SessionEnd` hook to Claude Code's settings (as `understudy engine install`).
+#[utoipa::path(post, path = "/api/capture/hook/install", responses((status = 200, description = "What changed (action, entry, backup)", body = Object), (status = 409, body = ErrorBody)))]
+pub async fn capture_hook_install(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
+    Ok(web::Json(super::capture::change_hook(&state, true).await?))
+}
+
+/// Remove exactly the hook install added (as `understudy engine uninstall`).
+#[utoipa::path(post, path = "/api/capture/hook/uninstall", responses((status = 200, description = "What changed (removed, backup)", body = Object), (status = 409, body = ErrorBody)))]
+pub async fn capture_hook_uninstall(
+    state: web::Data<AppState>,
+) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
+    Ok(web::Json(super::capture::change_hook(&state, false).await?))
 }

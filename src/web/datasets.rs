@@ -6,16 +6,14 @@ use std::collections::HashMap;
 use actix_web::{web, HttpResponse};
 use askama::Template;
 
-use super::error::PageError;
-use super::pages::{html, see_other};
-use super::views::*;
+use super::error::{ApiError, ErrorBody, PageError};
+use super::shared::*;
 use super::{AppState, WebError};
-use crate::dataset::{datasets_dir, DatasetConfig, FILES};
-use crate::jobs::build_dataset::{params_value, BuildParams};
-use crate::jobs::{JobKind, JobRecord};
-use crate::model::source::ModelSource;
+use crate::dataset::FILES;
+use crate::jobs::requests::{DatasetRequest, ModelScope};
+use crate::jobs::JobRecord;
+use crate::jobs::{JobId, JobParams};
 use crate::store::DatasetRow;
-use crate::traces::Source;
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
@@ -23,6 +21,15 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/datasets/build", web::post().to(build))
         .route("/datasets/{id}", web::get().to(show))
         .route("/datasets/{id}/files/{name}", web::get().to(download));
+}
+
+/// Routes under `/api`.
+pub fn api_routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/datasets", web::get().to(list_datasets))
+        .route("/datasets", web::post().to(build_dataset))
+        .route("/datasets/{id}", web::get().to(get_dataset))
+        .route("/datasets/{id}/files/{name}", web::get().to(get_dataset_file));
 }
 
 fn default_form() -> DatasetForm {
@@ -70,25 +77,8 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     html(render_list(&state, default_form()).await?)
 }
 
-/// Resolve a model named in a web form or the API: `tiny`, or a path under `<data dir>/models`.
-pub fn confined_model(state: &AppState, text: &str) -> Result<ModelSource, String> {
-    let text = text.trim();
-    if text == "tiny" || text.is_empty() {
-        return Ok(ModelSource::Tiny);
-    }
-    let models = state.config.data_dir().join("models");
-    let candidate =
-        if std::path::Path::new(text).is_absolute() { std::path::PathBuf::from(text) } else { models.join(text) };
-    let resolved = candidate.canonicalize().map_err(|_| format!("{text}: no such model under {}", models.display()))?;
-    let root = models.canonicalize().map_err(|_| format!("{} does not exist; put models there", models.display()))?;
-    if !resolved.starts_with(&root) {
-        return Err(format!("{text}: models must be under {}", models.display()));
-    }
-    ModelSource::parse(&resolved.display().to_string()).map_err(|e| e.to_string())
-}
-
-/// The form's fields as a config, or the form back with an error beside each bad field.
-fn validate(state: &AppState, fields: &HashMap<String, String>) -> Result<DatasetConfig, DatasetForm> {
+/// The form's text as a request; a value that is not a number is reported beside its field.
+fn parse(fields: &HashMap<String, String>) -> (DatasetForm, Option<DatasetRequest>) {
     let text = |key: &str| fields.get(key).map(|v| v.trim().to_string()).unwrap_or_default();
     let mut form = DatasetForm {
         name: text("name"),
@@ -104,95 +94,65 @@ fn validate(state: &AppState, fields: &HashMap<String, String>) -> Result<Datase
         seed: text("seed"),
         errors: Default::default(),
     };
-    let model = confined_model(state, &form.model).map_err(|e| form.errors.insert("model", e)).ok();
-    let mut sources = Vec::new();
-    for part in form.sources.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match Source::parse(part) {
-            Some(source) => sources.push(source),
-            None => {
-                form.errors.insert(
-                    "sources",
-                    format!("{part:?} is not a source (synthetic, claude_code, dpo_import, served, import)"),
-                );
-            }
-        }
-    }
-    let mut number = |key: &'static str, value: &str| -> Option<f64> {
-        match value.parse::<f64>() {
-            Ok(n) if n.is_finite() && n >= 0.0 => Some(n),
-            _ => {
-                form.errors.insert(key, "enter a non-negative number".into());
-                None
-            }
-        }
-    };
-    let min_tool_calls = number("min_tool_calls", &form.min_tool_calls.clone());
-    let real_weight = number("real_weight", &form.real_weight.clone());
-    let val_ratio = number("val_ratio", &form.val_ratio.clone());
-    let test_ratio = number("test_ratio", &form.test_ratio.clone());
-    let max_seq_len = number("max_seq_len", &form.max_seq_len.clone());
-    let seed = number("seed", &form.seed.clone());
-    let (
-        Some(model),
-        Some(min_tool_calls),
-        Some(real_weight),
-        Some(val_ratio),
-        Some(test_ratio),
-        Some(max_seq_len),
-        Some(seed),
-    ) = (model, min_tool_calls, real_weight, val_ratio, test_ratio, max_seq_len, seed)
-    else {
-        return Err(form);
-    };
-    if !form.errors.is_empty() {
-        return Err(form);
-    }
-    let config = DatasetConfig {
+    let mut request = DatasetRequest {
         name: form.name.clone(),
-        model,
-        sources,
-        categories: form.categories.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string).collect(),
-        min_tool_calls: min_tool_calls as usize,
+        model: form.model.clone(),
+        sources: form.sources.split(',').map(str::to_string).collect(),
+        categories: form.categories.split(',').map(str::to_string).collect(),
         exclude_failed: form.exclude_failed,
-        real_weight: real_weight as u32,
-        val_ratio,
-        test_ratio,
-        max_seq_len: max_seq_len as usize,
-        seed: seed as u64,
+        ..DatasetRequest::default()
     };
-    if let Err(error) = config.validate() {
-        let message = error.to_string();
-        let field = ["name", "val_ratio", "test_ratio", "max_seq_len", "real_weight"]
-            .into_iter()
-            .find(|f| message.starts_with(&format!("{f}:")))
-            .unwrap_or("name");
-        form.errors.insert(field, message);
-        return Err(form);
+    fn number<T: std::str::FromStr>(form: &mut DatasetForm, name: &'static str, target: &mut T) {
+        let text = match name {
+            "min_tool_calls" => &form.min_tool_calls,
+            "real_weight" => &form.real_weight,
+            "val_ratio" => &form.val_ratio,
+            "test_ratio" => &form.test_ratio,
+            "max_seq_len" => &form.max_seq_len,
+            _ => &form.seed,
+        };
+        match text.parse::<T>() {
+            Ok(value) => *target = value,
+            Err(_) => {
+                form.errors.insert(name, "enter a non-negative number".into());
+            }
+        }
     }
-    Ok(config)
+    number(&mut form, "min_tool_calls", &mut request.min_tool_calls);
+    number(&mut form, "real_weight", &mut request.real_weight);
+    number(&mut form, "val_ratio", &mut request.val_ratio);
+    number(&mut form, "test_ratio", &mut request.test_ratio);
+    number(&mut form, "max_seq_len", &mut request.max_seq_len);
+    number(&mut form, "seed", &mut request.seed);
+    let request = form.errors.is_empty().then_some(request);
+    (form, request)
 }
 
-/// Queue a dataset build and wake the runner; shared with the API.
-pub async fn enqueue(state: &AppState, config: DatasetConfig) -> Result<JobRecord, WebError> {
-    let params = params_value(&BuildParams { config, datasets_dir: datasets_dir(&state.config.artifacts_dir()) });
-    let job = state.with_db(move |db| Ok(db.insert_job(JobKind::BuildDataset.as_str(), &params, None)?)).await?;
-    state.runner.notify();
-    Ok(job)
+/// Resolve a dataset request (the model path is checked on the blocking pool) and queue the
+/// build; shared with the API.
+pub async fn enqueue(state: &AppState, request: DatasetRequest) -> Result<JobId, WebError> {
+    let config = state.config.clone();
+    let params = state.blocking(move |_| request.resolve(&config, &ModelScope::web(&config))).await?;
+    state.submit(JobParams::BuildDataset(params)).await
 }
 
 async fn build(
     state: web::Data<AppState>,
     fields: web::Form<HashMap<String, String>>,
 ) -> Result<HttpResponse, PageError> {
-    match validate(&state, &fields) {
-        Ok(config) => {
-            let job = enqueue(&state, config).await?;
-            Ok(see_other(&format!("/jobs/{}", job.id)))
-        }
-        Err(form) => {
+    let (mut form, request) = parse(&fields);
+    let outcome = match request {
+        Some(request) => enqueue(&state, request).await,
+        None => Err(WebError::Fields(Vec::new())),
+    };
+    match outcome {
+        Ok(id) => Ok(see_other(&format!("/jobs/{id}"))),
+        Err(WebError::Fields(fields)) => {
+            form.errors.extend(fields.into_iter().map(|f| (f.field, f.message)));
             let body = render_list(&state, form).await?.render().map_err(|e| WebError::Internal(e.to_string()))?;
             Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
         }
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -295,4 +255,115 @@ pub async fn dataset_file(state: &AppState, id: String, name: &str) -> Result<Ht
 async fn download(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, PageError> {
     let (id, name) = path.into_inner();
     Ok(dataset_file(&state, id, &name).await?)
+}
+
+/// The build form's values and errors by field name.
+#[derive(Default)]
+pub struct DatasetForm {
+    pub name: String,
+    pub model: String,
+    pub sources: String,
+    pub categories: String,
+    pub min_tool_calls: String,
+    pub exclude_failed: bool,
+    pub real_weight: String,
+    pub val_ratio: String,
+    pub test_ratio: String,
+    pub max_seq_len: String,
+    pub seed: String,
+    pub errors: std::collections::BTreeMap<&'static str, String>,
+}
+
+pub struct DatasetListRow {
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub train: String,
+    pub val: String,
+    pub test: String,
+    pub coverage: String,
+    pub created_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/datasets.html")]
+pub struct DatasetsPage {
+    pub nav: Nav,
+    pub form: DatasetForm,
+    pub models_dir: String,
+    pub datasets: Vec<DatasetListRow>,
+}
+
+pub struct FileRow {
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/dataset.html")]
+pub struct DatasetPage {
+    pub nav: Nav,
+    pub id: String,
+    pub name: String,
+    pub model: String,
+    pub template: String,
+    pub end_of_turn: String,
+    pub train: String,
+    pub weighted_train: String,
+    pub val: String,
+    pub test: String,
+    pub tokens_total: String,
+    pub tokens_trained: String,
+    pub coverage: String,
+    pub mean_tokens: String,
+    pub max_tokens: String,
+    pub truncated: String,
+    pub dropped: String,
+    pub vocab_size: String,
+    pub dir: String,
+    pub charts: Vec<BarChart>,
+    pub files: Vec<FileRow>,
+}
+
+/// Queue a dataset build (the options of `understudy build-dataset`, with the same defaults).
+#[utoipa::path(post, path = "/api/datasets", request_body = DatasetRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn build_dataset(
+    state: web::Data<AppState>,
+    request: web::Json<DatasetRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let id = super::datasets::enqueue(&state, request.into_inner()).await?;
+    accepted(&state, id).await
+}
+
+/// Built datasets, newest first.
+#[utoipa::path(get, path = "/api/datasets", responses((status = 200, body = Vec<crate::store::DatasetRow>)))]
+pub async fn list_datasets(state: web::Data<AppState>) -> Result<web::Json<Vec<crate::store::DatasetRow>>, ApiError> {
+    Ok(web::Json(state.with_db(|db| Ok(db.list_datasets()?)).await?))
+}
+
+/// One dataset: its config, statistics (with file checksums) and directory.
+#[utoipa::path(get, path = "/api/datasets/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::store::DatasetRow), (status = 404, body = ErrorBody)))]
+pub async fn get_dataset(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<crate::store::DatasetRow>, ApiError> {
+    let id = id.into_inner();
+    let row = state
+        .with_db(move |db| db.get_dataset(&id)?.ok_or_else(|| WebError::NotFound(format!("no dataset with id {id:?}"))))
+        .await?;
+    Ok(web::Json(row))
+}
+
+/// Download one of a dataset's files (config.json, sft.jsonl, tokenizer.json, train.tokens, ...).
+#[utoipa::path(get, path = "/api/datasets/{id}/files/{name}", params(("id" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "The file"), (status = 404, body = ErrorBody)))]
+pub async fn get_dataset_file(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    Ok(super::datasets::dataset_file(&state, id, &name).await?)
 }

@@ -4,7 +4,12 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+use askama::Template;
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::nav::Nav;
+use crate::jobs::requests::{FieldError, RequestError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +18,9 @@ pub enum WebError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Fields of a request that failed validation, each named (a form shows each beside its field).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Fields(Vec<FieldError>),
     #[error("a valid API key is required (Authorization: Bearer ...)")]
     Unauthorized,
     #[error("{0}")]
@@ -32,11 +40,28 @@ impl From<StoreError> for WebError {
     }
 }
 
+impl From<RequestError> for WebError {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::Invalid(fields) => WebError::Fields(fields),
+            RequestError::NotFound(message) => WebError::NotFound(message),
+            RequestError::Conflict(message) => WebError::Conflict(message),
+            RequestError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(error: RequestError) -> Self {
+        ApiError(error.into())
+    }
+}
+
 impl WebError {
     fn status(&self) -> StatusCode {
         match self {
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
-            WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::BadRequest(_) | WebError::Fields(_) => StatusCode::BAD_REQUEST,
             WebError::Unauthorized => StatusCode::UNAUTHORIZED,
             WebError::Forbidden(_) => StatusCode::FORBIDDEN,
             WebError::Conflict(_) => StatusCode::CONFLICT,
@@ -47,7 +72,7 @@ impl WebError {
     fn kind(&self) -> &'static str {
         match self {
             WebError::NotFound(_) => "not_found",
-            WebError::BadRequest(_) => "invalid_request_error",
+            WebError::BadRequest(_) | WebError::Fields(_) => "invalid_request_error",
             WebError::Unauthorized => "authentication_error",
             WebError::Forbidden(_) => "permission_error",
             WebError::Conflict(_) => "conflict",
@@ -111,7 +136,35 @@ impl ResponseError for PageError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let html = super::views::error_page(self.status_code().as_u16(), &self.0.public_message());
+        let html = error_page(self.status_code().as_u16(), &self.0.public_message());
         HttpResponse::build(self.status_code()).content_type("text/html; charset=utf-8").body(html)
     }
+}
+
+#[derive(Template)]
+#[template(path = "pages/error.html")]
+pub struct ErrorPage {
+    pub nav: Nav,
+    pub status: u16,
+    pub message: String,
+}
+
+pub fn error_page(status: u16, message: &str) -> String {
+    ErrorPage { nav: Nav::new(""), status, message: message.to_string() }
+        .render()
+        .unwrap_or_else(|_| format!("<h1>{status}</h1>"))
+}
+
+/// The error envelope every API error uses.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: u16,
 }

@@ -1,21 +1,28 @@
 //! The HTTP server: actix-web app wiring, shared state, access control, and the route table.
-//! Pages (askama + htmx) are in `pages`, the JSON API and its OpenAPI document in `api`, the
-//! one error type and its two renderings (HTML, JSON) in `error`, embedded static files in
-//! `assets`. SQLite work runs on the blocking pool (`with_db`), never on the async workers.
+//! The web is sliced by feature — `overview` (dashboard, docs, health, stats, OpenAPI),
+//! `traces`, `jobs`, `bootstrap`, `datasets`, `training`, `models`, `capture`, `playground`,
+//! `openai` (`/v1`) — each holding its page handlers, `/api` handlers and view models; what
+//! they share is in `shared`, the one error type and its renderings in `error`, embedded static
+//! files in `assets`, Prometheus text in `metrics`. Features import `shared` and `error`, and a
+//! feature may import another's helpers (traces' rows, jobs' rows) but never in a cycle. Store,
+//! file-system and tokenizer work runs on the blocking pool (`with_db`, `blocking`), never on
+//! the async workers.
 
-mod api;
 mod assets;
 mod bootstrap;
 mod capture;
 mod datasets;
 mod error;
+mod jobs;
 mod metrics;
 mod models;
+mod nav;
 mod openai;
-mod pages;
+mod overview;
 mod playground;
+mod shared;
+mod traces;
 mod training;
-mod views;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -29,8 +36,8 @@ use crate::config::{Config, ServeSettings};
 use crate::jobs::JobRunner;
 use crate::store::{Db, Store};
 
-pub use api::ApiDoc;
 pub use error::WebError;
+pub use overview::ApiDoc;
 
 /// Largest upload accepted by the import form and API.
 pub const MAX_UPLOAD_BYTES: usize = 512 * 1024 * 1024;
@@ -54,7 +61,7 @@ pub struct AppState {
 
 /// The inference side of the server: the engine's workers, the loaded models, the metrics.
 pub struct Serving {
-    pub engine: crate::serve::engine::Engine,
+    pub decoders: crate::serve::decode::DecodePool,
     pub registry: Arc<crate::serve::registry::Registry>,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -76,6 +83,24 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Run blocking work (file system, tokenizers, store) on the blocking pool with a connection.
+    pub async fn blocking<T, F>(&self, work: F) -> Result<T, WebError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, crate::jobs::requests::RequestError> + Send + 'static,
+    {
+        self.with_db(move |db| work(db).map_err(WebError::from)).await
+    }
+
+    /// Queue a job (`jobs::submit`) and wake the runner.
+    pub async fn submit(&self, params: crate::jobs::JobParams) -> Result<crate::jobs::JobId, WebError> {
+        let id = self.with_db(move |db| Ok(crate::jobs::submit(db, &params)?)).await?;
+        self.runner.notify();
+        Ok(id)
+    }
+}
+
 /// A built server bound to its address, with its job runner.
 pub struct Application {
     address: SocketAddr,
@@ -84,11 +109,11 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(config: Config, store: Store, settings: ServeSettings) -> anyhow::Result<Application> {
-        let runner = Arc::new(JobRunner::start(store.clone(), settings.job_workers)?);
+    pub async fn build(config: Config, store: Store, settings: ServeSettings) -> std::io::Result<Application> {
+        let runner = Arc::new(JobRunner::start(store.clone(), settings.job_workers).map_err(std::io::Error::other)?);
         let ollama_host = settings.ollama_host.unwrap_or_else(|| crate::deploy::DEFAULT_HOST.to_string());
         let serving = Arc::new(Serving {
-            engine: crate::serve::engine::Engine::start(settings.engine_workers, settings.queue_capacity),
+            decoders: crate::serve::decode::DecodePool::start(settings.engine_workers, settings.queue_capacity),
             registry: Arc::new(crate::serve::registry::Registry::new(settings.engine_workers)),
             metrics: Arc::new(metrics::Metrics::default()),
         });
@@ -104,7 +129,7 @@ impl Application {
             understudy_binary: settings.understudy_binary,
         });
         let listener = TcpListener::bind(settings.address)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.address))?;
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", settings.address)))?;
         let address = listener.local_addr()?;
         let server = HttpServer::new(move || {
             App::new()
@@ -130,8 +155,23 @@ impl Application {
         self.server.handle()
     }
 
+    /// Build and serve on this thread until Ctrl-C (the CLI's `serve`); `on_ready` gets the bound
+    /// address once requests are accepted.
+    pub fn run_blocking(
+        config: Config,
+        store: Store,
+        settings: ServeSettings,
+        on_ready: impl FnOnce(SocketAddr),
+    ) -> std::io::Result<()> {
+        actix_web::rt::System::new().block_on(async move {
+            let application = Application::build(config, store, settings).await?;
+            on_ready(application.address());
+            application.run_until_stopped().await
+        })
+    }
+
     /// Serve until stopped (Ctrl-C or a handle), then let the job runner finish its current job.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await?;
         let runner = self.runner;
         web::block(move || runner.shutdown()).await.ok();
@@ -141,13 +181,25 @@ impl Application {
 
 fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/health", web::get().to(api::health))
-        .route("/openapi.json", web::get().to(api::openapi_json))
+        .route("/health", web::get().to(overview::health))
+        .route("/openapi.json", web::get().to(overview::openapi_json))
         .route("/metrics", web::get().to(metrics_text))
         .route("/login", web::get().to(login))
         .configure(openai::routes)
-        .service(web::scope("/api").configure(api::routes))
-        .configure(pages::routes)
+        .service(
+            web::scope("/api")
+                .configure(overview::api_routes)
+                .configure(traces::api_routes)
+                .configure(jobs::api_routes)
+                .configure(datasets::api_routes)
+                .configure(training::api_routes)
+                .configure(models::api_routes)
+                .configure(capture::api_routes)
+                .configure(bootstrap::api_routes),
+        )
+        .configure(overview::routes)
+        .configure(traces::routes)
+        .configure(jobs::routes)
         .configure(bootstrap::routes)
         .configure(capture::routes)
         .configure(datasets::routes)
@@ -155,7 +207,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .configure(models::routes)
         .configure(playground::routes)
         .route("/static/{path:.*}", web::get().to(assets::serve))
-        .default_service(web::to(pages::not_found));
+        .default_service(web::to(shared::not_found));
 }
 
 /// The cookie that carries the admin token for the web UI.
@@ -185,9 +237,9 @@ async fn login(
 async fn metrics_text(state: web::Data<AppState>) -> actix_web::HttpResponse {
     let serving = &state.serving;
     let body = serving.metrics.render(
-        serving.engine.queued(),
-        serving.engine.active(),
-        serving.engine.capacity(),
+        serving.decoders.queued(),
+        serving.decoders.active(),
+        serving.decoders.capacity(),
         serving.registry.loaded_versions().len(),
     );
     actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)

@@ -7,24 +7,20 @@
 use actix_web::{web, HttpResponse};
 use askama::Template;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use super::error::PageError;
-use super::pages::{html, see_other};
-use super::views::*;
+use super::error::{ApiError, ErrorBody, PageError};
+use super::shared::*;
 use super::{AppState, WebError};
-use crate::deploy::{base_url, DEFAULT_NAME};
-use crate::export::{ExportManifest, ExportSource, Quant};
-use crate::jobs::deploy::DeployParams;
-use crate::jobs::export::ExportParams;
-use crate::jobs::{JobKind, JobRecord};
+use crate::deploy::DEFAULT_NAME;
+use crate::export::{ExportManifest, Quant};
+use crate::jobs::requests::{self, DeployRequest, ExportRequest, ExportTarget};
+use crate::jobs::JobRecord;
+use crate::jobs::{JobId, JobParams};
 use crate::store::{ExportRow, ModelRow};
 
 /// What an export from the Models page checks by default: the quant Ollama users run.
-const DEFAULT_QUANT: Quant = Quant::Q4KM;
-/// Held-out prompts and tokens per prompt of the parity checks (the CLI's defaults).
-const PARITY_PROMPTS: usize = 4;
-const PARITY_MAX_TOKENS: usize = 64;
-const MAX_EXPORT_NAME_LEN: usize = 128;
+pub const DEFAULT_QUANT: Quant = Quant::Q4KM;
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
@@ -33,61 +29,28 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/exports/{id}/deploy", web::post().to(deploy_form));
 }
 
-/// The quants named by a form or request: known, deduplicated, at least one.
-pub fn parse_quants(texts: &[String]) -> Result<Vec<Quant>, WebError> {
-    let mut quants = Vec::new();
-    for text in texts {
-        let quant = Quant::parse(text.trim()).ok_or_else(|| {
-            WebError::BadRequest(format!("quants: unknown quant {text:?}; expected f32, f16, q8_0 or q4_k_m"))
-        })?;
-        if !quants.contains(&quant) {
-            quants.push(quant);
-        }
-    }
-    if quants.is_empty() {
-        return Err(WebError::BadRequest("quants: choose at least one quant (f32, f16, q8_0 or q4_k_m)".into()));
-    }
-    Ok(quants)
+/// Routes under `/api`.
+pub fn api_routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/models", web::get().to(list_models))
+        .route("/models/{id}", web::get().to(get_model))
+        .route("/models/{id}/export", web::post().to(start_export))
+        .route("/exports", web::get().to(list_exports))
+        .route("/exports/{id}/deploy", web::post().to(start_deploy));
 }
 
-/// Queue an export of a stored model and wake the runner. 404 for an unknown model.
-pub async fn enqueue_export(
-    state: &AppState,
-    model_id: String,
-    quants: Vec<Quant>,
-    name: Option<String>,
-) -> Result<JobRecord, WebError> {
-    let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
-    if name.as_ref().is_some_and(|n| n.chars().count() > MAX_EXPORT_NAME_LEN) {
-        return Err(WebError::BadRequest(format!("name: at most {MAX_EXPORT_NAME_LEN} characters")));
-    }
-    let id = model_id.clone();
-    let model = state
-        .with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}"))))
-        .await?;
-    let params = crate::jobs::export::params_value(&ExportParams {
-        source: ExportSource::ModelDir(model.path.into()),
-        quants,
-        name: name.unwrap_or(model.name),
-        model_id: Some(model.id),
-        dataset_id: model.dataset_id,
-        run_id: model.run_id,
-        exports_dir: state.config.artifacts_dir().join("exports"),
-        parity_prompts: PARITY_PROMPTS,
-        parity_max_tokens: PARITY_MAX_TOKENS,
-    });
-    let job = state.with_db(move |db| Ok(db.insert_job(JobKind::Export.as_str(), &params, None)?)).await?;
-    state.runner.notify();
-    Ok(job)
+/// Resolve an export request off the async workers and queue it; shared with the API.
+pub async fn enqueue_export(state: &AppState, request: ExportRequest) -> Result<JobId, WebError> {
+    let config = state.config.clone();
+    let params = state.blocking(move |db| request.resolve(db, &config)).await?;
+    state.submit(JobParams::Export(params)).await
 }
 
-/// What a deploy form or request asks for; empty or absent values take the defaults.
-#[derive(Debug, Clone, Default)]
-pub struct DeployChoice {
-    pub name: Option<String>,
-    pub host: Option<String>,
-    pub quant: Option<String>,
-    pub test: bool,
+/// Resolve a deploy request (checked against the export) and queue it; shared with the API.
+pub async fn enqueue_deploy(state: &AppState, request: DeployRequest) -> Result<JobId, WebError> {
+    let default_host = state.ollama_host.clone();
+    let params = state.blocking(move |db| request.resolve(db, &default_host)).await?;
+    state.submit(JobParams::Deploy(params)).await
 }
 
 fn given(value: &Option<String>) -> Option<String> {
@@ -99,55 +62,10 @@ fn gguf_quants(manifest: &ExportManifest) -> Vec<String> {
     manifest.files.iter().filter(|f| f.format == "gguf").filter_map(|f| f.quant.clone()).collect()
 }
 
-/// Check a deploy choice against the export: 404 for an unknown export, 409 when its parity
-/// failed, 400 naming the field for a bad name, host or quant.
-fn deploy_params(export: ExportRow, choice: &DeployChoice, default_host: &str) -> Result<DeployParams, WebError> {
-    if !export.parity_passed {
-        return Err(WebError::Conflict(format!(
-            "export {} failed its parity check and cannot be deployed; export the model again",
-            export.id
-        )));
-    }
-    let name = given(&choice.name).unwrap_or_else(|| DEFAULT_NAME.to_string());
-    crate::deploy::validate_name(&name).map_err(|e| WebError::BadRequest(format!("name: {e}")))?;
-    let host = given(&choice.host).unwrap_or_else(|| default_host.to_string());
-    let host = base_url(&host).map_err(|e| WebError::BadRequest(format!("host: {e}")))?;
-    let quant = given(&choice.quant);
-    if let Some(quant) = &quant {
-        let available = serde_json::from_value::<ExportManifest>(export.manifest.clone())
-            .map(|m| gguf_quants(&m))
-            .unwrap_or_default();
-        if !available.contains(quant) {
-            let listed = if available.is_empty() { "none".to_string() } else { available.join(", ") };
-            return Err(WebError::BadRequest(format!(
-                "quant: export {} has no {quant:?} GGUF (it has: {listed})",
-                export.id
-            )));
-        }
-    }
-    Ok(DeployParams { export_id: export.id, export_dir: export.path.into(), name, host, quant, test: choice.test })
-}
-
-/// Queue a deploy of a stored export and wake the runner.
-pub async fn enqueue_deploy(state: &AppState, export_id: String, choice: DeployChoice) -> Result<JobRecord, WebError> {
-    let default_host = state.ollama_host.clone();
-    let job = state
-        .with_db(move |db| {
-            let export = db
-                .get_export(&export_id)?
-                .ok_or_else(|| WebError::NotFound(format!("no export with id {export_id:?}")))?;
-            let params = crate::jobs::deploy::params_value(&deploy_params(export, &choice, &default_host)?);
-            Ok(db.insert_job(JobKind::Deploy.as_str(), &params, None)?)
-        })
-        .await?;
-    state.runner.notify();
-    Ok(job)
-}
-
 /// A form that was refused, shown again on the row it came from with what was entered.
 enum Refused {
     Export { model_id: String, quants: Vec<String>, message: String },
-    Deploy { export_id: String, choice: DeployChoice, message: String },
+    Deploy { export_id: String, choice: DeployRequest, message: String },
 }
 
 fn model_row(row: &ModelRow, refused: Option<&Refused>) -> ModelListRow {
@@ -210,7 +128,7 @@ fn export_row(row: &ExportRow, refused: Option<&Refused>, default_host: &str) ->
         Some(Refused::Deploy { export_id, choice, message }) if *export_id == row.id => {
             (choice.clone(), Some(message.clone()))
         }
-        _ => (DeployChoice::default(), None),
+        _ => (DeployRequest::default(), None),
     };
     let chosen_quant = given(&choice.quant).unwrap_or_default();
     let mut quants =
@@ -259,11 +177,12 @@ async fn refuse(state: &AppState, refused: Refused) -> Result<HttpResponse, Page
     Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
 }
 
-/// A validation message without the API's `field: ` prefix (the form shows it by the field).
-fn form_message(message: String) -> String {
-    match message.split_once(": ") {
-        Some((field, rest)) if matches!(field, "quants" | "name" | "host" | "quant") => rest.to_string(),
-        _ => message,
+/// A refused form's reason, without the field name (the form shows it by the field).
+fn form_message(error: WebError) -> Result<String, WebError> {
+    match error {
+        WebError::Fields(fields) => Ok(fields.into_iter().map(|f| f.message).collect::<Vec<_>>().join("; ")),
+        WebError::Conflict(message) => Ok(message),
+        other => Err(other),
     }
 }
 
@@ -276,16 +195,13 @@ async fn export_form(
     let model_id = id.into_inner();
     let quants: Vec<String> =
         fields.into_inner().into_iter().filter(|(key, _)| key == "quant").map(|(_, value)| value).collect();
-    let outcome = match parse_quants(&quants) {
-        Ok(parsed) => enqueue_export(&state, model_id.clone(), parsed, None).await,
-        Err(error) => Err(error),
-    };
-    match outcome {
-        Ok(job) => Ok(see_other(&format!("/jobs/{}", job.id))),
-        Err(WebError::BadRequest(message)) => {
-            refuse(&state, Refused::Export { model_id, quants, message: form_message(message) }).await
+    let request = ExportRequest::new(ExportTarget::Stored(model_id.clone()), quants.clone(), None);
+    match enqueue_export(&state, request).await {
+        Ok(id) => Ok(see_other(&format!("/jobs/{id}"))),
+        Err(error) => {
+            let message = form_message(error)?;
+            refuse(&state, Refused::Export { model_id, quants, message }).await
         }
-        Err(other) => Err(other.into()),
     }
 }
 
@@ -305,12 +221,164 @@ async fn deploy_form(
 ) -> Result<HttpResponse, PageError> {
     let export_id = id.into_inner();
     let input = input.into_inner();
-    let choice = DeployChoice { name: input.name, host: input.host, quant: input.quant, test: input.test.is_some() };
-    match enqueue_deploy(&state, export_id.clone(), choice.clone()).await {
-        Ok(job) => Ok(see_other(&format!("/jobs/{}", job.id))),
-        Err(WebError::BadRequest(message) | WebError::Conflict(message)) => {
-            refuse(&state, Refused::Deploy { export_id, choice, message: form_message(message) }).await
+    let choice = DeployRequest {
+        export: Some(export_id.clone()),
+        name: input.name,
+        host: input.host,
+        quant: input.quant,
+        test: input.test.is_some(),
+    };
+    match enqueue_deploy(&state, choice.clone()).await {
+        Ok(id) => Ok(see_other(&format!("/jobs/{id}"))),
+        Err(error) => {
+            let message = form_message(error)?;
+            refuse(&state, Refused::Deploy { export_id, choice, message }).await
         }
-        Err(other) => Err(other.into()),
     }
+}
+
+pub struct ModelListRow {
+    pub id: String,
+    pub name: String,
+    pub base: String,
+    pub dataset: Option<String>,
+    pub run: Option<String>,
+    pub loss: String,
+    pub eval_loss: String,
+    pub speed: String,
+    pub created_at: String,
+    /// The export form's checkboxes.
+    pub quants: Vec<QuantChoice>,
+    pub export_error: Option<String>,
+}
+
+pub struct QuantChoice {
+    pub value: &'static str,
+    pub checked: bool,
+}
+
+pub struct ExportFileView {
+    pub quant: String,
+    pub size: String,
+}
+
+pub struct ParityCheckView {
+    pub name: String,
+    pub passed: bool,
+    pub required: bool,
+    pub detail: String,
+}
+
+/// The deploy form's values (defaults, or what a refused post entered) and its error.
+pub struct DeployFormView {
+    pub name: String,
+    pub host: String,
+    pub quants: Vec<SelectOption>,
+    pub test: bool,
+    pub error: Option<String>,
+}
+
+pub struct ExportListRow {
+    pub id: String,
+    pub model: Option<String>,
+    pub name: String,
+    pub files: Vec<ExportFileView>,
+    pub parity_passed: bool,
+    pub checks: Vec<ParityCheckView>,
+    /// Why there is no deploy form (the parity check failed).
+    pub not_deployable: Option<String>,
+    pub deploy: DeployFormView,
+    pub created_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/models.html")]
+pub struct ModelsPage {
+    pub nav: Nav,
+    pub models: Vec<ModelListRow>,
+    pub exports: Vec<ExportListRow>,
+}
+
+/// Trained models with lineage, newest first.
+#[utoipa::path(get, path = "/api/models", responses((status = 200, body = Vec<crate::store::ModelRow>)))]
+pub async fn list_models(state: web::Data<AppState>) -> Result<web::Json<Vec<crate::store::ModelRow>>, ApiError> {
+    Ok(web::Json(state.with_db(|db| Ok(db.list_models()?)).await?))
+}
+
+/// One model.
+#[utoipa::path(get, path = "/api/models/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::store::ModelRow), (status = 404, body = ErrorBody)))]
+pub async fn get_model(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<web::Json<crate::store::ModelRow>, ApiError> {
+    let id = id.into_inner();
+    let row = state
+        .with_db(move |db| db.get_model(&id)?.ok_or_else(|| WebError::NotFound(format!("no model with id {id:?}"))))
+        .await?;
+    Ok(web::Json(row))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ExportModelRequest {
+    /// GGUF quants to write: f32, f16, q8_0, q4_k_m (default: ["q4_k_m"]).
+    pub quants: Option<Vec<String>>,
+    /// Name of the export (file names, GGUF general.name); default: the model's name.
+    pub name: Option<String>,
+}
+
+/// Export a model (an `export` job): HF directory, one GGUF per quant, Modelfile, parity
+/// report. The export and its parity appear under /api/exports, also when parity fails.
+#[utoipa::path(post, path = "/api/models/{id}/export", params(("id" = String, Path)), request_body = ExportModelRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn start_export(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: ExportModelRequest = optional_json(&body)?;
+    let quants = request.quants.unwrap_or_else(|| vec![super::models::DEFAULT_QUANT.as_str().to_string()]);
+    let request = ExportRequest::new(ExportTarget::Stored(id.into_inner()), quants, request.name);
+    let id = super::models::enqueue_export(&state, request).await?;
+    accepted(&state, id).await
+}
+
+/// Exports with their manifest (files, Ollama settings, parity report), newest first.
+#[utoipa::path(get, path = "/api/exports", responses((status = 200, body = Vec<crate::store::ExportRow>)))]
+pub async fn list_exports(state: web::Data<AppState>) -> Result<web::Json<Vec<crate::store::ExportRow>>, ApiError> {
+    Ok(web::Json(state.with_db(|db| Ok(db.list_exports()?)).await?))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct DeployBody {
+    /// The Ollama model name, tagged with the export id and `latest` (default: cc-claude-agent).
+    pub name: Option<String>,
+    /// Ollama's address, a URL or host:port (default: the server's OLLAMA_HOST, else http://127.0.0.1:11434).
+    pub host: Option<String>,
+    /// The GGUF quant to deploy (default: the export's first GGUF).
+    pub quant: Option<String>,
+    /// Send a sample prompt with the default tools through Ollama's chat API afterwards.
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// Register an export with Ollama (a `deploy` job; the result is the deploy report). An export
+/// whose parity check failed cannot be deployed (409).
+#[utoipa::path(post, path = "/api/exports/{id}/deploy", params(("id" = String, Path)), request_body = DeployBody,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn start_deploy(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: DeployBody = optional_json(&body)?;
+    let request = requests::DeployRequest {
+        export: Some(id.into_inner()),
+        name: body.name,
+        host: body.host,
+        quant: body.quant,
+        test: body.test,
+    };
+    let id = super::models::enqueue_deploy(&state, request).await?;
+    accepted(&state, id).await
 }

@@ -5,11 +5,11 @@
 //! like any other client. Nothing here decodes or talks to the engine.
 
 use actix_web::{web, HttpResponse};
+use askama::Template;
 use serde_json::Value;
 
 use super::error::PageError;
-use super::pages::html;
-use super::views::{Nav, PlaygroundPage, SelectOption};
+use super::shared::*;
 use super::{AppState, WebError};
 use crate::serve::registry::{self, CatalogEntry};
 
@@ -53,4 +53,16 @@ mod tests {
         assert!(!text.contains('<') && !text.contains('>') && !text.contains('&'));
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
     }
+}
+
+#[derive(Template)]
+#[template(path = "pages/playground.html")]
+pub struct PlaygroundPage {
+    pub nav: Nav,
+    /// The served models, the champion first; empty when nothing is served yet.
+    pub models: Vec<SelectOption>,
+    /// The system prompt the models were trained with.
+    pub system_prompt: String,
+    /// The default tools as JSON, already safe inside a `<script>` element.
+    pub tools_json: String,
 }

@@ -1,45 +1,55 @@
 //! The Training page: start an SFT run with validated hyperparameters; runs list. A run's live
 //! charts are on its job page; the models it registers are on the Models page (`models`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use actix_web::{web, HttpResponse};
 use askama::Template;
 
-use super::error::PageError;
-use super::pages::{html, recent_jobs_of, see_other};
-use super::views::*;
+use super::error::{ApiError, ErrorBody, PageError};
+use super::jobs::{recent_jobs_of, JobRow};
+use super::shared::*;
 use super::{AppState, WebError};
-use crate::jobs::train::{params_value, TrainParams};
-use crate::jobs::{JobKind, JobRecord};
-use crate::model::llama::LlamaConfig;
-use crate::train::sft::SftConfig;
+use crate::jobs::requests::{ModelScope, TrainRequest};
+use crate::jobs::JobRecord;
+use crate::jobs::{submit, JobId, JobParams};
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config.route("/training", web::get().to(page)).route("/training/start", web::post().to(start));
 }
 
-/// (field, label, default) of the numeric hyperparameters on the form.
-const FIELDS: [(&str, &str, &str); 9] = [
-    ("epochs", "Epochs", "1"),
-    ("max_steps", "Maximum steps (empty for no limit)", ""),
-    ("lr", "Learning rate", "0.003"),
-    ("batch_size", "Batch size", "4"),
-    ("grad_accum", "Gradient accumulation", "1"),
-    ("warmup_steps", "Warmup steps", "10"),
-    ("eval_every", "Eval every N steps", "25"),
-    ("checkpoint_every", "Checkpoint every N steps", "50"),
-    ("seed", "Seed", "0"),
-];
+/// Routes under `/api`.
+pub fn api_routes(config: &mut web::ServiceConfig) {
+    config.route("/runs", web::post().to(start_run));
+}
 
-fn form(values: &HashMap<String, String>, errors: &std::collections::BTreeMap<&'static str, String>) -> TrainingForm {
+/// (field, label, default) of the hyperparameters on the form; defaults are `TrainRequest`'s.
+fn fields() -> [(&'static str, &'static str, String); 10] {
+    let defaults = TrainRequest::default();
+    [
+        ("epochs", "Epochs", defaults.epochs.to_string()),
+        ("max_steps", "Maximum steps (empty for no limit)", String::new()),
+        ("lr", "Learning rate", defaults.lr.to_string()),
+        ("batch_size", "Batch size", defaults.batch_size.to_string()),
+        ("grad_accum", "Gradient accumulation", defaults.grad_accum.to_string()),
+        ("warmup_steps", "Warmup steps", defaults.warmup_steps.to_string()),
+        ("eval_every", "Eval every N steps", defaults.eval_every.to_string()),
+        ("checkpoint_every", "Checkpoint every N steps", defaults.checkpoint_every.to_string()),
+        ("max_seq_len", "Longest training sequence (tokens)", defaults.max_seq_len.to_string()),
+        ("seed", "Seed", defaults.seed.to_string()),
+    ]
+}
+
+fn form(values: &HashMap<String, String>, errors: &BTreeMap<&'static str, String>) -> TrainingForm {
     TrainingForm {
-        fields: FIELDS
-            .iter()
+        model: values.get("model").cloned().unwrap_or_else(|| TrainRequest::default().model),
+        lora_rank: values.get("lora_rank").cloned().unwrap_or_default(),
+        fields: fields()
+            .into_iter()
             .map(|(name, label, default)| FormField {
                 name,
                 label,
-                value: values.get(*name).cloned().unwrap_or_else(|| default.to_string()),
+                value: values.get(name).cloned().unwrap_or(default),
                 error: errors.get(name).cloned(),
             })
             .collect(),
@@ -50,7 +60,7 @@ fn form(values: &HashMap<String, String>, errors: &std::collections::BTreeMap<&'
 async fn render(
     state: &AppState,
     values: &HashMap<String, String>,
-    errors: std::collections::BTreeMap<&'static str, String>,
+    errors: BTreeMap<&'static str, String>,
 ) -> Result<TrainingPage, WebError> {
     let datasets = state.with_db(|db| Ok(db.list_datasets()?)).await?;
     let selected =
@@ -75,85 +85,68 @@ async fn page(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     html(render(&state, &HashMap::new(), Default::default()).await?)
 }
 
-/// Check the form; the error map names each bad field.
-fn validate(values: &HashMap<String, String>) -> Result<SftConfig, std::collections::BTreeMap<&'static str, String>> {
-    let mut errors = std::collections::BTreeMap::new();
+/// The form's text as a request; a value that is not a number is reported beside its field.
+fn parse(values: &HashMap<String, String>) -> Result<TrainRequest, BTreeMap<&'static str, String>> {
+    let mut errors = BTreeMap::new();
     let text = |name: &str| values.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
-    let mut whole = |name: &'static str, min: u64, max: u64| -> u64 {
-        match text(name).parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                errors.insert(name, format!("enter a whole number from {min} to {max}"));
-                min
+    let mut request = TrainRequest::default();
+    fn number<T: std::str::FromStr>(
+        errors: &mut BTreeMap<&'static str, String>,
+        name: &'static str,
+        text: String,
+        target: &mut T,
+    ) {
+        match text.parse::<T>() {
+            Ok(value) => *target = value,
+            Err(_) => {
+                errors.insert(name, "enter a number".into());
             }
         }
-    };
-    let epochs = whole("epochs", 1, 1000);
-    let batch_size = whole("batch_size", 1, 256);
-    let grad_accum = whole("grad_accum", 1, 256);
-    let warmup_steps = whole("warmup_steps", 0, 100_000);
-    let eval_every = whole("eval_every", 1, 1_000_000);
-    let checkpoint_every = whole("checkpoint_every", 1, 1_000_000);
-    let seed = whole("seed", 0, u64::MAX);
-    let max_steps = match text("max_steps").as_str() {
-        "" => None,
-        value => match value.parse::<u64>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                errors.insert("max_steps", "enter a positive whole number or leave it empty".into());
-                None
-            }
-        },
-    };
-    let lr = match text("lr").parse::<f64>() {
-        Ok(lr) if lr > 0.0 && lr < 1.0 => lr,
-        _ => {
-            errors.insert("lr", "enter a number between 0 and 1 (e.g. 0.003)".into());
-            0.0
-        }
-    };
-    if !errors.is_empty() {
-        return Err(errors);
     }
-    Ok(SftConfig {
-        epochs: epochs as u32,
-        max_steps,
-        lr,
-        batch_size: batch_size as usize,
-        grad_accum: grad_accum as usize,
-        warmup_steps,
-        eval_every,
-        checkpoint_every,
-        seed,
-        ..SftConfig::default()
-    })
+    number(&mut errors, "epochs", text("epochs"), &mut request.epochs);
+    number(&mut errors, "lr", text("lr"), &mut request.lr);
+    number(&mut errors, "batch_size", text("batch_size"), &mut request.batch_size);
+    number(&mut errors, "grad_accum", text("grad_accum"), &mut request.grad_accum);
+    number(&mut errors, "warmup_steps", text("warmup_steps"), &mut request.warmup_steps);
+    number(&mut errors, "eval_every", text("eval_every"), &mut request.eval_every);
+    number(&mut errors, "checkpoint_every", text("checkpoint_every"), &mut request.checkpoint_every);
+    number(&mut errors, "seed", text("seed"), &mut request.seed);
+    if !text("max_seq_len").is_empty() {
+        number(&mut errors, "max_seq_len", text("max_seq_len"), &mut request.max_seq_len);
+    }
+    if !text("max_steps").is_empty() {
+        let mut steps = 0u64;
+        number(&mut errors, "max_steps", text("max_steps"), &mut steps);
+        request.max_steps = Some(steps);
+    }
+    if !text("lora_rank").is_empty() {
+        let mut rank = 0usize;
+        number(&mut errors, "lora_rank", text("lora_rank"), &mut rank);
+        request.lora_rank = Some(rank);
+    }
+    if !text("model").is_empty() {
+        request.model = text("model");
+    }
+    request.dataset = Some(text("dataset")).filter(|d| !d.is_empty());
+    if errors.is_empty() {
+        Ok(request)
+    } else {
+        Err(errors)
+    }
 }
 
-/// Queue an SFT run on a dataset and wake the runner; shared with the API.
-pub async fn enqueue(state: &AppState, dataset_id: String, sft: SftConfig) -> Result<JobRecord, WebError> {
-    let id = dataset_id.clone();
-    let dataset = state
-        .with_db(move |db| {
-            db.get_dataset(&id)?.ok_or_else(|| WebError::BadRequest(format!("dataset: no dataset with id {id:?}")))
+/// Resolve a training request (dataset, base model, every rule of `TrainRequest`) off the async
+/// workers and queue the run; shared with the API.
+pub async fn enqueue(state: &AppState, request: TrainRequest) -> Result<JobId, WebError> {
+    let config = state.config.clone();
+    let id = state
+        .blocking(move |db| {
+            let params = request.resolve(db, &config, &ModelScope::web(&config))?;
+            Ok(submit(db, &JobParams::Train(params))?)
         })
         .await?;
-    let dataset_dir = std::path::PathBuf::from(&dataset.path);
-    let tokenizer = tokenizers::Tokenizer::from_file(dataset_dir.join("tokenizer.json"))
-        .map_err(|e| WebError::Internal(format!("the dataset's tokenizer: {e}")))?;
-    let mut model_config = LlamaConfig::tiny(tokenizer.get_vocab_size(true));
-    model_config.max_position_embeddings = model_config.max_position_embeddings.max(sft.max_seq_len);
-    let params = params_value(&TrainParams {
-        phase: "sft".into(),
-        dataset_id,
-        dataset_dir,
-        base_model: "tiny".into(),
-        model_config,
-        sft,
-        runs_dir: state.config.artifacts_dir().join("runs"),
-    });
-    let job = state.with_db(move |db| Ok(db.insert_job(JobKind::Train.as_str(), &params, None)?)).await?;
     state.runner.notify();
-    Ok(job)
+    Ok(id)
 }
 
 async fn start(
@@ -161,19 +154,48 @@ async fn start(
     values: web::Form<HashMap<String, String>>,
 ) -> Result<HttpResponse, PageError> {
     let values = values.into_inner();
-    let dataset = values.get("dataset").cloned().unwrap_or_default();
-    let mut errors = match validate(&values) {
-        Ok(sft) if !dataset.is_empty() => match enqueue(&state, dataset.clone(), sft).await {
-            Ok(job) => return Ok(see_other(&format!("/jobs/{}", job.id))),
-            Err(WebError::BadRequest(message)) => std::collections::BTreeMap::from([("dataset", message)]),
+    let errors = match parse(&values) {
+        Ok(request) => match enqueue(&state, request).await {
+            Ok(id) => return Ok(see_other(&format!("/jobs/{id}"))),
+            Err(WebError::Fields(fields)) => fields.into_iter().map(|f| (f.field, f.message)).collect(),
             Err(other) => return Err(other.into()),
         },
-        Ok(_) => Default::default(),
         Err(errors) => errors,
     };
-    if dataset.is_empty() {
-        errors.insert("dataset", "choose a dataset (build one on the Datasets page)".into());
-    }
     let body = render(&state, &values, errors).await?.render().map_err(|e| WebError::Internal(e.to_string()))?;
     Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
+}
+
+pub struct FormField {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub value: String,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+pub struct TrainingForm {
+    /// `tiny`, or a model directory / .gguf under `<data dir>/models`.
+    pub model: String,
+    pub lora_rank: String,
+    pub fields: Vec<FormField>,
+    pub errors: std::collections::BTreeMap<&'static str, String>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/training.html")]
+pub struct TrainingPage {
+    pub nav: Nav,
+    pub form: TrainingForm,
+    pub datasets: Vec<SelectOption>,
+    pub jobs: Vec<JobRow>,
+}
+
+/// Start a training run (a `train` job); its metrics appear under /api/jobs/{id}. Takes every
+/// option `understudy train` takes (the same defaults and rules).
+#[utoipa::path(post, path = "/api/runs", request_body = TrainRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
+pub async fn start_run(state: web::Data<AppState>, request: web::Json<TrainRequest>) -> Result<HttpResponse, ApiError> {
+    let id = super::training::enqueue(&state, request.into_inner()).await?;
+    accepted(&state, id).await
 }

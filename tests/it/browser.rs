@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::support::{fixture, get, import_fixture, spawn_app, wait_for};
+use crate::support::{browser_tool, fixture, get, import_fixture, spawn_app, wait_for};
 
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -26,13 +26,6 @@ impl Drop for Driver {
     }
 }
 
-fn tool(name: &str) -> Option<String> {
-    ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
-        .iter()
-        .map(|dir| format!("{dir}/{name}"))
-        .find(|path| std::path::Path::new(path).exists())
-}
-
 fn call(method: &str, url: &str, body: Option<Value>) -> Value {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let mut response = match (method, body) {
@@ -46,7 +39,7 @@ fn call(method: &str, url: &str, body: Option<Value>) -> Value {
 
 impl Driver {
     fn start() -> Driver {
-        let (Some(chromedriver), Some(chromium)) = (tool("chromedriver"), tool("chromium")) else {
+        let (Some(chromedriver), Some(chromium)) = (browser_tool("chromedriver"), browser_tool("chromium")) else {
             panic!("Chromium and chromedriver are required (apt-get install chromium chromium-driver; .ci/run installs them)");
         };
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -141,6 +134,7 @@ impl Driver {
 
 #[test]
 fn chromium_filters_traces_with_htmx_and_opens_one() {
+    skip_unless!(crate::support::External::Chromium);
     let app = spawn_app(|dir| {
         import_fixture(dir, "canonical_mixed.jsonl", "canonical");
         import_fixture(dir, "openai_mixed.jsonl", "openai");
@@ -176,6 +170,7 @@ fn chromium_filters_traces_with_htmx_and_opens_one() {
 
 #[test]
 fn the_playground_without_a_served_model_says_how_to_get_one() {
+    skip_unless!(crate::support::External::Chromium);
     let app = spawn_app(|_| {});
     let page = get(&app.url("/playground"));
     assert_eq!(page.status, 200);
@@ -192,6 +187,7 @@ fn the_playground_without_a_served_model_says_how_to_get_one() {
 
 #[test]
 fn chromium_plays_the_agent_loop_in_the_playground() {
+    skip_unless!(crate::support::External::Chromium);
     let app = spawn_app(crate::serve::served_model_dir);
     let first_line = std::fs::read_to_string(fixture("overfit_tools.jsonl")).unwrap();
     let trained_tools = serde_json::from_str::<Value>(first_line.lines().next().unwrap()).unwrap()["tools"].to_string();

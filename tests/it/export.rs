@@ -151,7 +151,7 @@ fn check_with_llama_cpp(
 /// Greedy ids and whether it stopped at the end of turn, for each prompt, from the serving
 /// engine: the GGUF loaded as the endpoint loads an export (on mistral.rs).
 fn served_greedy(gguf: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<(Vec<u32>, bool)> {
-    use understudy::serve::engine::{Engine, Event, Finish, Sampling};
+    use understudy::serve::decode::{DecodePool, Event, Finish, Sampling};
     use understudy::serve::registry::{CatalogEntry, ServedModel};
     let entry = CatalogEntry {
         name: "parity".into(),
@@ -163,7 +163,7 @@ fn served_greedy(gguf: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<(V
     };
     let model = std::sync::Arc::new(ServedModel::load(&entry, 1).unwrap());
     assert_eq!(model.runtime.label(), "mistral.rs");
-    let engine = Engine::start(1, 4);
+    let engine = DecodePool::start(1, 4);
     prompts
         .iter()
         .map(|ids| {
@@ -185,6 +185,7 @@ fn served_greedy(gguf: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<(V
 
 #[test]
 fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
+    skip_unless!(crate::support::External::LlamaCpp, crate::support::External::GgufReader);
     let dir = tempfile::tempdir().unwrap();
     let model_id = crate::support::train_tiny_on(dir.path(), "overfit.jsonl");
     let run = cli(
@@ -284,6 +285,11 @@ fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
 
 #[test]
 fn smollm2_exports_to_f16_and_q8_0_that_llama_cpp_runs_identically() {
+    skip_unless!(
+        crate::support::External::SmolLm2,
+        crate::support::External::LlamaCpp,
+        crate::support::External::GgufReader
+    );
     let dir = tempfile::tempdir().unwrap();
     let source = smollm2_gguf();
     let run = cli(
@@ -321,6 +327,7 @@ fn smollm2_exports_to_f16_and_q8_0_that_llama_cpp_runs_identically() {
 
 #[test]
 fn a_quant_the_shapes_cannot_take_is_refused_naming_the_tensor() {
+    skip_unless!(crate::support::External::SmolLm2);
     let dir = tempfile::tempdir().unwrap();
     let source = smollm2_gguf();
     let run = cli(dir.path(), &["export", "--model-path", source.to_str().unwrap(), "--quant", "q4_k_m"]);
@@ -361,6 +368,7 @@ fn the_modelfile_templates_match_their_goldens() {
 
 #[test]
 fn an_export_killed_mid_write_leaves_no_partial_file_and_is_cleaned_up() {
+    skip_unless!(crate::support::External::SmolLm2);
     let dir = tempfile::tempdir().unwrap();
     let source = smollm2_gguf();
     let mut child = Command::new(env!("CARGO_BIN_EXE_understudy"))

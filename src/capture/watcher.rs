@@ -1,4 +1,4 @@
-//! The background watcher's files in the data dir and the status built from them, shared by
+//! The capture watcher: its files in the data dir and the status built from them, shared by
 //! `understudy engine status` and the web's Capture page: `capture-engine.pid` (who runs, since
 //! when, watching what), `capture-engine.json` (what the last scan saw), `capture-engine.trigger`
 //! (touched by the `SessionEnd` hook). `start` and `stop` spawn and end the watcher (`engine run`
@@ -42,7 +42,7 @@ pub struct Totals {
 
 /// `<data_dir>/capture-engine.json`: what the running (or last) watcher saw.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct EngineState {
+pub struct WatcherState {
     pub pid: u32,
     pub started_at: String,
     pub last_scan_at: Option<String>,
@@ -62,7 +62,7 @@ pub struct OrchestratorProgress {
 
 /// `engine status --json` and `GET /api/capture`.
 #[derive(Debug, Clone, Serialize)]
-pub struct EngineStatus {
+pub struct WatcherStatus {
     pub running: bool,
     pub pid: Option<u32>,
     pub started_at: Option<String>,
@@ -131,13 +131,13 @@ pub fn running(data_dir: &Path) -> Option<PidFile> {
 
 /// Whether the watcher runs, what it tracks and captured, and whether the hook is in the
 /// settings file at `settings_path` (not checked when `None`).
-pub fn engine_status(
+pub fn watcher_status(
     data_dir: &Path,
     store: &Store,
     settings_path: Option<&Path>,
-) -> Result<EngineStatus, CaptureError> {
+) -> Result<WatcherStatus, CaptureError> {
     let pid_file = running(data_dir);
-    let state: Option<EngineState> = read_json(&data_dir.join(STATE_FILE));
+    let state: Option<WatcherState> = read_json(&data_dir.join(STATE_FILE));
     let db = store.connect()?;
     let files = db.capture_files()?;
     let mut sessions: Vec<&str> = files.iter().filter_map(|f| f.session_id.as_deref()).collect();
@@ -150,7 +150,7 @@ pub fn engine_status(
         .or_else(|| files.iter().filter(|f| f.n_traces > 0).map(|f| f.scanned_at.clone()).max());
     let hook_installed =
         settings_path.and_then(|p| hook::read_settings(p).ok()).is_some_and(|(doc, _)| hook::is_installed(&doc));
-    Ok(EngineStatus {
+    Ok(WatcherStatus {
         running: pid_file.is_some(),
         pid: pid_file.as_ref().map(|p| p.pid),
         started_at: pid_file.as_ref().map(|p| p.started_at.clone()),
@@ -210,7 +210,7 @@ pub enum StopOutcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum WatcherError {
     #[error("--interval must be at least 1 second")]
     BadInterval,
     #[error("the capture engine exited at once ({exit}); see {}", .log.display())]
@@ -227,9 +227,9 @@ pub fn start(
     data_dir: &Path,
     roots: &[PathBuf],
     options: &StartOptions,
-) -> Result<StartOutcome, EngineError> {
+) -> Result<StartOutcome, WatcherError> {
     if options.interval < 1 {
-        return Err(EngineError::BadInterval);
+        return Err(WatcherError::BadInterval);
     }
     std::fs::create_dir_all(data_dir)?;
     let data_dir = std::fs::canonicalize(data_dir)?;
@@ -268,7 +268,7 @@ pub fn start(
         std::thread::sleep(Duration::from_millis(100));
         if let Some(exit) = child.try_wait()? {
             let _ = std::fs::remove_file(data_dir.join(PID_FILE));
-            return Err(EngineError::ExitedAtOnce { exit, log: log_path });
+            return Err(WatcherError::ExitedAtOnce { exit, log: log_path });
         }
     }
     Ok(StartOutcome::Started { pid_file, log: log_path })

@@ -1,4 +1,4 @@
-//! The inference engine: worker threads that own decoding, fed through a bounded queue (a full
+//! The decoding workers: threads that own decoding, fed through a bounded queue (a full
 //! queue is "overloaded", never an unbounded backlog). Each request streams events back through
 //! its own channel; when the receiver is gone (client disconnected) the worker stops decoding
 //! that request at the next token, so an abandoned stream never holds up the next request.
@@ -73,7 +73,7 @@ struct Job {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub enum DecodeError {
     #[error("the server is overloaded: {queued} requests are waiting; retry shortly")]
     Overloaded { queued: usize },
     #[error("the engine has stopped")]
@@ -82,16 +82,16 @@ pub enum EngineError {
 
 /// Handle on the worker threads; cheap to clone.
 #[derive(Clone)]
-pub struct Engine {
+pub struct DecodePool {
     sender: SyncSender<Job>,
     queued: Arc<AtomicUsize>,
     active: Arc<AtomicUsize>,
     capacity: usize,
 }
 
-impl Engine {
+impl DecodePool {
     /// `workers` decoding threads sharing a queue of `capacity` waiting requests.
-    pub fn start(workers: usize, capacity: usize) -> Engine {
+    pub fn start(workers: usize, capacity: usize) -> DecodePool {
         let (sender, receiver) = sync_channel::<Job>(capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -104,7 +104,7 @@ impl Engine {
                 .spawn(move || worker(&receiver, &queued, &active))
                 .expect("spawning an engine worker");
         }
-        Engine { sender, queued, active, capacity }
+        DecodePool { sender, queued, active, capacity }
     }
 
     /// Queue a request; its events arrive on the returned receiver.
@@ -113,18 +113,18 @@ impl Engine {
         model: Arc<ServedModel>,
         prompt_ids: Vec<u32>,
         sampling: Sampling,
-    ) -> Result<UnboundedReceiver<Event>, EngineError> {
+    ) -> Result<UnboundedReceiver<Event>, DecodeError> {
         let (events, receiver) = unbounded_channel();
         self.queued.fetch_add(1, Ordering::SeqCst);
         match self.sender.try_send(Job { model, prompt_ids, sampling, events }) {
             Ok(()) => Ok(receiver),
             Err(TrySendError::Full(_)) => {
                 let queued = self.queued.fetch_sub(1, Ordering::SeqCst) - 1;
-                Err(EngineError::Overloaded { queued })
+                Err(DecodeError::Overloaded { queued })
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(EngineError::Stopped)
+                Err(DecodeError::Stopped)
             }
         }
     }

@@ -1,0 +1,561 @@
+//! The one place where what a user asked for — CLI flags, a web form, an API body, the
+//! pipeline — becomes a job's config: `*Request` types with one set of defaults and validation
+//! rules, resolved against the store and the data dir into `JobParams`. Errors name the field as
+//! the request spells it (`max_steps`); each surface renders it its own way (`--max-steps`, the
+//! form field, the JSON envelope). Resolving may read files (a dataset's tokenizer, a model's
+//! config), so front doors call it off the async workers.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::bootstrap::BootstrapParams;
+use super::build_dataset::BuildParams;
+use super::deploy::DeployParams;
+use super::export::ExportParams;
+use super::train::{Phase, TrainParams};
+use super::JobParams;
+use crate::config::Config;
+use crate::dataset::{datasets_dir, DatasetConfig};
+use crate::export::{ExportManifest, ExportSource, Quant};
+use crate::model::llama::{LlamaConfig, LoraConfig};
+use crate::model::source::ModelSource;
+use crate::store::{Db, StoreError};
+use crate::traces::Source;
+use crate::train::sft::SftConfig;
+
+/// Most traces one bootstrap request may generate.
+pub const MAX_BOOTSTRAP_TRACES: u64 = 100_000;
+/// Longest export name.
+pub const MAX_EXPORT_NAME_LEN: usize = 128;
+
+/// One bad field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field as the request (and the form, and the API body) names it: `max_steps`.
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a request cannot become a job.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// One or more fields are wrong; each is named.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// The request names something that does not exist (a model or export id).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is well-formed but the thing it names cannot take it now.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RequestError {
+    fn field(field: &'static str, message: impl Into<String>) -> RequestError {
+        RequestError::Invalid(vec![FieldError { field, message: message.into() }])
+    }
+}
+
+/// Collects field errors so a form can show all of them at once.
+#[derive(Default)]
+struct Fields(Vec<FieldError>);
+
+impl Fields {
+    fn bad(&mut self, field: &'static str, message: impl Into<String>) {
+        self.0.push(FieldError { field, message: message.into() });
+    }
+
+    fn check(&mut self, ok: bool, field: &'static str, message: &str) {
+        if !ok {
+            self.bad(field, message);
+        }
+    }
+
+    fn finish(self) -> Result<(), RequestError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(RequestError::Invalid(self.0))
+        }
+    }
+}
+
+/// Which model paths a surface may name: the CLI any on the machine, the web only those under
+/// `<data dir>/models` (a browser must not make the server read arbitrary files).
+#[derive(Debug, Clone)]
+pub enum ModelScope {
+    Anywhere,
+    Under(PathBuf),
+}
+
+impl ModelScope {
+    /// The web's scope for a data dir.
+    pub fn web(config: &Config) -> ModelScope {
+        ModelScope::Under(config.data_dir().join("models"))
+    }
+
+    /// `tiny`, an HF directory or a GGUF file, checked against the scope.
+    pub fn resolve(&self, text: &str) -> Result<ModelSource, String> {
+        let text = text.trim();
+        if text == "tiny" || text.is_empty() {
+            return Ok(ModelSource::Tiny);
+        }
+        match self {
+            ModelScope::Anywhere => ModelSource::parse(text).map_err(|e| e.to_string()),
+            ModelScope::Under(models) => {
+                let candidate = if Path::new(text).is_absolute() { PathBuf::from(text) } else { models.join(text) };
+                let resolved = candidate
+                    .canonicalize()
+                    .map_err(|_| format!("{text}: no such model under {}", models.display()))?;
+                let root = models
+                    .canonicalize()
+                    .map_err(|_| format!("{} does not exist; put models there", models.display()))?;
+                if !resolved.starts_with(&root) {
+                    return Err(format!("{text}: models must be under {}", models.display()));
+                }
+                ModelSource::parse(&resolved.display().to_string()).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// A training run as asked for. Defaults are the CLI's and the form's.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct TrainRequest {
+    /// Only `sft` runs in this build.
+    #[schema(value_type = String)]
+    pub phase: Phase,
+    /// A dataset id; the newest dataset when absent.
+    pub dataset: Option<String>,
+    /// `tiny` (from scratch, with the dataset's tokenizer), an HF directory or a .gguf file.
+    pub model: String,
+    pub epochs: u32,
+    pub max_steps: Option<u64>,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub warmup_steps: u64,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub max_seq_len: usize,
+    /// LoRA adapters of this rank on a frozen pretrained base.
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha (default: twice the rank).
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: f64,
+    pub lora_targets: Vec<String>,
+    /// auto, cpu or cuda[:N].
+    pub device: String,
+    pub seed: u64,
+}
+
+impl Default for TrainRequest {
+    fn default() -> Self {
+        TrainRequest {
+            phase: Phase::Sft,
+            dataset: None,
+            model: "tiny".into(),
+            epochs: 1,
+            max_steps: None,
+            lr: 3e-3,
+            batch_size: 4,
+            grad_accum: 1,
+            warmup_steps: 10,
+            eval_every: 25,
+            checkpoint_every: 50,
+            max_seq_len: 2048,
+            lora_rank: None,
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            lora_targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            device: "auto".into(),
+            seed: 0,
+        }
+    }
+}
+
+impl TrainRequest {
+    /// Check every field, find the dataset and the base model, and build the run's config.
+    pub fn resolve(self, db: &Db, config: &Config, scope: &ModelScope) -> Result<TrainParams, RequestError> {
+        let mut fields = Fields::default();
+        if self.phase != Phase::Sft {
+            fields.bad("phase", format!("{} is not available in this build yet (only sft)", self.phase.as_str()));
+        }
+        fields.check((1..=1000).contains(&self.epochs), "epochs", "must be 1 to 1000");
+        fields.check(self.max_steps != Some(0), "max_steps", "must be a positive number (or absent for no limit)");
+        fields.check(self.lr > 0.0 && self.lr < 1.0, "lr", "must be between 0 and 1 (e.g. 0.003)");
+        fields.check((1..=256).contains(&self.batch_size), "batch_size", "must be 1 to 256");
+        fields.check((1..=256).contains(&self.grad_accum), "grad_accum", "must be 1 to 256");
+        fields.check(self.warmup_steps <= 100_000, "warmup_steps", "must be 0 to 100000");
+        fields.check(self.eval_every >= 1, "eval_every", "must be at least 1");
+        fields.check(self.checkpoint_every >= 1, "checkpoint_every", "must be at least 1");
+        fields.check((32..=131_072).contains(&self.max_seq_len), "max_seq_len", "must be 32 to 131072");
+        let base = scope.resolve(&self.model).map_err(|e| fields.bad("model", e)).ok();
+        if self.lora_rank.is_some() && base == Some(ModelSource::Tiny) {
+            fields.bad("lora_rank", "LoRA needs a pretrained base (an HF directory or a .gguf), not tiny");
+        }
+        let lora = self.lora_rank.map(|rank| LoraConfig {
+            rank,
+            alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
+            dropout: self.lora_dropout,
+            targets: self.lora_targets.clone(),
+        });
+        if let Some(Err(e)) = lora.as_ref().map(LoraConfig::validate) {
+            let field = ["lora_alpha", "lora_dropout", "lora_targets"]
+                .into_iter()
+                .find(|f| e.contains(f.trim_start_matches("lora_")))
+                .unwrap_or("lora_rank");
+            fields.bad(field, e);
+        }
+        if let Err(e) = crate::model::llama::device_for(&self.device) {
+            fields.bad("device", e);
+        }
+        let dataset = match &self.dataset {
+            Some(id) => db.get_dataset(id)?.ok_or_else(|| format!("no dataset with id {id:?}")),
+            None => db
+                .list_datasets()?
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no dataset yet: run `understudy build-dataset` first".to_string()),
+        }
+        .map_err(|e| fields.bad("dataset", e))
+        .ok();
+        fields.finish()?;
+        let (Some(base), Some(dataset)) = (base, dataset) else { unreachable!("errors were reported above") };
+        let dataset_dir = PathBuf::from(&dataset.path);
+        let model_config = match &base {
+            ModelSource::Tiny => {
+                let tokenizer = crate::model::tokenizer::load_json(&dataset_dir.join("tokenizer.json"))
+                    .map_err(|e| RequestError::field("dataset", format!("{}: {e}", dataset.id)))?;
+                let mut model_config = LlamaConfig::tiny(tokenizer.get_vocab_size(true));
+                model_config.max_position_embeddings = model_config.max_position_embeddings.max(self.max_seq_len);
+                model_config
+            }
+            pretrained => crate::model::weights::read_config(pretrained)
+                .map_err(|e| RequestError::field("model", format!("{e:#}")))?,
+        };
+        let sft = SftConfig {
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            lr: self.lr,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            warmup_steps: self.warmup_steps,
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+            max_seq_len: self.max_seq_len,
+            seed: self.seed,
+            device: self.device,
+            lora,
+            ..SftConfig::default()
+        };
+        if let Err(e) = sft.validate() {
+            let field = e.split(':').next().unwrap_or("");
+            let field =
+                ["lr", "batch_size", "grad_accum", "epochs"].into_iter().find(|f| *f == field).unwrap_or("lora_rank");
+            return Err(RequestError::field(field, e.split_once(": ").map_or(e.as_str(), |(_, m)| m).to_string()));
+        }
+        Ok(TrainParams {
+            phase: self.phase,
+            dataset_id: dataset.id,
+            dataset_dir,
+            base_model: base.label(),
+            model_config,
+            sft,
+            runs_dir: config.artifacts_dir().join("runs"),
+        })
+    }
+}
+
+/// A dataset build as asked for.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct DatasetRequest {
+    pub name: String,
+    /// `tiny` (trains its own tokenizer), an HF directory or a .gguf file.
+    pub model: String,
+    /// Only these sources: synthetic, claude_code, dpo_import, served, import.
+    pub sources: Vec<String>,
+    pub categories: Vec<String>,
+    pub min_tool_calls: usize,
+    pub exclude_failed: bool,
+    /// How many times each real (non-synthetic) training trace is repeated.
+    pub real_weight: u32,
+    pub val_ratio: f64,
+    pub test_ratio: f64,
+    pub max_seq_len: usize,
+    pub seed: u64,
+}
+
+impl Default for DatasetRequest {
+    fn default() -> Self {
+        let defaults = DatasetConfig::new("dataset".into(), ModelSource::Tiny);
+        DatasetRequest {
+            name: defaults.name,
+            model: "tiny".into(),
+            sources: Vec::new(),
+            categories: Vec::new(),
+            min_tool_calls: defaults.min_tool_calls,
+            exclude_failed: defaults.exclude_failed,
+            real_weight: defaults.real_weight,
+            val_ratio: defaults.val_ratio,
+            test_ratio: defaults.test_ratio,
+            max_seq_len: defaults.max_seq_len,
+            seed: defaults.seed,
+        }
+    }
+}
+
+impl DatasetRequest {
+    pub fn resolve(self, config: &Config, scope: &ModelScope) -> Result<BuildParams, RequestError> {
+        let mut fields = Fields::default();
+        let model = scope.resolve(&self.model).map_err(|e| fields.bad("model", e)).ok();
+        let mut sources = Vec::new();
+        for text in self.sources.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            match Source::parse(text) {
+                Some(source) => sources.push(source),
+                None => fields.bad(
+                    "sources",
+                    format!("{text:?} is not a source (synthetic, claude_code, dpo_import, served, import)"),
+                ),
+            }
+        }
+        fields.check(!self.name.trim().is_empty() && self.name.len() <= 80, "name", "must be 1 to 80 characters");
+        fields.check((0.0..0.5).contains(&self.val_ratio), "val_ratio", "must be at least 0 and below 0.5");
+        fields.check((0.0..0.5).contains(&self.test_ratio), "test_ratio", "must be at least 0 and below 0.5");
+        fields.check((32..=131_072).contains(&self.max_seq_len), "max_seq_len", "must be between 32 and 131072");
+        fields.check((1..=100).contains(&self.real_weight), "real_weight", "must be between 1 and 100");
+        fields.finish()?;
+        let dataset = DatasetConfig {
+            name: self.name,
+            model: model.expect("checked above"),
+            sources,
+            categories: self.categories.into_iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
+            min_tool_calls: self.min_tool_calls,
+            exclude_failed: self.exclude_failed,
+            real_weight: self.real_weight,
+            val_ratio: self.val_ratio,
+            test_ratio: self.test_ratio,
+            max_seq_len: self.max_seq_len,
+            seed: self.seed,
+        };
+        dataset.validate().map_err(|e| RequestError::field("name", e.to_string()))?;
+        Ok(BuildParams { config: dataset, datasets_dir: datasets_dir(&config.artifacts_dir()) })
+    }
+}
+
+/// A bootstrap run as asked for.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct BootstrapRequest {
+    /// How many traces to generate (1 to 100000).
+    pub traces: u64,
+    /// Seed for a reproducible run; random when omitted.
+    pub seed: Option<u64>,
+    /// Only these templates; all active ones when empty.
+    #[serde(default)]
+    pub templates: Vec<String>,
+}
+
+impl BootstrapRequest {
+    /// The run's config; a missing seed is drawn here (the params record it).
+    pub fn resolve(self) -> Result<BootstrapParams, RequestError> {
+        if !(1..=MAX_BOOTSTRAP_TRACES).contains(&self.traces) {
+            return Err(RequestError::field("traces", format!("must be 1 to {MAX_BOOTSTRAP_TRACES}")));
+        }
+        Ok(BootstrapParams {
+            traces: self.traces,
+            seed: self.seed.unwrap_or_else(|| u64::from(rand::random::<u32>())),
+            templates: self.templates.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        })
+    }
+}
+
+/// What an export reads: a stored model (an id or `latest`) or a model outside the store.
+#[derive(Debug, Clone)]
+pub enum ExportTarget {
+    Stored(String),
+    External(PathBuf),
+}
+
+/// An export as asked for.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    pub target: ExportTarget,
+    /// f32, f16, q8_0, q4_k_m; known, deduplicated, at least one.
+    pub quants: Vec<String>,
+    pub name: Option<String>,
+    pub parity_prompts: usize,
+    pub parity_max_tokens: usize,
+}
+
+impl ExportRequest {
+    /// Held-out prompts and tokens per prompt of the parity checks by default.
+    pub const PARITY_PROMPTS: usize = 4;
+    pub const PARITY_MAX_TOKENS: usize = 64;
+
+    pub fn new(target: ExportTarget, quants: Vec<String>, name: Option<String>) -> ExportRequest {
+        ExportRequest {
+            target,
+            quants,
+            name,
+            parity_prompts: Self::PARITY_PROMPTS,
+            parity_max_tokens: Self::PARITY_MAX_TOKENS,
+        }
+    }
+
+    pub fn resolve(self, db: &Db, config: &Config) -> Result<ExportParams, RequestError> {
+        let quants = parse_quants(&self.quants)?;
+        let name = self.name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+        if name.as_ref().is_some_and(|n| n.chars().count() > MAX_EXPORT_NAME_LEN) {
+            return Err(RequestError::field("name", format!("at most {MAX_EXPORT_NAME_LEN} characters")));
+        }
+        let (source, default_name, model_id, dataset_id, run_id) = match self.target {
+            ExportTarget::External(path) => {
+                if !path.exists() {
+                    return Err(RequestError::field(
+                        "model_path",
+                        format!("{}: no such file or directory", path.display()),
+                    ));
+                }
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+                (ExportSource::External(path), stem, None, None, None)
+            }
+            ExportTarget::Stored(wanted) => {
+                let row = if wanted == "latest" {
+                    db.list_models()?.into_iter().next().ok_or_else(|| {
+                        RequestError::NotFound(
+                            "no trained model yet: run `understudy train` first, or pass --model-path".into(),
+                        )
+                    })?
+                } else {
+                    db.get_model(&wanted)?
+                        .ok_or_else(|| RequestError::NotFound(format!("no model with id {wanted:?}")))?
+                };
+                (ExportSource::ModelDir(PathBuf::from(&row.path)), row.name, Some(row.id), row.dataset_id, row.run_id)
+            }
+        };
+        Ok(ExportParams {
+            source,
+            quants,
+            name: name.unwrap_or(default_name),
+            model_id,
+            dataset_id,
+            run_id,
+            exports_dir: config.artifacts_dir().join("exports"),
+            parity_prompts: self.parity_prompts.max(1),
+            parity_max_tokens: self.parity_max_tokens.max(1),
+        })
+    }
+}
+
+/// The quants named by a request: known, deduplicated, at least one.
+pub fn parse_quants(texts: &[String]) -> Result<Vec<Quant>, RequestError> {
+    let mut quants = Vec::new();
+    for text in texts {
+        let quant = Quant::parse(text.trim()).ok_or_else(|| {
+            RequestError::field("quants", format!("{text}: unknown quant; expected f32, f16, q8_0 or q4_k_m"))
+        })?;
+        if !quants.contains(&quant) {
+            quants.push(quant);
+        }
+    }
+    if quants.is_empty() {
+        return Err(RequestError::field("quants", "choose at least one quant (f32, f16, q8_0 or q4_k_m)"));
+    }
+    Ok(quants)
+}
+
+/// A deploy as asked for; empty or absent values take the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct DeployRequest {
+    /// An export id; the newest export that passed its parity checks when absent.
+    pub export: Option<String>,
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub quant: Option<String>,
+    pub test: bool,
+}
+
+fn given(value: &Option<String>) -> Option<String> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
+}
+
+impl DeployRequest {
+    /// Check against the export: not found for an unknown export, a conflict when its parity
+    /// failed, the field named for a bad name, host or quant. `default_host` is the surface's
+    /// Ollama address (`OLLAMA_HOST` or Ollama's own default).
+    pub fn resolve(self, db: &Db, default_host: &str) -> Result<DeployParams, RequestError> {
+        let export = match given(&self.export) {
+            Some(id) => {
+                db.get_export(&id)?.ok_or_else(|| RequestError::NotFound(format!("no export with id {id:?}")))?
+            }
+            None => db
+                .latest_export()?
+                .ok_or_else(|| RequestError::NotFound("no export yet: run `understudy export` first".into()))?,
+        };
+        if !export.parity_passed {
+            return Err(RequestError::Conflict(format!(
+                "export {} failed its parity check and cannot be deployed; export the model again",
+                export.id
+            )));
+        }
+        let name = given(&self.name).unwrap_or_else(|| crate::deploy::DEFAULT_NAME.to_string());
+        crate::deploy::validate_name(&name).map_err(|e| RequestError::field("name", e.to_string()))?;
+        let host = given(&self.host).unwrap_or_else(|| default_host.to_string());
+        let host = crate::deploy::base_url(&host).map_err(|e| RequestError::field("host", e.to_string()))?;
+        let quant = given(&self.quant);
+        if let Some(quant) = &quant {
+            let available: Vec<String> = serde_json::from_value::<ExportManifest>(export.manifest.clone())
+                .map(|m| m.files.iter().filter(|f| f.format == "gguf").filter_map(|f| f.quant.clone()).collect())
+                .unwrap_or_default();
+            if !available.contains(quant) {
+                let listed = if available.is_empty() { "none".to_string() } else { available.join(", ") };
+                return Err(RequestError::field(
+                    "quant",
+                    format!("export {} has no {quant:?} GGUF (it has: {listed})", export.id),
+                ));
+            }
+        }
+        Ok(DeployParams { export_id: export.id, export_dir: export.path.into(), name, host, quant, test: self.test })
+    }
+}
+
+impl From<TrainParams> for JobParams {
+    fn from(params: TrainParams) -> Self {
+        JobParams::Train(params)
+    }
+}
+
+impl From<BuildParams> for JobParams {
+    fn from(params: BuildParams) -> Self {
+        JobParams::BuildDataset(params)
+    }
+}
+
+impl From<BootstrapParams> for JobParams {
+    fn from(params: BootstrapParams) -> Self {
+        JobParams::Bootstrap(params)
+    }
+}
+
+impl From<ExportParams> for JobParams {
+    fn from(params: ExportParams) -> Self {
+        JobParams::Export(params)
+    }
+}
+
+impl From<DeployParams> for JobParams {
+    fn from(params: DeployParams) -> Self {
+        JobParams::Deploy(params)
+    }
+}
