@@ -199,6 +199,10 @@ fn extract(extractor: &str, output: &str) -> Option<String> {
 
 const NUMERIC_ARGS: [&str; 3] = ["offset", "limit", "timeout_ms"];
 
+/// A `{slot}` left in an argument after interpolation.
+static UNRESOLVED_SLOT: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"\{[A-Za-z_][A-Za-z0-9_]*\}").expect("valid regex"));
+
 fn interpolate_args(
     args: &Map<String, Value>,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -208,7 +212,7 @@ fn interpolate_args(
         let value = match value {
             Value::String(text) => {
                 let filled = interpolate(text, lookup);
-                if let Some(unresolved) = regex::Regex::new(r"\{[A-Za-z_][A-Za-z0-9_]*\}").unwrap().find(&filled) {
+                if let Some(unresolved) = UNRESOLVED_SLOT.find(&filled) {
                     if !text.contains("{{") {
                         return Err(format!("argument {key}: no value for {}", unresolved.as_str()));
                     }

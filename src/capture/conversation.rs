@@ -147,7 +147,7 @@ pub fn build(info: &FileInfo, records: &[Record]) -> Conversation {
         }
         if let Some(turn) = builder.as_mut() {
             if let Some(timestamp) = &record.timestamp {
-                if turn.ended_at.as_deref().map_or(true, |t| t < timestamp.as_str()) {
+                if turn.ended_at.as_deref().is_none_or(|t| t < timestamp.as_str()) {
                     turn.ended_at = Some(timestamp.clone());
                 }
             }

@@ -57,10 +57,7 @@ pub enum InstallOutcome {
 }
 
 /// The `hooks.SessionEnd` array, created when absent; `None` when the document has another shape.
-fn session_end_groups<'a>(
-    settings: &'a mut Value,
-    create: bool,
-) -> Result<Option<&'a mut Vec<Value>>, (String, &'static str)> {
+fn session_end_groups(settings: &mut Value, create: bool) -> Result<Option<&mut Vec<Value>>, (String, &'static str)> {
     let Some(root) = settings.as_object_mut() else { return Err(("the document".into(), "an object")) };
     if !root.contains_key("hooks") {
         if !create {
@@ -90,7 +87,7 @@ pub fn install(settings: &mut Value, command: &str, path: &Path) -> Result<Insta
     let groups = session_end_groups(settings, true).map_err(shape)?.expect("created when absent");
     for group in groups.iter_mut() {
         let Some(hooks) = group.get_mut("hooks").and_then(Value::as_array_mut) else { continue };
-        for hook in hooks.iter_mut().filter(|h| is_ours(h)) {
+        if let Some(hook) = hooks.iter_mut().find(|h| is_ours(h)) {
             if hook["command"] == command {
                 return Ok(InstallOutcome::AlreadyInstalled);
             }

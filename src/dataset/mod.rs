@@ -89,7 +89,7 @@ impl DatasetConfig {
 
     fn selects(&self, trace: &Trace) -> bool {
         (self.sources.is_empty() || self.sources.contains(&trace.source))
-            && (self.categories.is_empty() || self.categories.iter().any(|c| *c == trace.category))
+            && (self.categories.is_empty() || self.categories.contains(&trace.category))
             && trace.n_tool_calls() >= self.min_tool_calls
             && !(self.exclude_failed && trace.outcome.status == OutcomeStatus::Failure)
     }
@@ -224,7 +224,7 @@ fn tokenize_one(
     let mut best = None;
     for end_byte in &rendered.message_ends {
         let n_tokens = offsets.iter().take_while(|(start, _)| start < end_byte).count();
-        if n_tokens <= max_len && mask[..n_tokens].iter().any(|&m| m == 1) {
+        if n_tokens <= max_len && mask[..n_tokens].contains(&1) {
             best = Some(n_tokens);
         }
     }

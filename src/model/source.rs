@@ -62,7 +62,7 @@ impl ModelSource {
     }
 
     /// The model's tokenizer and chat template; `tiny` trains its tokenizer on `corpus`.
-    pub fn tokenizer_and_template<'a>(
+    pub fn tokenizer_and_template(
         &self,
         corpus: impl Fn(&ChatTemplate) -> Vec<String>,
     ) -> Result<(Tokenizer, ChatTemplate), SourceError> {

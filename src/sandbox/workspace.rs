@@ -400,7 +400,7 @@ impl Workspace {
 
         // Data: a CSV with a planted number of rows and statuses.
         let statuses = ["open", "closed", "overdue", "pending"];
-        let mut csv = format!("id,name,owner_id,status\n");
+        let mut csv = "id,name,owner_id,status\n".to_string();
         let mut status_counts: BTreeMap<&str, usize> = BTreeMap::new();
         for id in 1..=csv_rows {
             let status = *pick(&mut rng, &statuses);

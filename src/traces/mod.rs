@@ -367,7 +367,7 @@ fn validate_messages(messages: &[Message]) -> Result<(), ValidationError> {
                 }
             }
             Role::Assistant => {
-                let empty_text = message.content.as_deref().map_or(true, |c| c.is_empty());
+                let empty_text = message.content.as_deref().is_none_or(|c| c.is_empty());
                 if empty_text && message.tool_calls.is_empty() {
                     return Err(invalid(at("content"), "an assistant message needs content or tool_calls"));
                 }

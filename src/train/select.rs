@@ -30,7 +30,7 @@ fn checkpoints(run_dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
             path.join("model.safetensors").exists().then_some((step, path))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     Ok(found)
 }
 

@@ -54,7 +54,7 @@ fn openai_and_sharegpt_imports() {
     let rows = list.as_array().unwrap();
     assert_eq!(rows.len(), 4);
     for row in rows {
-        let keys = crate::support::sorted_keys(&row);
+        let keys = crate::support::sorted_keys(row);
         assert_eq!(keys, vec!["category", "created_at", "id", "n_tool_calls", "prompt", "source", "split"]);
     }
     let parallel = rows.iter().find(|r| r["prompt"] == "Read both files").expect("sharegpt parallel calls imported");
