@@ -1,8 +1,12 @@
 //! Understudy: turn a coding agent's tool-using traces into a local LLaMA-family model.
 //!
 //! Modules in reading order: `config` (the one validated configuration), `traces` (the
-//! canonical data model), `store` (SQLite, the only SQL), `jobs` (durable background work),
-//! `web` (the HTTP server: pages, JSON API, OpenAPI), `cli` (the command line). See
+//! canonical data model), `store` (SQLite, the only SQL), `sandbox` and `bootstrap` (synthetic
+//! traces that really ran), `capture` (Claude Code transcripts), `dataset` (rendered, masked,
+//! tokenized), `model` and `train` (the LLaMA architecture in candle, SFT), `export` (GGUF,
+//! Modelfile, parity), `deploy` (Ollama), `serve` (decoding on mistral.rs or candle), `jobs`
+//! (typed durable work and `jobs::requests`, the one place a request becomes a job), `pipeline`
+//! (the stages over jobs), `web` (pages, JSON API, `/v1`), `cli` (the command line). See
 //! ARCHITECTURE.md for the map and the invariants.
 
 pub mod bootstrap;

@@ -4,7 +4,8 @@
 //! runs the model and its KV cache while the ids stay ours. Its known traps are handled here:
 //! every request streams on a channel of our own with room for every token (an unread stream
 //! can never stall the engine; a dropped non-streaming receiver would crash it), a sender is
-//! fetched per request (it restarts a dead engine), and stop ids are always explicit.
+//! fetched per request (it restarts a dead engine), and stop ids are always explicit. Why
+//! mistral.rs, and each trap with what we do about it: docs/decisions/0001-serve-exports-on-mistralrs.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};

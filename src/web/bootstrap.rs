@@ -180,23 +180,23 @@ pub async fn store_template(
     state: &AppState,
     body: &str,
     expected_name: Option<&str>,
-) -> Result<WorkflowTemplate, String> {
-    let mut templates = parse_file(body)?;
+) -> Result<WorkflowTemplate, WebError> {
+    let mut templates = parse_file(body).map_err(WebError::BadRequest)?;
     if templates.len() != 1 {
-        return Err(format!("expected one template object, got {}", templates.len()));
+        return Err(WebError::BadRequest(format!("expected one template object, got {}", templates.len())));
     }
     let template = templates.remove(0);
     if let Some(expected) = expected_name {
         if template.name != expected {
-            return Err(format!(
+            return Err(WebError::BadRequest(format!(
                 "name: this page edits {expected:?}; to create {:?}, use Add a template",
                 template.name
-            ));
+            )));
         }
     }
-    let json = serde_json::to_string(&template).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&template).map_err(|e| WebError::Internal(format!("template JSON: {e}")))?;
     let name = template.name.clone();
-    state.with_db(move |db| Ok(db.upsert_template(&name, &json)?)).await.map_err(|e| e.to_string())?;
+    state.with_db(move |db| Ok(db.upsert_template(&name, &json)?)).await?;
     Ok(template)
 }
 
@@ -208,7 +208,8 @@ async fn save_template(
     let name = name.into_inner();
     match store_template(&state, &input.body, Some(&name)).await {
         Ok(_) => Ok(see_other("/bootstrap")),
-        Err(error) => invalid(editor(&name, false, input.body.clone(), Some(error))),
+        Err(WebError::BadRequest(error)) => invalid(editor(&name, false, input.body.clone(), Some(error))),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -218,7 +219,8 @@ async fn create_template(
 ) -> Result<HttpResponse, PageError> {
     match store_template(&state, &input.body, None).await {
         Ok(_) => Ok(see_other("/bootstrap")),
-        Err(error) => invalid(editor("new", true, input.body.clone(), Some(error))),
+        Err(WebError::BadRequest(error)) => invalid(editor("new", true, input.body.clone(), Some(error))),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -318,7 +320,7 @@ pub async fn start_bootstrap(
     state: web::Data<AppState>,
     request: web::Json<BootstrapRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = super::bootstrap::enqueue(&state, request.into_inner().resolve()?).await?;
+    let id = enqueue(&state, request.into_inner().resolve()?).await?;
     accepted(&state, id).await
 }
 
@@ -373,6 +375,6 @@ pub async fn put_template(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let text = std::str::from_utf8(&body).map_err(|_| WebError::BadRequest("the body is not UTF-8".into()))?;
-    let template = super::bootstrap::store_template(&state, text, Some(&name)).await.map_err(WebError::BadRequest)?;
+    let template = store_template(&state, text, Some(&name)).await?;
     Ok(HttpResponse::Ok().json(template))
 }

@@ -369,7 +369,7 @@ pub struct CapturePage {
 pub async fn capture_status(
     state: web::Data<AppState>,
 ) -> Result<web::Json<crate::capture::watcher::WatcherStatus>, ApiError> {
-    Ok(web::Json(super::capture::status(&state).await?))
+    Ok(web::Json(status(&state).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -386,7 +386,7 @@ pub async fn capture_scan(
     state: web::Data<AppState>,
     request: web::Json<CaptureScanRequest>,
 ) -> Result<web::Json<crate::capture::ScanReport>, ApiError> {
-    Ok(web::Json(super::capture::scan(&state, &request.dir).await?))
+    Ok(web::Json(scan(&state, &request.dir).await?))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -408,8 +408,8 @@ pub async fn capture_engine_start(
     } else {
         serde_json::from_slice(&body).map_err(|e| WebError::BadRequest(format!("body: {e}")))?
     };
-    super::capture::start_engine(&state, request.dir).await?;
-    Ok(web::Json(super::capture::status(&state).await?))
+    start_engine(&state, request.dir).await?;
+    Ok(web::Json(status(&state).await?))
 }
 
 /// Stop the background watcher (as `understudy engine stop`); answers the engine status.
@@ -417,8 +417,8 @@ pub async fn capture_engine_start(
 pub async fn capture_engine_stop(
     state: web::Data<AppState>,
 ) -> Result<web::Json<crate::capture::watcher::WatcherStatus>, ApiError> {
-    super::capture::stop_engine(&state).await?;
-    Ok(web::Json(super::capture::status(&state).await?))
+    stop_engine(&state).await?;
+    Ok(web::Json(status(&state).await?))
 }
 
 /// Add the `SessionEnd` hook to Claude Code's settings (as `understudy engine install`).
@@ -426,7 +426,7 @@ pub async fn capture_engine_stop(
 pub async fn capture_hook_install(
     state: web::Data<AppState>,
 ) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
-    Ok(web::Json(super::capture::change_hook(&state, true).await?))
+    Ok(web::Json(change_hook(&state, true).await?))
 }
 
 /// Remove exactly the hook install added (as `understudy engine uninstall`).
@@ -434,5 +434,5 @@ pub async fn capture_hook_install(
 pub async fn capture_hook_uninstall(
     state: web::Data<AppState>,
 ) -> Result<web::Json<crate::capture::hook::FileChange>, ApiError> {
-    Ok(web::Json(super::capture::change_hook(&state, false).await?))
+    Ok(web::Json(change_hook(&state, false).await?))
 }

@@ -333,7 +333,7 @@ pub async fn build_dataset(
     state: web::Data<AppState>,
     request: web::Json<DatasetRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = super::datasets::enqueue(&state, request.into_inner()).await?;
+    let id = enqueue(&state, request.into_inner()).await?;
     accepted(&state, id).await
 }
 
@@ -365,5 +365,5 @@ pub async fn get_dataset_file(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
-    Ok(super::datasets::dataset_file(&state, id, &name).await?)
+    Ok(dataset_file(&state, id, &name).await?)
 }

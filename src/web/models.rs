@@ -337,9 +337,9 @@ pub async fn start_export(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let request: ExportModelRequest = optional_json(&body)?;
-    let quants = request.quants.unwrap_or_else(|| vec![super::models::DEFAULT_QUANT.as_str().to_string()]);
+    let quants = request.quants.unwrap_or_else(|| vec![DEFAULT_QUANT.as_str().to_string()]);
     let request = ExportRequest::new(ExportTarget::Stored(id.into_inner()), quants, request.name);
-    let id = super::models::enqueue_export(&state, request).await?;
+    let id = enqueue_export(&state, request).await?;
     accepted(&state, id).await
 }
 
@@ -379,6 +379,6 @@ pub async fn start_deploy(
         quant: body.quant,
         test: body.test,
     };
-    let id = super::models::enqueue_deploy(&state, request).await?;
+    let id = enqueue_deploy(&state, request).await?;
     accepted(&state, id).await
 }

@@ -6,16 +6,10 @@ use askama::Template;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use super::bootstrap::*;
-use super::capture::*;
-use super::datasets::*;
 use super::error::{ApiError, ErrorBody, ErrorDetail, PageError};
-use super::jobs::*;
-use super::models::*;
 use super::shared::*;
-use super::traces::*;
-use super::training::*;
-use super::AppState;
+use super::jobs::JobRow;
+use super::{bootstrap, capture, datasets, jobs, models, traces, training, AppState};
 use crate::jobs::import_traces::{ImportReport, LineError};
 use crate::jobs::requests::{BootstrapRequest, DatasetRequest, TrainRequest};
 use crate::jobs::{JobLog, JobMetric, JobRecord, JobStatus};
@@ -104,48 +98,48 @@ async fn docs() -> Result<HttpResponse, PageError> {
     paths(
         health,
         stats,
-        list_traces,
-        get_trace,
-        delete_trace,
-        export_traces,
-        import_traces,
-        list_jobs,
-        get_job,
-        cancel_job,
-        resume_job,
-        start_bootstrap,
-        list_templates,
-        get_template,
-        put_template,
-        import_pairs,
-        list_pairs,
-        build_dataset,
-        list_datasets,
-        get_dataset,
-        get_dataset_file,
-        start_run,
-        list_models,
-        get_model,
-        start_export,
-        list_exports,
-        start_deploy,
-        capture_status,
-        capture_scan,
-        capture_engine_start,
-        capture_engine_stop,
-        capture_hook_install,
-        capture_hook_uninstall
+        traces::list_traces,
+        traces::get_trace,
+        traces::delete_trace,
+        traces::export_traces,
+        traces::import_traces,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::resume_job,
+        bootstrap::start_bootstrap,
+        bootstrap::list_templates,
+        bootstrap::get_template,
+        bootstrap::put_template,
+        traces::import_pairs,
+        traces::list_pairs,
+        datasets::build_dataset,
+        datasets::list_datasets,
+        datasets::get_dataset,
+        datasets::get_dataset_file,
+        training::start_run,
+        models::list_models,
+        models::get_model,
+        models::start_export,
+        models::list_exports,
+        models::start_deploy,
+        capture::capture_status,
+        capture::capture_scan,
+        capture::capture_engine_start,
+        capture::capture_engine_stop,
+        capture::capture_hook_install,
+        capture::capture_hook_uninstall
     ),
     components(schemas(
         Health,
         Stats,
         TraceCounts,
         NamedCount,
-        TraceListPage,
+        traces::TraceListPage,
         TraceSummary,
         JobRecord,
         JobStatus,
-        JobDetail,
+        jobs::JobDetail,
         JobLog,
         JobMetric,
         ImportReport,
@@ -154,17 +148,17 @@ async fn docs() -> Result<HttpResponse, PageError> {
         ErrorBody,
         ErrorDetail,
         BootstrapRequest,
-        TemplateSummary,
-        PairPage,
+        bootstrap::TemplateSummary,
+        traces::PairPage,
         DatasetRequest,
         crate::store::DatasetRow,
         TrainRequest,
         crate::store::ModelRow,
-        ExportModelRequest,
+        models::ExportModelRequest,
         crate::store::ExportRow,
-        DeployBody,
-        CaptureScanRequest,
-        CaptureStartRequest
+        models::DeployBody,
+        capture::CaptureScanRequest,
+        capture::CaptureStartRequest
     ))
 )]
 pub struct ApiDoc;

@@ -345,17 +345,8 @@ async fn import_upload(state: web::Data<AppState>, mut form: Multipart) -> Resul
                     while field.next().await.is_some() {}
                     continue;
                 }
-                let (path, shown) = new_upload_path(&state, &original);
-                let mut file =
-                    tokio::fs::File::create(&path).await.map_err(|e| WebError::Internal(format!("upload: {e}")))?;
-                let mut size = 0usize;
-                while let Some(chunk) = field.next().await {
-                    let chunk = chunk.map_err(|e| WebError::BadRequest(format!("upload interrupted: {e}")))?;
-                    size += chunk.len();
-                    file.write_all(&chunk).await.map_err(|e| WebError::Internal(format!("upload: {e}")))?;
-                }
-                file.flush().await.map_err(|e| WebError::Internal(format!("upload: {e}")))?;
-                upload = Some((path, shown, size));
+                let saved = save_upload(&state, &original, &mut field).await?;
+                upload = Some((saved.path, saved.shown, saved.bytes));
             }
             _ => while field.next().await.is_some() {},
         }
@@ -571,7 +562,7 @@ pub struct ImportQuery {
 pub async fn import_traces(
     state: web::Data<AppState>,
     query: web::Query<ImportQuery>,
-    mut body: web::Payload,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let format: ImportFormat = query
         .format
@@ -579,33 +570,54 @@ pub async fn import_traces(
         .unwrap_or("canonical")
         .parse()
         .map_err(|e: String| WebError::BadRequest(format!("format: {e}")))?;
-    let upload = save_body(&state, query.name.as_deref().unwrap_or("body.jsonl"), &mut body).await?;
-    let params = ImportParams { path: upload.0, format, display_name: Some(upload.1) };
+    let upload = save_upload(&state, query.name.as_deref().unwrap_or("body.jsonl"), body).await?;
+    let params = ImportParams { path: upload.path, format, display_name: Some(upload.shown) };
     let id = state.submit(JobParams::ImportTraces(params)).await?;
     accepted(&state, id).await
 }
 
-/// Stream a request body into a new file under uploads/.
-async fn save_body(
+/// An upload stored under `uploads/`: its path, the name the user knows it by, its size.
+struct Upload {
+    path: std::path::PathBuf,
+    shown: String,
+    bytes: usize,
+}
+
+/// Stream an upload (an API body or a form's file field) into a new file under `uploads/`; past
+/// `MAX_UPLOAD_BYTES` the file is removed and the upload refused, whichever door it came through.
+async fn save_upload<E: std::fmt::Display>(
     state: &AppState,
     name: &str,
-    body: &mut web::Payload,
-) -> Result<(std::path::PathBuf, String), WebError> {
-    let upload = new_upload_path(state, name);
-    let mut file =
-        tokio::fs::File::create(&upload.0).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
-    let mut received = 0usize;
+    mut body: impl futures_util::Stream<Item = Result<web::Bytes, E>> + Unpin,
+) -> Result<Upload, WebError> {
+    let dir = state.config.uploads_dir();
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| WebError::Internal(format!("uploads dir: {e}")))?;
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .take(80)
+        .collect();
+    let path = dir.join(format!("{}-{safe}", ulid::Ulid::new()));
+    let mut file = tokio::fs::File::create(&path).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
+    let mut bytes = 0usize;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| WebError::BadRequest(format!("reading the body: {e}")))?;
-        received += chunk.len();
-        if received > super::MAX_UPLOAD_BYTES {
-            let _ = tokio::fs::remove_file(&upload.0).await;
-            return Err(WebError::BadRequest(format!("body over the {}-byte limit", super::MAX_UPLOAD_BYTES)));
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(WebError::BadRequest(format!("reading the upload: {e}")));
+            }
+        };
+        bytes += chunk.len();
+        if bytes > super::MAX_UPLOAD_BYTES {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(WebError::BadRequest(format!("upload over the {}-byte limit", super::MAX_UPLOAD_BYTES)));
         }
         file.write_all(&chunk).await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
     }
     file.flush().await.map_err(|e| WebError::Internal(format!("upload file: {e}")))?;
-    Ok(upload)
+    Ok(Upload { path, shown: name.to_string(), bytes })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -621,9 +633,10 @@ pub struct PairImportQuery {
 pub async fn import_pairs(
     state: web::Data<AppState>,
     query: web::Query<PairImportQuery>,
-    mut body: web::Payload,
+    body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (path, name) = save_body(&state, query.name.as_deref().unwrap_or("dpo_pairs.jsonl"), &mut body).await?;
+    let Upload { path, shown: name, .. } =
+        save_upload(&state, query.name.as_deref().unwrap_or("dpo_pairs.jsonl"), body).await?;
     let params = ImportDpoParams { path, display_name: Some(name) };
     let id = state.submit(JobParams::ImportDpo(params)).await?;
     accepted(&state, id).await
@@ -665,16 +678,4 @@ pub async fn list_pairs(
         })
         .await?;
     Ok(web::Json(page))
-}
-
-/// A fresh path under the uploads dir, and the display name to show for it.
-pub fn new_upload_path(state: &AppState, original_name: &str) -> (std::path::PathBuf, String) {
-    let dir = state.config.uploads_dir();
-    let _ = std::fs::create_dir_all(&dir);
-    let safe: String = original_name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
-        .take(80)
-        .collect();
-    (dir.join(format!("{}-{safe}", ulid::Ulid::new())), original_name.to_string())
 }

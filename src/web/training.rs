@@ -196,6 +196,6 @@ pub struct TrainingPage {
 #[utoipa::path(post, path = "/api/runs", request_body = TrainRequest,
     responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody)))]
 pub async fn start_run(state: web::Data<AppState>, request: web::Json<TrainRequest>) -> Result<HttpResponse, ApiError> {
-    let id = super::training::enqueue(&state, request.into_inner()).await?;
+    let id = enqueue(&state, request.into_inner()).await?;
     accepted(&state, id).await
 }

@@ -99,6 +99,90 @@ fn the_tree_keeps_the_architecture_invariants() {
     assert!(headless.is_empty(), "test files without a //! header: {headless:?}");
 }
 
+/// The web modules each web module names through `super::` (its imports and paths), by module.
+fn web_imports(web: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let modules: Vec<String> = std::fs::read_dir(web)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let stem = p.file_stem()?.to_string_lossy().into_owned();
+            (stem != "mod" && (p.is_dir() || p.extension().is_some_and(|e| e == "rs"))).then_some(stem)
+        })
+        .collect();
+    // In a top-level file (or a folder's mod.rs) `super::` is web; in the folder's other files
+    // it is `super::super::`.
+    let top = Regex::new(r"(?:^|[^:])super::(?:\{([^}]*)\}|([a-z_]+))").unwrap();
+    let nested = Regex::new(r"super::super::(?:\{([^}]*)\}|([a-z_]+))").unwrap();
+    let mut graph = std::collections::BTreeMap::new();
+    for module in &modules {
+        let mut files = Vec::new();
+        let dir = web.join(module);
+        if dir.is_dir() {
+            rust_files(&dir, &mut files);
+        } else {
+            files.push(web.join(format!("{module}.rs")));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let at_top = file.parent() == Some(web) || file.file_name().is_some_and(|n| n == "mod.rs");
+            let reference = if at_top { &top } else { &nested };
+            for found in reference.captures_iter(&text) {
+                let listed = found.get(1).or(found.get(2)).unwrap().as_str();
+                for name in listed.split(',').map(|n| n.trim().split("::").next().unwrap_or("").trim()) {
+                    if modules.iter().any(|m| m == name) && name != module {
+                        names.insert(name.to_string());
+                    }
+                }
+            }
+        }
+        graph.insert(module.clone(), names);
+    }
+    graph
+}
+
+/// A cycle in the graph, if there is one.
+fn find_cycle(graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    graph.keys().find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn web_modules_import_each_other_without_cycles() {
+    let graph = web_imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src/web"));
+    assert!(graph.len() >= 10, "{graph:?}");
+    assert!(graph["traces"].contains("shared"), "the import scan sees `use super::shared`: {graph:?}");
+    assert_eq!(find_cycle(&graph), None, "web modules import each other in a cycle");
+
+    let mut with_cycle = graph.clone();
+    with_cycle.get_mut("shared").unwrap().insert("traces".into());
+    assert!(find_cycle(&with_cycle).is_some(), "a cycle is detected");
+}
+
 #[test]
 fn tidy_catches_a_forbidden_crate_in_a_module() {
     let tree = tempfile::tempdir().unwrap();
