@@ -159,7 +159,13 @@ fn flag_error(error: crate::jobs::requests::RequestError) -> anyhow::Error {
                 "host" => "ollama-host".to_string(),
                 other => other.replace('_', "-"),
             };
-            let lines: Vec<String> = fields.iter().map(|f| format!("--{} {}", flag(f.field), f.message)).collect();
+            let lines: Vec<String> = fields
+                .iter()
+                .map(|f| match &f.value {
+                    Some(value) => format!("--{} {value}: {}", flag(f.field), f.message),
+                    None => format!("--{}: {}", flag(f.field), f.message),
+                })
+                .collect();
             anyhow::anyhow!("{}", lines.join("; "))
         }
         other => other.into(),

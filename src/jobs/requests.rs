@@ -35,6 +35,8 @@ pub struct FieldError {
     /// The field as the request (and the form, and the API body) names it: `max_steps`.
     pub field: &'static str,
     pub message: String,
+    /// The value that was refused, when one value is to blame (a command line shows it).
+    pub value: Option<String>,
 }
 
 impl std::fmt::Display for FieldError {
@@ -61,7 +63,11 @@ pub enum RequestError {
 
 impl RequestError {
     fn field(field: &'static str, message: impl Into<String>) -> RequestError {
-        RequestError::Invalid(vec![FieldError { field, message: message.into() }])
+        RequestError::Invalid(vec![FieldError { field, message: message.into(), value: None }])
+    }
+
+    fn value(field: &'static str, value: &str, message: impl Into<String>) -> RequestError {
+        RequestError::Invalid(vec![FieldError { field, message: message.into(), value: Some(value.to_string()) }])
     }
 }
 
@@ -71,7 +77,7 @@ struct Fields(Vec<FieldError>);
 
 impl Fields {
     fn bad(&mut self, field: &'static str, message: impl Into<String>) {
-        self.0.push(FieldError { field, message: message.into() });
+        self.0.push(FieldError { field, message: message.into(), value: None });
     }
 
     fn check(&mut self, ok: bool, field: &'static str, message: &str) {
@@ -422,9 +428,10 @@ impl ExportRequest {
         let (source, default_name, model_id, dataset_id, run_id) = match self.target {
             ExportTarget::External(path) => {
                 if !path.exists() {
-                    return Err(RequestError::field(
+                    return Err(RequestError::value(
                         "model_path",
-                        format!("{}: no such file or directory", path.display()),
+                        &path.display().to_string(),
+                        "no such file or directory",
                     ));
                 }
                 let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
@@ -463,7 +470,7 @@ pub fn parse_quants(texts: &[String]) -> Result<Vec<Quant>, RequestError> {
     let mut quants = Vec::new();
     for text in texts {
         let quant = Quant::parse(text.trim()).ok_or_else(|| {
-            RequestError::field("quants", format!("{text}: unknown quant; expected f32, f16, q8_0 or q4_k_m"))
+            RequestError::value("quants", text, format!("unknown quant {text:?}; expected f32, f16, q8_0 or q4_k_m"))
         })?;
         if !quants.contains(&quant) {
             quants.push(quant);

@@ -78,7 +78,9 @@ async fn list(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
 }
 
 /// The form's text as a request; a value that is not a number is reported beside its field.
-fn parse(fields: &HashMap<String, String>) -> (DatasetForm, Option<DatasetRequest>) {
+/// Fields that are not numbers keep their defaults in the request, so the request's own rules
+/// still report every other bad field in the same answer.
+fn parse(fields: &HashMap<String, String>) -> (DatasetForm, DatasetRequest) {
     let text = |key: &str| fields.get(key).map(|v| v.trim().to_string()).unwrap_or_default();
     let mut form = DatasetForm {
         name: text("name"),
@@ -124,7 +126,6 @@ fn parse(fields: &HashMap<String, String>) -> (DatasetForm, Option<DatasetReques
     number(&mut form, "test_ratio", &mut request.test_ratio);
     number(&mut form, "max_seq_len", &mut request.max_seq_len);
     number(&mut form, "seed", &mut request.seed);
-    let request = form.errors.is_empty().then_some(request);
     (form, request)
 }
 
@@ -141,14 +142,22 @@ async fn build(
     fields: web::Form<HashMap<String, String>>,
 ) -> Result<HttpResponse, PageError> {
     let (mut form, request) = parse(&fields);
-    let outcome = match request {
-        Some(request) => enqueue(&state, request).await,
-        None => Err(WebError::Fields(Vec::new())),
+    let outcome = if form.errors.is_empty() {
+        enqueue(&state, request).await
+    } else {
+        // Not a number somewhere: check the rest too, but queue nothing.
+        let config = state.config.clone();
+        match state.blocking(move |_| request.resolve(&config, &ModelScope::web(&config))).await {
+            Ok(_) => Err(WebError::Fields(Vec::new())),
+            Err(error) => Err(error),
+        }
     };
     match outcome {
         Ok(id) => Ok(see_other(&format!("/jobs/{id}"))),
         Err(WebError::Fields(fields)) => {
-            form.errors.extend(fields.into_iter().map(|f| (f.field, f.message)));
+            for field in fields {
+                form.errors.entry(field.field).or_insert(field.message);
+            }
             let body = render_list(&state, form).await?.render().map_err(|e| WebError::Internal(e.to_string()))?;
             Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
         }

@@ -7,8 +7,8 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorBody, ErrorDetail, PageError};
-use super::shared::*;
 use super::jobs::JobRow;
+use super::shared::*;
 use super::{bootstrap, capture, datasets, jobs, models, traces, training, AppState};
 use crate::jobs::import_traces::{ImportReport, LineError};
 use crate::jobs::requests::{BootstrapRequest, DatasetRequest, TrainRequest};

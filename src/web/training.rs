@@ -85,8 +85,9 @@ async fn page(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     html(render(&state, &HashMap::new(), Default::default()).await?)
 }
 
-/// The form's text as a request; a value that is not a number is reported beside its field.
-fn parse(values: &HashMap<String, String>) -> Result<TrainRequest, BTreeMap<&'static str, String>> {
+/// The form's text as a request, and the fields that are not numbers (they keep their defaults
+/// in the request, so its own rules still report every other bad field in the same answer).
+fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static str, String>) {
     let mut errors = BTreeMap::new();
     let text = |name: &str| values.get(name).map(|v| v.trim().to_string()).unwrap_or_default();
     let mut request = TrainRequest::default();
@@ -128,11 +129,7 @@ fn parse(values: &HashMap<String, String>) -> Result<TrainRequest, BTreeMap<&'st
         request.model = text("model");
     }
     request.dataset = Some(text("dataset")).filter(|d| !d.is_empty());
-    if errors.is_empty() {
-        Ok(request)
-    } else {
-        Err(errors)
-    }
+    (request, errors)
 }
 
 /// Resolve a training request (dataset, base model, every rule of `TrainRequest`) off the async
@@ -154,14 +151,26 @@ async fn start(
     values: web::Form<HashMap<String, String>>,
 ) -> Result<HttpResponse, PageError> {
     let values = values.into_inner();
-    let errors = match parse(&values) {
-        Ok(request) => match enqueue(&state, request).await {
-            Ok(id) => return Ok(see_other(&format!("/jobs/{id}"))),
-            Err(WebError::Fields(fields)) => fields.into_iter().map(|f| (f.field, f.message)).collect(),
-            Err(other) => return Err(other.into()),
-        },
-        Err(errors) => errors,
+    let (request, mut errors) = parse(&values);
+    let outcome = if errors.is_empty() {
+        enqueue(&state, request).await
+    } else {
+        // Not a number somewhere: check the rest too, but queue nothing.
+        let config = state.config.clone();
+        match state.blocking(move |db| request.resolve(db, &config, &ModelScope::web(&config))).await {
+            Ok(_) => Err(WebError::Fields(Vec::new())),
+            Err(error) => Err(error),
+        }
     };
+    match outcome {
+        Ok(id) => return Ok(see_other(&format!("/jobs/{id}"))),
+        Err(WebError::Fields(fields)) => {
+            for field in fields {
+                errors.entry(field.field).or_insert(field.message);
+            }
+        }
+        Err(other) => return Err(other.into()),
+    }
     let body = render(&state, &values, errors).await?.render().map_err(|e| WebError::Internal(e.to_string()))?;
     Ok(HttpResponse::UnprocessableEntity().content_type("text/html; charset=utf-8").body(body))
 }
