@@ -305,8 +305,10 @@ pub fn reason(report: &Value, line: u64) -> String {
         .unwrap_or_else(|| panic!("no error for line {line}: {report}"))
 }
 
-/// A data dir with a tiny model trained for 60 steps on a fixture of tool traces (it overfits
-/// them); returns the model id.
+/// A data dir with a tiny model trained for 90 steps on a fixture of tool traces (it overfits
+/// them: final loss about 0.003); returns the model id. At 60 steps (loss 0.10) the model's
+/// greedy arguments depended on the CPU's floating point (on an AVX-512 machine it answered
+/// `Grep {"path": "README.md"}` where an AVX2 machine answered the trained call).
 pub fn train_tiny_on(dir: &Path, fixture_name: &str) -> String {
     let run = cli(dir, &["import", "traces", fixture(fixture_name).to_str().unwrap(), "--json"]);
     assert_eq!(run.json()["imported"], 3, "{}", run.stderr);
@@ -319,9 +321,9 @@ pub fn train_tiny_on(dir: &Path, fixture_name: &str) -> String {
             "--phase",
             "sft",
             "--max-steps",
-            "60",
+            "90",
             "--epochs",
-            "60",
+            "90",
             "--batch-size",
             "3",
             "--lr",
