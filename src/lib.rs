@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod dataset;
 pub mod deploy;
+pub mod eval;
 pub mod export;
 pub mod files;
 pub mod jobs;

@@ -2,6 +2,11 @@
 //! phrasing, build a workspace from the trace's seed, run every tool call against it (capturing
 //! values for later steps), write the reasoning and the answer from what the tools returned, and
 //! record the outcome checks. Same (run seed, index) → same trace.
+//!
+//! Every prompt pool and slot list is split in two (`Pool`): bootstrap draws only from the
+//! training part, the `heldout` evaluation suite only from the held-out part (every fifth
+//! phrasing or value; the last one of a list shorter than five), so no training trace shares a
+//! phrasing or a held-out slot value with an evaluation case.
 
 use std::collections::BTreeMap;
 
@@ -106,6 +111,93 @@ fn default_explore() -> Vec<Step> {
             ],
         ),
     ]
+}
+
+/// Which part of each prompt pool and slot list a trace draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// What bootstrap trains on.
+    Training,
+    /// What only the evaluation suite `heldout` uses.
+    HeldOut,
+}
+
+impl Pool {
+    /// Whether item `index` of a list of `len` belongs to this pool. A list of one is shared.
+    pub fn holds(self, index: usize, len: usize) -> bool {
+        let held_out = match len {
+            0 | 1 => false,
+            2..=4 => index == len - 1,
+            _ => index % 5 == 4,
+        };
+        match self {
+            Pool::Training => !held_out || len == 1,
+            Pool::HeldOut => held_out || len == 1,
+        }
+    }
+
+    /// The items of `items` in this pool. Equal items count as one (a phrasing listed twice is
+    /// on one side only), by the position of their first occurrence among the distinct ones.
+    pub fn of<'a, T>(self, items: impl IntoIterator<Item = &'a T>) -> Vec<&'a T>
+    where
+        T: 'a + PartialEq,
+    {
+        let items: Vec<&T> = items.into_iter().collect();
+        let mut distinct: Vec<&T> = Vec::new();
+        for item in &items {
+            if !distinct.contains(item) {
+                distinct.push(item);
+            }
+        }
+        let len = distinct.len();
+        items
+            .into_iter()
+            .filter(|item| {
+                let index = distinct.iter().position(|d| d == item).expect("every item is among the distinct ones");
+                self.holds(index, len)
+            })
+            .collect()
+    }
+}
+
+/// A check with its slots filled in: what must hold at the end of an episode.
+pub fn fill_check(check: &Check, lookup: &dyn Fn(&str) -> Option<String>) -> Check {
+    let fill = |text: &str| interpolate(text, lookup);
+    match check {
+        Check::AnswerMentions { value } => Check::AnswerMentions { value: fill(value) },
+        Check::FileContains { path, text } => Check::FileContains { path: fill(path), text: fill(text) },
+        Check::FileLacks { path, text } => Check::FileLacks { path: fill(path), text: fill(text) },
+        Check::TestsPass => Check::TestsPass,
+        Check::NoMatches { pattern, path } => {
+            Check::NoMatches { pattern: fill(pattern), path: path.as_deref().map(fill) }
+        }
+        Check::OutputContains { text } => Check::OutputContains { text: fill(text) },
+    }
+}
+
+/// Whether a filled check holds after a run (the final answer, the workspace as the run left
+/// it, every tool result), with a line saying what was checked. Bootstrap records these as the
+/// trace's outcome; evaluation scores episodes with them.
+pub fn check_holds(check: &Check, answer: &str, workspace: &mut Workspace, outputs: &[ToolOutput]) -> (bool, String) {
+    match check {
+        Check::AnswerMentions { value } => (answer.contains(value.as_str()), value.clone()),
+        Check::FileContains { path, text } => {
+            (workspace.files.get(path).is_some_and(|c| c.contains(text.as_str())), format!("{path} contains {text:?}"))
+        }
+        Check::FileLacks { path, text } => {
+            (workspace.files.get(path).is_some_and(|c| !c.contains(text.as_str())), format!("{path} lacks {text:?}"))
+        }
+        Check::TestsPass => (workspace.tests_pass(), "python -m pytest passes".to_string()),
+        Check::NoMatches { pattern, path } => {
+            let mut grep = json!({"pattern": pattern});
+            if let Some(path) = path {
+                grep["path"] = Value::String(path.clone());
+            }
+            let result = workspace.execute("Grep", &grep);
+            (!result.is_error && result.content == "No files found", format!("no match for {pattern}"))
+        }
+        Check::OutputContains { text } => (outputs.iter().any(|o| o.content.contains(text.as_str())), text.clone()),
+    }
 }
 
 /// Why a trace could not be generated (a template referencing a value no step produced).
@@ -231,6 +323,17 @@ fn interpolate_args(
 
 /// Generate trace number `index` of a run. Templates are taken in turn so categories balance.
 pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Result<Trace, GenerateError> {
+    generate_from(templates, run_seed, index, Pool::Training).map(|(trace, _)| trace)
+}
+
+/// `generate` drawing phrasings and slot values from `pool`; also returns the trace's checks
+/// with their slots filled (what an evaluation episode of the same task must satisfy).
+pub fn generate_from(
+    templates: &[WorkflowTemplate],
+    run_seed: u64,
+    index: u64,
+    pool: Pool,
+) -> Result<(Trace, Vec<Check>), GenerateError> {
     let seed = trace_seed(run_seed, index);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let template = &templates[(index % templates.len() as u64) as usize];
@@ -241,11 +344,11 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
 
     let mut values: BTreeMap<String, String> = workspace.facts.clone();
     for (name, choices) in template.slots.iter().chain(scenario.slots.iter()) {
-        let choice = choices.choose(&mut rng).expect("validated: slots have values");
+        let choice = *pool.of(choices).choose(&mut rng).expect("validated: slots have values");
         let filled = interpolate(choice, &|n| values.get(n).cloned());
         values.insert(name.clone(), filled);
     }
-    let prompts: Vec<&String> = template.prompts.iter().chain(scenario.prompts.iter()).collect();
+    let prompts: Vec<&String> = pool.of(template.prompts.iter().chain(scenario.prompts.iter()));
     let prompt_template = prompts.choose(&mut rng).expect("validated: prompts exist");
     let prompt = vary_prompt(&interpolate(prompt_template, &|n| values.get(n).cloned()), &mut rng);
 
@@ -326,38 +429,11 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
     let answer = interpolate(scenario.answers.choose(&mut rng).expect("validated: answers exist"), &lookup);
     messages.push(Message::text(Role::Assistant, answer.clone()));
 
-    let checks: Vec<OutcomeCheck> = scenario
-        .checks
+    let filled: Vec<Check> = scenario.checks.iter().map(|check| fill_check(check, &lookup)).collect();
+    let checks: Vec<OutcomeCheck> = filled
         .iter()
         .map(|check| {
-            let fill = |text: &str| interpolate(text, &lookup);
-            let (passed, detail) = match check {
-                Check::AnswerMentions { value } => {
-                    let value = fill(value);
-                    (answer.contains(&value), value)
-                }
-                Check::FileContains { path, text } => {
-                    let (path, text) = (fill(path), fill(text));
-                    (workspace.files.get(&path).is_some_and(|c| c.contains(&text)), format!("{path} contains {text:?}"))
-                }
-                Check::FileLacks { path, text } => {
-                    let (path, text) = (fill(path), fill(text));
-                    (workspace.files.get(&path).is_some_and(|c| !c.contains(&text)), format!("{path} lacks {text:?}"))
-                }
-                Check::TestsPass => (workspace.tests_pass(), "python -m pytest passes".to_string()),
-                Check::NoMatches { pattern, path } => {
-                    let mut grep = json!({"pattern": fill(pattern)});
-                    if let Some(path) = path {
-                        grep["path"] = Value::String(fill(path));
-                    }
-                    let result = workspace.execute("Grep", &grep);
-                    (!result.is_error && result.content == "No files found", format!("no match for {}", fill(pattern)))
-                }
-                Check::OutputContains { text } => {
-                    let text = fill(text);
-                    (outputs.iter().any(|o| o.content.contains(&text)), text)
-                }
-            };
+            let (passed, detail) = check_holds(check, &answer, &mut workspace, &outputs);
             let mut extra = Map::new();
             extra.insert("detail".into(), Value::String(detail));
             OutcomeCheck { name: check.name().to_string(), passed, extra }
@@ -376,7 +452,7 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
     metadata.insert("cwd".into(), json!(workspace.root));
     metadata.insert("session_id".into(), Value::Null);
 
-    Trace::new(TraceDraft {
+    let trace = Trace::new(TraceDraft {
         // The same run seed and index always give the same id, as they give the same trace.
         id: Some(format!("tr_syn_{seed:016x}")),
         source: Some(Source::Synthetic),
@@ -389,7 +465,8 @@ pub fn generate(templates: &[WorkflowTemplate], run_seed: u64, index: u64) -> Re
         split: None,
         created_at: None,
     })
-    .map_err(|e| fail(format!("the generated trace is invalid: {e}")))
+    .map_err(|e| fail(format!("the generated trace is invalid: {e}")))?;
+    Ok((trace, filled))
 }
 
 /// Replay a generated trace's tool calls against a fresh workspace from its seed; returns the

@@ -100,7 +100,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
             let job = db.get_job(&job.id)?.context("job vanished")?;
             let kind = job.kind;
             let bar = match kind {
-                JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train | JobKind::Export => {
+                JobKind::Bootstrap | JobKind::BuildDataset | JobKind::Train | JobKind::Export | JobKind::Eval => {
                     TerminalProgress::count(kind.as_str())
                 }
                 JobKind::ImportTraces | JobKind::ImportDpo | JobKind::Deploy => TerminalProgress::bytes(kind.as_str()),
@@ -114,6 +114,7 @@ pub fn run(config: &Config, command: JobsCommand) -> anyhow::Result<ExitCode> {
                 JobKind::Train => super::train::report_train(&finished, args.json),
                 JobKind::Export => super::export::report_export(&store, &finished, args.json),
                 JobKind::Deploy => super::deploy::report_deploy(&finished, args.json),
+                JobKind::Eval => super::eval::report_eval(&finished, args.json),
             };
         }
     }

@@ -8,6 +8,7 @@ mod capture;
 mod dataset;
 mod deploy;
 mod engine;
+mod eval;
 mod export;
 mod generate;
 mod import;
@@ -45,6 +46,8 @@ pub enum Command {
     BuildDataset(dataset::BuildArgs),
     /// Train a model (SFT today) as a resumable run.
     Train(train::TrainArgs),
+    /// Score a model (or any OpenAI-compatible endpoint) on executed held-out tasks.
+    Eval(eval::EvalArgs),
     /// Write an HF directory, GGUF files, an Ollama Modelfile and a parity report.
     Export(export::ExportArgs),
     /// One reply from a trained model, with tool calls parsed.
@@ -117,6 +120,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::run(config, args),
         Command::Generate(args) => generate::run(config, args),
         Command::Export(args) => export::run(config, args),
+        Command::Eval(args) => eval::run(config, args),
         Command::Datasets(command) => dataset::run(config, command),
         Command::Bench(command) => bench::run(config, command),
         Command::Import(command) => import::run(config, command),

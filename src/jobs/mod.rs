@@ -9,6 +9,7 @@
 pub mod bootstrap;
 pub mod build_dataset;
 pub mod deploy;
+pub mod eval;
 pub mod export;
 pub mod import_dpo;
 pub mod import_traces;
@@ -81,10 +82,11 @@ pub enum JobKind {
     Train,
     Export,
     Deploy,
+    Eval,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::ImportTraces,
         JobKind::ImportDpo,
         JobKind::Bootstrap,
@@ -92,6 +94,7 @@ impl JobKind {
         JobKind::Train,
         JobKind::Export,
         JobKind::Deploy,
+        JobKind::Eval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,6 +106,7 @@ impl JobKind {
             JobKind::Train => "train",
             JobKind::Export => "export",
             JobKind::Deploy => "deploy",
+            JobKind::Eval => "eval",
         }
     }
 
@@ -170,6 +174,7 @@ pub enum JobParams {
     Train(train::TrainParams),
     Export(export::ExportParams),
     Deploy(deploy::DeployParams),
+    Eval(eval::EvalParams),
 }
 
 /// What a job produced: one variant per kind, stored as the `result` column.
@@ -183,6 +188,7 @@ pub enum JobOutput {
     Train(train::TrainOutcome),
     Export(export::ExportOutcome),
     Deploy(crate::deploy::DeployReport),
+    Eval(eval::EvalOutcome),
 }
 
 /// Split an adjacently tagged value into its inner JSON, and put one together again from the
@@ -213,6 +219,7 @@ impl JobParams {
             JobParams::Train(_) => JobKind::Train,
             JobParams::Export(_) => JobKind::Export,
             JobParams::Deploy(_) => JobKind::Deploy,
+            JobParams::Eval(_) => JobKind::Eval,
         }
     }
 
@@ -240,6 +247,7 @@ impl JobOutput {
             JobOutput::Train(_) => JobKind::Train,
             JobOutput::Export(_) => JobKind::Export,
             JobOutput::Deploy(_) => JobKind::Deploy,
+            JobOutput::Eval(_) => JobKind::Eval,
         }
     }
 
@@ -463,6 +471,7 @@ pub fn run_job_until(
         JobParams::Train(params) => train::run(context, params).map(JobOutput::Train),
         JobParams::Export(params) => export::run(context, params).map(JobOutput::Export),
         JobParams::Deploy(params) => deploy::run(context, params).map(JobOutput::Deploy),
+        JobParams::Eval(params) => eval::run(context, params).map(JobOutput::Eval),
     };
     let db = store.connect()?;
     match outcome {

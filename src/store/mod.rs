@@ -5,6 +5,7 @@
 
 mod capture;
 mod datasets;
+mod evals;
 mod exports;
 mod jobs;
 mod models;
@@ -21,6 +22,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub use capture::{CaptureFileRow, CaptureSession};
 pub use datasets::DatasetRow;
+pub use evals::{EvalCaseRow, EvalRunRow, EvalSuiteRow};
 pub use exports::ExportRow;
 pub use models::{ModelRow, NewModel};
 pub use pairs::{PairInsertOutcome, StoredPair};
@@ -34,6 +36,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0001_init.sql")),
         M::up(include_str!("../../migrations/0002_exports.sql")),
         M::up(include_str!("../../migrations/0003_capture.sql")),
+        M::up(include_str!("../../migrations/0004_eval.sql")),
     ])
 });
 

@@ -13,6 +13,7 @@ mod cli;
 mod dataset;
 mod deploy;
 mod dpo;
+mod eval;
 mod export;
 mod http;
 mod serve;

@@ -1,0 +1,217 @@
+//! `understudy eval --model M|--endpoint URL [--suite NAME]... [--max-turns N] [--limit N]
+//! [--json]` (a foreground eval job with a progress bar) and `understudy eval suites
+//! list|import FILE [--name N]`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::print_json;
+use super::progress::TerminalProgress;
+use crate::config::Config;
+use crate::eval::metrics::{Rate, Summary};
+use crate::eval::suite;
+use crate::jobs::eval::{EvalParams, EvalTarget};
+use crate::jobs::{run_foreground, JobOutput, JobParams, JobRecord};
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: Option<EvalCommand>,
+    /// A model id (mdl_...), `latest`, a model directory or a GGUF file.
+    #[arg(long, conflicts_with = "endpoint")]
+    pub model: Option<String>,
+    /// An OpenAI-compatible server (http://host:port or its /v1).
+    #[arg(long, requires = "endpoint_model")]
+    pub endpoint: Option<String>,
+    /// The model name to ask the endpoint for.
+    #[arg(long)]
+    pub endpoint_model: Option<String>,
+    /// The environment variable holding the endpoint's API key.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Suites to run (repeatable): `heldout` or an imported suite.
+    #[arg(long = "suite", default_values_t = vec![suite::HELDOUT.to_string()])]
+    pub suites: Vec<String>,
+    /// The most replies per episode.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub max_turns: u16,
+    /// The most tokens per reply.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Only the first N cases of each suite.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Evaluation suites and their case counts.
+    #[command(subcommand)]
+    Suites(SuitesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuitesCommand {
+    /// The built-in and imported suites.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a JSONL suite (every line checked; nothing is stored when one is refused).
+    Import {
+        file: PathBuf,
+        /// The suite's name (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+pub fn run(config: &Config, args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(config.data_dir())?;
+    if let Some(EvalCommand::Suites(command)) = args.command {
+        return suites(&store, command);
+    }
+    let target = match (&args.model, &args.endpoint) {
+        (_, Some(url)) => EvalTarget::Endpoint {
+            url: url.clone(),
+            model: args.endpoint_model.clone().context("--endpoint-model names the model to ask for")?,
+            api_key: match &args.api_key_env {
+                Some(variable) => {
+                    Some(std::env::var(variable).with_context(|| format!("--api-key-env {variable}: not set"))?)
+                }
+                None => None,
+            },
+            api_key_env: args.api_key_env.clone(),
+        },
+        (model, None) => model_target(&store, model.as_deref().unwrap_or("latest"))?,
+    };
+    {
+        let db = store.connect()?;
+        crate::jobs::eval::load_cases(&db, &args.suites, args.limit).map_err(|e| anyhow::anyhow!("--suite: {e}"))?;
+    }
+    let params = EvalParams {
+        target,
+        suites: args.suites.clone(),
+        max_turns: args.max_turns.into(),
+        max_tokens: args.max_tokens.max(1),
+        limit: args.limit,
+    };
+    let bar = TerminalProgress::count("eval");
+    let finished = run_foreground(&store, &JobParams::Eval(params), Some(&bar))?;
+    bar.finish();
+    report_eval(&finished, args.json)
+}
+
+/// A stored model by id or `latest`, else a model directory or GGUF file.
+fn model_target(store: &Store, wanted: &str) -> anyhow::Result<EvalTarget> {
+    let db = store.connect()?;
+    let row = if wanted == "latest" {
+        Some(db.list_models()?.into_iter().next().context("no trained model yet: run `understudy train` first")?)
+    } else {
+        db.get_model(wanted)?
+    };
+    Ok(match row {
+        Some(row) => EvalTarget::Model {
+            model_id: Some(row.id.clone()),
+            path: row.path.into(),
+            label: format!("{} ({})", row.name, row.id),
+        },
+        None => {
+            let path = PathBuf::from(wanted);
+            anyhow::ensure!(path.exists(), "--model {wanted}: no model with that id, and no such file or directory");
+            EvalTarget::Model { model_id: None, label: path.display().to_string(), path }
+        }
+    })
+}
+
+fn suites(store: &Store, command: SuitesCommand) -> anyhow::Result<ExitCode> {
+    let db = store.connect()?;
+    match command {
+        SuitesCommand::List { json } => {
+            let mut rows =
+                vec![serde_json::json!({"name": suite::HELDOUT, "cases": suite::HELDOUT_CASES, "built_in": true})];
+            for suite in db.list_eval_suites()? {
+                rows.push(serde_json::json!({"name": suite.name, "cases": suite.cases, "built_in": false}));
+            }
+            if json {
+                print_json(&rows)?;
+            } else {
+                for row in rows {
+                    let origin = if row["built_in"] == true { "built in" } else { "imported" };
+                    println!("{:<24} {:>5} cases  {origin}", row["name"].as_str().unwrap_or(""), row["cases"]);
+                }
+            }
+        }
+        SuitesCommand::Import { file, name } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let name =
+                name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            anyhow::ensure!(
+                !name.trim().is_empty() && name != suite::HELDOUT,
+                "--name: choose a name other than {:?}",
+                suite::HELDOUT
+            );
+            let cases = suite::parse(&text).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().take(20).map(|e| format!("{}:{e}", file.display())).collect();
+                anyhow::anyhow!("{} line(s) refused, nothing imported:\n{}", errors.len(), lines.join("\n"))
+            })?;
+            anyhow::ensure!(!cases.is_empty(), "{}: no cases", file.display());
+            let jsonl: Vec<String> = cases.iter().map(|c| serde_json::to_string(c).expect("cases serialise")).collect();
+            db.upsert_eval_suite(&name, &jsonl.join("\n"), cases.len())?;
+            println!("imported suite {name}: {} cases", cases.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percent(rate: &Rate) -> String {
+    if rate.n == 0 {
+        return "-".into();
+    }
+    format!("{:5.1}% [{:.0}–{:.0}] of {}", rate.rate * 100.0, rate.low * 100.0, rate.high * 100.0, rate.n)
+}
+
+fn print_summary(label: &str, summary: &Summary) {
+    println!(
+        "{label:<16} {:>4}  parsed {}  valid args {}  first tool {}  success {}  similarity {:.2}",
+        summary.cases,
+        percent(&summary.parsed),
+        percent(&summary.arguments_valid),
+        percent(&summary.first_tool),
+        percent(&summary.success),
+        summary.similarity
+    );
+}
+
+/// Print an evaluation; shared with `jobs resume`.
+pub fn report_eval(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
+    let JobOutput::Eval(outcome) = job.output()? else { anyhow::bail!("job {} is not an eval", job.id) };
+    if json {
+        print_json(outcome)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("eval {}  {}  on {}", outcome.eval_run_id, outcome.target, outcome.suites.join(", "));
+    print_summary("overall", &outcome.overall);
+    for (category, summary) in &outcome.categories {
+        print_summary(category, summary);
+    }
+    let o = &outcome.overall;
+    println!(
+        "names valid {}  sequence exact {}  stop {}  {:.1} turns, {:.0} tokens, {:.2}s per episode; {:.2} cases/s",
+        percent(&o.names_valid),
+        percent(&o.sequence_exact),
+        percent(&o.stopped),
+        o.turns,
+        o.tokens,
+        o.seconds,
+        outcome.cases_per_second
+    );
+    Ok(ExitCode::SUCCESS)
+}

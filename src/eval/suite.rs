@@ -1,0 +1,249 @@
+//! Evaluation suites as data: an `EvalCase` is a task (prompt, offered tools, the sandbox
+//! workspace it runs in) and what counts as success (outcome checks, acceptable first tools,
+//! tools that must be called, facts the answer must contain, a reference tool sequence). Suites
+//! are JSONL files users import (every line checked, the line and field named on error) or
+//! built in: `heldout`, generated from the held-out part of bootstrap's phrasings and slot
+//! values (`bootstrap::generator::Pool::HeldOut`), so no training trace shares a prompt with it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bootstrap::generator::{generate_from, Pool};
+use crate::bootstrap::workflows::{builtin, Check};
+use crate::traces::tools::{tool_schema, DEFAULT_TOOL_NAMES};
+
+/// The built-in suite of held-out tasks.
+pub const HELDOUT: &str = "heldout";
+/// Cases in the built-in `heldout` suite.
+pub const HELDOUT_CASES: u64 = 100;
+/// The run seed `heldout` is generated with (bootstrap runs draw from the training pools, so
+/// even the same seed would not give the same prompts).
+const HELDOUT_SEED: u64 = 0x00e7_a15e_ed00;
+
+/// One task of a suite and what counts as success.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvalCase {
+    pub id: String,
+    #[serde(default)]
+    pub category: String,
+    pub prompt: String,
+    /// Names of the tools offered; the six built-in tools when empty.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// The sandbox workspace the episode runs in (its seed); a generated repository.
+    #[serde(default)]
+    pub workspace_seed: Option<u64>,
+    /// What must hold when the episode ends: the checks bootstrap records (`answer_mentions`,
+    /// `file_contains`, `file_lacks`, `tests_pass`, `no_matches`, `output_contains`).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub checks: Vec<Check>,
+    /// Acceptable first tools.
+    #[serde(default)]
+    pub first_tools: Vec<String>,
+    /// Tools the episode must call at least once.
+    #[serde(default)]
+    pub must_call: Vec<String>,
+    /// Facts the final answer must contain (e.g. a file and line).
+    #[serde(default)]
+    pub answer_facts: Vec<String>,
+    /// The reference tool sequence (names), for exact match and similarity.
+    #[serde(default)]
+    pub reference: Vec<String>,
+}
+
+impl EvalCase {
+    /// The names of the offered tools.
+    pub fn tool_names(&self) -> Vec<String> {
+        if self.tools.is_empty() {
+            DEFAULT_TOOL_NAMES.iter().map(|n| n.to_string()).collect()
+        } else {
+            self.tools.clone()
+        }
+    }
+
+    /// The offered tools as OpenAI function schemas.
+    pub fn tool_schemas(&self) -> Vec<serde_json::Value> {
+        self.tool_names().iter().filter_map(|name| tool_schema(name)).collect()
+    }
+
+    /// Every field a user can get wrong, named.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.id.trim().is_empty() {
+            return Err(("id", "must not be empty".into()));
+        }
+        if self.prompt.trim().is_empty() {
+            return Err(("prompt", "must not be empty".into()));
+        }
+        for name in &self.tools {
+            if tool_schema(name).is_none() {
+                return Err(("tools", format!("unknown tool {name:?}")));
+            }
+        }
+        let offered = self.tool_names();
+        for (field, names) in
+            [("first_tools", &self.first_tools), ("must_call", &self.must_call), ("reference", &self.reference)]
+        {
+            if let Some(name) = names.iter().find(|n| !offered.contains(n)) {
+                return Err((field, format!("{name:?} is not an offered tool ({})", offered.join(", "))));
+            }
+        }
+        let needs_workspace = self.checks.iter().any(|c| !matches!(c, Check::AnswerMentions { .. }));
+        if needs_workspace && self.workspace_seed.is_none() {
+            return Err((
+                "workspace_seed",
+                "checks on files, tests or tool output need the workspace they ran in".into(),
+            ));
+        }
+        let criteria = [
+            !self.checks.is_empty(),
+            !self.first_tools.is_empty(),
+            !self.must_call.is_empty(),
+            !self.answer_facts.is_empty(),
+            !self.reference.is_empty(),
+        ];
+        if !criteria.contains(&true) {
+            return Err((
+                "checks",
+                "a case needs a success criterion: checks, first_tools, must_call, answer_facts or reference".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A suite line that was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("line {line}: {field}: {message}")]
+pub struct SuiteError {
+    pub line: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// Parse a JSONL suite: every case, or every refused line (with its line and field). Blank lines
+/// are skipped; case ids must be unique.
+pub fn parse(text: &str) -> Result<Vec<EvalCase>, Vec<SuiteError>> {
+    let mut cases: Vec<EvalCase> = Vec::new();
+    let mut errors = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let mut deserializer = serde_json::Deserializer::from_str(raw);
+        let case: EvalCase = match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(case) => case,
+            Err(error) => {
+                let field = error.path().to_string();
+                let field = if field == "." || field == "?" { "line".to_string() } else { field };
+                errors.push(SuiteError { line, field, message: error.into_inner().to_string() });
+                continue;
+            }
+        };
+        if let Err((field, message)) = case.validate() {
+            errors.push(SuiteError { line, field: field.into(), message });
+            continue;
+        }
+        if cases.iter().any(|c| c.id == case.id) {
+            errors.push(SuiteError { line, field: "id".into(), message: format!("{:?} is used twice", case.id) });
+            continue;
+        }
+        cases.push(case);
+    }
+    if errors.is_empty() {
+        Ok(cases)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The built-in `heldout` suite: `n` tasks generated from the held-out phrasings and slot values
+/// of the built-in workflow templates. Success is the scenario's outcome checks in the case's
+/// workspace; the right first tool is the scenario's first step (exploration is not counted),
+/// the reference sequence its steps.
+pub fn heldout(n: u64) -> Vec<EvalCase> {
+    let templates = builtin();
+    let mut cases = Vec::new();
+    let mut index = 0;
+    while (cases.len() as u64) < n && index < 4 * n {
+        let generated = generate_from(&templates, HELDOUT_SEED, index, Pool::HeldOut);
+        index += 1;
+        let Ok((trace, checks)) = generated else { continue };
+        let scenario = templates
+            .iter()
+            .find(|t| trace.metadata.get("template").and_then(|v| v.as_str()) == Some(t.name.as_str()))
+            .and_then(|t| {
+                let name = trace.metadata.get("scenario")?.as_str()?;
+                t.scenarios.iter().find(|s| s.name == name)
+            });
+        let Some(scenario) = scenario else { continue };
+        // Steps of the first group may run in any order: each of them is a right first tool.
+        let first = &scenario.steps[0];
+        let mut first_tools: Vec<String> = scenario
+            .steps
+            .iter()
+            .take_while(|s| s.group.is_some() && s.group == first.group)
+            .map(|s| s.tool.clone())
+            .collect();
+        if first_tools.is_empty() {
+            first_tools.push(first.tool.clone());
+        }
+        first_tools.dedup();
+        cases.push(EvalCase {
+            id: format!("heldout-{:03}", cases.len() + 1),
+            category: trace.category.clone(),
+            prompt: trace.prompt.clone(),
+            tools: Vec::new(),
+            workspace_seed: trace.metadata.get("workspace_seed").and_then(|v| v.as_u64()),
+            checks,
+            first_tools,
+            must_call: Vec::new(),
+            answer_facts: Vec::new(),
+            reference: scenario.steps.iter().map(|s| s.tool.clone()).collect(),
+        });
+    }
+    cases
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suite_line_names_its_line_and_field() {
+        let good = r#"{"id": "a", "prompt": "Where is login?", "first_tools": ["Grep"]}"#;
+        assert_eq!(parse(good).unwrap().len(), 1);
+        let text = [
+            good,
+            "",
+            r#"{"id": "b", "prompt": "x", "tools": ["Teleport"], "first_tools": ["Grep"]}"#,
+            "{not json",
+            r#"{"id": "c", "prompt": "x"}"#,
+            r#"{"id": "d", "prompt": "x", "checks": [{"type": "tests_pass"}]}"#,
+            r#"{"id": "a", "prompt": "x", "reference": ["Read"]}"#,
+            r#"{"id": "e", "prompt": 3, "reference": ["Read"]}"#,
+        ]
+        .join("\n");
+        let errors = parse(&text).unwrap_err();
+        let found: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+        assert_eq!(
+            found,
+            vec![(3, "tools"), (4, "line"), (5, "checks"), (6, "workspace_seed"), (7, "id"), (8, "prompt")],
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn heldout_cases_are_valid_and_reproducible() {
+        let cases = heldout(30);
+        assert_eq!(cases.len(), 30);
+        assert_eq!(cases, heldout(30), "the same cases every time");
+        for case in &cases {
+            case.validate().unwrap_or_else(|e| panic!("{}: {e:?}", case.id));
+            assert!(case.workspace_seed.is_some() && !case.checks.is_empty() && !case.first_tools.is_empty());
+        }
+        let categories: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.category.as_str()).collect();
+        assert_eq!(categories.len(), 10, "every template is covered: {categories:?}");
+    }
+}
