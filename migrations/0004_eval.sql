@@ -29,3 +29,15 @@ CREATE TABLE eval_cases (
     PRIMARY KEY (run_id, position)
 );
 CREATE INDEX eval_runs_model ON eval_runs(model_id);
+
+-- Champion decisions: each promotion or refusal with the rule and the numbers it compared, and
+-- manual promotions (`models promote`).
+CREATE TABLE promotions (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_id        TEXT NOT NULL REFERENCES models(id),
+    previous        TEXT,                   -- the champion before the decision
+    promoted        INTEGER NOT NULL,       -- 1: the model became the champion
+    reason          TEXT NOT NULL,
+    decision        TEXT NOT NULL,          -- JSON: rule, eval runs and numbers compared
+    created_at      TEXT NOT NULL
+);

@@ -12,6 +12,7 @@ use super::print_json;
 use super::progress::TerminalProgress;
 use crate::config::Config;
 use crate::eval::metrics::{Rate, Summary};
+use crate::eval::promotion::{self, Rule};
 use crate::eval::suite;
 use crate::jobs::eval::{EvalParams, EvalTarget};
 use crate::jobs::{run_foreground, JobOutput, JobParams, JobRecord};
@@ -46,6 +47,10 @@ pub struct EvalArgs {
     /// Only the first N cases of each suite.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// After evaluating a stored model, apply the promotion rule (success must beat the
+    /// champion's on the same suites by 0.02, argument validity not lower).
+    #[arg(long)]
+    pub promote: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -103,10 +108,22 @@ pub fn run(config: &Config, args: EvalArgs) -> anyhow::Result<ExitCode> {
         max_tokens: args.max_tokens.max(1),
         limit: args.limit,
     };
+    let model_id = match &params.target {
+        EvalTarget::Model { model_id, .. } => model_id.clone(),
+        EvalTarget::Endpoint { .. } => None,
+    };
+    anyhow::ensure!(!args.promote || model_id.is_some(), "--promote: only a stored model can become the champion");
     let bar = TerminalProgress::count("eval");
     let finished = run_foreground(&store, &JobParams::Eval(params), Some(&bar))?;
     bar.finish();
-    report_eval(&finished, args.json)
+    let code = report_eval(&finished, args.json)?;
+    if let (true, Some(model_id)) = (args.promote, model_id) {
+        let rule = Rule { suites: args.suites.clone(), ..Rule::default() };
+        let decision = promotion::apply(&mut store.connect()?, &model_id, &rule)?;
+        let verdict = if decision.promoted { "promoted to champion" } else { "not promoted" };
+        eprintln!("{verdict}: {}", decision.reason);
+    }
+    Ok(code)
 }
 
 /// A stored model by id or `latest`, else a model directory or GGUF file.

@@ -13,6 +13,7 @@ mod export;
 mod generate;
 mod import;
 mod jobs;
+mod models;
 mod progress;
 mod serve;
 mod status;
@@ -50,6 +51,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Write an HF directory, GGUF files, an Ollama Modelfile and a parity report.
     Export(export::ExportArgs),
+    /// List trained models; promote a champion (by hand or by the promotion rule).
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// One reply from a trained model, with tool calls parsed.
     Generate(generate::GenerateArgs),
     /// List or show built datasets.
@@ -121,6 +125,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(config, args),
         Command::Export(args) => export::run(config, args),
         Command::Eval(args) => eval::run(config, args),
+        Command::Models(command) => models::run(config, command),
         Command::Datasets(command) => dataset::run(config, command),
         Command::Bench(command) => bench::run(config, command),
         Command::Import(command) => import::run(config, command),

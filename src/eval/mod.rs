@@ -8,6 +8,7 @@
 pub mod episode;
 pub mod metrics;
 pub mod policy;
+pub mod promotion;
 pub mod suite;
 
 use episode::Policy;

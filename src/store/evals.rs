@@ -172,3 +172,67 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PromotionRow {
+    pub model_id: String,
+    pub previous: Option<String>,
+    pub promoted: bool,
+    pub reason: String,
+    #[schema(value_type = Object)]
+    pub decision: Value,
+    pub created_at: String,
+}
+
+impl Db {
+    /// The newest finished eval run of a model on exactly these suites.
+    pub fn latest_eval_of(&self, model_id: &str, suites: &[String]) -> StoreResult<Option<EvalRunRow>> {
+        let suites = serde_json::to_string(suites).expect("names serialise");
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM eval_runs WHERE model_id = ?1 AND suites = ?2 AND summary IS NOT NULL
+             ORDER BY finished_at DESC, id DESC LIMIT 1"
+        );
+        Ok(self.conn.query_row(&sql, params![model_id, suites], run_row).optional()?)
+    }
+
+    /// Record a decision; when `promoted`, the model becomes the one champion (in one transaction).
+    pub fn record_promotion(
+        &mut self,
+        model_id: &str,
+        promoted: bool,
+        reason: &str,
+        decision: &Value,
+    ) -> StoreResult<()> {
+        let transaction = self.conn.transaction()?;
+        let previous: Option<String> =
+            transaction.query_row("SELECT id FROM models WHERE is_champion = 1", [], |r| r.get(0)).optional()?;
+        transaction.execute(
+            "INSERT INTO promotions (model_id, previous, promoted, reason, decision, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![model_id, previous, promoted, reason, decision.to_string(), now_rfc3339()],
+        )?;
+        if promoted {
+            transaction.execute("UPDATE models SET is_champion = (id = ?1)", [model_id])?;
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub fn list_promotions(&self, limit: i64) -> StoreResult<Vec<PromotionRow>> {
+        let mut statement = self.conn.prepare(
+            "SELECT model_id, previous, promoted, reason, decision, created_at FROM promotions ORDER BY id DESC LIMIT ?",
+        )?;
+        let rows = statement.query_map([limit], |row| {
+            Ok(PromotionRow {
+                model_id: row.get(0)?,
+                previous: row.get(1)?,
+                promoted: row.get::<_, i64>(2)? != 0,
+                reason: row.get(3)?,
+                decision: json_column(row, 4)?,
+                created_at: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -22,7 +22,7 @@ use rusqlite_migration::{Migrations, M};
 
 pub use capture::{CaptureFileRow, CaptureSession};
 pub use datasets::DatasetRow;
-pub use evals::{EvalCaseRow, EvalRunRow, EvalSuiteRow};
+pub use evals::{EvalCaseRow, EvalRunRow, EvalSuiteRow, PromotionRow};
 pub use exports::ExportRow;
 pub use models::{ModelRow, NewModel};
 pub use pairs::{PairInsertOutcome, StoredPair};

@@ -223,3 +223,97 @@ fn the_same_model_scores_the_same_and_its_endpoint_is_scored_by_the_same_harness
         assert!(reason.contains(&unreachable), "the reason is recorded: {reason:?}");
     }
 }
+
+/// An eval summary with the given success and argument-validity hits out of 100.
+fn summary(success: usize, valid: usize) -> Value {
+    use understudy::eval::metrics::{Rate, Summary};
+    let rate = |hits| Rate::new(hits, 100);
+    let overall = Summary {
+        cases: 100,
+        parsed: rate(100),
+        names_valid: rate(100),
+        arguments_valid: rate(valid),
+        first_tool: rate(50),
+        sequence_exact: rate(10),
+        similarity: 0.5,
+        success: rate(success),
+        facts: rate(0),
+        must_call: rate(0),
+        stopped: rate(100),
+        turns: 3.0,
+        tokens: 80.0,
+        seconds: 0.5,
+    };
+    serde_json::json!({"overall": overall})
+}
+
+#[test]
+fn promotion_follows_the_rule_and_every_decision_is_recorded() {
+    use understudy::eval::promotion::{apply, promote_by_hand, Rule};
+    use understudy::store::NewModel;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut db = store.connect().unwrap();
+    let suites = vec!["heldout".to_string()];
+    let model = |db: &mut understudy::store::Db, name: &str, success: usize, valid: usize| {
+        let metrics = serde_json::json!({});
+        let id = db
+            .insert_model(&NewModel {
+                name,
+                base_model: "tiny",
+                parent_id: None,
+                dataset_id: None,
+                run_id: None,
+                path: "/nowhere",
+                metrics: &metrics,
+            })
+            .unwrap();
+        let run = format!("ev_{name}");
+        db.ensure_eval_run(&run, "job_x", name, Some(&id), &suites).unwrap();
+        db.finish_eval_run(&run, &summary(success, valid)).unwrap();
+        id
+    };
+    let first = model(&mut db, "first", 40, 90);
+    let decision = apply(&mut db, &first, &Rule::default()).unwrap();
+    assert!(decision.promoted, "no champion yet: {decision:?}");
+    let barely = model(&mut db, "barely", 41, 95);
+    assert!(!apply(&mut db, &barely, &Rule::default()).unwrap().promoted, "0.41 does not beat 0.40 by 0.02");
+    let invalid = model(&mut db, "invalid", 60, 80);
+    let refused = apply(&mut db, &invalid, &Rule::default()).unwrap();
+    assert!(!refused.promoted && refused.reason.contains("validity"), "{refused:?}");
+    let better = model(&mut db, "better", 60, 95);
+    assert!(apply(&mut db, &better, &Rule::default()).unwrap().promoted);
+    let champions: Vec<String> =
+        db.list_models().unwrap().into_iter().filter(|m| m.is_champion).map(|m| m.id).collect();
+    assert_eq!(champions, vec![better.clone()], "exactly one champion");
+    promote_by_hand(&mut db, &first).unwrap();
+    let history = db.list_promotions(10).unwrap();
+    let verdicts: Vec<(bool, &str)> = history.iter().map(|p| (p.promoted, p.model_id.as_str())).collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            (true, first.as_str()),
+            (true, better.as_str()),
+            (false, invalid.as_str()),
+            (false, barely.as_str()),
+            (true, first.as_str())
+        ]
+    );
+    assert_eq!(history[1].previous.as_deref(), Some(first.as_str()));
+    assert_eq!(history[1].decision["compared"]["champion"], 0.4);
+    let unevaluated = {
+        let metrics = serde_json::json!({});
+        db.insert_model(&NewModel {
+            name: "new",
+            base_model: "tiny",
+            parent_id: None,
+            dataset_id: None,
+            run_id: None,
+            path: "/nowhere",
+            metrics: &metrics,
+        })
+        .unwrap()
+    };
+    let error = apply(&mut db, &unevaluated, &Rule::default()).unwrap_err().to_string();
+    assert!(error.contains("no finished eval"), "{error}");
+}
