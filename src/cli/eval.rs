@@ -8,13 +8,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::print_json;
 use super::progress::TerminalProgress;
+use super::{flag_error, print_json};
 use crate::config::Config;
 use crate::eval::metrics::{Rate, Summary};
 use crate::eval::promotion::{self, Rule};
 use crate::eval::suite;
-use crate::jobs::eval::{EvalParams, EvalTarget};
+use crate::jobs::eval::EvalTarget;
+use crate::jobs::requests::{EvalRequest, ModelScope};
 use crate::jobs::{run_foreground, JobOutput, JobParams, JobRecord};
 use crate::store::Store;
 
@@ -83,31 +84,21 @@ pub fn run(config: &Config, args: EvalArgs) -> anyhow::Result<ExitCode> {
     if let Some(EvalCommand::Suites(command)) = args.command {
         return suites(&store, command);
     }
-    let target = match (&args.model, &args.endpoint) {
-        (_, Some(url)) => EvalTarget::Endpoint {
-            url: url.clone(),
-            model: args.endpoint_model.clone().context("--endpoint-model names the model to ask for")?,
-            api_key: match &args.api_key_env {
-                Some(variable) => {
-                    Some(std::env::var(variable).with_context(|| format!("--api-key-env {variable}: not set"))?)
-                }
-                None => None,
-            },
-            api_key_env: args.api_key_env.clone(),
-        },
-        (model, None) => model_target(&store, model.as_deref().unwrap_or("latest"))?,
-    };
-    {
-        let db = store.connect()?;
-        crate::jobs::eval::load_cases(&db, &args.suites, args.limit).map_err(|e| anyhow::anyhow!("--suite: {e}"))?;
-    }
-    let params = EvalParams {
-        target,
+    let request = EvalRequest {
+        model: args.model.clone(),
+        endpoint: args.endpoint.clone(),
+        endpoint_model: args.endpoint_model.clone(),
         suites: args.suites.clone(),
         max_turns: args.max_turns.into(),
-        max_tokens: args.max_tokens.max(1),
+        max_tokens: args.max_tokens,
         limit: args.limit,
     };
+    let mut params = request.resolve(&store.connect()?, &ModelScope::Anywhere).map_err(flag_error)?;
+    if let (EvalTarget::Endpoint { api_key, api_key_env, .. }, Some(variable)) = (&mut params.target, &args.api_key_env)
+    {
+        *api_key = Some(std::env::var(variable).with_context(|| format!("--api-key-env {variable}: not set"))?);
+        *api_key_env = Some(variable.clone());
+    }
     let model_id = match &params.target {
         EvalTarget::Model { model_id, .. } => model_id.clone(),
         EvalTarget::Endpoint { .. } => None,
@@ -124,28 +115,6 @@ pub fn run(config: &Config, args: EvalArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{verdict}: {}", decision.reason);
     }
     Ok(code)
-}
-
-/// A stored model by id or `latest`, else a model directory or GGUF file.
-fn model_target(store: &Store, wanted: &str) -> anyhow::Result<EvalTarget> {
-    let db = store.connect()?;
-    let row = if wanted == "latest" {
-        Some(db.list_models()?.into_iter().next().context("no trained model yet: run `understudy train` first")?)
-    } else {
-        db.get_model(wanted)?
-    };
-    Ok(match row {
-        Some(row) => EvalTarget::Model {
-            model_id: Some(row.id.clone()),
-            path: row.path.into(),
-            label: format!("{} ({})", row.name, row.id),
-        },
-        None => {
-            let path = PathBuf::from(wanted);
-            anyhow::ensure!(path.exists(), "--model {wanted}: no model with that id, and no such file or directory");
-            EvalTarget::Model { model_id: None, label: path.display().to_string(), path }
-        }
-    })
 }
 
 fn suites(store: &Store, command: SuitesCommand) -> anyhow::Result<ExitCode> {
@@ -197,10 +166,10 @@ fn percent(rate: &Rate) -> String {
 
 fn print_summary(label: &str, summary: &Summary) {
     println!(
-        "{label:<16} {:>4}  parsed {}  valid args {}  first tool {}  success {}  similarity {:.2}",
+        "{label:<16} {:>4}  parsed {}  valid calls {}  first tool {}  success {}  similarity {:.2}",
         summary.cases,
         percent(&summary.parsed),
-        percent(&summary.arguments_valid),
+        percent(&summary.valid_calls),
         percent(&summary.first_tool),
         percent(&summary.success),
         summary.similarity
@@ -221,7 +190,8 @@ pub fn report_eval(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
     }
     let o = &outcome.overall;
     println!(
-        "names valid {}  sequence exact {}  stop {}  {:.1} turns, {:.0} tokens, {:.2}s per episode; {:.2} cases/s",
+        "episodes with only valid calls {}  names valid {}  sequence exact {}  stop {}  {:.1} turns, {:.0} tokens, {:.2}s per episode; {:.2} cases/s",
+        percent(&o.arguments_valid),
         percent(&o.names_valid),
         percent(&o.sequence_exact),
         percent(&o.stopped),

@@ -60,11 +60,12 @@ struct QuickstartLines;
 impl PipelineObserver for QuickstartLines {
     fn begin(&mut self, stage: Stage) -> Option<Box<dyn ProgressSink>> {
         let line = match stage {
-            Stage::Bootstrap => format!("[1/5] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})"),
-            Stage::Dataset => "[2/5] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks".into(),
-            Stage::Train => format!("[3/5] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 6 minutes on 2 cores)"),
+            Stage::Bootstrap => format!("[1/6] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})"),
+            Stage::Dataset => "[2/6] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks".into(),
+            Stage::Train => format!("[3/6] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 6 minutes on 2 cores)"),
             Stage::Select => return None,
-            Stage::Export => "[4/5] export: HF directory, q8_0 and q4_k_m GGUF, Ollama Modelfile, parity checks".into(),
+            Stage::Export => "[4/6] export: HF directory, q8_0 and q4_k_m GGUF, Ollama Modelfile, parity checks".into(),
+            Stage::Eval => "[5/6] eval: 100 held-out tasks run as agent episodes in the sandbox".into(),
         };
         eprintln!("{line}");
         Some(Box::new(TerminalProgress::count(stage.as_str())))
@@ -108,6 +109,24 @@ impl PipelineObserver for QuickstartLines {
                 let modelfile = export.modelfile.as_ref().map_or("-".to_string(), |m| m.display().to_string());
                 eprintln!("      Modelfile {modelfile}");
             }
+            StageReport::Eval(outcome, decision) => {
+                let o = &outcome.overall;
+                let rate = |r: &crate::eval::metrics::Rate| {
+                    format!("{:.0}% [{:.0}–{:.0}]", r.rate * 100.0, r.low * 100.0, r.high * 100.0)
+                };
+                eprintln!(
+                    "      {} on heldout: valid calls {} (episodes with only valid calls {}), right first tool {}, task success {}, parsed {} ({:.2} cases/s)",
+                    outcome.eval_run_id,
+                    rate(&o.valid_calls),
+                    rate(&o.arguments_valid),
+                    rate(&o.first_tool),
+                    rate(&o.success),
+                    rate(&o.parsed),
+                    outcome.cases_per_second
+                );
+                let verdict = if decision.promoted { "champion" } else { "not promoted" };
+                eprintln!("      {verdict}: {}", decision.reason);
+            }
         }
     }
 }
@@ -123,10 +142,10 @@ pub fn quickstart(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
             export.id,
             config.data_dir().display()
         );
-        eprintln!("[5/5] serve");
+        eprintln!("[6/6] serve");
         return serve(config, args);
     }
     pipeline::run(&store, config, &Recipe::quickstart(), &mut QuickstartLines)?;
-    eprintln!("[5/5] serve: the model answers as `{QUICKSTART_EXPORT}` (or `understudy`) on the OpenAI-compatible /v1 endpoint");
+    eprintln!("[6/6] serve: the model answers as `{QUICKSTART_EXPORT}` (or `understudy`) on the OpenAI-compatible /v1 endpoint");
     serve(config, args)
 }

@@ -24,6 +24,9 @@ pub struct CaseScore {
     pub names_valid: bool,
     /// Every call's arguments validate against the offered tool's schema.
     pub arguments_valid: bool,
+    /// Calls made, and how many of them named an offered tool with valid arguments.
+    pub calls: usize,
+    pub valid_calls: usize,
     pub first_tool: Option<bool>,
     pub sequence_exact: Option<bool>,
     pub similarity: Option<f64>,
@@ -107,10 +110,12 @@ pub fn score(case: &EvalCase, episode: &Episode, workspace: &mut Workspace, outp
     };
     let names: Vec<String> = episode.calls.iter().map(|c| c.name.clone()).collect();
     let names_valid = names.iter().all(|n| offered.contains(n));
-    let arguments_valid = episode
+    let valid_calls = episode
         .calls
         .iter()
-        .all(|c| schema_of(&c.name).is_some_and(|schema| schema_violation(&schema, &c.arguments).is_none()));
+        .filter(|c| schema_of(&c.name).is_some_and(|schema| schema_violation(&schema, &c.arguments).is_none()))
+        .count();
+    let arguments_valid = valid_calls == episode.calls.len();
     let checks: Vec<(String, bool, String)> = case
         .checks
         .iter()
@@ -124,6 +129,8 @@ pub fn score(case: &EvalCase, episode: &Episode, workspace: &mut Workspace, outp
         parsed: episode.malformed == 0 && episode.error.is_none() && episode.replies > 0,
         names_valid,
         arguments_valid,
+        calls: episode.calls.len(),
+        valid_calls,
         first_tool: has(&case.first_tools).map(|_| names.first().is_some_and(|n| case.first_tools.contains(n))),
         sequence_exact: has(&case.reference).map(|_| names == case.reference),
         similarity: has(&case.reference).map(|_| similarity(&names, &case.reference)),
@@ -180,6 +187,8 @@ pub struct Summary {
     pub parsed: Rate,
     pub names_valid: Rate,
     pub arguments_valid: Rate,
+    /// Over all calls (not episodes): calls naming an offered tool with valid arguments.
+    pub valid_calls: Rate,
     pub first_tool: Rate,
     pub sequence_exact: Rate,
     pub similarity: f64,
@@ -201,6 +210,7 @@ impl Summary {
             parsed: Rate::of(scores.iter().map(|s| s.parsed)),
             names_valid: Rate::of(scores.iter().map(|s| s.names_valid)),
             arguments_valid: Rate::of(scores.iter().map(|s| s.arguments_valid)),
+            valid_calls: Rate::new(scores.iter().map(|s| s.valid_calls).sum(), scores.iter().map(|s| s.calls).sum()),
             first_tool: Rate::of(scores.iter().filter_map(|s| s.first_tool)),
             sequence_exact: Rate::of(scores.iter().filter_map(|s| s.sequence_exact)),
             similarity: mean(scores.iter().filter_map(|s| s.similarity).collect()),

@@ -566,3 +566,102 @@ impl From<DeployParams> for JobParams {
         JobParams::Deploy(params)
     }
 }
+
+/// An evaluation as asked for: a stored model (id or `latest`; the CLI also takes a model
+/// directory or GGUF) or an OpenAI-compatible endpoint, on suites.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct EvalRequest {
+    /// A model id or `latest` (the newest model) when no endpoint is given.
+    pub model: Option<String>,
+    /// An OpenAI-compatible server; its key, if it needs one, only from the command line.
+    pub endpoint: Option<String>,
+    pub endpoint_model: Option<String>,
+    pub suites: Vec<String>,
+    pub max_turns: usize,
+    pub max_tokens: usize,
+    pub limit: Option<usize>,
+}
+
+impl Default for EvalRequest {
+    fn default() -> Self {
+        EvalRequest {
+            model: None,
+            endpoint: None,
+            endpoint_model: None,
+            suites: vec![crate::eval::suite::HELDOUT.to_string()],
+            max_turns: 6,
+            max_tokens: 256,
+            limit: None,
+        }
+    }
+}
+
+impl EvalRequest {
+    /// Check the suites exist and find the model; `scope` says whether a path may name it.
+    pub fn resolve(self, db: &Db, scope: &ModelScope) -> Result<super::eval::EvalParams, RequestError> {
+        use super::eval::{EvalParams, EvalTarget};
+        let mut fields = Fields::default();
+        fields.check((1..=50).contains(&self.max_turns), "max_turns", "must be 1 to 50");
+        fields.check((1..=4096).contains(&self.max_tokens), "max_tokens", "must be 1 to 4096");
+        fields.check(self.limit != Some(0), "limit", "must be at least 1 (or absent for every case)");
+        fields.check(!self.suites.is_empty(), "suites", "name at least one suite");
+        if let Err(e) = super::eval::load_cases(db, &self.suites, self.limit) {
+            fields.bad("suites", e);
+        }
+        let target = match (&self.endpoint, &self.model) {
+            (Some(_), Some(_)) => {
+                fields.bad("endpoint", "give a model or an endpoint, not both");
+                None
+            }
+            (Some(url), None) => match &self.endpoint_model {
+                Some(model) if url.starts_with("http://") || url.starts_with("https://") => {
+                    Some(EvalTarget::Endpoint {
+                        url: url.clone(),
+                        model: model.clone(),
+                        api_key_env: None,
+                        api_key: None,
+                    })
+                }
+                Some(_) => {
+                    fields.bad("endpoint", format!("{url:?} is not an http(s) URL"));
+                    None
+                }
+                None => {
+                    fields.bad("endpoint_model", "name the model to ask the endpoint for");
+                    None
+                }
+            },
+            (None, model) => {
+                let wanted = model.clone().unwrap_or_else(|| "latest".into());
+                let row =
+                    if wanted == "latest" { db.list_models()?.into_iter().next() } else { db.get_model(&wanted)? };
+                match row {
+                    Some(row) => Some(EvalTarget::Model {
+                        label: format!("{} ({})", row.name, row.id),
+                        model_id: Some(row.id),
+                        path: row.path.into(),
+                    }),
+                    None if wanted == "latest" => {
+                        return Err(RequestError::NotFound("no trained model yet: run `understudy train` first".into()))
+                    }
+                    None => match (scope, scope.resolve(&wanted)) {
+                        (ModelScope::Anywhere, Ok(source)) if source != ModelSource::Tiny => {
+                            let path = PathBuf::from(&wanted);
+                            Some(EvalTarget::Model { model_id: None, label: path.display().to_string(), path })
+                        }
+                        _ => return Err(RequestError::NotFound(format!("no model with id {wanted:?}"))),
+                    },
+                }
+            }
+        };
+        fields.finish()?;
+        Ok(EvalParams {
+            target: target.expect("checked above"),
+            suites: self.suites,
+            max_turns: self.max_turns,
+            max_tokens: self.max_tokens,
+            limit: self.limit,
+        })
+    }
+}

@@ -1,12 +1,14 @@
-//! The pipeline: bootstrap → dataset → train → select → export, each stage a typed function
+//! The pipeline: bootstrap → dataset → train → select → export → eval, each stage a typed function
 //! that runs its job in the foreground and returns the job's typed output, and `run`, which
 //! goes through a `Recipe` stage by stage. `quickstart` runs `Recipe::quickstart` and then
 //! serves; the orchestrator calls the same stages. Knows nothing of the terminal: a
 //! `PipelineObserver` decides what a user sees.
 
 use crate::config::Config;
+use crate::eval::promotion::{Decision, Rule};
 use crate::jobs::bootstrap::{BootstrapParams, BootstrapReport};
 use crate::jobs::build_dataset::{BuildParams, DatasetBuilt};
+use crate::jobs::eval::{EvalOutcome, EvalParams, EvalTarget};
 use crate::jobs::export::{ExportOutcome, ExportParams};
 use crate::jobs::requests::{
     BootstrapRequest, DatasetRequest, ExportRequest, ExportTarget, ModelScope, RequestError, TrainRequest,
@@ -27,6 +29,8 @@ pub enum PipelineError {
     Stage { stage: Stage, reason: Unfinished },
     #[error("checkpoint selection: {0}")]
     Select(String),
+    #[error(transparent)]
+    Promotion(#[from] crate::eval::promotion::PromotionError),
 }
 
 /// The stages in order.
@@ -37,6 +41,7 @@ pub enum Stage {
     Train,
     Select,
     Export,
+    Eval,
 }
 
 impl Stage {
@@ -47,6 +52,7 @@ impl Stage {
             Stage::Train => "train",
             Stage::Select => "select",
             Stage::Export => "export",
+            Stage::Eval => "eval",
         }
     }
 }
@@ -116,6 +122,18 @@ pub fn export(
     }
 }
 
+/// Evaluate a model (`jobs::eval`).
+pub fn evaluate(
+    store: &Store,
+    params: EvalParams,
+    sink: Option<&dyn ProgressSink>,
+) -> Result<EvalOutcome, PipelineError> {
+    match run_stage(store, Stage::Eval, JobParams::Eval(params), sink)? {
+        JobOutput::Eval(outcome) => Ok(outcome),
+        other => unreachable!("an eval job produced {:?}", other.kind()),
+    }
+}
+
 /// How a run's checkpoints compete: the newest `checkpoints` are scored on `prompts`
 /// validation prompts, `max_tokens` each (see `train::select`).
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +194,8 @@ pub struct Recipe {
     pub selection: Option<Selection>,
     pub export_quants: Vec<String>,
     pub export_name: String,
+    /// Evaluate the trained model on these suites, then apply the promotion rule.
+    pub eval_suites: Vec<String>,
 }
 
 /// Quickstart is reproducible: the same 500 traces on every machine.
@@ -208,6 +228,7 @@ impl Recipe {
             selection: Some(Selection { prompts: 6, checkpoints: 5, max_tokens: 96 }),
             export_quants: vec!["q8_0".into(), "q4_k_m".into()],
             export_name: QUICKSTART_EXPORT.into(),
+            eval_suites: vec![crate::eval::suite::HELDOUT.to_string()],
         }
     }
 }
@@ -220,6 +241,7 @@ pub enum StageReport<'a> {
     Train(&'a TrainOutcome),
     Select(&'a Selected),
     Export(&'a ExportOutcome),
+    Eval(&'a EvalOutcome, &'a Decision),
 }
 
 /// Who watches a pipeline run: gets a progress sink per stage and each stage's report.
@@ -235,6 +257,7 @@ pub struct PipelineOutcome {
     pub dataset: DatasetBuilt,
     pub run: TrainOutcome,
     pub export: ExportOutcome,
+    pub eval: Option<EvalOutcome>,
 }
 
 /// Run every stage of `recipe`, reporting to `observer`.
@@ -278,5 +301,29 @@ pub fn run(
     let export = export(store, params, sink.as_deref())?;
     drop(sink);
     observer.finished(StageReport::Export(&export));
-    Ok(PipelineOutcome { bootstrap: report, dataset, run, export })
+
+    let mut eval = None;
+    if !recipe.eval_suites.is_empty() {
+        let sink = observer.begin(Stage::Eval);
+        let model = store.connect()?.get_model(&run.model_id)?;
+        let path = model.as_ref().map_or_else(|| run.checkpoint_dir.join("model"), |m| m.path.clone().into());
+        let params = EvalParams {
+            target: EvalTarget::Model {
+                model_id: Some(run.model_id.clone()),
+                path,
+                label: format!("{} ({})", recipe.export_name, run.model_id),
+            },
+            suites: recipe.eval_suites.clone(),
+            max_turns: 6,
+            max_tokens: 256,
+            limit: None,
+        };
+        let outcome = evaluate(store, params, sink.as_deref())?;
+        drop(sink);
+        let rule = Rule { suites: recipe.eval_suites.clone(), ..Rule::default() };
+        let decision = crate::eval::promotion::apply(&mut store.connect()?, &run.model_id, &rule)?;
+        observer.finished(StageReport::Eval(&outcome, &decision));
+        eval = Some(outcome);
+    }
+    Ok(PipelineOutcome { bootstrap: report, dataset, run, export, eval })
 }

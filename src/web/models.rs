@@ -6,7 +6,7 @@
 
 use actix_web::{web, HttpResponse};
 use askama::Template;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody, PageError};
@@ -14,10 +14,10 @@ use super::shared::*;
 use super::{AppState, WebError};
 use crate::deploy::DEFAULT_NAME;
 use crate::export::{ExportManifest, Quant};
-use crate::jobs::requests::{self, DeployRequest, ExportRequest, ExportTarget};
+use crate::jobs::requests::{self, DeployRequest, EvalRequest, ExportRequest, ExportTarget, ModelScope};
 use crate::jobs::JobRecord;
 use crate::jobs::{JobId, JobParams};
-use crate::store::{ExportRow, ModelRow};
+use crate::store::{EvalRunRow, ExportRow, ModelRow};
 
 /// What an export from the Models page checks by default: the quant Ollama users run.
 pub const DEFAULT_QUANT: Quant = Quant::Q4KM;
@@ -26,6 +26,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/models", web::get().to(page))
         .route("/models/{id}/export", web::post().to(export_form))
+        .route("/models/{id}/eval", web::post().to(eval_form))
         .route("/exports/{id}/deploy", web::post().to(deploy_form));
 }
 
@@ -36,7 +37,10 @@ pub fn api_routes(config: &mut web::ServiceConfig) {
         .route("/models/{id}", web::get().to(get_model))
         .route("/models/{id}/export", web::post().to(start_export))
         .route("/exports", web::get().to(list_exports))
-        .route("/exports/{id}/deploy", web::post().to(start_deploy));
+        .route("/exports/{id}/deploy", web::post().to(start_deploy))
+        .route("/evals", web::get().to(list_evals))
+        .route("/evals", web::post().to(start_eval))
+        .route("/evals/{id}", web::get().to(get_eval));
 }
 
 /// Resolve an export request off the async workers and queue it; shared with the API.
@@ -87,6 +91,7 @@ fn model_row(row: &ModelRow, refused: Option<&Refused>) -> ModelListRow {
         eval_loss: metric("final_eval_loss", 4),
         speed: metric("tokens_per_second", 0),
         created_at: row.created_at.clone(),
+        champion: row.is_champion,
         quants: Quant::ALL
             .iter()
             .map(|q| QuantChoice { value: q.as_str(), checked: checked.iter().any(|c| c == q.as_str()) })
@@ -158,11 +163,24 @@ fn export_row(row: &ExportRow, refused: Option<&Refused>, default_host: &str) ->
 }
 
 async fn render(state: &AppState, refused: Option<Refused>) -> Result<ModelsPage, WebError> {
-    let (models, exports) = state.with_db(|db| Ok((db.list_models()?, db.list_exports()?))).await?;
+    let (models, exports, evals, promotions) = state
+        .with_db(|db| Ok((db.list_models()?, db.list_exports()?, db.list_eval_runs(50)?, db.list_promotions(20)?)))
+        .await?;
+    let champion = models.iter().find(|m| m.is_champion).map(|m| m.id.clone());
     Ok(ModelsPage {
         nav: Nav::new("/models"),
         models: models.iter().map(|m| model_row(m, refused.as_ref())).collect(),
         exports: exports.iter().map(|e| export_row(e, refused.as_ref(), &state.ollama_host)).collect(),
+        evals: evals.iter().map(|run| eval_row(run, champion.as_deref())).collect(),
+        promotions: promotions
+            .into_iter()
+            .map(|p| PromotionView {
+                model: p.model_id,
+                promoted: p.promoted,
+                reason: p.reason,
+                created_at: p.created_at,
+            })
+            .collect(),
     })
 }
 
@@ -247,6 +265,7 @@ pub struct ModelListRow {
     pub eval_loss: String,
     pub speed: String,
     pub created_at: String,
+    pub champion: bool,
     /// The export form's checkboxes.
     pub quants: Vec<QuantChoice>,
     pub export_error: Option<String>,
@@ -297,6 +316,60 @@ pub struct ModelsPage {
     pub nav: Nav,
     pub models: Vec<ModelListRow>,
     pub exports: Vec<ExportListRow>,
+    pub evals: Vec<EvalRow>,
+    pub promotions: Vec<PromotionView>,
+}
+
+/// One eval run side by side with the others: each rate with its Wilson interval.
+pub struct EvalRow {
+    pub id: String,
+    pub target: String,
+    pub champion: bool,
+    pub suites: String,
+    pub cases: String,
+    pub arguments_valid: String,
+    pub first_tool: String,
+    pub success: String,
+    pub parsed: String,
+    pub similarity: String,
+    pub finished: bool,
+}
+
+pub struct PromotionView {
+    pub model: String,
+    pub promoted: bool,
+    pub reason: String,
+    pub created_at: String,
+}
+
+fn rate_cell(summary: &serde_json::Value, name: &str) -> String {
+    let rate = &summary["overall"][name];
+    match (rate["rate"].as_f64(), rate["n"].as_u64()) {
+        (Some(value), Some(n)) if n > 0 => format!(
+            "{:.0}% [{:.0}–{:.0}]",
+            value * 100.0,
+            rate["low"].as_f64().unwrap_or(0.0) * 100.0,
+            rate["high"].as_f64().unwrap_or(0.0) * 100.0
+        ),
+        _ => "–".into(),
+    }
+}
+
+fn eval_row(run: &EvalRunRow, champion: Option<&str>) -> EvalRow {
+    let summary = run.summary.clone().unwrap_or_default();
+    EvalRow {
+        id: run.id.clone(),
+        target: run.target.clone(),
+        champion: run.model_id.is_some() && run.model_id.as_deref() == champion,
+        suites: run.suites.join(", "),
+        cases: summary["overall"]["cases"].as_u64().map_or("–".into(), |n| n.to_string()),
+        arguments_valid: rate_cell(&summary, "arguments_valid"),
+        first_tool: rate_cell(&summary, "first_tool"),
+        success: rate_cell(&summary, "success"),
+        parsed: rate_cell(&summary, "parsed"),
+        similarity: summary["overall"]["similarity"].as_f64().map_or("–".into(), |v| format!("{v:.2}")),
+        finished: run.finished_at.is_some(),
+    }
 }
 
 /// Trained models with lineage, newest first.
@@ -381,4 +454,56 @@ pub async fn start_deploy(
     };
     let id = enqueue_deploy(&state, request).await?;
     accepted(&state, id).await
+}
+
+/// Resolve an eval request (suites, model) off the async workers and queue it; shared with the
+/// API. The web may only name stored models.
+pub async fn enqueue_eval(state: &AppState, request: EvalRequest) -> Result<JobId, WebError> {
+    let config = state.config.clone();
+    let params = state.blocking(move |db| request.resolve(db, &ModelScope::web(&config))).await?;
+    state.submit(JobParams::Eval(params)).await
+}
+
+/// The Models page's Evaluate button: the model on `heldout`.
+async fn eval_form(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, PageError> {
+    let request = EvalRequest { model: Some(id.into_inner()), ..EvalRequest::default() };
+    let id = enqueue_eval(&state, request).await?;
+    Ok(see_other(&format!("/jobs/{id}")))
+}
+
+/// Evaluate a stored model or an OpenAI-compatible endpoint (an `eval` job) on suites; the
+/// result (overall and per-category metrics with Wilson intervals) is the job's result and
+/// appears under /api/evals.
+#[utoipa::path(post, path = "/api/evals", request_body = EvalRequest,
+    responses((status = 202, body = JobRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn start_eval(state: web::Data<AppState>, request: web::Json<EvalRequest>) -> Result<HttpResponse, ApiError> {
+    let id = enqueue_eval(&state, request.into_inner()).await?;
+    accepted(&state, id).await
+}
+
+/// Eval runs, newest first, with their summaries.
+#[utoipa::path(get, path = "/api/evals", responses((status = 200, body = Vec<crate::store::EvalRunRow>)))]
+pub async fn list_evals(state: web::Data<AppState>) -> Result<web::Json<Vec<EvalRunRow>>, ApiError> {
+    Ok(web::Json(state.with_db(|db| Ok(db.list_eval_runs(200)?)).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EvalDetail {
+    pub run: EvalRunRow,
+    /// Every case: its score and its episode (the transcript as OpenAI messages).
+    pub cases: Vec<crate::store::EvalCaseRow>,
+}
+
+/// One eval run with every case's score and episode.
+#[utoipa::path(get, path = "/api/evals/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = EvalDetail), (status = 404, body = ErrorBody)))]
+pub async fn get_eval(state: web::Data<AppState>, id: web::Path<String>) -> Result<web::Json<EvalDetail>, ApiError> {
+    let id = id.into_inner();
+    let detail = state
+        .with_db(move |db| {
+            let run = db.get_eval_run(&id)?.ok_or_else(|| WebError::NotFound(format!("no eval run with id {id:?}")))?;
+            Ok(EvalDetail { cases: db.eval_cases(&run.id)?, run })
+        })
+        .await?;
+    Ok(web::Json(detail))
 }

@@ -123,6 +123,9 @@ async fn docs() -> Result<HttpResponse, PageError> {
         models::start_export,
         models::list_exports,
         models::start_deploy,
+        models::start_eval,
+        models::list_evals,
+        models::get_eval,
         capture::capture_status,
         capture::capture_scan,
         capture::capture_engine_start,
@@ -157,6 +160,10 @@ async fn docs() -> Result<HttpResponse, PageError> {
         models::ExportModelRequest,
         crate::store::ExportRow,
         models::DeployBody,
+        models::EvalDetail,
+        crate::jobs::requests::EvalRequest,
+        crate::store::EvalRunRow,
+        crate::store::EvalCaseRow,
         capture::CaptureScanRequest,
         capture::CaptureStartRequest
     ))

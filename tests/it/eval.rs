@@ -233,6 +233,7 @@ fn summary(success: usize, valid: usize) -> Value {
         parsed: rate(100),
         names_valid: rate(100),
         arguments_valid: rate(valid),
+        valid_calls: rate(valid),
         first_tool: rate(50),
         sequence_exact: rate(10),
         similarity: 0.5,
