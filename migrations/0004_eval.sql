@@ -26,6 +26,7 @@ CREATE TABLE eval_cases (
     category    TEXT NOT NULL,
     score       TEXT NOT NULL,          -- JSON CaseScore
     episode     TEXT NOT NULL,          -- JSON Episode (transcript, calls, ...)
+    eval_case   TEXT NOT NULL,          -- JSON EvalCase: what the episode was measured against
     PRIMARY KEY (run_id, position)
 );
 CREATE INDEX eval_runs_model ON eval_runs(model_id);

@@ -141,6 +141,7 @@ pub fn run(context: &mut JobContext<'_>, params: &EvalParams) -> Result<EvalOutc
         let state = serde_json::to_string(&next).expect("checkpoint serialises");
         let score_json = serde_json::to_value(&score).expect("scores serialise");
         let episode_json = serde_json::to_value(&episode).expect("episodes serialise");
+        let case_json = serde_json::to_value(case).expect("cases serialise");
         context.db().insert_eval_case(
             &run_id,
             checkpoint.next,
@@ -149,6 +150,7 @@ pub fn run(context: &mut JobContext<'_>, params: &EvalParams) -> Result<EvalOutc
             &case.category,
             &score_json,
             &episode_json,
+            &case_json,
             (&job_id, &state),
         )?;
         checkpoint = next;

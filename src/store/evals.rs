@@ -39,6 +39,9 @@ pub struct EvalCaseRow {
     pub score: Value,
     #[schema(value_type = Object)]
     pub episode: Value,
+    /// The case as it was run (prompt, tools, criteria, reference).
+    #[schema(value_type = Object)]
+    pub case: Value,
 }
 
 fn json_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Value> {
@@ -118,13 +121,23 @@ impl Db {
         category: &str,
         score: &Value,
         episode: &Value,
+        case: &Value,
         checkpoint: (&str, &str),
     ) -> StoreResult<()> {
         let transaction = self.conn.transaction()?;
         transaction.execute(
-            "INSERT OR REPLACE INTO eval_cases (run_id, position, case_id, suite, category, score, episode)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![run_id, position as i64, case_id, suite, category, score.to_string(), episode.to_string()],
+            "INSERT OR REPLACE INTO eval_cases (run_id, position, case_id, suite, category, score, episode, eval_case)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                run_id,
+                position as i64,
+                case_id,
+                suite,
+                category,
+                score.to_string(),
+                episode.to_string(),
+                case.to_string()
+            ],
         )?;
         super::jobs::write_checkpoint(&transaction, checkpoint.0, checkpoint.1, &now_rfc3339())?;
         transaction.commit()?;
@@ -144,7 +157,8 @@ impl Db {
 
     pub fn eval_cases(&self, run_id: &str) -> StoreResult<Vec<EvalCaseRow>> {
         let mut statement = self.conn.prepare(
-            "SELECT position, case_id, suite, category, score, episode FROM eval_cases WHERE run_id = ? ORDER BY position",
+            "SELECT position, case_id, suite, category, score, episode, eval_case FROM eval_cases WHERE run_id = ?
+             ORDER BY position",
         )?;
         let rows = statement.query_map([run_id], |row| {
             Ok(EvalCaseRow {
@@ -154,6 +168,7 @@ impl Db {
                 category: row.get(3)?,
                 score: json_column(row, 4)?,
                 episode: json_column(row, 5)?,
+                case: json_column(row, 6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

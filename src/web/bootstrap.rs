@@ -250,7 +250,7 @@ async fn preview(state: web::Data<AppState>, query: web::Query<PreviewQuery>) ->
         prompt: trace.prompt.clone(),
         outcome: trace.outcome.status.as_str().to_string(),
         checks: trace.outcome.checks.iter().map(|c| CheckView { name: c.name.clone(), passed: c.passed }).collect(),
-        messages: message_views(&trace),
+        messages: message_views(&trace.messages),
     })
 }
 

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody, PageError};
 use super::shared::*;
+use super::traces::{message_views, MessageView};
 use super::{AppState, WebError};
 use crate::deploy::DEFAULT_NAME;
 use crate::export::{ExportManifest, Quant};
@@ -18,6 +19,7 @@ use crate::jobs::requests::{self, DeployRequest, EvalRequest, ExportRequest, Exp
 use crate::jobs::JobRecord;
 use crate::jobs::{JobId, JobParams};
 use crate::store::{EvalRunRow, ExportRow, ModelRow};
+use crate::traces::wire::{messages_from_wire, WireMessage};
 
 /// What an export from the Models page checks by default: the quant Ollama users run.
 pub const DEFAULT_QUANT: Quant = Quant::Q4KM;
@@ -27,7 +29,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/models", web::get().to(page))
         .route("/models/{id}/export", web::post().to(export_form))
         .route("/models/{id}/eval", web::post().to(eval_form))
-        .route("/exports/{id}/deploy", web::post().to(deploy_form));
+        .route("/exports/{id}/deploy", web::post().to(deploy_form))
+        .route("/evals/{id}", web::get().to(eval_page))
+        .route("/evals/{id}/cases/{position}", web::get().to(eval_case_page));
 }
 
 /// Routes under `/api`.
@@ -506,4 +510,151 @@ pub async fn get_eval(state: web::Data<AppState>, id: web::Path<String>) -> Resu
         })
         .await?;
     Ok(web::Json(detail))
+}
+
+/// An outcome check as the episode left it.
+pub struct EvalCheckView {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+pub struct EvalCaseRowView {
+    pub position: usize,
+    pub case_id: String,
+    pub category: String,
+    pub first_tool: &'static str,
+    pub success: &'static str,
+    pub valid_calls: String,
+    pub turns: String,
+    pub stopped: &'static str,
+    pub error: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/eval.html")]
+pub struct EvalPage {
+    pub nav: Nav,
+    pub id: String,
+    pub target: String,
+    pub suites: String,
+    pub finished: bool,
+    pub cases: Vec<EvalCaseRowView>,
+}
+
+#[derive(Template)]
+#[template(path = "pages/eval_case.html")]
+pub struct EvalCasePage {
+    pub nav: Nav,
+    pub id: String,
+    pub case_id: String,
+    pub prompt: String,
+    pub reference: String,
+    pub first_tools: String,
+    pub checks: Vec<EvalCheckView>,
+    pub called: String,
+    pub scores: String,
+    pub messages: Vec<MessageView>,
+}
+
+fn mark(value: &serde_json::Value) -> &'static str {
+    match value.as_bool() {
+        Some(true) => "✓",
+        Some(false) => "✗",
+        None => "–",
+    }
+}
+
+fn names(value: &serde_json::Value) -> String {
+    let list: Vec<&str> = value.as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+    if list.is_empty() {
+        "–".into()
+    } else {
+        list.join(" → ")
+    }
+}
+
+async fn load_eval(state: &AppState, id: String) -> Result<(EvalRunRow, Vec<crate::store::EvalCaseRow>), WebError> {
+    state
+        .with_db(move |db| {
+            let run = db.get_eval_run(&id)?.ok_or_else(|| WebError::NotFound(format!("no eval run with id {id:?}")))?;
+            Ok((db.eval_cases(&run.id)?, run))
+        })
+        .await
+        .map(|(cases, run)| (run, cases))
+}
+
+/// One eval run: every case with its headline scores, linked to its episode.
+async fn eval_page(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, PageError> {
+    let (run, cases) = load_eval(&state, id.into_inner()).await?;
+    html(EvalPage {
+        nav: Nav::new("/models"),
+        target: run.target.clone(),
+        suites: run.suites.join(", "),
+        finished: run.finished_at.is_some(),
+        cases: cases
+            .iter()
+            .map(|c| EvalCaseRowView {
+                position: c.position,
+                case_id: c.case_id.clone(),
+                category: c.category.clone(),
+                first_tool: mark(&c.score["first_tool"]),
+                success: mark(&c.score["success"]),
+                valid_calls: format!("{}/{}", c.score["valid_calls"], c.score["calls"]),
+                turns: c.score["turns"].to_string(),
+                stopped: mark(&c.score["stopped"]),
+                error: c.score["error"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect(),
+        id: run.id,
+    })
+}
+
+/// One case: the episode as a conversation beside what counts as success.
+async fn eval_case_page(
+    state: web::Data<AppState>,
+    path: web::Path<(String, usize)>,
+) -> Result<HttpResponse, PageError> {
+    let (id, position) = path.into_inner();
+    let (run, cases) = load_eval(&state, id).await?;
+    let case = cases
+        .into_iter()
+        .find(|c| c.position == position)
+        .ok_or_else(|| WebError::NotFound(format!("eval {} has no case {position}", run.id)))?;
+    let wire: Vec<WireMessage> = serde_json::from_value(case.episode["transcript"].clone())
+        .map_err(|e| WebError::Internal(format!("eval {} case {position}: transcript: {e}", run.id)))?;
+    let messages =
+        messages_from_wire(wire).map_err(|e| WebError::Internal(format!("eval {} case {position}: {e}", run.id)))?;
+    let called: Vec<&str> =
+        case.episode["calls"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    let score = &case.score;
+    html(EvalCasePage {
+        nav: Nav::new("/models"),
+        case_id: case.case_id.clone(),
+        prompt: case.case["prompt"].as_str().unwrap_or_default().to_string(),
+        reference: names(&case.case["reference"]),
+        first_tools: names(&case.case["first_tools"]),
+        checks: score["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| EvalCheckView {
+                name: c[0].as_str().unwrap_or_default().to_string(),
+                passed: c[1].as_bool().unwrap_or(false),
+                detail: c[2].as_str().unwrap_or_default().to_string(),
+            })
+            .collect(),
+        called: if called.is_empty() { "none".into() } else { called.join(" → ") },
+        scores: format!(
+            "first tool {}, task success {}, valid calls {}/{}, {} turns, stopped {}",
+            mark(&score["first_tool"]),
+            mark(&score["success"]),
+            score["valid_calls"],
+            score["calls"],
+            score["turns"],
+            mark(&score["stopped"])
+        ),
+        messages: message_views(&messages),
+        id: run.id,
+    })
 }

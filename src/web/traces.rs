@@ -20,7 +20,7 @@ use crate::jobs::JobRecord;
 use crate::store::{TraceFilter, TraceSummary};
 use crate::traces::formats::ImportFormat;
 use crate::traces::wire::{to_canonical_json, to_openai_json};
-use crate::traces::{OutcomeStatus, Role, Source, Split, Trace};
+use crate::traces::{Message, OutcomeStatus, Role, Source, Split};
 
 pub fn routes(config: &mut web::ServiceConfig) {
     config
@@ -222,9 +222,8 @@ fn cut(text: &str) -> (String, bool) {
     (text[..end].to_string(), true)
 }
 
-pub(super) fn message_views(trace: &Trace) -> Vec<MessageView> {
-    trace
-        .messages
+pub(super) fn message_views(messages: &[Message]) -> Vec<MessageView> {
+    messages
         .iter()
         .map(|message| {
             let (label, css) = match message.role {
@@ -276,7 +275,7 @@ async fn trace(state: web::Data<AppState>, id: web::Path<String>) -> Result<Http
         .collect();
     html(TracePage {
         nav: Nav::new("/traces"),
-        messages: message_views(&trace),
+        messages: message_views(&trace.messages),
         n_tool_calls: trace.n_tool_calls(),
         checks: trace.outcome.checks.iter().map(|c| CheckView { name: c.name.clone(), passed: c.passed }).collect(),
         id: trace.id,

@@ -14,7 +14,7 @@ use understudy::eval::suite::{heldout, EvalCase};
 use understudy::store::Store;
 use understudy::traces::{Message, Role, Trace};
 
-use crate::support::{cli, spawn_app};
+use crate::support::{cli, get, spawn_app};
 
 #[test]
 fn suites_import_refuses_bad_lines_by_number_and_field() {
@@ -193,6 +193,22 @@ fn the_same_model_scores_the_same_and_its_endpoint_is_scored_by_the_same_harness
     assert_eq!(metrics_without_timing(&first), metrics_without_timing(&second), "greedy: identical numbers");
     assert_eq!(first["categories"].as_object().unwrap().len(), 2);
     assert_eq!(first["overall"]["first_tool"]["n"], 2);
+
+    // The runs are on the Models page, the API, and a page per run and per case.
+    let run_id = first["eval_run_id"].as_str().unwrap();
+    assert!(get(&app.url("/models")).body.contains(run_id));
+    let listed = get(&app.url("/api/evals")).json();
+    assert!(listed.as_array().unwrap().iter().any(|r| r["id"] == run_id), "{listed}");
+    let detail = get(&app.url(&format!("/api/evals/{run_id}"))).json();
+    assert_eq!(detail["cases"].as_array().unwrap().len(), 2);
+    assert_eq!(detail["cases"][0]["case"]["reference"], serde_json::json!(["Grep"]));
+    let page = get(&app.url(&format!("/evals/{run_id}")));
+    assert!(page.status == 200 && page.body.contains("l1") && page.body.contains("l2"), "{}", page.body);
+    let case = get(&app.url(&format!("/evals/{run_id}/cases/0")));
+    assert_eq!(case.status, 200);
+    assert!(case.body.contains("Where is the login code?") && case.body.contains("Grep"), "{}", case.body);
+    assert!(case.body.contains("class=\"conversation\""), "the episode is shown as a conversation");
+    assert_eq!(get(&app.url("/evals/ev_nope")).status, 404);
 
     let endpoint = run(&[
         "eval",
