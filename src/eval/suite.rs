@@ -3,16 +3,20 @@
 //! tools that must be called, facts the answer must contain, a reference tool sequence). Suites
 //! are JSONL files users import (every line checked, the line and field named on error) or
 //! built in: `heldout`, generated from the held-out part of bootstrap's phrasings and slot
-//! values (`bootstrap::generator::Pool::HeldOut`), so no training trace shares a prompt with it.
+//! values (`bootstrap::generator::Pool::HeldOut`), so no training trace shares a prompt with it —
+//! and `dataset:<ID>`, a dataset's test split.
 
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::generator::{generate_from, Pool};
-use crate::bootstrap::workflows::{builtin, Check};
+use crate::bootstrap::workflows::{builtin, Check, WorkflowTemplate};
 use crate::traces::tools::{tool_schema, DEFAULT_TOOL_NAMES};
+use crate::traces::Trace;
 
 /// The built-in suite of held-out tasks.
 pub const HELDOUT: &str = "heldout";
+/// Suites named `dataset:<ID>` are that dataset's test split.
+pub const DATASET_PREFIX: &str = "dataset:";
 /// Cases in the built-in `heldout` suite.
 pub const HELDOUT_CASES: u64 = 100;
 /// The run seed `heldout` is generated with (bootstrap runs draw from the training pools, so
@@ -170,26 +174,7 @@ pub fn heldout(n: u64) -> Vec<EvalCase> {
         let generated = generate_from(&templates, HELDOUT_SEED, index, Pool::HeldOut);
         index += 1;
         let Ok((trace, checks)) = generated else { continue };
-        let scenario = templates
-            .iter()
-            .find(|t| trace.metadata.get("template").and_then(|v| v.as_str()) == Some(t.name.as_str()))
-            .and_then(|t| {
-                let name = trace.metadata.get("scenario")?.as_str()?;
-                t.scenarios.iter().find(|s| s.name == name)
-            });
-        let Some(scenario) = scenario else { continue };
-        // Steps of the first group may run in any order: each of them is a right first tool.
-        let first = &scenario.steps[0];
-        let mut first_tools: Vec<String> = scenario
-            .steps
-            .iter()
-            .take_while(|s| s.group.is_some() && s.group == first.group)
-            .map(|s| s.tool.clone())
-            .collect();
-        if first_tools.is_empty() {
-            first_tools.push(first.tool.clone());
-        }
-        first_tools.dedup();
+        let Some((first_tools, reference)) = scenario_tools(&templates, &trace) else { continue };
         cases.push(EvalCase {
             id: format!("heldout-{:03}", cases.len() + 1),
             category: trace.category.clone(),
@@ -200,8 +185,74 @@ pub fn heldout(n: u64) -> Vec<EvalCase> {
             first_tools,
             must_call: Vec::new(),
             answer_facts: Vec::new(),
-            reference: scenario.steps.iter().map(|s| s.tool.clone()).collect(),
+            reference,
         });
+    }
+    cases
+}
+
+/// The right first tools and the reference sequence of a generated trace's scenario: the
+/// scenario's steps (exploration is not counted); steps of the first group may run in any
+/// order, so each of them is a right first tool.
+fn scenario_tools(templates: &[WorkflowTemplate], trace: &Trace) -> Option<(Vec<String>, Vec<String>)> {
+    let wanted = trace.metadata.get("template")?.as_str()?;
+    let template = templates.iter().find(|t| t.name == wanted)?;
+    let name = trace.metadata.get("scenario")?.as_str()?;
+    let scenario = template.scenarios.iter().find(|s| s.name == name)?;
+    let first = scenario.steps.first()?;
+    let mut first_tools: Vec<String> = scenario
+        .steps
+        .iter()
+        .take_while(|s| s.group.is_some() && s.group == first.group)
+        .map(|s| s.tool.clone())
+        .collect();
+    if first_tools.is_empty() {
+        first_tools.push(first.tool.clone());
+    }
+    first_tools.dedup();
+    Some((first_tools, scenario.steps.iter().map(|s| s.tool.clone()).collect()))
+}
+
+/// Cases from stored traces (a dataset's test split). A synthetic trace is generated again from
+/// its seed with `templates` (the active workflow templates, in bootstrap's order) to recover its outcome checks and its
+/// scenario's steps; any other trace is measured by its own calls (the first tool, the
+/// sequence). Traces without a tool call, or offering a tool Understudy has no schema for, are
+/// left out.
+pub fn from_traces(traces: &[Trace], templates: &[WorkflowTemplate]) -> Vec<EvalCase> {
+    let mut cases = Vec::new();
+    for trace in traces {
+        let calls: Vec<String> = trace.tool_calls().map(|c| c.name.clone()).collect();
+        if calls.is_empty() {
+            continue;
+        }
+        let tools: Vec<String> =
+            trace.tools.iter().filter_map(|t| t["function"]["name"].as_str().map(str::to_string)).collect();
+        let regenerated = (|| {
+            let run_seed = trace.metadata.get("run_seed")?.as_u64()?;
+            let index = trace.metadata.get("index")?.as_u64()?;
+            let (again, checks) = generate_from(templates, run_seed, index, Pool::Training).ok()?;
+            // The same run seed and index give the same trace only with the same templates.
+            (again.messages == trace.messages).then_some(checks)
+        })();
+        let (first_tools, reference) = match (&regenerated, scenario_tools(templates, trace)) {
+            (Some(_), Some(tools)) => tools,
+            _ => (vec![calls[0].clone()], calls.clone()),
+        };
+        let case = EvalCase {
+            id: trace.id.clone(),
+            category: trace.category.clone(),
+            prompt: trace.prompt.clone(),
+            tools,
+            workspace_seed: regenerated.as_ref().and(trace.metadata.get("workspace_seed").and_then(|v| v.as_u64())),
+            checks: regenerated.unwrap_or_default(),
+            first_tools,
+            must_call: Vec::new(),
+            answer_facts: Vec::new(),
+            reference,
+        };
+        if case.validate().is_ok() {
+            cases.push(case);
+        }
     }
     cases
 }

@@ -14,6 +14,7 @@ use crate::eval::metrics::{summarize, CaseScore, Summary};
 use crate::eval::policy::{EndpointPolicy, LocalPolicy};
 use crate::eval::suite::{self, EvalCase};
 use crate::store::Db;
+use crate::traces::formats::{parse_record, ImportFormat};
 
 /// What is evaluated.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,6 +83,23 @@ pub fn load_cases(db: &Db, suites: &[String], limit: Option<usize>) -> Result<Ve
     for name in suites {
         let mut suite_cases = if name == suite::HELDOUT {
             suite::heldout(suite::HELDOUT_CASES)
+        } else if let Some(id) = name.strip_prefix(suite::DATASET_PREFIX) {
+            let dataset =
+                db.get_dataset(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no dataset with id {id:?}"))?;
+            let path = std::path::Path::new(&dataset.path).join("test.jsonl");
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut traces = Vec::new();
+            for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let trace = parse_record(ImportFormat::Canonical, line)
+                    .map_err(|e| format!("{}:{}: {e}", path.display(), number + 1))?;
+                traces.push(trace);
+            }
+            let templates: Vec<_> = crate::bootstrap::active_templates(db)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect();
+            suite::from_traces(&traces, &templates)
         } else {
             let text = db.eval_suite(name).map_err(|e| e.to_string())?.ok_or_else(|| {
                 format!("no suite named {name:?} (built in: heldout; import one with `eval suites import`)")

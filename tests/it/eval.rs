@@ -5,6 +5,7 @@
 //! reason while the run goes on.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde_json::Value;
 use understudy::bootstrap::generator::{generate, generate_from, Pool};
@@ -333,4 +334,37 @@ fn promotion_follows_the_rule_and_every_decision_is_recorded() {
     };
     let error = apply(&mut db, &unevaluated, &Rule::default()).unwrap_err().to_string();
     assert!(error.contains("no finished eval"), "{error}");
+}
+
+#[test]
+fn a_datasets_test_split_is_a_suite_that_gives_recorded_runs_their_recorded_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(cli(dir.path(), &["bootstrap", "--traces", "60", "--seed", "5", "--json"]).code, 0);
+    let built = cli(dir.path(), &["build-dataset", "--test-ratio", "0.3", "--json"]).json();
+    let dataset = built["id"].as_str().unwrap();
+    let db = Store::open(dir.path()).unwrap().connect().unwrap();
+    let suite = format!("dataset:{dataset}");
+    let cases = understudy::jobs::eval::load_cases(&db, std::slice::from_ref(&suite), None).unwrap();
+    assert_eq!(cases.len() as u64, built["counts"]["test"].as_u64().unwrap(), "every test trace is a case");
+    let test_split = std::fs::read_to_string(Path::new(built["dir"].as_str().unwrap()).join("test.jsonl")).unwrap();
+    let traces: Vec<Trace> = test_split
+        .lines()
+        .map(|line| {
+            understudy::traces::formats::parse_record(understudy::traces::formats::ImportFormat::Canonical, line)
+                .unwrap()
+        })
+        .collect();
+    let mut successes = 0;
+    for (_, case) in &cases {
+        assert!(case.workspace_seed.is_some() && !case.checks.is_empty(), "{} regenerated its checks", case.id);
+        // The recorded run, played back, passes its own checks.
+        let trace = traces.iter().find(|t| t.id == case.id).unwrap();
+        let replies = trace.messages.iter().filter(|m| m.role == Role::Assistant).cloned().collect();
+        let (_, score) = understudy::eval::evaluate_case(&mut Scripted { replies, misdirect: false }, case, 20);
+        let recorded = trace.outcome.status.as_str() == "success";
+        assert_eq!(score.success, Some(recorded), "{}: the replay's verdict is bootstrap's: {score:?}", case.id);
+        successes += usize::from(recorded);
+    }
+    assert!(successes * 2 > cases.len(), "most recorded runs succeed ({successes} of {})", cases.len());
+    assert!(understudy::jobs::eval::load_cases(&db, &["dataset:ds_nope".to_string()], None).is_err());
 }
