@@ -31,6 +31,10 @@ pub struct PolicyReply {
 /// Whatever answers: a stored model on our runtime, or an OpenAI-compatible endpoint.
 pub trait Policy {
     fn reply(&mut self, messages: &[Message], tools: &[Value]) -> Result<PolicyReply, String>;
+
+    /// A new episode starts: nothing of the previous one may carry over (so a resumed run scores
+    /// every case as an uninterrupted one does).
+    fn start_episode(&mut self) {}
 }
 
 /// A tool call the model made, with what the sandbox answered.
@@ -63,6 +67,7 @@ pub struct Episode {
 /// workspace as the episode left it (for the outcome checks) with every tool output.
 pub fn run(policy: &mut dyn Policy, case: &EvalCase, max_turns: usize) -> (Episode, Workspace, Vec<ToolOutput>) {
     let started = Instant::now();
+    policy.start_episode();
     let mut workspace = Workspace::generate(case.workspace_seed.unwrap_or(0));
     let tools = case.tool_schemas();
     let mut messages = vec![

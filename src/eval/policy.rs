@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::episode::{Policy, PolicyReply};
-use crate::model::generate::{GenerateOptions, LoadedModel};
+use crate::model::generate::{GenerateOptions, LoadedModel, PromptCache};
 use crate::traces::wire::messages_to_wire;
 use crate::traces::Message;
 
@@ -19,6 +19,8 @@ use crate::traces::Message;
 pub struct LocalPolicy {
     model: LoadedModel,
     options: GenerateOptions,
+    /// The episode's KV cache: each turn only computes what the conversation added.
+    cache: Option<PromptCache>,
 }
 
 impl LocalPolicy {
@@ -26,13 +28,19 @@ impl LocalPolicy {
     pub fn load(path: &Path, max_tokens: usize) -> Result<LocalPolicy, String> {
         let device = crate::model::llama::device_for("cpu")?;
         let model = LoadedModel::load_path(path, &device).map_err(|e| format!("{}: {e:#}", path.display()))?;
-        Ok(LocalPolicy { model, options: GenerateOptions { max_tokens, ..GenerateOptions::default() } })
+        Ok(LocalPolicy { model, options: GenerateOptions { max_tokens, ..GenerateOptions::default() }, cache: None })
     }
 }
 
 impl Policy for LocalPolicy {
+    fn start_episode(&mut self) {
+        self.cache = None;
+    }
+
     fn reply(&mut self, messages: &[Message], tools: &[Value]) -> Result<PolicyReply, String> {
-        let generation = self.model.generate(messages, tools, &self.options).map_err(|e| format!("{e:#}"))?;
+        let cache = self.cache.get_or_insert_with(|| self.model.new_cache());
+        let generation =
+            self.model.generate_cached(messages, tools, &self.options, cache).map_err(|e| format!("{e:#}"))?;
         Ok(PolicyReply {
             content: generation.parsed.content.clone(),
             tool_calls: generation.parsed.tool_calls.clone(),

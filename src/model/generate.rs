@@ -24,6 +24,12 @@ pub struct LoadedModel {
     pub template: ChatTemplate,
 }
 
+/// The token ids a conversation's KV cache holds, with the cache.
+pub struct PromptCache {
+    ids: Vec<u32>,
+    kv: KvCache,
+}
+
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub max_tokens: usize,
@@ -122,23 +128,59 @@ impl LoadedModel {
     }
 
     pub fn generate_ids(&self, prompt_ids: &[u32], options: &GenerateOptions) -> anyhow::Result<Generation> {
+        self.generate_ids_cached(prompt_ids, options, &mut self.new_cache())
+    }
+
+    /// An empty cache for `generate_cached`.
+    pub fn new_cache(&self) -> PromptCache {
+        PromptCache { ids: Vec::new(), kv: KvCache::new(self.model.config.num_hidden_layers) }
+    }
+
+    /// `generate` for one turn of a conversation that grows turn by turn (an agent episode):
+    /// the part of the prompt the cache already holds is not computed again.
+    pub fn generate_cached(
+        &self,
+        messages: &[Message],
+        tools: &[Value],
+        options: &GenerateOptions,
+        cache: &mut PromptCache,
+    ) -> anyhow::Result<Generation> {
+        let prompt = self.template.render(messages, tools, true)?;
+        let encoding = self.tokenizer.encode(prompt.as_str(), false).map_err(error)?;
+        self.generate_ids_cached(encoding.get_ids(), options, cache)
+    }
+
+    fn generate_ids_cached(
+        &self,
+        prompt_ids: &[u32],
+        options: &GenerateOptions,
+        cache: &mut PromptCache,
+    ) -> anyhow::Result<Generation> {
         let device = self.model.cos_device();
         let stops = self.stop_ids();
-        let mut cache = KvCache::new(self.model.config.num_hidden_layers);
+        // Keep the longest cached prefix of this prompt (at least one token is always fed).
+        let shared = cache.ids.iter().zip(prompt_ids).take_while(|(a, b)| a == b).count();
+        let shared = shared.min(prompt_ids.len().saturating_sub(1));
+        if shared < cache.ids.len() {
+            cache.kv.truncate(shared)?;
+            cache.ids.truncate(shared);
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let mut generated: Vec<u32> = Vec::new();
-        let mut input = Tensor::from_vec(prompt_ids.to_vec(), (1, prompt_ids.len()), &device)?;
+        let mut pending: Vec<u32> = prompt_ids[shared..].to_vec();
         let mut finish_reason = "length";
         let room = self.model.config.max_position_embeddings.saturating_sub(prompt_ids.len());
         for _ in 0..options.max_tokens.min(room) {
-            let logits = self.model.forward_last(&input, Some(&mut cache))?.squeeze(0)?.to_vec1::<f32>()?;
+            let input = Tensor::from_vec(pending.clone(), (1, pending.len()), &device)?;
+            let logits = self.model.forward_last(&input, Some(&mut cache.kv))?.squeeze(0)?.to_vec1::<f32>()?;
+            cache.ids.append(&mut pending);
             let next = sample(&logits, options, &mut rng);
             if stops.contains(&next) {
                 finish_reason = "stop";
                 break;
             }
             generated.push(next);
-            input = Tensor::from_vec(vec![next], (1, 1), &device)?;
+            pending = vec![next];
         }
         let text = self.tokenizer.decode(&generated, false).map_err(error)?;
         let parsed = self.template.parse_reply(&text);

@@ -253,6 +253,20 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keep only the first `len` positions: a new prompt that shares only a prefix with what is
+    /// cached continues from there.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.take() {
+                if len > 0 {
+                    let keep = len.min(k.dim(2)?);
+                    *layer = Some((k.narrow(2, 0, keep)?.contiguous()?, v.narrow(2, 0, keep)?.contiguous()?));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct Llama {

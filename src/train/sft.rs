@@ -540,6 +540,11 @@ mod tests {
             let step = model.forward_last(&row(&[*id]), Some(&mut cache)).unwrap();
             assert!(diff(&step, &full.i((.., position, ..)).unwrap()) < 1e-4, "cached decoding differs at {position}");
         }
+        // A cache cut back to a shared prefix, then a multi-token suffix, gives the same logits.
+        cache.truncate(7).unwrap();
+        assert_eq!(cache.len(), 7);
+        let suffix = model.forward(&row(&ids[7..]), Some(&mut cache)).unwrap();
+        assert!(diff(&suffix, &full.i((.., 7.., ..)).unwrap()) < 1e-4, "a suffix after a truncated cache differs");
     }
 
     #[test]
