@@ -539,6 +539,8 @@ pub struct EvalPage {
     pub target: String,
     pub suites: String,
     pub finished: bool,
+    /// Per-category rates (percent): right first tool, task success, valid calls.
+    pub charts: Vec<BarChart>,
     pub cases: Vec<EvalCaseRowView>,
 }
 
@@ -587,8 +589,26 @@ async fn load_eval(state: &AppState, id: String) -> Result<(EvalRunRow, Vec<crat
 /// One eval run: every case with its headline scores, linked to its episode.
 async fn eval_page(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, PageError> {
     let (run, cases) = load_eval(&state, id.into_inner()).await?;
+    let categories = run.summary.as_ref().and_then(|s| s["categories"].as_object().cloned()).unwrap_or_default();
+    let chart = |title: &str, metric: &str| {
+        let rows: Vec<(String, f64)> = categories
+            .iter()
+            .map(|(name, summary)| (name.clone(), summary[metric]["rate"].as_f64().unwrap_or(0.0) * 100.0))
+            .collect();
+        BarChart::new(title, &rows)
+    };
+    let charts = if categories.is_empty() {
+        Vec::new()
+    } else {
+        vec![
+            chart("Right first tool, % per category", "first_tool"),
+            chart("Task success, % per category", "success"),
+            chart("Calls with valid arguments, % per category", "valid_calls"),
+        ]
+    };
     html(EvalPage {
         nav: Nav::new("/models"),
+        charts,
         target: run.target.clone(),
         suites: run.suites.join(", "),
         finished: run.finished_at.is_some(),

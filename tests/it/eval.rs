@@ -205,6 +205,11 @@ fn the_same_model_scores_the_same_and_its_endpoint_is_scored_by_the_same_harness
     assert_eq!(detail["cases"][0]["case"]["reference"], serde_json::json!(["Grep"]));
     let page = get(&app.url(&format!("/evals/{run_id}")));
     assert!(page.status == 200 && page.body.contains("l1") && page.body.contains("l2"), "{}", page.body);
+    assert!(
+        page.body.contains("Right first tool, % per category") && page.body.matches("<svg").count() >= 3,
+        "per-category bar charts: {}",
+        page.body
+    );
     let case = get(&app.url(&format!("/evals/{run_id}/cases/0")));
     assert_eq!(case.status, 200);
     assert!(case.body.contains("Where is the login code?") && case.body.contains("Grep"), "{}", case.body);
