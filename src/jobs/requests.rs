@@ -493,7 +493,8 @@ pub struct DeployRequest {
     pub test: bool,
 }
 
-fn given(value: &Option<String>) -> Option<String> {
+/// A value that was given: present and not blank (a form's empty field means "the default").
+pub fn given(value: &Option<String>) -> Option<String> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
 }
 

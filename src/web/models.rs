@@ -15,7 +15,7 @@ use super::traces::{message_views, MessageView};
 use super::{AppState, WebError};
 use crate::deploy::DEFAULT_NAME;
 use crate::export::{ExportManifest, Quant};
-use crate::jobs::requests::{self, DeployRequest, EvalRequest, ExportRequest, ExportTarget, ModelScope};
+use crate::jobs::requests::{self, given, DeployRequest, EvalRequest, ExportRequest, ExportTarget, ModelScope};
 use crate::jobs::JobRecord;
 use crate::jobs::{JobId, JobParams};
 use crate::store::{EvalRunRow, ExportRow, ModelRow};
@@ -59,10 +59,6 @@ pub async fn enqueue_deploy(state: &AppState, request: DeployRequest) -> Result<
     let default_host = state.ollama_host.clone();
     let params = state.blocking(move |db| request.resolve(db, &default_host)).await?;
     state.submit(JobParams::Deploy(params)).await
-}
-
-fn given(value: &Option<String>) -> Option<String> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
 }
 
 /// The GGUF quants an export holds, in the order written.
