@@ -80,7 +80,7 @@ fn default_explore() -> Vec<Step> {
         step(
             "Bash",
             json!({"command": "ls"}),
-            &["Let me get a feel for the layout first.", "A quick look at the top level of the repo."],
+            &["Let me get a feel for the layout around it.", "A quick look at the top level of the repo."],
         ),
         step(
             "Read",
@@ -105,10 +105,7 @@ fn default_explore() -> Vec<Step> {
         step(
             "Bash",
             json!({"command": "git status"}),
-            &[
-                "Let me make sure the working tree is clean before I start.",
-                "Let me check the state of the working tree.",
-            ],
+            &["Let me make sure the working tree is clean.", "Let me check the state of the working tree."],
         ),
     ]
 }
@@ -355,7 +352,7 @@ pub fn generate_from(
     let exploration = Exploration::pick(&mut rng);
     let mut pool: Vec<Step> = template.explore.iter().cloned().chain(default_explore()).collect();
     pool.shuffle(&mut rng);
-    let mut steps: Vec<Step> = pool.into_iter().take(exploration.extra_steps()).collect();
+    let explore: Vec<Step> = pool.into_iter().take(exploration.extra_steps()).collect();
     let mut main_steps = scenario.steps.clone();
     // Adjacent steps of one group are independent: shuffle each run of them.
     let mut start = 0;
@@ -368,7 +365,15 @@ pub fn generate_from(
         main_steps[start..end].shuffle(&mut rng);
         start = end;
     }
-    steps.extend(main_steps);
+    // A focused agent opens with the task's own tool (the plan names it) and looks around once it
+    // knows where to look; only an exhaustive exploration surveys the repository first.
+    let opening = match exploration {
+        Exploration::Exhaustive => 0,
+        _ => main_steps.iter().take_while(|s| s.group.is_some() && s.group == main_steps[0].group).count().max(1),
+    };
+    let mut steps: Vec<Step> = main_steps[..opening].to_vec();
+    steps.extend(explore);
+    steps.extend(main_steps[opening..].iter().cloned());
 
     let mut messages =
         vec![Message::text(Role::System, system_prompt(&workspace.root)), Message::text(Role::User, prompt.clone())];

@@ -166,6 +166,8 @@ fn flag_error(error: crate::jobs::requests::RequestError) -> anyhow::Error {
             let flag = |field: &str| match field {
                 "quants" => "quant".to_string(),
                 "host" => "ollama-host".to_string(),
+                "suites" => "suite".to_string(),
+                "steps" => "max-steps".to_string(),
                 other => other.replace('_', "-"),
             };
             let lines: Vec<String> = fields

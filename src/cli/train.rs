@@ -1,5 +1,5 @@
-//! `understudy train --phase sft ...`: a training run as a foreground job with a progress bar
-//! (step, loss, tokens/s, ETA), resumable with `--resume RUN`.
+//! `understudy train --phase sft|grpo ...`: a training run as a foreground job with a progress
+//! bar (step, loss or reward, tokens/s, ETA), resumable with `--resume RUN`.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use super::progress::TerminalProgress;
 use super::{flag_error, print_json};
 use crate::config::Config;
-use crate::jobs::requests::{ModelScope, TrainRequest};
+use crate::jobs::requests::{ModelScope, RlRequest, TrainRequest};
 use crate::jobs::train::Phase as TrainPhase;
 use crate::jobs::{begin, run_job, JobKind, JobOutput, JobParams, JobRecord};
 use crate::store::Store;
@@ -40,15 +40,18 @@ pub struct TrainArgs {
     /// Dataset id (default: the newest dataset).
     #[arg(long)]
     pub dataset: Option<String>,
-    /// `tiny` (from scratch, with the dataset's tokenizer) or a base model path.
-    #[arg(long, default_value = "tiny")]
-    pub model: String,
+    /// SFT: `tiny` (from scratch, with the dataset's tokenizer) or a base model path.
+    /// GRPO: the stored model the policy starts from (an id, `latest` or `champion`).
+    #[arg(long)]
+    pub model: Option<String>,
     #[arg(long, default_value_t = 1)]
     pub epochs: u32,
+    /// SFT: stop after this many steps. GRPO: optimizer steps (default 20).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
+    /// Learning rate (default: 3e-3 for SFT of the tiny preset, 1e-4 for GRPO).
+    #[arg(long)]
+    pub lr: Option<f64>,
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1)]
@@ -84,18 +87,64 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub rl: RlArgs,
+}
+
+/// GRPO's flags (spec 3.6).
+#[derive(Debug, Args)]
+pub struct RlArgs {
+    /// Suites whose cases are rolled out (repeatable; default `training`).
+    #[arg(long = "suite")]
+    pub suites: Vec<String>,
+    /// Episodes per case (at least 2).
+    #[arg(long, default_value_t = 8)]
+    pub group_size: usize,
+    /// Cases per step.
+    #[arg(long, default_value_t = 4)]
+    pub prompts_per_step: usize,
+    /// Sampling temperature of the rollouts.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Replies per rollout episode.
+    #[arg(long, default_value_t = 2)]
+    pub max_turns: usize,
+    /// Tokens per reply.
+    #[arg(long, default_value_t = 96)]
+    pub max_tokens: usize,
+    /// Clip range ε.
+    #[arg(long, default_value_t = 0.2)]
+    pub epsilon: f64,
+    /// Upper clip range (DAPO's ε_high; default ε).
+    #[arg(long)]
+    pub epsilon_high: Option<f64>,
+    /// Policy updates per batch of rollouts.
+    #[arg(long, default_value_t = 1)]
+    pub iterations: usize,
+    /// k3 KL weight to the starting model (0: no reference).
+    #[arg(long, default_value_t = 0.0)]
+    pub beta: f64,
+    /// Advantage scaling: group, batch or none.
+    #[arg(long, default_value = "group")]
+    pub scale_rewards: String,
+    /// Reward weights, e.g. `outcome=1,format=0.5,correctness=1,alignment=0.5,length=0.1`.
+    #[arg(long, default_value = "")]
+    pub reward_weights: String,
 }
 
 impl TrainArgs {
     /// The flags as the request every surface builds.
     fn request(&self) -> TrainRequest {
+        let defaults = TrainRequest::default();
+        let grpo = self.phase == Phase::Grpo;
+        let rl = &self.rl;
         TrainRequest {
             phase: self.phase.into(),
             dataset: self.dataset.clone(),
-            model: self.model.clone(),
+            model: self.model.clone().unwrap_or_else(|| if grpo { "latest".into() } else { "tiny".into() }),
             epochs: self.epochs,
-            max_steps: self.max_steps,
-            lr: self.lr,
+            max_steps: if grpo { None } else { self.max_steps },
+            lr: self.lr.unwrap_or(defaults.lr),
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             warmup_steps: self.warmup_steps,
@@ -108,6 +157,22 @@ impl TrainArgs {
             lora_targets: self.lora_targets.clone(),
             device: self.device.clone(),
             seed: self.seed,
+            rl: RlRequest {
+                suites: if rl.suites.is_empty() { defaults.rl.suites.clone() } else { rl.suites.clone() },
+                steps: self.max_steps.unwrap_or(defaults.rl.steps),
+                lr: self.lr.unwrap_or(defaults.rl.lr),
+                group_size: rl.group_size,
+                prompts_per_step: rl.prompts_per_step,
+                temperature: rl.temperature,
+                max_turns: rl.max_turns,
+                max_tokens: rl.max_tokens,
+                epsilon: rl.epsilon,
+                epsilon_high: rl.epsilon_high,
+                iterations: rl.iterations,
+                beta: rl.beta,
+                scale_rewards: rl.scale_rewards.clone(),
+                reward_weights: rl.reward_weights.clone(),
+            },
         }
     }
 }
@@ -156,6 +221,14 @@ pub fn report_train(job: &JobRecord, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("run {}  model {}", run.run_id, run.model_id);
+    if let (Some(first), Some(last)) = (run.first_reward, run.final_reward) {
+        println!(
+            "  steps {}  mean reward {first:.3} -> {last:.3}  {:.0} rollout tokens/s",
+            run.steps, run.tokens_per_second
+        );
+        println!("  checkpoints {}", run.checkpoint_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "  steps {}  loss {:.4} -> {:.4}  eval loss {}  {:.0} tokens/s",
         run.steps,

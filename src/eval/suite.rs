@@ -15,6 +15,11 @@ use crate::traces::Trace;
 
 /// The built-in suite of held-out tasks.
 pub const HELDOUT: &str = "heldout";
+/// The built-in suite of tasks from the training pools (reinforcement learning's prompts).
+pub const TRAINING: &str = "training";
+/// Cases in the built-in `training` suite, and the run seed it is generated with.
+pub const TRAINING_CASES: u64 = 400;
+pub const TRAINING_SEED: u64 = 0x7a1_0ed;
 /// Suites named `dataset:<ID>` are that dataset's test split.
 pub const DATASET_PREFIX: &str = "dataset:";
 /// Cases in the built-in `heldout` suite.
@@ -167,16 +172,26 @@ pub fn parse(text: &str) -> Result<Vec<EvalCase>, Vec<SuiteError>> {
 /// workspace; the right first tool is the scenario's first step (exploration is not counted),
 /// the reference sequence its steps.
 pub fn heldout(n: u64) -> Vec<EvalCase> {
+    generated(n, HELDOUT_SEED, Pool::HeldOut, HELDOUT)
+}
+
+/// The built-in `training` suite: tasks generated like bootstrap's, from the training part of
+/// the phrasings and slot values (never a held-out one), for reinforcement learning's rollouts.
+pub fn training(n: u64, seed: u64) -> Vec<EvalCase> {
+    generated(n, seed, Pool::Training, TRAINING)
+}
+
+fn generated(n: u64, seed: u64, pool: Pool, name: &str) -> Vec<EvalCase> {
     let templates = builtin();
     let mut cases = Vec::new();
     let mut index = 0;
     while (cases.len() as u64) < n && index < 4 * n {
-        let generated = generate_from(&templates, HELDOUT_SEED, index, Pool::HeldOut);
+        let generated = generate_from(&templates, seed, index, pool);
         index += 1;
         let Ok((trace, checks)) = generated else { continue };
         let Some((first_tools, reference)) = scenario_tools(&templates, &trace) else { continue };
         cases.push(EvalCase {
-            id: format!("heldout-{:03}", cases.len() + 1),
+            id: format!("{name}-{:03}", cases.len() + 1),
             category: trace.category.clone(),
             prompt: trace.prompt.clone(),
             tools: Vec::new(),

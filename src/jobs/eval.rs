@@ -83,6 +83,8 @@ pub fn load_cases(db: &Db, suites: &[String], limit: Option<usize>) -> Result<Ve
     for name in suites {
         let mut suite_cases = if name == suite::HELDOUT {
             suite::heldout(suite::HELDOUT_CASES)
+        } else if name == suite::TRAINING {
+            suite::training(suite::TRAINING_CASES, suite::TRAINING_SEED)
         } else if let Some(id) = name.strip_prefix(suite::DATASET_PREFIX) {
             let dataset =
                 db.get_dataset(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no dataset with id {id:?}"))?;
@@ -102,7 +104,7 @@ pub fn load_cases(db: &Db, suites: &[String], limit: Option<usize>) -> Result<Ve
             suite::from_traces(&traces, &templates)
         } else {
             let text = db.eval_suite(name).map_err(|e| e.to_string())?.ok_or_else(|| {
-                format!("no suite named {name:?} (built in: heldout; import one with `eval suites import`)")
+                format!("no suite named {name:?} (built in: heldout, training; import one with `eval suites import`)")
             })?;
             suite::parse(&text).map_err(|errors| format!("suite {name}: {}", errors[0]))?
         };

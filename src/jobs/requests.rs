@@ -138,7 +138,7 @@ impl ModelScope {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct TrainRequest {
-    /// Only `sft` runs in this build.
+    /// `sft` or `grpo` (`ppo` and `dpo` are not in this build yet).
     #[schema(value_type = String)]
     pub phase: Phase,
     /// A dataset id; the newest dataset when absent.
@@ -163,6 +163,53 @@ pub struct TrainRequest {
     /// auto, cpu or cuda[:N].
     pub device: String,
     pub seed: u64,
+    /// The reinforcement-learning settings (`grpo`); SFT ignores them.
+    pub rl: RlRequest,
+}
+
+/// GRPO's settings as asked for. `--model` names the stored model the policy starts from.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct RlRequest {
+    /// Suites whose cases are rolled out (default: `training`, never `heldout`'s prompts).
+    pub suites: Vec<String>,
+    pub steps: u64,
+    pub lr: f64,
+    pub group_size: usize,
+    pub prompts_per_step: usize,
+    pub temperature: f64,
+    pub max_turns: usize,
+    pub max_tokens: usize,
+    pub epsilon: f64,
+    pub epsilon_high: Option<f64>,
+    pub iterations: usize,
+    pub beta: f64,
+    /// `group`, `batch` or `none`.
+    pub scale_rewards: String,
+    /// `outcome=1,format=0.5,correctness=1,alignment=0.5,length=0.1` (any subset).
+    pub reward_weights: String,
+}
+
+impl Default for RlRequest {
+    fn default() -> Self {
+        let defaults = crate::train::grpo::GrpoConfig::default();
+        RlRequest {
+            suites: vec![crate::eval::suite::TRAINING.to_string()],
+            steps: defaults.steps,
+            lr: defaults.lr,
+            group_size: defaults.group_size,
+            prompts_per_step: defaults.prompts_per_step,
+            temperature: defaults.temperature,
+            max_turns: defaults.max_turns,
+            max_tokens: defaults.max_tokens,
+            epsilon: defaults.epsilon,
+            epsilon_high: defaults.epsilon_high,
+            iterations: defaults.iterations,
+            beta: defaults.beta,
+            scale_rewards: "group".into(),
+            reward_weights: String::new(),
+        }
+    }
 }
 
 impl Default for TrainRequest {
@@ -186,17 +233,124 @@ impl Default for TrainRequest {
             lora_targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
             device: "auto".into(),
             seed: 0,
+            rl: RlRequest::default(),
         }
     }
 }
 
 impl TrainRequest {
+    /// A GRPO run: the policy starts from a stored model (`latest`, `champion` or an id).
+    fn resolve_grpo(self, db: &Db, config: &Config) -> Result<TrainParams, RequestError> {
+        use crate::train::grpo::{AdvantageScale, GrpoConfig};
+        let mut fields = Fields::default();
+        let rl = &self.rl;
+        let weights = crate::eval::reward::RewardWeights::parse(&rl.reward_weights)
+            .map_err(|e| fields.bad("reward_weights", e.message.trim_start_matches("--reward-weights: ").to_string()))
+            .ok();
+        let scale = AdvantageScale::parse(&rl.scale_rewards);
+        if scale.is_none() {
+            fields.bad("scale_rewards", "must be group, batch or none");
+        }
+        if rl.suites.iter().any(|s| s == crate::eval::suite::HELDOUT) {
+            fields.bad("suites", "heldout is the evaluation suite: train on `training` or a suite of your own");
+        }
+        match super::eval::load_cases(db, &rl.suites, None) {
+            Ok(cases) if cases.is_empty() => fields.bad("suites", "the suites hold no cases to roll out"),
+            Ok(_) => {}
+            Err(e) => fields.bad("suites", e),
+        }
+        if let Err(e) = crate::model::llama::device_for(&self.device) {
+            fields.bad("device", e);
+        }
+        let wanted = if self.model.trim().is_empty() || self.model == "tiny" { "latest" } else { self.model.trim() };
+        let start = match wanted {
+            "latest" => db.list_models()?.into_iter().next(),
+            "champion" => db.list_models()?.into_iter().find(|m| m.is_champion),
+            id => db.get_model(id)?,
+        };
+        if start.is_none() {
+            fields.bad(
+                "model",
+                format!("{wanted}: no such stored model (GRPO starts from a trained model: run SFT first)"),
+            );
+        }
+        let grpo = GrpoConfig {
+            steps: rl.steps,
+            prompts_per_step: rl.prompts_per_step,
+            group_size: rl.group_size,
+            temperature: rl.temperature,
+            max_turns: rl.max_turns,
+            max_tokens: rl.max_tokens,
+            lr: rl.lr,
+            epsilon: rl.epsilon,
+            epsilon_high: rl.epsilon_high,
+            iterations: rl.iterations,
+            beta: rl.beta,
+            scale: scale.unwrap_or(AdvantageScale::Group),
+            weights: weights.clone().unwrap_or_default(),
+            max_seq_len: self.max_seq_len,
+            checkpoint_every: self.checkpoint_every,
+            seed: self.seed,
+            device: self.device.clone(),
+            ..GrpoConfig::default()
+        };
+        if let Err(e) = grpo.validate() {
+            let (field, message) = e.split_once(": ").unwrap_or(("rl", e.as_str()));
+            let field = [
+                "group_size",
+                "steps",
+                "prompts_per_step",
+                "temperature",
+                "max_turns",
+                "max_tokens",
+                "lr",
+                "epsilon",
+                "epsilon_high",
+                "iterations",
+                "beta",
+                "checkpoint_every",
+            ]
+            .into_iter()
+            .find(|f| *f == field)
+            .unwrap_or("rl");
+            fields.bad(field, message.to_string());
+        }
+        fields.finish()?;
+        let start = start.expect("checked above");
+        let start_dir = PathBuf::from(&start.path);
+        let model_config: LlamaConfig = std::fs::read_to_string(start_dir.join("config.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .ok_or_else(|| RequestError::field("model", format!("{}: no readable config.json", start_dir.display())))?;
+        Ok(TrainParams {
+            phase: Phase::Grpo,
+            dataset_id: start.dataset_id.clone().unwrap_or_default(),
+            dataset_dir: start_dir.clone(),
+            base_model: start.base_model.clone(),
+            model_config,
+            sft: SftConfig { seed: self.seed, device: self.device, ..SftConfig::default() },
+            runs_dir: config.artifacts_dir().join("runs"),
+            grpo: Some(super::train::GrpoRun {
+                config: grpo,
+                start_model_id: start.id,
+                start_dir,
+                suites: rl.suites.clone(),
+            }),
+        })
+    }
     /// Check every field, find the dataset and the base model, and build the run's config.
     pub fn resolve(self, db: &Db, config: &Config, scope: &ModelScope) -> Result<TrainParams, RequestError> {
-        let mut fields = Fields::default();
-        if self.phase != Phase::Sft {
-            fields.bad("phase", format!("{} is not available in this build yet (only sft)", self.phase.as_str()));
+        match self.phase {
+            Phase::Sft => {}
+            Phase::Grpo => return self.resolve_grpo(db, config),
+            other => {
+                return Err(RequestError::field(
+                    "phase",
+                    format!("{} is not available in this build yet (sft and grpo are)", other.as_str()),
+                ))
+            }
         }
+        let mut fields = Fields::default();
         fields.check((1..=1000).contains(&self.epochs), "epochs", "must be 1 to 1000");
         fields.check(self.max_steps != Some(0), "max_steps", "must be a positive number (or absent for no limit)");
         fields.check(self.lr > 0.0 && self.lr < 1.0, "lr", "must be between 0 and 1 (e.g. 0.003)");
@@ -279,6 +433,7 @@ impl TrainRequest {
             model_config,
             sft,
             runs_dir: config.artifacts_dir().join("runs"),
+            grpo: None,
         })
     }
 }

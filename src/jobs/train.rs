@@ -1,7 +1,8 @@
-//! The `train` job: one training run. SFT today; the run reports loss, learning rate, gradient
-//! norm, tokens/s and eval loss as job metrics, saves its last checkpoint in the job checkpoint
-//! (so `resume` continues from it), honours cancel at the next step, and registers the trained
-//! model with its lineage when it finishes.
+//! The `train` job: one training run, SFT or GRPO. The run reports its metrics per step (SFT:
+//! loss, learning rate, gradient norm, tokens/s, eval loss; GRPO: reward and each component,
+//! validity, first-tool and success rates, KL, entropy, clip fraction, rollout tokens/s), saves
+//! its last checkpoint in the job checkpoint (so `resume` continues from it), honours cancel at
+//! the next step, and registers the trained model with its lineage when it finishes.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +15,7 @@ use crate::model::source::ModelSource;
 use crate::store::NewModel;
 use crate::train::sft::{self, SftConfig, TrainError, TrainHooks};
 
-/// The training phases of spec 3.6; only SFT runs in this build.
+/// The training phases of spec 3.6; SFT and GRPO run in this build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -46,6 +47,18 @@ pub struct TrainParams {
     pub sft: SftConfig,
     /// Where checkpoints and the final model go; resolved by the caller from its Config.
     pub runs_dir: PathBuf,
+    /// A GRPO run's settings and starting model.
+    #[serde(default)]
+    pub grpo: Option<GrpoRun>,
+}
+
+/// What a GRPO run starts from and rolls out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrpoRun {
+    pub config: crate::train::grpo::GrpoConfig,
+    pub start_model_id: String,
+    pub start_dir: PathBuf,
+    pub suites: Vec<String>,
 }
 
 /// What a finished run reports (`train --json`).
@@ -60,6 +73,11 @@ pub struct TrainOutcome {
     pub tokens_per_second: f64,
     /// The run directory: checkpoints, and the trained model under `model/`.
     pub checkpoint_dir: PathBuf,
+    /// RL runs: the mean episode reward of the first and the last step.
+    #[serde(default)]
+    pub first_reward: Option<f64>,
+    #[serde(default)]
+    pub final_reward: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,11 +101,21 @@ impl TrainHooks for JobHooks<'_, '_> {
         for (name, value) in metrics {
             self.context.metric(step as i64, name, *value).map_err(failed)?;
         }
-        let loss = metrics.iter().find(|(n, _)| *n == "loss").map_or(f64::NAN, |(_, v)| *v);
-        let speed = metrics.iter().find(|(n, _)| *n == "tokens_per_second").map_or(0.0, |(_, v)| *v);
+        let metric = |name: &str| metrics.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
         let elapsed = self.started.elapsed().as_secs_f64();
         let eta = if step > 0 { elapsed / step as f64 * (total - step.min(total)) as f64 } else { 0.0 };
-        let message = format!("step {step}/{total} loss {loss:.4} {speed:.0} tok/s ETA {eta:.0}s");
+        let message = match metric("reward") {
+            Some(reward) => format!(
+                "step {step}/{total} reward {reward:.3} valid {:.0}% first tool {:.0}% ETA {eta:.0}s",
+                100.0 * metric("valid_rate").unwrap_or(0.0),
+                100.0 * metric("first_tool_rate").unwrap_or(0.0)
+            ),
+            None => format!(
+                "step {step}/{total} loss {:.4} {:.0} tok/s ETA {eta:.0}s",
+                metric("loss").unwrap_or(f64::NAN),
+                metric("tokens_per_second").unwrap_or(0.0)
+            ),
+        };
         self.context.progress(step, Some(total), &message, step == total).map_err(failed)?;
         self.context.check_cancelled().map_err(failed)
     }
@@ -105,17 +133,112 @@ impl TrainHooks for JobHooks<'_, '_> {
     }
 }
 
-pub fn run(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOutcome, JobError> {
-    if params.phase != Phase::Sft {
-        return Err(JobError::Failed(format!(
-            "phase {} is not available in this build yet (only sft)",
-            params.phase.as_str()
-        )));
+fn train_failed(error: TrainError) -> JobError {
+    match error {
+        TrainError::Cancelled => JobError::Cancelled,
+        TrainError::Interrupted => JobError::Interrupted,
+        other => JobError::Failed(other.to_string()),
     }
+}
+
+/// The checkpoint a resumed run continues from.
+fn resume_dir(context: &JobContext<'_>) -> Option<PathBuf> {
+    let resume: Option<Checkpoint> = context.job().checkpoint.clone().and_then(|v| serde_json::from_value(v).ok());
+    resume.map(|c| c.dir).filter(|d| d.join("state.json").exists())
+}
+
+pub fn run(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOutcome, JobError> {
+    match (params.phase, &params.grpo) {
+        (Phase::Sft, _) => run_sft(context, params),
+        (Phase::Grpo, Some(grpo)) => run_grpo(context, params, grpo),
+        (phase, _) => Err(JobError::Failed(format!(
+            "phase {} is not available in this build yet (sft and grpo are)",
+            phase.as_str()
+        ))),
+    }
+}
+
+fn run_grpo(context: &mut JobContext<'_>, params: &TrainParams, grpo: &GrpoRun) -> Result<TrainOutcome, JobError> {
     let run_id = context.job().id.to_string();
     let run_dir = params.runs_dir.join(&run_id);
-    let resume: Option<Checkpoint> = context.job().checkpoint.clone().and_then(|v| serde_json::from_value(v).ok());
-    let resume_dir = resume.as_ref().map(|c| c.dir.clone()).filter(|d| d.join("state.json").exists());
+    let resume_dir = resume_dir(context);
+    let cases: Vec<_> = super::eval::load_cases(context.db(), &grpo.suites, None)
+        .map_err(JobError::Failed)?
+        .into_iter()
+        .map(|(_, case)| case)
+        .collect();
+    let config = &grpo.config;
+    context.log(
+        "info",
+        &format!(
+            "GRPO from model {} on {} cases ({}): {} steps of {} cases x {} episodes, {} turns x {} tokens, T {}, lr {}, β {}, rewards {}, seed {}",
+            grpo.start_model_id,
+            cases.len(),
+            grpo.suites.join(", "),
+            config.steps,
+            config.prompts_per_step,
+            config.group_size,
+            config.max_turns,
+            config.max_tokens,
+            config.temperature,
+            config.lr,
+            config.beta,
+            config.weights,
+            config.seed
+        ),
+    )?;
+    let start = crate::train::grpo::Start::load(&grpo.start_dir, &config.device).map_err(train_failed)?;
+    let started = std::time::Instant::now();
+    let summary = {
+        let mut hooks = JobHooks { context: &mut *context, started };
+        crate::train::grpo::train(start, &cases, config, &run_dir, resume_dir.as_deref(), &mut hooks)
+    }
+    .map_err(train_failed)?;
+    let metrics = json!({
+        "phase": "grpo",
+        "first_reward": summary.first_reward,
+        "final_reward": summary.final_reward,
+        "rollout_tokens_per_second": summary.rollout_tokens_per_second,
+        "steps": summary.steps,
+    });
+    let model_path = summary.model_dir.display().to_string();
+    let parent = context.db().get_model(&grpo.start_model_id)?;
+    let name = format!(
+        "{}-grpo-{}",
+        parent.as_ref().map_or("model", |p| p.name.as_str()),
+        &run_id[run_id.len().saturating_sub(6)..]
+    );
+    let model_id = match context.db().model_of_run(&run_id)? {
+        Some(existing) => existing.id,
+        None => context.db().insert_model(&NewModel {
+            name: &name,
+            base_model: &params.base_model,
+            parent_id: Some(&grpo.start_model_id),
+            dataset_id: (!params.dataset_id.is_empty()).then_some(params.dataset_id.as_str()),
+            run_id: Some(&run_id),
+            path: &model_path,
+            metrics: &metrics,
+        })?,
+    };
+    context.log("info", &format!("model {model_id} saved at {model_path}"))?;
+    Ok(TrainOutcome {
+        run_id,
+        model_id,
+        steps: summary.steps,
+        first_loss: summary.final_loss,
+        final_loss: summary.final_loss,
+        final_eval_loss: None,
+        tokens_per_second: summary.rollout_tokens_per_second,
+        checkpoint_dir: run_dir,
+        first_reward: Some(summary.first_reward),
+        final_reward: Some(summary.final_reward),
+    })
+}
+
+fn run_sft(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOutcome, JobError> {
+    let run_id = context.job().id.to_string();
+    let run_dir = params.runs_dir.join(&run_id);
+    let resume_dir = resume_dir(context);
     context.log(
         "info",
         &format!(
@@ -153,12 +276,7 @@ pub fn run(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOu
             &mut hooks,
         )
     };
-    let summary = match summary {
-        Ok(summary) => summary,
-        Err(TrainError::Cancelled) => return Err(JobError::Cancelled),
-        Err(TrainError::Interrupted) => return Err(JobError::Interrupted),
-        Err(other) => return Err(JobError::Failed(other.to_string())),
-    };
+    let summary = summary.map_err(train_failed)?;
     let metrics = json!({
         "first_loss": summary.first_loss,
         "final_loss": summary.final_loss,
@@ -194,5 +312,7 @@ pub fn run(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOu
         final_eval_loss: summary.final_eval_loss,
         tokens_per_second: summary.tokens_per_second,
         checkpoint_dir: run_dir,
+        first_reward: None,
+        final_reward: None,
     })
 }

@@ -54,6 +54,12 @@ pub struct Generation {
     #[serde(skip)]
     pub parsed: ParsedReply,
     pub prompt_tokens: usize,
+    /// The prompt exactly as the model saw it, and the end-of-turn token it stopped with: with
+    /// `token_ids`, the sequence a policy-gradient trainer scores.
+    #[serde(skip)]
+    pub prompt_ids: Vec<u32>,
+    #[serde(skip)]
+    pub stop_token: Option<u32>,
 }
 
 fn error(message: impl std::fmt::Display) -> anyhow::Error {
@@ -169,6 +175,7 @@ impl LoadedModel {
         let mut generated: Vec<u32> = Vec::new();
         let mut pending: Vec<u32> = prompt_ids[shared..].to_vec();
         let mut finish_reason = "length";
+        let mut stop_token = None;
         let room = self.model.config.max_position_embeddings.saturating_sub(prompt_ids.len());
         for _ in 0..options.max_tokens.min(room) {
             let input = Tensor::from_vec(pending.clone(), (1, pending.len()), &device)?;
@@ -177,6 +184,7 @@ impl LoadedModel {
             let next = sample(&logits, options, &mut rng);
             if stops.contains(&next) {
                 finish_reason = "stop";
+                stop_token = Some(next);
                 break;
             }
             generated.push(next);
@@ -187,7 +195,15 @@ impl LoadedModel {
         if finish_reason == "stop" && !parsed.tool_calls.is_empty() {
             finish_reason = "tool_calls";
         }
-        Ok(Generation { text, token_ids: generated, finish_reason, parsed, prompt_tokens: prompt_ids.len() })
+        Ok(Generation {
+            text,
+            token_ids: generated,
+            finish_reason,
+            parsed,
+            prompt_tokens: prompt_ids.len(),
+            prompt_ids: prompt_ids.to_vec(),
+            stop_token,
+        })
     }
 }
 

@@ -263,31 +263,8 @@ pub fn train(
     if train_examples.is_empty() {
         return Err(TrainError::Config("the dataset has no training examples".into()));
     }
-    let (varmap, model, vars, frozen_base) = match (&config.lora, init) {
-        (None, Init::Scratch) => {
-            let varmap = init_varmap(model_config, config.seed, &device)?;
-            let model = Llama::new(model_config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-            let vars = ordered_vars(model_config, &varmap);
-            (varmap, model, vars, None)
-        }
-        (None, Init::Pretrained(tensors)) => {
-            let varmap = super::params::varmap_from_tensors(model_config, &tensors)?;
-            let model = Llama::new(model_config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
-            let vars = ordered_vars(model_config, &varmap);
-            (varmap, model, vars, None)
-        }
-        (Some(_), Init::Scratch) => {
-            return Err(TrainError::Config("lora: LoRA needs a pretrained base model (--model PATH), not tiny".into()))
-        }
-        (Some(lora), Init::Pretrained(tensors)) => {
-            let varmap = super::params::init_lora_varmap(model_config, lora, config.seed, &device)?;
-            let base = VarBuilder::from_tensors(tensors.clone(), DType::F32, &device);
-            let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-            let model = Llama::new_with_lora(model_config.clone(), base, Some((lora, adapters)))?;
-            let vars = super::params::ordered_lora_vars(model_config, lora, &varmap);
-            (varmap, model, vars, Some(tensors))
-        }
-    };
+    let Trainable { varmap, model, vars, frozen_base } =
+        Trainable::new(model_config, config.lora.as_ref(), init, config.seed, &device)?;
     let max_id = train_examples.iter().flat_map(|e| e.ids.iter()).copied().max().unwrap_or(0);
     if max_id as usize >= model_config.vocab_size {
         return Err(TrainError::Config(format!(
@@ -390,41 +367,12 @@ pub fn train(
         }
         hooks.step(state.step, total_steps, &metrics)?;
         if state.step % config.checkpoint_every == 0 || state.step == total_steps {
-            let dir = save_checkpoint(run_dir, &varmap, &optimizer, &vars, &state)?;
+            let dir = save_checkpoint(run_dir, &varmap, &optimizer, &vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }
     }
-    let model_dir = run_dir.join("model");
-    let staging = run_dir.join("model.partial");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
-    }
-    std::fs::create_dir_all(&staging)?;
-    match (&config.lora, &frozen_base) {
-        (Some(lora), Some(base)) => {
-            varmap.save(staging.join("adapter.safetensors"))?;
-            let adapters: std::collections::HashMap<String, Tensor> =
-                vars.iter().map(|(name, var, _)| (name.clone(), var.as_tensor().clone())).collect();
-            let merged = super::params::merge_lora(lora, base, &adapters)?;
-            candle_core::safetensors::save(&merged, staging.join("model.safetensors"))?;
-            std::fs::write(
-                staging.join("adapter_config.json"),
-                serde_json::to_string_pretty(lora).expect("lora serialises"),
-            )?;
-        }
-        _ => varmap.save(staging.join("model.safetensors"))?,
-    }
-    std::fs::write(
-        staging.join("config.json"),
-        serde_json::to_string_pretty(model_config).expect("config serialises"),
-    )?;
-    for name in ["tokenizer.json", "chat_template.jinja", "template.json"] {
-        std::fs::copy(dataset_dir.join(name), staging.join(name))?;
-    }
-    if model_dir.exists() {
-        std::fs::remove_dir_all(&model_dir)?;
-    }
-    std::fs::rename(&staging, &model_dir)?;
+    let weights = TrainedWeights { varmap: &varmap, vars: &vars, frozen_base: frozen_base.as_ref() };
+    let model_dir = save_model(run_dir, &weights, config.lora.as_ref(), model_config, dataset_dir)?;
     let seconds = state.seconds.max(1e-9);
     Ok(TrainSummary {
         steps: state.step,
@@ -437,15 +385,108 @@ pub fn train(
     })
 }
 
-fn save_checkpoint(
+/// The weights a run trains: every parameter, or LoRA adapters on a frozen base.
+pub(super) struct Trainable {
+    pub varmap: candle_nn::VarMap,
+    pub model: Llama,
+    /// The trained variables in a stable order (for the optimizer state).
+    pub vars: Vec<(String, candle_core::Var, bool)>,
+    /// With LoRA: the frozen base the adapters are merged onto when the model is saved.
+    pub frozen_base: Option<std::collections::HashMap<String, Tensor>>,
+}
+
+impl Trainable {
+    pub fn new(
+        model_config: &LlamaConfig,
+        lora: Option<&crate::model::llama::LoraConfig>,
+        init: Init,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Trainable, TrainError> {
+        let full = |varmap: candle_nn::VarMap| -> Result<Trainable, TrainError> {
+            let model = Llama::new(model_config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+            let vars = ordered_vars(model_config, &varmap);
+            Ok(Trainable { varmap, model, vars, frozen_base: None })
+        };
+        match (lora, init) {
+            (None, Init::Scratch) => full(init_varmap(model_config, seed, device)?),
+            (None, Init::Pretrained(tensors)) => full(super::params::varmap_from_tensors(model_config, &tensors)?),
+            (Some(_), Init::Scratch) => {
+                Err(TrainError::Config("lora: LoRA needs a pretrained base model (--model PATH), not tiny".into()))
+            }
+            (Some(lora), Init::Pretrained(tensors)) => {
+                let varmap = super::params::init_lora_varmap(model_config, lora, seed, device)?;
+                let base = VarBuilder::from_tensors(tensors.clone(), DType::F32, device);
+                let adapters = VarBuilder::from_varmap(&varmap, DType::F32, device);
+                let model = Llama::new_with_lora(model_config.clone(), base, Some((lora, adapters)))?;
+                let vars = super::params::ordered_lora_vars(model_config, lora, &varmap);
+                Ok(Trainable { varmap, model, vars, frozen_base: Some(tensors) })
+            }
+        }
+    }
+}
+
+/// What `save_model` writes: the trained variables and, with LoRA, the frozen base.
+pub(super) struct TrainedWeights<'a> {
+    pub varmap: &'a candle_nn::VarMap,
+    pub vars: &'a [(String, candle_core::Var, bool)],
+    pub frozen_base: Option<&'a std::collections::HashMap<String, Tensor>>,
+}
+
+/// Write the trained model to `run_dir/model` (whole or absent): config.json, model.safetensors
+/// (with LoRA: the merged weights, plus adapter.safetensors and adapter_config.json), and the
+/// tokenizer and chat template copied from `files_from`.
+pub(super) fn save_model(
+    run_dir: &Path,
+    trained: &TrainedWeights<'_>,
+    lora: Option<&crate::model::llama::LoraConfig>,
+    model_config: &LlamaConfig,
+    files_from: &Path,
+) -> Result<PathBuf, TrainError> {
+    let model_dir = run_dir.join("model");
+    let staging = run_dir.join("model.partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    match (lora, trained.frozen_base) {
+        (Some(lora), Some(base)) => {
+            trained.varmap.save(staging.join("adapter.safetensors"))?;
+            let adapters: std::collections::HashMap<String, Tensor> =
+                trained.vars.iter().map(|(name, var, _)| (name.clone(), var.as_tensor().clone())).collect();
+            let merged = super::params::merge_lora(lora, base, &adapters)?;
+            candle_core::safetensors::save(&merged, staging.join("model.safetensors"))?;
+            std::fs::write(
+                staging.join("adapter_config.json"),
+                serde_json::to_string_pretty(lora).expect("lora serialises"),
+            )?;
+        }
+        _ => trained.varmap.save(staging.join("model.safetensors"))?,
+    }
+    std::fs::write(
+        staging.join("config.json"),
+        serde_json::to_string_pretty(model_config).expect("config serialises"),
+    )?;
+    for name in ["tokenizer.json", "chat_template.jinja", "template.json"] {
+        std::fs::copy(files_from.join(name), staging.join(name))?;
+    }
+    if model_dir.exists() {
+        std::fs::remove_dir_all(&model_dir)?;
+    }
+    std::fs::rename(&staging, &model_dir)?;
+    Ok(model_dir)
+}
+
+pub(super) fn save_checkpoint(
     run_dir: &Path,
     varmap: &candle_nn::VarMap,
     optimizer: &AdamW,
     vars: &[(String, candle_core::Var, bool)],
-    state: &TrainState,
+    step: u64,
+    state: &impl Serialize,
 ) -> Result<PathBuf, TrainError> {
-    let dir = run_dir.join(format!("checkpoint-{:06}", state.step));
-    let staging = run_dir.join(format!("checkpoint-{:06}.partial", state.step));
+    let dir = run_dir.join(format!("checkpoint-{step:06}"));
+    let staging = run_dir.join(format!("checkpoint-{step:06}.partial"));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
