@@ -44,12 +44,13 @@ pub struct TrainArgs {
     /// GRPO: the stored model the policy starts from (an id, `latest` or `champion`).
     #[arg(long)]
     pub model: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: u32,
+    /// Passes over the data (default 1; DPO 3).
+    #[arg(long)]
+    pub epochs: Option<u32>,
     /// SFT: stop after this many steps. GRPO: optimizer steps (default 20).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// Learning rate (default: 3e-3 for SFT of the tiny preset, 1e-4 for GRPO).
+    /// Learning rate (default: 3e-3 for SFT of the tiny preset, 1e-4 for GRPO, 5e-5 for DPO).
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 4)]
@@ -91,7 +92,7 @@ pub struct TrainArgs {
     pub rl: RlArgs,
 }
 
-/// GRPO's flags (spec 3.6).
+/// GRPO's and DPO's flags (spec 3.6).
 #[derive(Debug, Args)]
 pub struct RlArgs {
     /// Suites whose cases are rolled out (repeatable; default `training`).
@@ -121,9 +122,13 @@ pub struct RlArgs {
     /// Policy updates per batch of rollouts.
     #[arg(long, default_value_t = 1)]
     pub iterations: usize,
-    /// k3 KL weight to the starting model (0: no reference).
+    /// GRPO: k3 KL weight to the starting model (default 0: no reference). DPO: β of the
+    /// sigmoid loss (default 0.1).
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// DPO: label smoothing (0 to 0.5).
     #[arg(long, default_value_t = 0.0)]
-    pub beta: f64,
+    pub label_smoothing: f64,
     /// Advantage scaling: group, batch or none.
     #[arg(long, default_value = "group")]
     pub scale_rewards: String,
@@ -141,9 +146,12 @@ impl TrainArgs {
         TrainRequest {
             phase: self.phase.into(),
             dataset: self.dataset.clone(),
-            model: self.model.clone().unwrap_or_else(|| if grpo { "latest".into() } else { "tiny".into() }),
-            epochs: self.epochs,
+            model: self.model.clone().unwrap_or_else(|| {
+                if self.phase == Phase::Sft { "tiny".into() } else { "latest".into() }
+            }),
             max_steps: if grpo { None } else { self.max_steps },
+            // DPO passes over its pairs three times unless told otherwise.
+            epochs: self.epochs.unwrap_or(if self.phase == Phase::Dpo { 3 } else { 1 }),
             lr: self.lr.unwrap_or(defaults.lr),
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
@@ -169,9 +177,12 @@ impl TrainArgs {
                 epsilon: rl.epsilon,
                 epsilon_high: rl.epsilon_high,
                 iterations: rl.iterations,
-                beta: rl.beta,
+                beta: if self.phase == Phase::Grpo { rl.beta.unwrap_or(defaults.rl.beta) } else { defaults.rl.beta },
                 scale_rewards: rl.scale_rewards.clone(),
                 reward_weights: rl.reward_weights.clone(),
+                dpo_beta: rl.beta.unwrap_or(defaults.rl.dpo_beta),
+                label_smoothing: rl.label_smoothing,
+                dpo_lr: self.lr.unwrap_or(defaults.rl.dpo_lr),
             },
         }
     }

@@ -182,7 +182,7 @@ pub struct BuildReport {
 }
 
 /// The files a dataset directory holds, in the order they are written.
-pub const FILES: [&str; 14] = [
+pub const FILES: [&str; 15] = [
     "config.json",
     "train.jsonl",
     "val.jsonl",
@@ -190,6 +190,7 @@ pub const FILES: [&str; 14] = [
     "sft.jsonl",
     "sft_val.jsonl",
     "dpo.jsonl",
+    "dpo_val.jsonl",
     "rl_prompts.jsonl",
     "tokenizer.json",
     "chat_template.jinja",
@@ -229,6 +230,16 @@ fn tokenize_one(
         }
     }
     Ok(best.map(|n| (Example { ids: ids[..n].to_vec(), mask: mask[..n].to_vec() }, true)))
+}
+
+/// One `dpo.jsonl` row: TRL's conversational preference columns, with the tools when the pair
+/// offers some.
+fn pair_line(pair: &PreferencePair) -> String {
+    let mut row = json!({"prompt": pair.prompt.to_wire(), "chosen": pair.chosen.to_wire(), "rejected": pair.rejected.to_wire()});
+    if !pair.tools.is_empty() {
+        row["tools"] = Value::Array(pair.tools.clone());
+    }
+    row.to_string()
 }
 
 fn write_lines(path: &Path, lines: impl Iterator<Item = String>) -> std::io::Result<()> {
@@ -402,10 +413,12 @@ pub fn build(
     write_lines(&at("sft_val.jsonl"), val.iter().map(|(i, _)| to_openai_json(&prepared[*i].trace)))?;
     write_lines(
         &at("dpo.jsonl"),
-        train_pairs.iter().map(|p| {
-            json!({"prompt": p.prompt.to_wire(), "chosen": p.chosen.to_wire(), "rejected": p.rejected.to_wire()})
-                .to_string()
-        }),
+        train_pairs.iter().copied().map(pair_line),
+    )?;
+    // The pairs of the other splits: DPO's held-out pairs.
+    write_lines(
+        &at("dpo_val.jsonl"),
+        pairs.iter().filter(|p| split_of(&p.content_hash) != Split::Train).map(pair_line),
     )?;
     let mut seen_prompts = BTreeSet::new();
     write_lines(

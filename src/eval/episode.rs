@@ -56,6 +56,9 @@ pub struct Episode {
     pub malformed: usize,
     /// The last reply had no tool call and ended with end-of-turn, within the turn limit.
     pub stopped: bool,
+    /// Replies cut by the token limit instead of ending with end-of-turn.
+    #[serde(default)]
+    pub truncated: usize,
     pub final_answer: String,
     pub tokens: usize,
     pub seconds: f64,
@@ -80,6 +83,7 @@ pub fn run(policy: &mut dyn Policy, case: &EvalCase, max_turns: usize) -> (Episo
         replies: 0,
         malformed: 0,
         stopped: false,
+        truncated: 0,
         final_answer: String::new(),
         tokens: 0,
         seconds: 0.0,
@@ -97,6 +101,7 @@ pub fn run(policy: &mut dyn Policy, case: &EvalCase, max_turns: usize) -> (Episo
         episode.replies += 1;
         episode.malformed += reply.malformed;
         episode.tokens += reply.tokens;
+        episode.truncated += usize::from(!reply.finished);
         let content = reply.content.clone().filter(|c| !c.trim().is_empty());
         if reply.tool_calls.is_empty() {
             episode.final_answer = content.clone().unwrap_or_default();

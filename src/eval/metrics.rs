@@ -35,6 +35,9 @@ pub struct CaseScore {
     pub facts: Option<bool>,
     pub must_call: Option<bool>,
     pub stopped: bool,
+    /// Replies cut by the token limit.
+    #[serde(default)]
+    pub truncated: usize,
     pub turns: usize,
     pub tokens: usize,
     pub seconds: f64,
@@ -139,6 +142,7 @@ pub fn score(case: &EvalCase, episode: &Episode, workspace: &mut Workspace, outp
             .map(|_| case.answer_facts.iter().all(|fact| episode.final_answer.contains(fact.as_str()))),
         must_call: has(&case.must_call).map(|_| case.must_call.iter().all(|tool| names.contains(tool))),
         stopped: episode.stopped,
+        truncated: episode.truncated,
         turns: episode.replies,
         tokens: episode.tokens,
         seconds: episode.seconds,

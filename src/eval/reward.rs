@@ -2,7 +2,8 @@
 //! named components (executed outcome, format, call correctness against the reference, tool-
 //! sequence alignment, length), each weighted and logged. A validity gate keeps the policy
 //! from trading format for anything else: an episode with a malformed reply, an unknown tool or
-//! arguments its schema rejects always totals below every valid episode.
+//! arguments its schema rejects — or no tool call at all on a task that needs one, the easy way
+//! out a policy otherwise learns first — always totals below every valid episode.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -100,10 +101,17 @@ const GATE: f64 = -1.0;
 /// Score an episode's `CaseScore` into a reward. `token_budget` is the most tokens an episode
 /// may spend (turns × tokens per turn); the length component is −tokens/budget.
 pub fn reward(score: &CaseScore, weights: &RewardWeights, token_budget: usize) -> Reward {
-    let valid = score.parsed && score.names_valid && score.arguments_valid;
-    let call_rate = if score.calls == 0 { 1.0 } else { score.valid_calls as f64 / score.calls as f64 };
-    // Format: the reply parses, the calls are valid, the episode ends with end-of-turn.
-    let format = (f64::from(u8::from(score.parsed)) + call_rate + f64::from(u8::from(score.stopped))) / 3.0;
+    let expects_call = score.first_tool.is_some() || score.similarity.is_some() || score.must_call.is_some();
+    let silent = expects_call && score.calls == 0;
+    let valid = score.parsed && score.names_valid && score.arguments_valid && !silent;
+    let call_rate = match score.calls {
+        0 if silent => 0.0,
+        0 => 1.0,
+        n => score.valid_calls as f64 / n as f64,
+    };
+    // Format: the replies parse, the calls are valid, no reply was cut by the token limit.
+    let whole = f64::from(u8::from(score.truncated == 0));
+    let format = (f64::from(u8::from(score.parsed)) + call_rate + whole) / 3.0;
     let outcome = score.success.map_or(0.0, |s| f64::from(u8::from(s)));
     // Correctness against the reference: the right first tool, and the names called as the
     // reference calls them (edit similarity), as ToolRL's name overlap.
@@ -156,6 +164,7 @@ mod tests {
             facts: None,
             must_call: None,
             stopped: true,
+            truncated: 0,
             turns: 4,
             tokens,
             seconds: 1.0,
@@ -181,7 +190,9 @@ mod tests {
         // the worst valid one (wrong tool, failed, nothing aligned, every token spent), for
         // many weightings.
         let best_invalid = score(false, true, true, 1.0, 0);
-        let worst_valid = CaseScore { stopped: false, ..score(true, false, false, 0.0, 10_000) };
+        let worst_valid = CaseScore { stopped: false, truncated: 4, ..score(true, false, false, 0.0, 10_000) };
+        // Answering at once, without the call the task needs, is no way out either.
+        let silent = CaseScore { calls: 0, valid_calls: 0, ..score(true, false, false, 0.0, 0) };
         for weights in [
             RewardWeights::default(),
             RewardWeights { outcome: 10.0, format: 0.0, correctness: 5.0, alignment: 3.0, length: 2.0 },
@@ -190,6 +201,8 @@ mod tests {
             let (good, bad) = (reward(&worst_valid, &weights, 100), reward(&best_invalid, &weights, 100));
             assert!(bad.gated && !good.gated);
             assert!(bad.total < good.total, "{weights}: invalid {} ≥ valid {}", bad.total, good.total);
+            let quiet = reward(&silent, &weights, 100);
+            assert!(quiet.gated && quiet.total < good.total, "{weights}: no call {} ≥ valid {}", quiet.total, good.total);
         }
     }
 

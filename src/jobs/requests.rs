@@ -138,7 +138,7 @@ impl ModelScope {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct TrainRequest {
-    /// `sft` or `grpo` (`ppo` and `dpo` are not in this build yet).
+    /// `sft`, `grpo` or `dpo` (`ppo` is not in this build yet).
     #[schema(value_type = String)]
     pub phase: Phase,
     /// A dataset id; the newest dataset when absent.
@@ -188,6 +188,11 @@ pub struct RlRequest {
     pub scale_rewards: String,
     /// `outcome=1,format=0.5,correctness=1,alignment=0.5,length=0.1` (any subset).
     pub reward_weights: String,
+    /// DPO: β of the sigmoid loss, and label smoothing.
+    pub dpo_beta: f64,
+    pub label_smoothing: f64,
+    /// DPO's learning rate.
+    pub dpo_lr: f64,
 }
 
 impl Default for RlRequest {
@@ -208,6 +213,9 @@ impl Default for RlRequest {
             beta: defaults.beta,
             scale_rewards: "group".into(),
             reward_weights: String::new(),
+            dpo_beta: crate::train::dpo::DpoConfig::default().beta,
+            label_smoothing: 0.0,
+            dpo_lr: crate::train::dpo::DpoConfig::default().lr,
         }
     }
 }
@@ -318,10 +326,7 @@ impl TrainRequest {
         fields.finish()?;
         let start = start.expect("checked above");
         let start_dir = PathBuf::from(&start.path);
-        let model_config: LlamaConfig = std::fs::read_to_string(start_dir.join("config.json"))
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .ok_or_else(|| RequestError::field("model", format!("{}: no readable config.json", start_dir.display())))?;
+        let model_config = start_config(&start_dir)?;
         Ok(TrainParams {
             phase: Phase::Grpo,
             dataset_id: start.dataset_id.clone().unwrap_or_default(),
@@ -336,6 +341,82 @@ impl TrainRequest {
                 start_dir,
                 suites: rl.suites.clone(),
             }),
+            dpo: None,
+        })
+    }
+
+    /// A DPO run: the policy (and the reference) start from a stored model; the pairs are a
+    /// dataset's (`dpo.jsonl`, held out: `dpo_val.jsonl`), rendered with the model's template.
+    fn resolve_dpo(self, db: &Db, config: &Config) -> Result<TrainParams, RequestError> {
+        use crate::train::dpo::DpoConfig;
+        let mut fields = Fields::default();
+        let start = start_model(db, &self.model, "DPO")?.map_err(|e| fields.bad("model", e)).ok();
+        let dataset = match &self.dataset {
+            Some(id) => db.get_dataset(id)?.ok_or_else(|| format!("no dataset with id {id:?}")),
+            None => db
+                .list_datasets()?
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no dataset yet: import preference pairs, then run `understudy build-dataset`".to_string()),
+        }
+        .map_err(|e| fields.bad("dataset", e))
+        .ok();
+        if let Some(dataset) = &dataset {
+            let pairs = std::fs::read_to_string(Path::new(&dataset.path).join("dpo.jsonl")).unwrap_or_default();
+            if pairs.trim().is_empty() {
+                fields.bad(
+                    "dataset",
+                    format!("{} holds no preference pairs: import pairs (`import dpo FILE`), then build a dataset", dataset.id),
+                );
+            }
+        }
+        if let (Some(start), Some(dataset)) = (&start, &dataset) {
+            // The pairs are tokenized with the policy's tokenizer: it must be the dataset's.
+            let read = |dir: &Path| std::fs::read(dir.join("tokenizer.json")).ok();
+            if read(Path::new(&start.path)) != read(Path::new(&dataset.path)) {
+                fields.bad(
+                    "model",
+                    format!("{}'s tokenizer differs from dataset {}'s: build the dataset with this model (--model)", start.id, dataset.id),
+                );
+            }
+        }
+        if let Err(e) = crate::model::llama::device_for(&self.device) {
+            fields.bad("device", e);
+        }
+        let dpo = DpoConfig {
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            lr: self.rl.dpo_lr,
+            beta: self.rl.dpo_beta,
+            label_smoothing: self.rl.label_smoothing,
+            max_seq_len: self.max_seq_len,
+            checkpoint_every: self.checkpoint_every,
+            seed: self.seed,
+            device: self.device.clone(),
+            ..DpoConfig::default()
+        };
+        if let Err(e) = dpo.validate() {
+            let (field, message) = e.split_once(": ").unwrap_or(("rl", e.as_str()));
+            let field = ["beta", "label_smoothing", "lr", "batch_size", "epochs", "checkpoint_every"]
+                .into_iter()
+                .find(|f| *f == field)
+                .unwrap_or("rl");
+            fields.bad(field, message.to_string());
+        }
+        fields.finish()?;
+        let (start, dataset) = (start.expect("checked above"), dataset.expect("checked above"));
+        let start_dir = PathBuf::from(&start.path);
+        Ok(TrainParams {
+            phase: Phase::Dpo,
+            dataset_id: dataset.id,
+            dataset_dir: PathBuf::from(&dataset.path),
+            base_model: start.base_model.clone(),
+            model_config: start_config(&start_dir)?,
+            sft: SftConfig { seed: self.seed, device: self.device, ..SftConfig::default() },
+            runs_dir: config.artifacts_dir().join("runs"),
+            grpo: None,
+            dpo: Some(super::train::DpoRun { config: dpo, start_model_id: start.id, start_dir }),
         })
     }
     /// Check every field, find the dataset and the base model, and build the run's config.
@@ -343,10 +424,11 @@ impl TrainRequest {
         match self.phase {
             Phase::Sft => {}
             Phase::Grpo => return self.resolve_grpo(db, config),
+            Phase::Dpo => return self.resolve_dpo(db, config),
             other => {
                 return Err(RequestError::field(
                     "phase",
-                    format!("{} is not available in this build yet (sft and grpo are)", other.as_str()),
+                    format!("{} is not available in this build yet (sft, grpo and dpo are)", other.as_str()),
                 ))
             }
         }
@@ -434,8 +516,28 @@ impl TrainRequest {
             sft,
             runs_dir: config.artifacts_dir().join("runs"),
             grpo: None,
+            dpo: None,
         })
     }
+}
+
+/// The stored model an RL phase starts from: an id, `latest` (the default) or `champion`.
+fn start_model(db: &Db, wanted: &str, phase: &str) -> Result<Result<crate::store::ModelRow, String>, StoreError> {
+    let wanted = if wanted.trim().is_empty() || wanted == "tiny" { "latest" } else { wanted.trim() };
+    let found = match wanted {
+        "latest" => db.list_models()?.into_iter().next(),
+        "champion" => db.list_models()?.into_iter().find(|m| m.is_champion),
+        id => db.get_model(id)?,
+    };
+    Ok(found.ok_or_else(|| format!("{wanted}: no such stored model ({phase} starts from a trained model: run SFT first)")))
+}
+
+/// A stored model's architecture.
+fn start_config(dir: &Path) -> Result<LlamaConfig, RequestError> {
+    std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .ok_or_else(|| RequestError::field("model", format!("{}: no readable config.json", dir.display())))
 }
 
 /// A dataset build as asked for.

@@ -50,6 +50,17 @@ pub struct TrainParams {
     /// A GRPO run's settings and starting model.
     #[serde(default)]
     pub grpo: Option<GrpoRun>,
+    /// A DPO run's settings and starting model (the pairs are the dataset's).
+    #[serde(default)]
+    pub dpo: Option<DpoRun>,
+}
+
+/// What a DPO run starts from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DpoRun {
+    pub config: crate::train::dpo::DpoConfig,
+    pub start_model_id: String,
+    pub start_dir: PathBuf,
 }
 
 /// What a GRPO run starts from and rolls out.
@@ -78,6 +89,11 @@ pub struct TrainOutcome {
     pub first_reward: Option<f64>,
     #[serde(default)]
     pub final_reward: Option<f64>,
+    /// DPO runs: held-out pairs whose chosen completion is the more likely one per token.
+    #[serde(default)]
+    pub heldout_accuracy_before: Option<f64>,
+    #[serde(default)]
+    pub heldout_accuracy_after: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +167,7 @@ pub fn run(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOu
     match (params.phase, &params.grpo) {
         (Phase::Sft, _) => run_sft(context, params),
         (Phase::Grpo, Some(grpo)) => run_grpo(context, params, grpo),
+        (Phase::Dpo, _) if params.dpo.is_some() => run_dpo(context, params),
         (phase, _) => Err(JobError::Failed(format!(
             "phase {} is not available in this build yet (sft and grpo are)",
             phase.as_str()
@@ -202,36 +219,129 @@ fn run_grpo(context: &mut JobContext<'_>, params: &TrainParams, grpo: &GrpoRun) 
         "steps": summary.steps,
     });
     let model_path = summary.model_dir.display().to_string();
-    let parent = context.db().get_model(&grpo.start_model_id)?;
-    let name = format!(
-        "{}-grpo-{}",
-        parent.as_ref().map_or("model", |p| p.name.as_str()),
-        &run_id[run_id.len().saturating_sub(6)..]
-    );
-    let model_id = match context.db().model_of_run(&run_id)? {
-        Some(existing) => existing.id,
-        None => context.db().insert_model(&NewModel {
-            name: &name,
-            base_model: &params.base_model,
-            parent_id: Some(&grpo.start_model_id),
-            dataset_id: (!params.dataset_id.is_empty()).then_some(params.dataset_id.as_str()),
-            run_id: Some(&run_id),
-            path: &model_path,
-            metrics: &metrics,
-        })?,
-    };
-    context.log("info", &format!("model {model_id} saved at {model_path}"))?;
+    let model_id = register_child(context, params, &grpo.start_model_id, "grpo", &model_path, &metrics)?;
     Ok(TrainOutcome {
         run_id,
         model_id,
         steps: summary.steps,
-        first_loss: summary.final_loss,
+        first_loss: summary.first_loss,
         final_loss: summary.final_loss,
         final_eval_loss: None,
         tokens_per_second: summary.rollout_tokens_per_second,
         checkpoint_dir: run_dir,
         first_reward: Some(summary.first_reward),
         final_reward: Some(summary.final_reward),
+        heldout_accuracy_before: None,
+        heldout_accuracy_after: None,
+    })
+}
+
+/// Register a model an RL phase trained, once per run (a resumed run finds its row).
+fn register_child(
+    context: &mut JobContext<'_>,
+    params: &TrainParams,
+    parent_id: &str,
+    phase: &str,
+    model_path: &str,
+    metrics: &serde_json::Value,
+) -> Result<String, JobError> {
+    let run_id = context.job().id.to_string();
+    if let Some(existing) = context.db().model_of_run(&run_id)? {
+        return Ok(existing.id);
+    }
+    let parent = context.db().get_model(parent_id)?;
+    let name = format!(
+        "{}-{phase}-{}",
+        parent.as_ref().map_or("model", |p| p.name.as_str()),
+        &run_id[run_id.len().saturating_sub(6)..]
+    );
+    let id = context.db().insert_model(&NewModel {
+        name: &name,
+        base_model: &params.base_model,
+        parent_id: Some(parent_id),
+        dataset_id: (!params.dataset_id.is_empty()).then_some(params.dataset_id.as_str()),
+        run_id: Some(&run_id),
+        path: model_path,
+        metrics,
+    })?;
+    context.log("info", &format!("model {id} saved at {model_path}"))?;
+    Ok(id)
+}
+
+/// The pairs of a dataset file, tokenized with the policy's template; a line that cannot be
+/// used fails the run naming the file and line.
+fn read_pairs(
+    path: &Path,
+    start: &crate::train::grpo::Start,
+) -> Result<Vec<crate::train::dpo::PairTokens>, JobError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(JobError::Failed(format!("{}: {e}", path.display()))),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(number, line)| {
+            crate::train::dpo::tokenize_pair(&start.tokenizer, &start.template, line)
+                .map_err(|e| JobError::Failed(format!("{}:{}: {e}", path.display(), number + 1)))
+        })
+        .collect()
+}
+
+fn run_dpo(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOutcome, JobError> {
+    let dpo = params.dpo.as_ref().expect("checked by run");
+    let run_id = context.job().id.to_string();
+    let run_dir = params.runs_dir.join(&run_id);
+    let resume_dir = resume_dir(context);
+    let start = crate::train::grpo::Start::load(&dpo.start_dir, &dpo.config.device).map_err(train_failed)?;
+    let train_pairs = read_pairs(&params.dataset_dir.join("dpo.jsonl"), &start)?;
+    let heldout_pairs = read_pairs(&params.dataset_dir.join("dpo_val.jsonl"), &start)?;
+    let config = &dpo.config;
+    context.log(
+        "info",
+        &format!(
+            "DPO from model {} on dataset {}: {} training pairs, {} held out; β {}, lr {}, batch {}, seed {}",
+            dpo.start_model_id,
+            params.dataset_id,
+            train_pairs.len(),
+            heldout_pairs.len(),
+            config.beta,
+            config.lr,
+            config.batch_size,
+            config.seed
+        ),
+    )?;
+    let started = std::time::Instant::now();
+    let summary = {
+        let mut hooks = JobHooks { context: &mut *context, started };
+        crate::train::dpo::train(start, &train_pairs, &heldout_pairs, config, &run_dir, resume_dir.as_deref(), &mut hooks)
+    }
+    .map_err(train_failed)?;
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let metrics = json!({
+        "phase": "dpo",
+        "first_loss": summary.first_loss,
+        "final_loss": summary.final_loss,
+        "heldout_accuracy_before": finite(summary.heldout_accuracy_before),
+        "heldout_accuracy_after": finite(summary.heldout_accuracy_after),
+        "steps": summary.steps,
+    });
+    let model_path = summary.model_dir.display().to_string();
+    let model_id = register_child(context, params, &dpo.start_model_id, "dpo", &model_path, &metrics)?;
+    Ok(TrainOutcome {
+        run_id,
+        model_id,
+        steps: summary.steps,
+        first_loss: summary.first_loss,
+        final_loss: summary.final_loss,
+        final_eval_loss: None,
+        tokens_per_second: 0.0,
+        checkpoint_dir: run_dir,
+        first_reward: None,
+        final_reward: None,
+        heldout_accuracy_before: finite(summary.heldout_accuracy_before),
+        heldout_accuracy_after: finite(summary.heldout_accuracy_after),
     })
 }
 
@@ -314,5 +424,7 @@ fn run_sft(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOu
         checkpoint_dir: run_dir,
         first_reward: None,
         final_reward: None,
+        heldout_accuracy_before: None,
+        heldout_accuracy_after: None,
     })
 }

@@ -315,7 +315,7 @@ pub fn trained_rows(turns: &[&Turn], max_len: usize) -> (Vec<u32>, usize, Vec<u3
 
 /// Log-probabilities of the sampled tokens of `turns` (one per trained row, in order) and their
 /// summed entropy. Logits are divided by the sampling temperature, as the sampler saw them.
-fn token_logprobs(
+pub(super) fn token_logprobs(
     model: &Llama,
     turns: &[&Turn],
     max_len: usize,
@@ -348,6 +348,7 @@ pub struct GrpoState {
     pub total_steps: u64,
     pub first_reward: Option<f64>,
     pub last_reward: Option<f64>,
+    pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
     pub generated_tokens: u64,
     pub rollout_seconds: f64,
@@ -359,6 +360,7 @@ pub struct GrpoSummary {
     pub steps: u64,
     pub first_reward: f64,
     pub final_reward: f64,
+    pub first_loss: f64,
     pub final_loss: f64,
     /// Sampled tokens per second of rollout time.
     pub rollout_tokens_per_second: f64,
@@ -548,6 +550,7 @@ pub fn train(
         let (reward_mean, reward_std) = mean_std(totals.iter().copied());
         state.first_reward.get_or_insert(reward_mean);
         state.last_reward = Some(reward_mean);
+        state.first_loss.get_or_insert(loss_sum);
         state.last_loss = Some(loss_sum);
         state.generated_tokens += generated as u64;
         state.rollout_seconds += rollout_seconds;
@@ -593,6 +596,7 @@ pub fn train(
         steps: state.step,
         first_reward: state.first_reward.unwrap_or(f64::NAN),
         final_reward: state.last_reward.unwrap_or(f64::NAN),
+        first_loss: state.first_loss.unwrap_or(f64::NAN),
         final_loss: state.last_loss.unwrap_or(f64::NAN),
         rollout_tokens_per_second: state.generated_tokens as f64 / state.rollout_seconds.max(1e-9),
         model_dir,

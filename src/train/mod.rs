@@ -3,6 +3,7 @@
 //! (`select`). candle is used only here and in `model`.
 
 pub mod bench;
+pub mod dpo;
 pub mod grpo;
 pub mod optimizer;
 pub mod params;

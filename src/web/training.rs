@@ -1,4 +1,4 @@
-//! The Training page: start an SFT run with validated hyperparameters; runs list. A run's live
+//! The Training page: start an SFT, GRPO or DPO run with validated hyperparameters; runs list. A run's live
 //! charts are on its job page; the models it registers are on the Models page (`models`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,6 +11,7 @@ use super::jobs::{recent_jobs_of, JobRow};
 use super::shared::*;
 use super::{AppState, WebError};
 use crate::jobs::requests::{ModelScope, TrainRequest};
+use crate::jobs::train::Phase;
 use crate::jobs::JobRecord;
 use crate::jobs::{submit, JobId, JobParams};
 
@@ -24,12 +25,12 @@ pub fn api_routes(config: &mut web::ServiceConfig) {
 }
 
 /// (field, label, default) of the hyperparameters on the form; defaults are `TrainRequest`'s.
-fn fields() -> [(&'static str, &'static str, String); 10] {
+fn fields() -> [(&'static str, &'static str, String); 15] {
     let defaults = TrainRequest::default();
     [
-        ("epochs", "Epochs", defaults.epochs.to_string()),
-        ("max_steps", "Maximum steps (empty for no limit)", String::new()),
-        ("lr", "Learning rate", defaults.lr.to_string()),
+        ("epochs", "Epochs (SFT, DPO)", defaults.epochs.to_string()),
+        ("max_steps", "Maximum steps (empty: SFT and DPO run their epochs, GRPO 20 steps)", String::new()),
+        ("lr", "Learning rate (empty: 3e-3 for SFT, 1e-4 for GRPO, 5e-5 for DPO)", String::new()),
         ("batch_size", "Batch size", defaults.batch_size.to_string()),
         ("grad_accum", "Gradient accumulation", defaults.grad_accum.to_string()),
         ("warmup_steps", "Warmup steps", defaults.warmup_steps.to_string()),
@@ -37,6 +38,11 @@ fn fields() -> [(&'static str, &'static str, String); 10] {
         ("checkpoint_every", "Checkpoint every N steps", defaults.checkpoint_every.to_string()),
         ("max_seq_len", "Longest training sequence (tokens)", defaults.max_seq_len.to_string()),
         ("seed", "Seed", defaults.seed.to_string()),
+        ("suites", "GRPO: suites rolled out (comma-separated)", defaults.rl.suites.join(",")),
+        ("group_size", "GRPO: episodes per case", defaults.rl.group_size.to_string()),
+        ("prompts_per_step", "GRPO: cases per step", defaults.rl.prompts_per_step.to_string()),
+        ("max_turns", "GRPO: replies per episode", defaults.rl.max_turns.to_string()),
+        ("beta", "β (GRPO: KL weight, default 0; DPO: loss β, default 0.1)", String::new()),
     ]
 }
 
@@ -104,8 +110,48 @@ fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static s
             }
         }
     }
-    number(&mut errors, "epochs", text("epochs"), &mut request.epochs);
-    number(&mut errors, "lr", text("lr"), &mut request.lr);
+    let phase = match text("phase").as_str() {
+        "" | "sft" => Phase::Sft,
+        "grpo" => Phase::Grpo,
+        "dpo" => Phase::Dpo,
+        _ => {
+            errors.insert("phase", "choose sft, grpo or dpo".into());
+            Phase::Sft
+        }
+    };
+    request.phase = phase;
+    if phase != Phase::Sft {
+        request.model = "latest".into();
+    }
+    if !text("epochs").is_empty() {
+        number(&mut errors, "epochs", text("epochs"), &mut request.epochs);
+    } else if phase == Phase::Dpo {
+        request.epochs = 3;
+    }
+    if !text("lr").is_empty() {
+        let target = match phase {
+            Phase::Grpo => &mut request.rl.lr,
+            Phase::Dpo => &mut request.rl.dpo_lr,
+            _ => &mut request.lr,
+        };
+        number(&mut errors, "lr", text("lr"), target);
+    }
+    if !text("beta").is_empty() {
+        let target = if phase == Phase::Dpo { &mut request.rl.dpo_beta } else { &mut request.rl.beta };
+        number(&mut errors, "beta", text("beta"), target);
+    }
+    for (name, target) in [
+        ("group_size", &mut request.rl.group_size),
+        ("prompts_per_step", &mut request.rl.prompts_per_step),
+        ("max_turns", &mut request.rl.max_turns),
+    ] {
+        if !text(name).is_empty() {
+            number(&mut errors, name, text(name), target);
+        }
+    }
+    if !text("suites").is_empty() {
+        request.rl.suites = text("suites").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    }
     number(&mut errors, "batch_size", text("batch_size"), &mut request.batch_size);
     number(&mut errors, "grad_accum", text("grad_accum"), &mut request.grad_accum);
     number(&mut errors, "warmup_steps", text("warmup_steps"), &mut request.warmup_steps);
@@ -118,7 +164,10 @@ fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static s
     if !text("max_steps").is_empty() {
         let mut steps = 0u64;
         number(&mut errors, "max_steps", text("max_steps"), &mut steps);
-        request.max_steps = Some(steps);
+        match phase {
+            Phase::Grpo => request.rl.steps = steps,
+            _ => request.max_steps = Some(steps),
+        }
     }
     if !text("lora_rank").is_empty() {
         let mut rank = 0usize;

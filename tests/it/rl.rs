@@ -128,3 +128,36 @@ fn grpo_refuses_what_it_cannot_run_naming_the_flag() {
     }
     assert!(cli(dir.path(), &["jobs", "list", "--json"]).json().as_array().unwrap().is_empty(), "nothing started");
 }
+
+#[test]
+fn dpo_trains_on_the_datasets_pairs_and_refuses_a_dataset_without_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let imported = cli(dir.path(), &["import", "dpo", crate::support::fixture("dpo_pairs.jsonl").to_str().unwrap(), "--json"]);
+    assert_eq!(imported.code, 0, "{}", imported.stderr);
+    // The fixture's valid pairs: one step of 4 per epoch, three epochs by default.
+    assert_eq!(imported.json()["imported"], 4, "{}", imported.stdout);
+    let model = train_tiny_on(dir.path(), "overfit.jsonl");
+    let run = cli(
+        dir.path(),
+        &["train", "--phase", "dpo", "--model", &model, "--epochs", "6", "--batch-size", "4", "--lr", "0.001", "--seed", "2", "--json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let summary = run.json();
+    assert_eq!(summary["steps"], 6);
+    let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["final_loss"].as_f64().unwrap());
+    // The policy starts as its own reference: the first loss is log 2 exactly.
+    assert!((first - std::f64::consts::LN_2).abs() < 1e-4, "first loss {first}");
+    assert!(last < first, "the loss fell: {first} -> {last}");
+    let shown = cli(dir.path(), &["jobs", "show", summary["run_id"].as_str().unwrap(), "--json"]).json();
+    let metrics = shown["metrics"].as_array().unwrap();
+    for name in ["loss", "reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected"] {
+        assert_eq!(metrics.iter().filter(|m| m["name"] == name).count(), 6, "{name} recorded every step");
+    }
+
+    // A dataset without pairs cannot feed DPO.
+    let bare = tempfile::tempdir().unwrap();
+    let model = train_tiny_on(bare.path(), "overfit.jsonl");
+    let refused = cli(bare.path(), &["train", "--phase", "dpo", "--model", &model]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("--dataset") && refused.stderr.contains("no preference pairs"), "{}", refused.stderr);
+}
