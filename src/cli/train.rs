@@ -147,7 +147,11 @@ impl TrainArgs {
             phase: self.phase.into(),
             dataset: self.dataset.clone(),
             model: self.model.clone().unwrap_or_else(|| {
-                if self.phase == Phase::Sft { "tiny".into() } else { "latest".into() }
+                if self.phase == Phase::Sft {
+                    "tiny".into()
+                } else {
+                    "latest".into()
+                }
             }),
             max_steps: if grpo { None } else { self.max_steps },
             // DPO passes over its pairs three times unless told otherwise.

@@ -235,7 +235,8 @@ fn tokenize_one(
 /// One `dpo.jsonl` row: TRL's conversational preference columns, with the tools when the pair
 /// offers some.
 fn pair_line(pair: &PreferencePair) -> String {
-    let mut row = json!({"prompt": pair.prompt.to_wire(), "chosen": pair.chosen.to_wire(), "rejected": pair.rejected.to_wire()});
+    let mut row =
+        json!({"prompt": pair.prompt.to_wire(), "chosen": pair.chosen.to_wire(), "rejected": pair.rejected.to_wire()});
     if !pair.tools.is_empty() {
         row["tools"] = Value::Array(pair.tools.clone());
     }
@@ -411,10 +412,7 @@ pub fn build(
     }
     write_lines(&at("sft.jsonl"), train.iter().map(|(i, _)| to_openai_json(&prepared[*i].trace)))?;
     write_lines(&at("sft_val.jsonl"), val.iter().map(|(i, _)| to_openai_json(&prepared[*i].trace)))?;
-    write_lines(
-        &at("dpo.jsonl"),
-        train_pairs.iter().copied().map(pair_line),
-    )?;
+    write_lines(&at("dpo.jsonl"), train_pairs.iter().copied().map(pair_line))?;
     // The pairs of the other splits: DPO's held-out pairs.
     write_lines(
         &at("dpo_val.jsonl"),

@@ -202,7 +202,12 @@ mod tests {
             assert!(bad.gated && !good.gated);
             assert!(bad.total < good.total, "{weights}: invalid {} ≥ valid {}", bad.total, good.total);
             let quiet = reward(&silent, &weights, 100);
-            assert!(quiet.gated && quiet.total < good.total, "{weights}: no call {} ≥ valid {}", quiet.total, good.total);
+            assert!(
+                quiet.gated && quiet.total < good.total,
+                "{weights}: no call {} ≥ valid {}",
+                quiet.total,
+                good.total
+            );
         }
     }
 

@@ -353,11 +353,9 @@ impl TrainRequest {
         let start = start_model(db, &self.model, "DPO")?.map_err(|e| fields.bad("model", e)).ok();
         let dataset = match &self.dataset {
             Some(id) => db.get_dataset(id)?.ok_or_else(|| format!("no dataset with id {id:?}")),
-            None => db
-                .list_datasets()?
-                .into_iter()
-                .next()
-                .ok_or_else(|| "no dataset yet: import preference pairs, then run `understudy build-dataset`".to_string()),
+            None => db.list_datasets()?.into_iter().next().ok_or_else(|| {
+                "no dataset yet: import preference pairs, then run `understudy build-dataset`".to_string()
+            }),
         }
         .map_err(|e| fields.bad("dataset", e))
         .ok();
@@ -366,7 +364,10 @@ impl TrainRequest {
             if pairs.trim().is_empty() {
                 fields.bad(
                     "dataset",
-                    format!("{} holds no preference pairs: import pairs (`import dpo FILE`), then build a dataset", dataset.id),
+                    format!(
+                        "{} holds no preference pairs: import pairs (`import dpo FILE`), then build a dataset",
+                        dataset.id
+                    ),
                 );
             }
         }
@@ -376,7 +377,10 @@ impl TrainRequest {
             if read(Path::new(&start.path)) != read(Path::new(&dataset.path)) {
                 fields.bad(
                     "model",
-                    format!("{}'s tokenizer differs from dataset {}'s: build the dataset with this model (--model)", start.id, dataset.id),
+                    format!(
+                        "{}'s tokenizer differs from dataset {}'s: build the dataset with this model (--model)",
+                        start.id, dataset.id
+                    ),
                 );
             }
         }
@@ -529,7 +533,8 @@ fn start_model(db: &Db, wanted: &str, phase: &str) -> Result<Result<crate::store
         "champion" => db.list_models()?.into_iter().find(|m| m.is_champion),
         id => db.get_model(id)?,
     };
-    Ok(found.ok_or_else(|| format!("{wanted}: no such stored model ({phase} starts from a trained model: run SFT first)")))
+    Ok(found
+        .ok_or_else(|| format!("{wanted}: no such stored model ({phase} starts from a trained model: run SFT first)")))
 }
 
 /// A stored model's architecture.

@@ -85,14 +85,14 @@ pub struct TrainOutcome {
     /// The run directory: checkpoints, and the trained model under `model/`.
     pub checkpoint_dir: PathBuf,
     /// RL runs: the mean episode reward of the first and the last step.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_reward: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_reward: Option<f64>,
     /// DPO runs: held-out pairs whose chosen completion is the more likely one per token.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout_accuracy_before: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout_accuracy_after: Option<f64>,
 }
 
@@ -270,10 +270,7 @@ fn register_child(
 
 /// The pairs of a dataset file, tokenized with the policy's template; a line that cannot be
 /// used fails the run naming the file and line.
-fn read_pairs(
-    path: &Path,
-    start: &crate::train::grpo::Start,
-) -> Result<Vec<crate::train::dpo::PairTokens>, JobError> {
+fn read_pairs(path: &Path, start: &crate::train::grpo::Start) -> Result<Vec<crate::train::dpo::PairTokens>, JobError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -315,7 +312,15 @@ fn run_dpo(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOu
     let started = std::time::Instant::now();
     let summary = {
         let mut hooks = JobHooks { context: &mut *context, started };
-        crate::train::dpo::train(start, &train_pairs, &heldout_pairs, config, &run_dir, resume_dir.as_deref(), &mut hooks)
+        crate::train::dpo::train(
+            start,
+            &train_pairs,
+            &heldout_pairs,
+            config,
+            &run_dir,
+            resume_dir.as_deref(),
+            &mut hooks,
+        )
     }
     .map_err(train_failed)?;
     let finite = |v: f64| v.is_finite().then_some(v);

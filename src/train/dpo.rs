@@ -172,9 +172,8 @@ pub fn dpo_loss(
     let h = ((policy_chosen - reference_chosen)? - (policy_rejected - reference_rejected)?)?;
     let z = (h * beta)?;
     // log σ(z) = min(z, 0) − log(1 + e^−|z|), stable for any z.
-    let log_sigmoid = |z: &Tensor| -> candle_core::Result<Tensor> {
-        z.minimum(0.0)? - (z.abs()?.neg()?.exp()? + 1.0)?.log()?
-    };
+    let log_sigmoid =
+        |z: &Tensor| -> candle_core::Result<Tensor> { z.minimum(0.0)? - (z.abs()?.neg()?.exp()? + 1.0)?.log()? };
     let loss = ((log_sigmoid(&z)? * (1.0 - label_smoothing))? + (log_sigmoid(&z.neg()?)? * label_smoothing)?)?
         .neg()?
         .mean_all()?;
@@ -186,7 +185,12 @@ pub fn dpo_loss(
 }
 
 /// How often the chosen completion is more likely per token than the rejected one.
-fn preference_accuracy(model: &Llama, pairs: &[PairTokens], max_len: usize, device: &Device) -> candle_core::Result<f64> {
+fn preference_accuracy(
+    model: &Llama,
+    pairs: &[PairTokens],
+    max_len: usize,
+    device: &Device,
+) -> candle_core::Result<f64> {
     if pairs.is_empty() {
         return Ok(f64::NAN);
     }
@@ -196,7 +200,8 @@ fn preference_accuracy(model: &Llama, pairs: &[PairTokens], max_len: usize, devi
         let rejected: Vec<&Turn> = chunk.iter().map(|p| &p.rejected).collect();
         let c = sequence_logprobs(model, &chosen, max_len, device)?.to_vec1::<f32>()?;
         let r = sequence_logprobs(model, &rejected, max_len, device)?.to_vec1::<f32>()?;
-        let per_token = |total: f32, turn: &Turn| total as f64 / turn.ids.len().saturating_sub(turn.prompt_len).max(1) as f64;
+        let per_token =
+            |total: f32, turn: &Turn| total as f64 / turn.ids.len().saturating_sub(turn.prompt_len).max(1) as f64;
         hits += chunk
             .iter()
             .enumerate()
@@ -250,21 +255,22 @@ pub fn train(
     // Reference log-probs: the starting model's, computed once (before any update, or read back).
     let reference_path = run_dir.join("reference_logprobs.json");
     std::fs::create_dir_all(run_dir)?;
-    let reference: Vec<(f32, f32)> = match std::fs::read_to_string(&reference_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
-        Some(saved) if resume.is_some() => saved,
-        _ => {
-            let mut values = Vec::with_capacity(train_pairs.len());
-            for chunk in train_pairs.chunks(config.batch_size) {
-                let chosen: Vec<&Turn> = chunk.iter().map(|p| &p.chosen).collect();
-                let rejected: Vec<&Turn> = chunk.iter().map(|p| &p.rejected).collect();
-                let c = sequence_logprobs(&model, &chosen, config.max_seq_len, &device)?.to_vec1::<f32>()?;
-                let r = sequence_logprobs(&model, &rejected, config.max_seq_len, &device)?.to_vec1::<f32>()?;
-                values.extend(c.into_iter().zip(r));
+    let reference: Vec<(f32, f32)> =
+        match std::fs::read_to_string(&reference_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+            Some(saved) if resume.is_some() => saved,
+            _ => {
+                let mut values = Vec::with_capacity(train_pairs.len());
+                for chunk in train_pairs.chunks(config.batch_size) {
+                    let chosen: Vec<&Turn> = chunk.iter().map(|p| &p.chosen).collect();
+                    let rejected: Vec<&Turn> = chunk.iter().map(|p| &p.rejected).collect();
+                    let c = sequence_logprobs(&model, &chosen, config.max_seq_len, &device)?.to_vec1::<f32>()?;
+                    let r = sequence_logprobs(&model, &rejected, config.max_seq_len, &device)?.to_vec1::<f32>()?;
+                    values.extend(c.into_iter().zip(r));
+                }
+                std::fs::write(&reference_path, serde_json::to_string(&values).expect("floats serialise"))?;
+                values
             }
-            std::fs::write(&reference_path, serde_json::to_string(&values).expect("floats serialise"))?;
-            values
-        }
-    };
+        };
     let mut optimizer = AdamW::new(&vars, config.weight_decay)?;
     let steps_per_epoch = train_pairs.len().div_ceil(config.batch_size) as u64;
     let total_steps =
@@ -310,7 +316,8 @@ pub fn train(
             return Err(TrainError::NotFinite { step: state.step + 1, value });
         }
         let store = loss.backward()?;
-        let mut grads: Vec<Option<Tensor>> = vars.iter().map(|(_, var, _)| store.get(var.as_tensor()).cloned()).collect();
+        let mut grads: Vec<Option<Tensor>> =
+            vars.iter().map(|(_, var, _)| store.get(var.as_tensor()).cloned()).collect();
         let grad_norm = clip_global_norm(&mut grads, config.max_grad_norm)?;
         let lr = learning_rate(state.step, total_steps, config.warmup_steps, config.lr, 0.1);
         optimizer.apply(&vars, &grads, lr)?;
@@ -331,7 +338,8 @@ pub fn train(
             ("reward_rejected", rewards(&policy_rejected, &reference_rejected)?),
         ];
         if state.step == total_steps && !heldout_pairs.is_empty() {
-            metrics.push(("heldout_accuracy", preference_accuracy(&model, heldout_pairs, config.max_seq_len, &device)?));
+            metrics
+                .push(("heldout_accuracy", preference_accuracy(&model, heldout_pairs, config.max_seq_len, &device)?));
         }
         hooks.step(state.step, total_steps, &metrics)?;
         if state.step % config.checkpoint_every == 0 || state.step == total_steps {
@@ -370,7 +378,8 @@ mod tests {
         assert!((margin - 0.025).abs() < 1e-6);
         // Label smoothing mixes in the flipped label.
         let (smoothed, _, _) = dpo_loss(&pc, &pr, &rc, &rr, 0.1, 0.2).unwrap();
-        let expected = -(0.8 * (log_sigmoid(0.1) + log_sigmoid(-0.05)) + 0.2 * (log_sigmoid(-0.1) + log_sigmoid(0.05))) / 2.0;
+        let expected =
+            -(0.8 * (log_sigmoid(0.1) + log_sigmoid(-0.05)) + 0.2 * (log_sigmoid(-0.1) + log_sigmoid(0.05))) / 2.0;
         assert!((smoothed.to_scalar::<f32>().unwrap() as f64 - expected).abs() < 1e-6);
         // Large margins stay finite.
         let (far, _, _) = dpo_loss(&t(&[0.0]), &t(&[-4000.0]), &t(&[0.0]), &t(&[0.0]), 1.0, 0.0).unwrap();

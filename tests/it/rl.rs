@@ -132,14 +132,30 @@ fn grpo_refuses_what_it_cannot_run_naming_the_flag() {
 #[test]
 fn dpo_trains_on_the_datasets_pairs_and_refuses_a_dataset_without_any() {
     let dir = tempfile::tempdir().unwrap();
-    let imported = cli(dir.path(), &["import", "dpo", crate::support::fixture("dpo_pairs.jsonl").to_str().unwrap(), "--json"]);
+    let imported =
+        cli(dir.path(), &["import", "dpo", crate::support::fixture("dpo_pairs.jsonl").to_str().unwrap(), "--json"]);
     assert_eq!(imported.code, 0, "{}", imported.stderr);
-    // The fixture's valid pairs: one step of 4 per epoch, three epochs by default.
-    assert_eq!(imported.json()["imported"], 4, "{}", imported.stdout);
+    // The fixture's three new valid pairs: one step per epoch at batch 4.
+    assert_eq!(imported.json()["imported"], 3, "{}", imported.stdout);
     let model = train_tiny_on(dir.path(), "overfit.jsonl");
     let run = cli(
         dir.path(),
-        &["train", "--phase", "dpo", "--model", &model, "--epochs", "6", "--batch-size", "4", "--lr", "0.001", "--seed", "2", "--json"],
+        &[
+            "train",
+            "--phase",
+            "dpo",
+            "--model",
+            &model,
+            "--epochs",
+            "6",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.001",
+            "--seed",
+            "2",
+            "--json",
+        ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let summary = run.json();
@@ -159,5 +175,9 @@ fn dpo_trains_on_the_datasets_pairs_and_refuses_a_dataset_without_any() {
     let model = train_tiny_on(bare.path(), "overfit.jsonl");
     let refused = cli(bare.path(), &["train", "--phase", "dpo", "--model", &model]);
     assert_ne!(refused.code, 0);
-    assert!(refused.stderr.contains("--dataset") && refused.stderr.contains("no preference pairs"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--dataset") && refused.stderr.contains("no preference pairs"),
+        "{}",
+        refused.stderr
+    );
 }
