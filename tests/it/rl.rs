@@ -18,7 +18,7 @@ fn grpo_args(model: &str) -> Vec<String> {
         "--model",
         model,
         "--max-steps",
-        "6",
+        "40",
         "--group-size",
         "3",
         "--prompts-per-step",
@@ -52,7 +52,7 @@ fn grpo_logs_every_reward_component_and_a_killed_run_resumes_to_the_same_weights
     let whole = cli(dir.path(), &args);
     assert_eq!(whole.code, 0, "{}", whole.stderr);
     let summary = whole.json();
-    assert_eq!(summary["steps"], 6);
+    assert_eq!(summary["steps"], 40);
     assert!(summary["final_reward"].as_f64().is_some(), "{summary}");
     let run_id = summary["run_id"].as_str().unwrap().to_string();
     let shown = cli(dir.path(), &["jobs", "show", &run_id, "--json"]).json();
@@ -71,7 +71,7 @@ fn grpo_logs_every_reward_component_and_a_killed_run_resumes_to_the_same_weights
         "clip_fraction",
         "rollout_tokens_per_second",
     ] {
-        assert_eq!(metrics.iter().filter(|m| m["name"] == name).count(), 6, "{name} recorded every step");
+        assert_eq!(metrics.iter().filter(|m| m["name"] == name).count(), 40, "{name} recorded every step");
     }
     // The trained model is stored with its parent.
     let models = cli(dir.path(), &["models", "list", "--json"]).json();
@@ -100,7 +100,7 @@ fn grpo_logs_every_reward_component_and_a_killed_run_resumes_to_the_same_weights
     child.wait().unwrap();
     let resumed = cli(dir.path(), &["train", "--resume", &killed, "--json"]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
-    assert_eq!(resumed.json()["steps"], 6);
+    assert_eq!(resumed.json()["steps"], 40);
     assert!(
         final_weights(&resumed.json()) == final_weights(&summary),
         "resumed weights differ from an uninterrupted run"
