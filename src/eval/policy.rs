@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::episode::{Policy, PolicyReply};
-use crate::model::generate::{GenerateOptions, LoadedModel, PromptCache};
+use crate::model::generate::{GenerateOptions, Generation, LoadedModel, PromptCache};
 use crate::traces::wire::messages_to_wire;
 use crate::traces::Message;
 
@@ -41,13 +41,20 @@ impl Policy for LocalPolicy {
         let cache = self.cache.get_or_insert_with(|| self.model.new_cache());
         let generation =
             self.model.generate_cached(messages, tools, &self.options, cache).map_err(|e| format!("{e:#}"))?;
-        Ok(PolicyReply {
+        Ok(PolicyReply::from(&generation))
+    }
+}
+
+impl From<&Generation> for PolicyReply {
+    /// A reply of our decoder, as the episode runner sees it.
+    fn from(generation: &Generation) -> PolicyReply {
+        PolicyReply {
             content: generation.parsed.content.clone(),
             tool_calls: generation.parsed.tool_calls.clone(),
             malformed: generation.parsed.malformed,
             tokens: generation.token_ids.len(),
             finished: generation.finish_reason != "length",
-        })
+        }
     }
 }
 

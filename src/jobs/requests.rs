@@ -86,6 +86,16 @@ impl Fields {
         }
     }
 
+    /// A trainer config's own check, whose message starts with the field it names
+    /// (`lr: must be ...`); a field not in `known` is reported as `fallback`.
+    fn config(&mut self, checked: Result<(), String>, known: &[&'static str], fallback: &'static str) {
+        if let Err(e) = checked {
+            let (field, message) = e.split_once(": ").unwrap_or(("", e.as_str()));
+            let field = known.iter().copied().find(|f| *f == field).unwrap_or(fallback);
+            self.bad(field, message.to_string());
+        }
+    }
+
     fn finish(self) -> Result<(), RequestError> {
         if self.0.is_empty() {
             Ok(())
@@ -302,27 +312,21 @@ impl TrainRequest {
             device: self.device.clone(),
             ..GrpoConfig::default()
         };
-        if let Err(e) = grpo.validate() {
-            let (field, message) = e.split_once(": ").unwrap_or(("rl", e.as_str()));
-            let field = [
-                "group_size",
-                "steps",
-                "prompts_per_step",
-                "temperature",
-                "max_turns",
-                "max_tokens",
-                "lr",
-                "epsilon",
-                "epsilon_high",
-                "iterations",
-                "beta",
-                "checkpoint_every",
-            ]
-            .into_iter()
-            .find(|f| *f == field)
-            .unwrap_or("rl");
-            fields.bad(field, message.to_string());
-        }
+        let known = [
+            "group_size",
+            "steps",
+            "prompts_per_step",
+            "temperature",
+            "max_turns",
+            "max_tokens",
+            "lr",
+            "epsilon",
+            "epsilon_high",
+            "iterations",
+            "beta",
+            "checkpoint_every",
+        ];
+        fields.config(grpo.validate(), &known, "rl");
         fields.finish()?;
         let start = start.expect("checked above");
         let start_dir = PathBuf::from(&start.path);
@@ -400,14 +404,8 @@ impl TrainRequest {
             device: self.device.clone(),
             ..DpoConfig::default()
         };
-        if let Err(e) = dpo.validate() {
-            let (field, message) = e.split_once(": ").unwrap_or(("rl", e.as_str()));
-            let field = ["beta", "label_smoothing", "lr", "batch_size", "epochs", "checkpoint_every"]
-                .into_iter()
-                .find(|f| *f == field)
-                .unwrap_or("rl");
-            fields.bad(field, message.to_string());
-        }
+        let known = ["beta", "label_smoothing", "lr", "batch_size", "epochs", "checkpoint_every"];
+        fields.config(dpo.validate(), &known, "rl");
         fields.finish()?;
         let (start, dataset) = (start.expect("checked above"), dataset.expect("checked above"));
         let start_dir = PathBuf::from(&start.path);
@@ -505,12 +503,9 @@ impl TrainRequest {
             lora,
             ..SftConfig::default()
         };
-        if let Err(e) = sft.validate() {
-            let field = e.split(':').next().unwrap_or("");
-            let field =
-                ["lr", "batch_size", "grad_accum", "epochs"].into_iter().find(|f| *f == field).unwrap_or("lora_rank");
-            return Err(RequestError::field(field, e.split_once(": ").map_or(e.as_str(), |(_, m)| m).to_string()));
-        }
+        let mut checked = Fields::default();
+        checked.config(sft.validate(), &["lr", "batch_size", "grad_accum", "epochs"], "lora_rank");
+        checked.finish()?;
         Ok(TrainParams {
             phase: self.phase,
             dataset_id: dataset.id,

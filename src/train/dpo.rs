@@ -18,7 +18,10 @@ use serde_json::Value;
 
 use super::grpo::{token_logprobs, Start, Turn};
 use super::optimizer::{clip_global_norm, learning_rate, AdamW};
-use super::sft::{save_checkpoint, save_model, Init, TrainError, TrainHooks, Trainable, TrainedWeights};
+use super::sft::{
+    first_failure, load_checkpoint, save_checkpoint, save_model, Init, TrainError, TrainHooks, Trainable,
+    TrainedWeights,
+};
 use crate::model::chat_template::ChatTemplate;
 use crate::model::llama::{Llama, LoraConfig};
 use crate::traces::preference::PairText;
@@ -75,13 +78,7 @@ impl DpoConfig {
             (self.epochs >= 1 || self.max_steps.is_some(), "epochs: at least one epoch (or --max-steps)"),
             (self.checkpoint_every >= 1, "checkpoint_every: must be at least 1"),
         ];
-        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
-            return Err(message.to_string());
-        }
-        if let Some(lora) = &self.lora {
-            lora.validate()?;
-        }
-        Ok(())
+        first_failure(&checks, self.lora.as_ref())
     }
 }
 
@@ -277,12 +274,8 @@ pub fn train(
         config.max_steps.unwrap_or(u64::MAX).min(steps_per_epoch * u64::from(config.epochs.max(1))).max(1);
     let mut state = DpoState { total_steps, ..DpoState::default() };
     if let Some(checkpoint) = resume {
-        let saved: DpoState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)
-            .map_err(|e| TrainError::Other(format!("bad checkpoint state: {e}")))?;
-        let mut loaded = varmap.clone();
-        loaded.load(checkpoint.join("model.safetensors"))?;
-        optimizer.load(&vars, &checkpoint.join("optimizer.safetensors"), saved.step)?;
-        hooks.log(&format!("resumed from {} at step {}", checkpoint.display(), saved.step));
+        let saved: DpoState =
+            load_checkpoint(checkpoint, &varmap, &mut optimizer, &vars, |s: &DpoState| s.step, hooks)?;
         state = DpoState { total_steps, ..saved };
     } else {
         state.heldout_before = Some(preference_accuracy(&model, heldout_pairs, config.max_seq_len, &device)?);

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::optimizer::{clip_global_norm, learning_rate, AdamW};
-use super::sft::{save_checkpoint, save_model, Init, TrainError, TrainHooks, Trainable, TrainedWeights};
+use super::sft::{
+    first_failure, load_checkpoint, save_checkpoint, save_model, Init, TrainError, TrainHooks, Trainable,
+    TrainedWeights,
+};
 use crate::eval::episode::{self, Policy, PolicyReply};
 use crate::eval::metrics::{self, CaseScore};
 use crate::eval::reward::{reward, Reward, RewardWeights, COMPONENTS};
@@ -140,13 +143,7 @@ impl GrpoConfig {
             ((1..=256).contains(&self.micro_batch), "micro_batch: must be 1 to 256"),
             (self.checkpoint_every >= 1, "checkpoint_every: must be at least 1"),
         ];
-        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
-            return Err(message.to_string());
-        }
-        if let Some(lora) = &self.lora {
-            lora.validate()?;
-        }
-        Ok(())
+        first_failure(&checks, self.lora.as_ref())
     }
 }
 
@@ -192,13 +189,7 @@ impl Policy for Sampler<'_> {
         ids.extend(&generation.token_ids);
         ids.extend(generation.stop_token);
         self.turns.push(Turn { ids, prompt_len: generation.prompt_ids.len() });
-        Ok(PolicyReply {
-            content: generation.parsed.content.clone(),
-            tool_calls: generation.parsed.tool_calls.clone(),
-            malformed: generation.parsed.malformed,
-            tokens: generation.token_ids.len(),
-            finished: generation.finish_reason != "length",
-        })
+        Ok(PolicyReply::from(&generation))
     }
 }
 
@@ -433,12 +424,8 @@ pub fn train(
     let total_steps = config.steps;
     let mut state = GrpoState { total_steps, ..GrpoState::default() };
     if let Some(checkpoint) = resume {
-        let saved: GrpoState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)
-            .map_err(|e| TrainError::Other(format!("bad checkpoint state: {e}")))?;
-        let mut loaded = varmap.clone();
-        loaded.load(checkpoint.join("model.safetensors"))?;
-        optimizer.load(vars, &checkpoint.join("optimizer.safetensors"), saved.step)?;
-        hooks.log(&format!("resumed from {} at step {}", checkpoint.display(), saved.step));
+        let saved: GrpoState =
+            load_checkpoint(checkpoint, &varmap, &mut optimizer, vars, |s: &GrpoState| s.step, hooks)?;
         state = GrpoState { total_steps, ..saved };
     }
     std::fs::create_dir_all(run_dir)?;

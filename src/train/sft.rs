@@ -281,12 +281,8 @@ pub fn train(
 
     let mut state = TrainState { total_steps, ..TrainState::default() };
     if let Some(checkpoint) = resume {
-        let saved: TrainState = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)
-            .map_err(|e| TrainError::Other(format!("bad checkpoint state: {e}")))?;
-        let mut varmap_mut = varmap.clone();
-        varmap_mut.load(checkpoint.join("model.safetensors"))?;
-        optimizer.load(&vars, &checkpoint.join("optimizer.safetensors"), saved.step)?;
-        hooks.log(&format!("resumed from {} at step {}", checkpoint.display(), saved.step));
+        let saved: TrainState =
+            load_checkpoint(checkpoint, &varmap, &mut optimizer, &vars, |s: &TrainState| s.step, hooks)?;
         state = TrainState { total_steps, ..saved };
     }
     std::fs::create_dir_all(run_dir)?;
@@ -475,6 +471,39 @@ pub(super) fn save_model(
     }
     std::fs::rename(&staging, &model_dir)?;
     Ok(model_dir)
+}
+
+/// The message of the first failed check of a trainer config (each names its flag), then the
+/// LoRA settings'.
+pub(super) fn first_failure(
+    checks: &[(bool, &str)],
+    lora: Option<&crate::model::llama::LoraConfig>,
+) -> Result<(), String> {
+    if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+        return Err(message.to_string());
+    }
+    lora.map_or(Ok(()), crate::model::llama::LoraConfig::validate)
+}
+
+/// Read a checkpoint `save_checkpoint` wrote back into the variables and optimizer; returns its
+/// state. `step_of` reads the step from that state (each trainer keeps its own).
+pub(super) fn load_checkpoint<S: serde::de::DeserializeOwned>(
+    checkpoint: &Path,
+    varmap: &candle_nn::VarMap,
+    optimizer: &mut AdamW,
+    vars: &[(String, candle_core::Var, bool)],
+    step_of: impl Fn(&S) -> u64,
+    hooks: &mut dyn TrainHooks,
+) -> Result<S, TrainError> {
+    let saved: S = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json"))?)
+        .map_err(|e| TrainError::Other(format!("bad checkpoint state: {e}")))?;
+    let step = step_of(&saved);
+    // `load` needs `&mut`, but the variables are shared: loading writes into them in place.
+    let mut loaded = varmap.clone();
+    loaded.load(checkpoint.join("model.safetensors"))?;
+    optimizer.load(vars, &checkpoint.join("optimizer.safetensors"), step)?;
+    hooks.log(&format!("resumed from {} at step {step}", checkpoint.display()));
+    Ok(saved)
 }
 
 pub(super) fn save_checkpoint(
