@@ -1,4 +1,4 @@
-//! `understudy train --phase sft|grpo ...`: a training run as a foreground job with a progress
+//! `understudy train --phase sft|grpo|ppo|dpo ...`: a training run as a foreground job with a progress
 //! bar (step, loss or reward, tokens/s, ETA), resumable with `--resume RUN`.
 
 use std::process::ExitCode;
@@ -41,7 +41,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub dataset: Option<String>,
     /// SFT: `tiny` (from scratch, with the dataset's tokenizer) or a base model path.
-    /// GRPO: the stored model the policy starts from (an id, `latest` or `champion`).
+    /// GRPO, PPO, DPO: the stored model the policy starts from (an id, `latest` or `champion`).
     #[arg(long)]
     pub model: Option<String>,
     /// Passes over the data (default 1; DPO 3).
@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// SFT: stop after this many steps. GRPO: optimizer steps (default 20).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    /// Learning rate (default: 3e-3 for SFT of the tiny preset, 1e-4 for GRPO, 5e-5 for DPO).
+    /// Learning rate (default: 3e-3 for SFT of the tiny preset, 1e-4 for GRPO, 5e-5 for PPO and DPO).
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long, default_value_t = 4)]
@@ -92,7 +92,7 @@ pub struct TrainArgs {
     pub rl: RlArgs,
 }
 
-/// GRPO's and DPO's flags (spec 3.6).
+/// GRPO's, PPO's and DPO's flags (spec 3.6).
 #[derive(Debug, Args)]
 pub struct RlArgs {
     /// Suites whose cases are rolled out (repeatable; default `training`).
@@ -135,6 +135,39 @@ pub struct RlArgs {
     /// Reward weights, e.g. `outcome=1,format=0.5,correctness=1,alignment=0.5,length=0.1`.
     #[arg(long, default_value = "")]
     pub reward_weights: String,
+    /// PPO: episodes over the whole run (one per case, default 160).
+    #[arg(long)]
+    pub episodes: Option<u64>,
+    /// PPO: episodes per step.
+    #[arg(long, default_value_t = 16)]
+    pub episodes_per_step: usize,
+    /// PPO: passes over each batch of rollouts.
+    #[arg(long, default_value_t = 4)]
+    pub ppo_epochs: usize,
+    /// PPO: optimizer steps per pass.
+    #[arg(long, default_value_t = 1)]
+    pub mini_batches: usize,
+    /// PPO: the per-token KL penalty to the starting model.
+    #[arg(long, default_value_t = 0.05)]
+    pub kl_coef: f64,
+    /// PPO: adapt the KL coefficient towards this KL per episode (nats).
+    #[arg(long)]
+    pub kl_target: Option<f64>,
+    /// PPO: the adaptive controller's horizon (episodes).
+    #[arg(long, default_value_t = 10_000.0)]
+    pub kl_horizon: f64,
+    /// PPO: the value loss's weight.
+    #[arg(long, default_value_t = 0.1)]
+    pub vf_coef: f64,
+    /// PPO: the value clip range.
+    #[arg(long, default_value_t = 0.2)]
+    pub value_clip: f64,
+    /// PPO: discount γ.
+    #[arg(long, default_value_t = 1.0)]
+    pub gamma: f64,
+    /// PPO: GAE λ.
+    #[arg(long, default_value_t = 0.95)]
+    pub lam: f64,
 }
 
 impl TrainArgs {
@@ -187,6 +220,18 @@ impl TrainArgs {
                 dpo_beta: rl.beta.unwrap_or(defaults.rl.dpo_beta),
                 label_smoothing: rl.label_smoothing,
                 dpo_lr: self.lr.unwrap_or(defaults.rl.dpo_lr),
+                episodes: rl.episodes.unwrap_or(defaults.rl.episodes),
+                episodes_per_step: rl.episodes_per_step,
+                ppo_epochs: rl.ppo_epochs,
+                mini_batches: rl.mini_batches,
+                kl_coef: rl.kl_coef,
+                kl_target: rl.kl_target,
+                kl_horizon: rl.kl_horizon,
+                vf_coef: rl.vf_coef,
+                value_clip: rl.value_clip,
+                gamma: rl.gamma,
+                lam: rl.lam,
+                ppo_lr: self.lr.unwrap_or(defaults.rl.ppo_lr),
             },
         }
     }

@@ -148,7 +148,7 @@ impl ModelScope {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct TrainRequest {
-    /// `sft`, `grpo` or `dpo` (`ppo` is not in this build yet).
+    /// `sft`, `grpo`, `ppo` or `dpo`.
     #[schema(value_type = String)]
     pub phase: Phase,
     /// A dataset id; the newest dataset when absent.
@@ -173,7 +173,7 @@ pub struct TrainRequest {
     /// auto, cpu or cuda[:N].
     pub device: String,
     pub seed: u64,
-    /// The reinforcement-learning settings (`grpo`); SFT ignores them.
+    /// The reinforcement-learning settings (`grpo`, `ppo`, `dpo`); SFT ignores them.
     pub rl: RlRequest,
 }
 
@@ -203,11 +203,29 @@ pub struct RlRequest {
     pub label_smoothing: f64,
     /// DPO's learning rate.
     pub dpo_lr: f64,
+    /// PPO: episodes over the whole run (the seed's `--episodes`), and per step.
+    pub episodes: u64,
+    pub episodes_per_step: usize,
+    /// PPO: passes over each batch of rollouts, and optimizer steps per pass.
+    pub ppo_epochs: usize,
+    pub mini_batches: usize,
+    /// PPO: the per-token KL penalty's coefficient; with a target (nats per episode) it adapts.
+    pub kl_coef: f64,
+    pub kl_target: Option<f64>,
+    pub kl_horizon: f64,
+    /// PPO: value loss weight, value clip range, discount and GAE λ.
+    pub vf_coef: f64,
+    pub value_clip: f64,
+    pub gamma: f64,
+    pub lam: f64,
+    /// PPO's learning rate.
+    pub ppo_lr: f64,
 }
 
 impl Default for RlRequest {
     fn default() -> Self {
         let defaults = crate::train::grpo::GrpoConfig::default();
+        let ppo = crate::train::ppo::PpoConfig::default();
         RlRequest {
             suites: vec![crate::eval::suite::TRAINING.to_string()],
             steps: defaults.steps,
@@ -226,6 +244,18 @@ impl Default for RlRequest {
             dpo_beta: crate::train::dpo::DpoConfig::default().beta,
             label_smoothing: 0.0,
             dpo_lr: crate::train::dpo::DpoConfig::default().lr,
+            episodes: ppo.episodes,
+            episodes_per_step: ppo.episodes_per_step,
+            ppo_epochs: ppo.ppo_epochs,
+            mini_batches: ppo.mini_batches,
+            kl_coef: ppo.kl_coef,
+            kl_target: ppo.kl_target,
+            kl_horizon: ppo.kl_horizon,
+            vf_coef: ppo.vf_coef,
+            value_clip: ppo.value_clip,
+            gamma: ppo.gamma,
+            lam: ppo.lam,
+            ppo_lr: ppo.lr,
         }
     }
 }
@@ -257,18 +287,13 @@ impl Default for TrainRequest {
 }
 
 impl TrainRequest {
-    /// A GRPO run: the policy starts from a stored model (`latest`, `champion` or an id).
-    fn resolve_grpo(self, db: &Db, config: &Config) -> Result<TrainParams, RequestError> {
-        use crate::train::grpo::{AdvantageScale, GrpoConfig};
-        let mut fields = Fields::default();
+    /// What every rollout run (GRPO, PPO) needs, checked: reward weights, suites that are not
+    /// `heldout` and hold cases, a device, the stored model the policy starts from, and LoRA.
+    fn rollout_checks(&self, db: &Db, fields: &mut Fields, phase: &str) -> Result<RolloutChecks, RequestError> {
         let rl = &self.rl;
         let weights = crate::eval::reward::RewardWeights::parse(&rl.reward_weights)
             .map_err(|e| fields.bad("reward_weights", e.message.trim_start_matches("--reward-weights: ").to_string()))
             .ok();
-        let scale = AdvantageScale::parse(&rl.scale_rewards);
-        if scale.is_none() {
-            fields.bad("scale_rewards", "must be group, batch or none");
-        }
         if rl.suites.iter().any(|s| s == crate::eval::suite::HELDOUT) {
             fields.bad("suites", "heldout is the evaluation suite: train on `training` or a suite of your own");
         }
@@ -280,17 +305,25 @@ impl TrainRequest {
         if let Err(e) = crate::model::llama::device_for(&self.device) {
             fields.bad("device", e);
         }
-        let wanted = if self.model.trim().is_empty() || self.model == "tiny" { "latest" } else { self.model.trim() };
-        let start = match wanted {
-            "latest" => db.list_models()?.into_iter().next(),
-            "champion" => db.list_models()?.into_iter().find(|m| m.is_champion),
-            id => db.get_model(id)?,
-        };
-        if start.is_none() {
-            fields.bad(
-                "model",
-                format!("{wanted}: no such stored model (GRPO starts from a trained model: run SFT first)"),
-            );
+        let start = start_model(db, &self.model, phase)?.map_err(|e| fields.bad("model", e)).ok();
+        let lora = self.lora_rank.map(|rank| LoraConfig {
+            rank,
+            alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64),
+            dropout: self.lora_dropout,
+            targets: self.lora_targets.clone(),
+        });
+        Ok(RolloutChecks { weights: weights.unwrap_or_default(), start, lora })
+    }
+
+    /// A GRPO run: the policy starts from a stored model (`latest`, `champion` or an id).
+    fn resolve_grpo(self, db: &Db, config: &Config) -> Result<TrainParams, RequestError> {
+        use crate::train::grpo::{AdvantageScale, GrpoConfig};
+        let mut fields = Fields::default();
+        let RolloutChecks { weights, start, lora } = self.rollout_checks(db, &mut fields, "GRPO")?;
+        let rl = &self.rl;
+        let scale = AdvantageScale::parse(&rl.scale_rewards);
+        if scale.is_none() {
+            fields.bad("scale_rewards", "must be group, batch or none");
         }
         let grpo = GrpoConfig {
             steps: rl.steps,
@@ -305,11 +338,12 @@ impl TrainRequest {
             iterations: rl.iterations,
             beta: rl.beta,
             scale: scale.unwrap_or(AdvantageScale::Group),
-            weights: weights.clone().unwrap_or_default(),
+            weights,
             max_seq_len: self.max_seq_len,
             checkpoint_every: self.checkpoint_every,
             seed: self.seed,
             device: self.device.clone(),
+            lora,
             ..GrpoConfig::default()
         };
         let known = [
@@ -326,7 +360,7 @@ impl TrainRequest {
             "beta",
             "checkpoint_every",
         ];
-        fields.config(grpo.validate(), &known, "rl");
+        fields.config(grpo.validate(), &known, "lora_rank");
         fields.finish()?;
         let start = start.expect("checked above");
         let start_dir = PathBuf::from(&start.path);
@@ -346,6 +380,81 @@ impl TrainRequest {
                 suites: rl.suites.clone(),
             }),
             dpo: None,
+            ppo: None,
+        })
+    }
+
+    /// A PPO run (the seed's `train --phase ppo --episodes N`): like GRPO, one episode per case.
+    fn resolve_ppo(self, db: &Db, config: &Config) -> Result<TrainParams, RequestError> {
+        use crate::train::ppo::PpoConfig;
+        let mut fields = Fields::default();
+        let RolloutChecks { weights, start, lora } = self.rollout_checks(db, &mut fields, "PPO")?;
+        let rl = &self.rl;
+        let ppo = PpoConfig {
+            episodes: rl.episodes,
+            episodes_per_step: rl.episodes_per_step,
+            temperature: rl.temperature,
+            max_turns: rl.max_turns,
+            max_tokens: rl.max_tokens,
+            lr: rl.ppo_lr,
+            epsilon: rl.epsilon,
+            value_clip: rl.value_clip,
+            vf_coef: rl.vf_coef,
+            gamma: rl.gamma,
+            lam: rl.lam,
+            ppo_epochs: rl.ppo_epochs,
+            mini_batches: rl.mini_batches,
+            kl_coef: rl.kl_coef,
+            kl_target: rl.kl_target,
+            kl_horizon: rl.kl_horizon,
+            weights,
+            max_seq_len: self.max_seq_len,
+            checkpoint_every: self.checkpoint_every,
+            seed: self.seed,
+            device: self.device.clone(),
+            lora,
+            ..PpoConfig::default()
+        };
+        let known = [
+            "episodes_per_step",
+            "episodes",
+            "temperature",
+            "max_turns",
+            "max_tokens",
+            "lr",
+            "epsilon",
+            "value_clip",
+            "vf_coef",
+            "gamma",
+            "lam",
+            "ppo_epochs",
+            "mini_batches",
+            "kl_coef",
+            "kl_target",
+            "kl_horizon",
+            "checkpoint_every",
+        ];
+        fields.config(ppo.validate(), &known, "lora_rank");
+        fields.finish()?;
+        let start = start.expect("checked above");
+        let start_dir = PathBuf::from(&start.path);
+        let model_config = start_config(&start_dir)?;
+        Ok(TrainParams {
+            phase: Phase::Ppo,
+            dataset_id: start.dataset_id.clone().unwrap_or_default(),
+            dataset_dir: start_dir.clone(),
+            base_model: start.base_model.clone(),
+            model_config,
+            sft: SftConfig { seed: self.seed, device: self.device, ..SftConfig::default() },
+            runs_dir: config.artifacts_dir().join("runs"),
+            grpo: None,
+            dpo: None,
+            ppo: Some(super::train::PpoRun {
+                config: ppo,
+                start_model_id: start.id,
+                start_dir,
+                suites: rl.suites.clone(),
+            }),
         })
     }
 
@@ -419,6 +528,7 @@ impl TrainRequest {
             runs_dir: config.artifacts_dir().join("runs"),
             grpo: None,
             dpo: Some(super::train::DpoRun { config: dpo, start_model_id: start.id, start_dir }),
+            ppo: None,
         })
     }
     /// Check every field, find the dataset and the base model, and build the run's config.
@@ -427,12 +537,7 @@ impl TrainRequest {
             Phase::Sft => {}
             Phase::Grpo => return self.resolve_grpo(db, config),
             Phase::Dpo => return self.resolve_dpo(db, config),
-            other => {
-                return Err(RequestError::field(
-                    "phase",
-                    format!("{} is not available in this build yet (sft, grpo and dpo are)", other.as_str()),
-                ))
-            }
+            Phase::Ppo => return self.resolve_ppo(db, config),
         }
         let mut fields = Fields::default();
         fields.check((1..=1000).contains(&self.epochs), "epochs", "must be 1 to 1000");
@@ -516,8 +621,16 @@ impl TrainRequest {
             runs_dir: config.artifacts_dir().join("runs"),
             grpo: None,
             dpo: None,
+            ppo: None,
         })
     }
+}
+
+/// What `rollout_checks` found (each absent when its field was refused).
+struct RolloutChecks {
+    weights: crate::eval::reward::RewardWeights,
+    start: Option<crate::store::ModelRow>,
+    lora: Option<LoraConfig>,
 }
 
 /// The stored model an RL phase starts from: an id, `latest` (the default) or `champion`.

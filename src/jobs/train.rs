@@ -1,6 +1,7 @@
-//! The `train` job: one training run, SFT or GRPO. The run reports its metrics per step (SFT:
-//! loss, learning rate, gradient norm, tokens/s, eval loss; GRPO: reward and each component,
-//! validity, first-tool and success rates, KL, entropy, clip fraction, rollout tokens/s), saves
+//! The `train` job: one training run, SFT, GRPO, PPO or DPO. The run reports its metrics per step
+//! (SFT: loss, learning rate, gradient norm, tokens/s, eval loss; GRPO and PPO: reward and each
+//! component, validity, first-tool and success rates, KL, entropy, clip fraction, rollout
+//! tokens/s, and PPO's value loss and KL coefficient; DPO: loss, reward accuracy and margins), saves
 //! its last checkpoint in the job checkpoint (so `resume` continues from it), honours cancel at
 //! the next step, and registers the trained model with its lineage when it finishes.
 
@@ -15,7 +16,7 @@ use crate::model::source::ModelSource;
 use crate::store::NewModel;
 use crate::train::sft::{self, SftConfig, TrainError, TrainHooks};
 
-/// The training phases of spec 3.6; SFT and GRPO run in this build.
+/// The training phases of spec 3.6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -53,6 +54,9 @@ pub struct TrainParams {
     /// A DPO run's settings and starting model (the pairs are the dataset's).
     #[serde(default)]
     pub dpo: Option<DpoRun>,
+    /// A PPO run's settings, starting model and suites.
+    #[serde(default)]
+    pub ppo: Option<PpoRun>,
 }
 
 /// What a DPO run starts from.
@@ -63,14 +67,17 @@ pub struct DpoRun {
     pub start_dir: PathBuf,
 }
 
-/// What a GRPO run starts from and rolls out.
+/// What a rollout-based run (GRPO, PPO) starts from and rolls out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GrpoRun {
-    pub config: crate::train::grpo::GrpoConfig,
+pub struct RolloutRun<C> {
+    pub config: C,
     pub start_model_id: String,
     pub start_dir: PathBuf,
     pub suites: Vec<String>,
 }
+
+pub type GrpoRun = RolloutRun<crate::train::grpo::GrpoConfig>;
+pub type PpoRun = RolloutRun<crate::train::ppo::PpoConfig>;
 
 /// What a finished run reports (`train --json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,26 +171,97 @@ fn resume_dir(context: &JobContext<'_>) -> Option<PathBuf> {
 }
 
 pub fn run(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOutcome, JobError> {
-    match (params.phase, &params.grpo) {
-        (Phase::Sft, _) => run_sft(context, params),
-        (Phase::Grpo, Some(grpo)) => run_grpo(context, params, grpo),
-        (Phase::Dpo, _) if params.dpo.is_some() => run_dpo(context, params),
-        (phase, _) => Err(JobError::Failed(format!(
-            "phase {} is not available in this build yet (sft and grpo are)",
-            phase.as_str()
-        ))),
+    match (params.phase, &params.grpo, &params.ppo) {
+        (Phase::Sft, _, _) => run_sft(context, params),
+        (Phase::Grpo, Some(grpo), _) => run_grpo(context, params, grpo),
+        (Phase::Ppo, _, Some(ppo)) => run_ppo(context, params, ppo),
+        (Phase::Dpo, _, _) if params.dpo.is_some() => run_dpo(context, params),
+        (phase, _, _) => Err(JobError::Failed(format!("the {} run's settings are missing", phase.as_str()))),
     }
+}
+
+/// The cases of a rollout run's suites.
+fn rollout_cases(
+    context: &mut JobContext<'_>,
+    suites: &[String],
+) -> Result<Vec<crate::eval::suite::EvalCase>, JobError> {
+    Ok(super::eval::load_cases(context.db(), suites, None)
+        .map_err(JobError::Failed)?
+        .into_iter()
+        .map(|(_, case)| case)
+        .collect())
+}
+
+fn run_ppo(context: &mut JobContext<'_>, params: &TrainParams, ppo: &PpoRun) -> Result<TrainOutcome, JobError> {
+    let run_id = context.job().id.to_string();
+    let run_dir = params.runs_dir.join(&run_id);
+    let resume_dir = resume_dir(context);
+    let cases = rollout_cases(context, &ppo.suites)?;
+    let config = &ppo.config;
+    let kl = match config.kl_target {
+        Some(target) => format!("adaptive KL from {} to {target} nats per episode", config.kl_coef),
+        None => format!("KL coefficient {}", config.kl_coef),
+    };
+    context.log(
+        "info",
+        &format!(
+            "PPO from model {} on {} cases ({}): {} episodes in {} steps of {}, {} epochs x {} mini-batches, {} turns x {} tokens, T {}, lr {}, {kl}, GAE γ {} λ {}, rewards {}, seed {}",
+            ppo.start_model_id,
+            cases.len(),
+            ppo.suites.join(", "),
+            config.episodes,
+            config.steps(),
+            config.episodes_per_step,
+            config.ppo_epochs,
+            config.mini_batches,
+            config.max_turns,
+            config.max_tokens,
+            config.temperature,
+            config.lr,
+            config.gamma,
+            config.lam,
+            config.weights,
+            config.seed
+        ),
+    )?;
+    let start = crate::train::grpo::Start::load(&ppo.start_dir, &config.device).map_err(train_failed)?;
+    let started = std::time::Instant::now();
+    let summary = {
+        let mut hooks = JobHooks { context: &mut *context, started };
+        crate::train::ppo::train(start, &cases, config, &run_dir, resume_dir.as_deref(), &mut hooks)
+    }
+    .map_err(train_failed)?;
+    let metrics = json!({
+        "phase": "ppo",
+        "episodes": summary.episodes,
+        "first_reward": summary.first_reward,
+        "final_reward": summary.final_reward,
+        "rollout_tokens_per_second": summary.rollout_tokens_per_second,
+        "steps": summary.steps,
+    });
+    let model_path = summary.model_dir.display().to_string();
+    let model_id = register_child(context, params, &ppo.start_model_id, "ppo", &model_path, &metrics)?;
+    Ok(TrainOutcome {
+        run_id,
+        model_id,
+        steps: summary.steps,
+        first_loss: summary.first_loss,
+        final_loss: summary.final_loss,
+        final_eval_loss: None,
+        tokens_per_second: summary.rollout_tokens_per_second,
+        checkpoint_dir: run_dir,
+        first_reward: Some(summary.first_reward),
+        final_reward: Some(summary.final_reward),
+        heldout_accuracy_before: None,
+        heldout_accuracy_after: None,
+    })
 }
 
 fn run_grpo(context: &mut JobContext<'_>, params: &TrainParams, grpo: &GrpoRun) -> Result<TrainOutcome, JobError> {
     let run_id = context.job().id.to_string();
     let run_dir = params.runs_dir.join(&run_id);
     let resume_dir = resume_dir(context);
-    let cases: Vec<_> = super::eval::load_cases(context.db(), &grpo.suites, None)
-        .map_err(JobError::Failed)?
-        .into_iter()
-        .map(|(_, case)| case)
-        .collect();
+    let cases = rollout_cases(context, &grpo.suites)?;
     let config = &grpo.config;
     context.log(
         "info",

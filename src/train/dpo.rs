@@ -275,7 +275,7 @@ pub fn train(
     let mut state = DpoState { total_steps, ..DpoState::default() };
     if let Some(checkpoint) = resume {
         let saved: DpoState =
-            load_checkpoint(checkpoint, &varmap, &mut optimizer, &vars, |s: &DpoState| s.step, hooks)?;
+            load_checkpoint(checkpoint, &varmap, &[], &mut optimizer, &vars, |s: &DpoState| s.step, hooks)?;
         state = DpoState { total_steps, ..saved };
     } else {
         state.heldout_before = Some(preference_accuracy(&model, heldout_pairs, config.max_seq_len, &device)?);
@@ -336,7 +336,7 @@ pub fn train(
         }
         hooks.step(state.step, total_steps, &metrics)?;
         if state.step % config.checkpoint_every == 0 || state.step == total_steps {
-            let dir = save_checkpoint(run_dir, &varmap, &optimizer, &vars, state.step, &state)?;
+            let dir = save_checkpoint(run_dir, &varmap, &[], &optimizer, &vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }
     }

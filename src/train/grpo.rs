@@ -119,6 +119,17 @@ impl Default for GrpoConfig {
 }
 
 impl GrpoConfig {
+    pub(super) fn sampling(&self) -> Sampling<'_> {
+        Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_turns: self.max_turns,
+            max_tokens: self.max_tokens,
+            seed: self.seed,
+            weights: &self.weights,
+        }
+    }
+
     /// Every setting a user can get wrong, named by its flag.
     pub fn validate(&self) -> Result<(), String> {
         let checks = [
@@ -202,28 +213,58 @@ fn rollout_seed(seed: u64, step: u64, case: usize, sample: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Play `group_size` sampled episodes of `case` and score them.
-fn roll_out(model: &LoadedModel, case: &EvalCase, case_index: usize, config: &GrpoConfig, step: u64) -> Vec<Rollout> {
-    let budget = config.max_turns * config.max_tokens;
-    (0..config.group_size)
+/// How rollouts sample and are scored: shared by GRPO and PPO.
+#[derive(Debug, Clone)]
+pub(super) struct Sampling<'w> {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_turns: usize,
+    pub max_tokens: usize,
+    pub seed: u64,
+    pub weights: &'w RewardWeights,
+}
+
+/// Play `samples` sampled episodes of `case` and score them.
+pub(super) fn roll_out(
+    model: &LoadedModel,
+    case: &EvalCase,
+    case_index: usize,
+    samples: usize,
+    sampling: &Sampling<'_>,
+    step: u64,
+) -> Vec<Rollout> {
+    let budget = sampling.max_turns * sampling.max_tokens;
+    (0..samples)
         .map(|sample| {
             let mut sampler = Sampler {
                 model,
                 options: GenerateOptions {
-                    max_tokens: config.max_tokens,
-                    temperature: config.temperature,
-                    top_p: config.top_p,
-                    seed: rollout_seed(config.seed, step, case_index, sample),
+                    max_tokens: sampling.max_tokens,
+                    temperature: sampling.temperature,
+                    top_p: sampling.top_p,
+                    seed: rollout_seed(sampling.seed, step, case_index, sample),
                 },
                 cache: None,
                 turns: Vec::new(),
             };
-            let (played, mut workspace, outputs) = episode::run(&mut sampler, case, config.max_turns);
+            let (played, mut workspace, outputs) = episode::run(&mut sampler, case, sampling.max_turns);
             let score = metrics::score(case, &played, &mut workspace, &outputs);
-            let reward = reward(&score, &config.weights, budget);
+            let reward = reward(&score, sampling.weights, budget);
             Rollout { case: case_index, turns: std::mem::take(&mut sampler.turns), score, reward }
         })
         .collect()
+}
+
+/// The cases step `step` rolls out: `per_step` of them from a seeded shuffle per pass over the
+/// suite, so every case comes up once per pass and a resumed run picks what an uninterrupted one
+/// would.
+pub(super) fn step_cases(cases: usize, per_step: usize, seed: u64, step: u64) -> Vec<usize> {
+    let per_pass = (cases / per_step.max(1)).max(1) as u64;
+    let pass = step / per_pass;
+    let mut order: Vec<usize> = (0..cases).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ pass.wrapping_mul(0x2545_F491_4F6C_DD1D)));
+    let offset = ((step % per_pass) as usize) * per_step;
+    (0..per_step).map(|i| order[(offset + i) % order.len()]).collect()
 }
 
 /// Group-relative advantages for rewards laid out group after group, and how many groups had
@@ -304,15 +345,14 @@ pub fn trained_rows(turns: &[&Turn], max_len: usize) -> (Vec<u32>, usize, Vec<u3
     (inputs, t, rows, targets)
 }
 
-/// Log-probabilities of the sampled tokens of `turns` (one per trained row, in order) and their
-/// summed entropy. Logits are divided by the sampling temperature, as the sampler saw them.
-pub(super) fn token_logprobs(
+/// The final hidden states of the rows of `turns` whose next token the model sampled, `(n, d)`,
+/// and those tokens.
+pub(super) fn sampled_rows(
     model: &Llama,
     turns: &[&Turn],
     max_len: usize,
-    temperature: f64,
     device: &Device,
-) -> candle_core::Result<Option<(Tensor, f64)>> {
+) -> candle_core::Result<Option<(Tensor, Tensor)>> {
     let (inputs, t, rows, targets) = trained_rows(turns, max_len);
     if rows.is_empty() {
         return Ok(None);
@@ -320,17 +360,49 @@ pub(super) fn token_logprobs(
     let b = turns.len();
     let inputs = Tensor::from_vec(inputs, (b, t), device)?;
     let hidden = model.hidden(&inputs, None)?.reshape((b * t, model.config.hidden_size))?;
-    let index = Tensor::from_vec(rows.clone(), rows.len(), device)?;
-    let mut logits = model.logits(&hidden.index_select(&index, 0)?)?;
+    let n = rows.len();
+    let index = Tensor::from_vec(rows, n, device)?;
+    let targets = Tensor::from_vec(targets, n, device)?;
+    Ok(Some((hidden.index_select(&index, 0)?, targets)))
+}
+
+/// Log-probabilities of `targets` under the logits of `hidden` rows divided by the sampling
+/// temperature (as the sampler saw them), and their summed entropy.
+pub(super) fn row_logprobs(
+    model: &Llama,
+    hidden: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+) -> candle_core::Result<(Tensor, f64)> {
+    let mut logits = model.logits(hidden)?;
     if (temperature - 1.0).abs() > 1e-9 {
         logits = (logits / temperature)?;
     }
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = Tensor::from_vec(targets, rows.len(), device)?;
     let picked = log_probs.gather(&targets.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)?;
     let detached = log_probs.detach();
     let entropy = (detached.exp()? * &detached)?.sum_all()?.neg()?.to_scalar::<f32>()? as f64;
-    Ok(Some((picked, entropy)))
+    Ok((picked, entropy))
+}
+
+/// Log-probabilities of the sampled tokens of `turns` (one per trained row, in order) and their
+/// summed entropy.
+pub(super) fn token_logprobs(
+    model: &Llama,
+    turns: &[&Turn],
+    max_len: usize,
+    temperature: f64,
+    device: &Device,
+) -> candle_core::Result<Option<(Tensor, f64)>> {
+    match sampled_rows(model, turns, max_len, device)? {
+        Some((hidden, targets)) => row_logprobs(model, &hidden, &targets, temperature).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// How many tokens of `turn` are trained (what the model sampled, within `max_len`).
+pub(super) fn sampled_len(turn: &Turn, max_len: usize) -> usize {
+    turn.ids.len().min(max_len).saturating_sub(turn.prompt_len)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -384,7 +456,7 @@ impl Start {
 }
 
 /// Mean and standard deviation.
-fn mean_std(values: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(super) fn mean_std(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let values: Vec<f64> = values.collect();
     if values.is_empty() {
         return (0.0, 0.0);
@@ -425,25 +497,22 @@ pub fn train(
     let mut state = GrpoState { total_steps, ..GrpoState::default() };
     if let Some(checkpoint) = resume {
         let saved: GrpoState =
-            load_checkpoint(checkpoint, &varmap, &mut optimizer, vars, |s: &GrpoState| s.step, hooks)?;
+            load_checkpoint(checkpoint, &varmap, &[], &mut optimizer, vars, |s: &GrpoState| s.step, hooks)?;
         state = GrpoState { total_steps, ..saved };
     }
     std::fs::create_dir_all(run_dir)?;
     let started = Instant::now();
     let seconds_before = state.seconds;
     let epsilon_high = config.epsilon_high.unwrap_or(config.epsilon);
+    let sampling = config.sampling();
     while state.step < total_steps {
-        // The cases of this step: a seeded shuffle per pass over the suite.
-        let per_pass = (cases.len() / config.prompts_per_step).max(1) as u64;
-        let pass = state.step / per_pass;
-        let mut order: Vec<usize> = (0..cases.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed ^ pass.wrapping_mul(0x2545_F491_4F6C_DD1D)));
-        let offset = ((state.step % per_pass) as usize) * config.prompts_per_step;
-        let chosen: Vec<usize> = (0..config.prompts_per_step).map(|i| order[(offset + i) % order.len()]).collect();
+        let chosen = step_cases(cases.len(), config.prompts_per_step, config.seed, state.step);
 
         let rollout_started = Instant::now();
-        let rollouts: Vec<Rollout> =
-            chosen.iter().flat_map(|&c| roll_out(&policy, &cases[c], c, config, state.step)).collect();
+        let rollouts: Vec<Rollout> = chosen
+            .iter()
+            .flat_map(|&c| roll_out(&policy, &cases[c], c, config.group_size, &sampling, state.step))
+            .collect();
         let rollout_seconds = rollout_started.elapsed().as_secs_f64();
         let generated: usize = rollouts.iter().map(|r| r.score.tokens).sum();
         let totals: Vec<f64> = rollouts.iter().map(|r| r.reward.total).collect();
@@ -456,10 +525,7 @@ pub fn train(
             .filter(|(_, a)| a.abs() > 1e-12)
             .flat_map(|(r, a)| r.turns.iter().map(move |turn| (turn, *a)))
             .collect();
-        let active_tokens: usize = trained
-            .iter()
-            .map(|(turn, _)| turn.ids.len().min(config.max_seq_len).saturating_sub(turn.prompt_len))
-            .sum();
+        let active_tokens: usize = trained.iter().map(|(turn, _)| sampled_len(turn, config.max_seq_len)).sum();
 
         // Old log-probs (μ > 1) and the reference's, once per batch and without gradient.
         let chunks: Vec<&[(&Turn, f64)]> = trained.chunks(config.micro_batch).collect();
@@ -494,10 +560,7 @@ pub fn train(
                 };
                 let per_token: Vec<f32> = chunk
                     .iter()
-                    .flat_map(|(turn, a)| {
-                        let n = turn.ids.len().min(config.max_seq_len).saturating_sub(turn.prompt_len);
-                        std::iter::repeat_n(*a as f32, n)
-                    })
+                    .flat_map(|(turn, a)| std::iter::repeat_n(*a as f32, sampled_len(turn, config.max_seq_len)))
                     .collect();
                 let advantages = Tensor::from_vec(per_token, logp.dims1()?, &device)?;
                 let old_logp = old[index].clone().unwrap_or_else(|| logp.detach());
@@ -573,7 +636,7 @@ pub fn train(
         let borrowed: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         hooks.step(state.step, total_steps, &borrowed)?;
         if state.step % config.checkpoint_every == 0 || state.step == total_steps {
-            let dir = save_checkpoint(run_dir, &varmap, &optimizer, vars, state.step, &state)?;
+            let dir = save_checkpoint(run_dir, &varmap, &[], &optimizer, vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }
     }

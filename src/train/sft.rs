@@ -282,7 +282,7 @@ pub fn train(
     let mut state = TrainState { total_steps, ..TrainState::default() };
     if let Some(checkpoint) = resume {
         let saved: TrainState =
-            load_checkpoint(checkpoint, &varmap, &mut optimizer, &vars, |s: &TrainState| s.step, hooks)?;
+            load_checkpoint(checkpoint, &varmap, &[], &mut optimizer, &vars, |s: &TrainState| s.step, hooks)?;
         state = TrainState { total_steps, ..saved };
     }
     std::fs::create_dir_all(run_dir)?;
@@ -363,7 +363,7 @@ pub fn train(
         }
         hooks.step(state.step, total_steps, &metrics)?;
         if state.step % config.checkpoint_every == 0 || state.step == total_steps {
-            let dir = save_checkpoint(run_dir, &varmap, &optimizer, &vars, state.step, &state)?;
+            let dir = save_checkpoint(run_dir, &varmap, &[], &optimizer, &vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }
     }
@@ -490,6 +490,7 @@ pub(super) fn first_failure(
 pub(super) fn load_checkpoint<S: serde::de::DeserializeOwned>(
     checkpoint: &Path,
     varmap: &candle_nn::VarMap,
+    extra: &[(&str, &candle_nn::VarMap)],
     optimizer: &mut AdamW,
     vars: &[(String, candle_core::Var, bool)],
     step_of: impl Fn(&S) -> u64,
@@ -501,14 +502,22 @@ pub(super) fn load_checkpoint<S: serde::de::DeserializeOwned>(
     // `load` needs `&mut`, but the variables are shared: loading writes into them in place.
     let mut loaded = varmap.clone();
     loaded.load(checkpoint.join("model.safetensors"))?;
+    for (name, varmap) in extra {
+        let mut loaded = (*varmap).clone();
+        loaded.load(checkpoint.join(format!("{name}.safetensors")))?;
+    }
     optimizer.load(vars, &checkpoint.join("optimizer.safetensors"), step)?;
     hooks.log(&format!("resumed from {} at step {step}", checkpoint.display()));
     Ok(saved)
 }
 
+/// Write a checkpoint (whole or absent): the trained variables (`model.safetensors`), any
+/// `extra` variables the run trains beside the model (`NAME.safetensors`), the optimizer's
+/// moments and the trainer's state.
 pub(super) fn save_checkpoint(
     run_dir: &Path,
     varmap: &candle_nn::VarMap,
+    extra: &[(&str, &candle_nn::VarMap)],
     optimizer: &AdamW,
     vars: &[(String, candle_core::Var, bool)],
     step: u64,
@@ -521,6 +530,9 @@ pub(super) fn save_checkpoint(
     }
     std::fs::create_dir_all(&staging)?;
     varmap.save(staging.join("model.safetensors"))?;
+    for (name, varmap) in extra {
+        varmap.save(staging.join(format!("{name}.safetensors")))?;
+    }
     optimizer.save(vars, &staging.join("optimizer.safetensors"))?;
     std::fs::write(staging.join("state.json"), serde_json::to_string_pretty(state).expect("state serialises"))?;
     if dir.exists() {

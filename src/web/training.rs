@@ -1,4 +1,4 @@
-//! The Training page: start an SFT, GRPO or DPO run with validated hyperparameters; runs list. A run's live
+//! The Training page: start an SFT, GRPO, PPO or DPO run with validated hyperparameters; runs list. A run's live
 //! charts are on its job page; the models it registers are on the Models page (`models`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,12 +25,12 @@ pub fn api_routes(config: &mut web::ServiceConfig) {
 }
 
 /// (field, label, default) of the hyperparameters on the form; defaults are `TrainRequest`'s.
-fn fields() -> [(&'static str, &'static str, String); 15] {
+fn fields() -> [(&'static str, &'static str, String); 18] {
     let defaults = TrainRequest::default();
     [
         ("epochs", "Epochs (SFT, DPO)", defaults.epochs.to_string()),
         ("max_steps", "Maximum steps (empty: SFT and DPO run their epochs, GRPO 20 steps)", String::new()),
-        ("lr", "Learning rate (empty: 3e-3 for SFT, 1e-4 for GRPO, 5e-5 for DPO)", String::new()),
+        ("lr", "Learning rate (empty: 3e-3 for SFT, 1e-4 for GRPO, 5e-5 for PPO and DPO)", String::new()),
         ("batch_size", "Batch size", defaults.batch_size.to_string()),
         ("grad_accum", "Gradient accumulation", defaults.grad_accum.to_string()),
         ("warmup_steps", "Warmup steps", defaults.warmup_steps.to_string()),
@@ -38,11 +38,14 @@ fn fields() -> [(&'static str, &'static str, String); 15] {
         ("checkpoint_every", "Checkpoint every N steps", defaults.checkpoint_every.to_string()),
         ("max_seq_len", "Longest training sequence (tokens)", defaults.max_seq_len.to_string()),
         ("seed", "Seed", defaults.seed.to_string()),
-        ("suites", "GRPO: suites rolled out (comma-separated)", defaults.rl.suites.join(",")),
+        ("suites", "GRPO, PPO: suites rolled out (comma-separated)", defaults.rl.suites.join(",")),
         ("group_size", "GRPO: episodes per case", defaults.rl.group_size.to_string()),
         ("prompts_per_step", "GRPO: cases per step", defaults.rl.prompts_per_step.to_string()),
-        ("max_turns", "GRPO: replies per episode", defaults.rl.max_turns.to_string()),
+        ("max_turns", "GRPO, PPO: replies per episode", defaults.rl.max_turns.to_string()),
         ("beta", "β (GRPO: KL weight, default 0; DPO: loss β, default 0.1)", String::new()),
+        ("episodes", "PPO: episodes over the run", defaults.rl.episodes.to_string()),
+        ("kl_coef", "PPO: KL penalty coefficient", defaults.rl.kl_coef.to_string()),
+        ("ppo_epochs", "PPO: passes over each batch of rollouts", defaults.rl.ppo_epochs.to_string()),
     ]
 }
 
@@ -113,9 +116,10 @@ fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static s
     let phase = match text("phase").as_str() {
         "" | "sft" => Phase::Sft,
         "grpo" => Phase::Grpo,
+        "ppo" => Phase::Ppo,
         "dpo" => Phase::Dpo,
         _ => {
-            errors.insert("phase", "choose sft, grpo or dpo".into());
+            errors.insert("phase", "choose sft, grpo, ppo or dpo".into());
             Phase::Sft
         }
     };
@@ -131,6 +135,7 @@ fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static s
     if !text("lr").is_empty() {
         let target = match phase {
             Phase::Grpo => &mut request.rl.lr,
+            Phase::Ppo => &mut request.rl.ppo_lr,
             Phase::Dpo => &mut request.rl.dpo_lr,
             _ => &mut request.lr,
         };
@@ -144,10 +149,17 @@ fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static s
         ("group_size", &mut request.rl.group_size),
         ("prompts_per_step", &mut request.rl.prompts_per_step),
         ("max_turns", &mut request.rl.max_turns),
+        ("ppo_epochs", &mut request.rl.ppo_epochs),
     ] {
         if !text(name).is_empty() {
             number(&mut errors, name, text(name), target);
         }
+    }
+    if !text("episodes").is_empty() {
+        number(&mut errors, "episodes", text("episodes"), &mut request.rl.episodes);
+    }
+    if !text("kl_coef").is_empty() {
+        number(&mut errors, "kl_coef", text("kl_coef"), &mut request.rl.kl_coef);
     }
     if !text("suites").is_empty() {
         request.rl.suites = text("suites").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();

@@ -1,7 +1,7 @@
-//! Reinforcement learning through the real binary: a GRPO run from a trained tiny model rolls
-//! out executed episodes, records every reward component per step, and a run killed with
-//! SIGKILL resumes to the weights of an uninterrupted one; flags a run cannot use are refused
-//! before it starts, naming the flag.
+//! Reinforcement learning through the real binary: GRPO and PPO runs from a trained tiny model
+//! roll out executed episodes and record every reward component per step, and a run of either
+//! killed with SIGKILL resumes to the weights of an uninterrupted one; DPO trains on a dataset's
+//! pairs; flags a run cannot use are refused before it starts, naming the flag.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,84 +10,52 @@ use serde_json::Value;
 
 use crate::support::{cli, train_tiny_on, wait_for};
 
-fn grpo_args(model: &str) -> Vec<String> {
-    [
-        "train",
-        "--phase",
-        "grpo",
-        "--model",
-        model,
-        "--max-steps",
-        "40",
-        "--group-size",
-        "3",
-        "--prompts-per-step",
-        "1",
-        "--max-turns",
-        "2",
-        "--max-tokens",
-        "24",
-        "--lr",
-        "0.001",
-        "--checkpoint-every",
-        "2",
-        "--seed",
-        "11",
-        "--json",
-    ]
-    .map(String::from)
-    .to_vec()
+fn rl_args(model: &str, phase: &str, flags: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "--phase", phase, "--model", model].map(String::from).to_vec();
+    args.extend(flags.iter().map(|f| f.to_string()));
+    args.extend(
+        [
+            "--max-turns",
+            "2",
+            "--max-tokens",
+            "24",
+            "--lr",
+            "0.001",
+            "--checkpoint-every",
+            "2",
+            "--seed",
+            "11",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    args
 }
 
 fn final_weights(summary: &Value) -> Vec<u8> {
     std::fs::read(Path::new(summary["checkpoint_dir"].as_str().unwrap()).join("model/model.safetensors")).unwrap()
 }
 
-#[test]
-fn grpo_logs_every_reward_component_and_a_killed_run_resumes_to_the_same_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = train_tiny_on(dir.path(), "overfit.jsonl");
-    let args = grpo_args(&model);
+/// Run `args` to the end, then again killed with SIGKILL after its second checkpoint, resume the
+/// killed run and check it ends with the uninterrupted run's weights. Returns the first run's
+/// summary.
+fn assert_resume_after_kill_is_exact(data: &Path, args: &[String], steps: u64) -> Value {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let whole = cli(dir.path(), &args);
+    let whole = cli(data, &args);
     assert_eq!(whole.code, 0, "{}", whole.stderr);
     let summary = whole.json();
-    assert_eq!(summary["steps"], 40);
-    assert!(summary["final_reward"].as_f64().is_some(), "{summary}");
+    assert_eq!(summary["steps"], steps);
     let run_id = summary["run_id"].as_str().unwrap().to_string();
-    let shown = cli(dir.path(), &["jobs", "show", &run_id, "--json"]).json();
-    let metrics = shown["metrics"].as_array().unwrap();
-    for name in [
-        "reward",
-        "reward_outcome",
-        "reward_format",
-        "reward_correctness",
-        "reward_alignment",
-        "reward_length",
-        "valid_rate",
-        "first_tool_rate",
-        "zero_variance_groups",
-        "entropy",
-        "clip_fraction",
-        "rollout_tokens_per_second",
-    ] {
-        assert_eq!(metrics.iter().filter(|m| m["name"] == name).count(), 40, "{name} recorded every step");
-    }
-    // The trained model is stored with its parent.
-    let models = cli(dir.path(), &["models", "list", "--json"]).json();
-    let trained = models.as_array().unwrap().iter().find(|m| m["id"] == summary["model_id"]).unwrap();
-    assert_eq!(trained["parent_id"].as_str(), Some(model.as_str()), "{trained}");
-
     let mut child = Command::new(env!("CARGO_BIN_EXE_understudy"))
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(data)
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let killed = wait_for(300, "a GRPO checkpoint", || {
-        let jobs = cli(dir.path(), &["jobs", "list", "--json"]).json();
+    let killed = wait_for(300, "a checkpoint of the second run", || {
+        let jobs = cli(data, &["jobs", "list", "--json"]).json();
         let job = jobs
             .as_array()
             .unwrap()
@@ -98,33 +66,107 @@ fn grpo_logs_every_reward_component_and_a_killed_run_resumes_to_the_same_weights
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    let resumed = cli(dir.path(), &["train", "--resume", &killed, "--json"]);
+    let resumed = cli(data, &["train", "--resume", &killed, "--json"]);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
-    assert_eq!(resumed.json()["steps"], 40);
+    assert_eq!(resumed.json()["steps"], steps);
     assert!(
         final_weights(&resumed.json()) == final_weights(&summary),
         "resumed weights differ from an uninterrupted run"
     );
+    summary
+}
+
+/// Every metric in `names` was recorded once per step of `run_id`.
+fn assert_recorded_every_step(data: &Path, run_id: &str, names: &[&str], steps: usize) {
+    let shown = cli(data, &["jobs", "show", run_id, "--json"]).json();
+    let metrics = shown["metrics"].as_array().unwrap();
+    for name in names {
+        assert_eq!(metrics.iter().filter(|m| m["name"] == *name).count(), steps, "{name} recorded every step");
+    }
+}
+
+const REWARD_METRICS: [&str; 10] = [
+    "reward",
+    "reward_outcome",
+    "reward_format",
+    "reward_correctness",
+    "reward_alignment",
+    "reward_length",
+    "valid_rate",
+    "first_tool_rate",
+    "entropy",
+    "clip_fraction",
+];
+
+#[test]
+fn grpo_logs_every_reward_component_and_a_killed_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = train_tiny_on(dir.path(), "overfit.jsonl");
+    let flags = ["--max-steps", "40", "--group-size", "3", "--prompts-per-step", "1"];
+    let summary = assert_resume_after_kill_is_exact(dir.path(), &rl_args(&model, "grpo", &flags), 40);
+    assert!(summary["final_reward"].as_f64().is_some(), "{summary}");
+    let run_id = summary["run_id"].as_str().unwrap();
+    assert_recorded_every_step(dir.path(), run_id, &REWARD_METRICS, 40);
+    assert_recorded_every_step(dir.path(), run_id, &["zero_variance_groups", "rollout_tokens_per_second"], 40);
+    // The trained model is stored with its parent.
+    let models = cli(dir.path(), &["models", "list", "--json"]).json();
+    let trained = models.as_array().unwrap().iter().find(|m| m["id"] == summary["model_id"]).unwrap();
+    assert_eq!(trained["parent_id"].as_str(), Some(model.as_str()), "{trained}");
 }
 
 #[test]
-fn grpo_refuses_what_it_cannot_run_naming_the_flag() {
+fn ppo_runs_the_seeds_command_logs_its_losses_and_a_killed_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let none = cli(dir.path(), &["train", "--phase", "grpo"]);
-    assert_ne!(none.code, 0);
-    assert!(none.stderr.contains("--model") && none.stderr.contains("SFT first"), "{}", none.stderr);
-    for (flags, wanted) in [
-        (vec!["--group-size", "1"], "--group-size"),
-        (vec!["--reward-weights", "outcome=lots"], "--reward-weights"),
-        (vec!["--scale-rewards", "median"], "--scale-rewards"),
-        (vec!["--suite", "heldout"], "--suite"),
-        (vec!["--suite", "nonexistent"], "--suite"),
+    let model = train_tiny_on(dir.path(), "overfit.jsonl");
+    // The seed's `train --phase ppo --episodes N`: 40 episodes, 2 per step.
+    let flags = ["--episodes", "40", "--episodes-per-step", "2", "--ppo-epochs", "2", "--kl-target", "3"];
+    let summary = assert_resume_after_kill_is_exact(dir.path(), &rl_args(&model, "ppo", &flags), 20);
+    let run_id = summary["run_id"].as_str().unwrap();
+    assert_recorded_every_step(dir.path(), run_id, &REWARD_METRICS, 20);
+    assert_recorded_every_step(dir.path(), run_id, &["value_loss", "policy_loss", "kl", "kl_coef"], 20);
+    let shown = cli(dir.path(), &["jobs", "show", run_id, "--json"]).json();
+    let coefs: Vec<f64> = shown["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "kl_coef")
+        .map(|m| m["value"].as_f64().unwrap())
+        .collect();
+    assert!(coefs.iter().any(|c| (c - 0.05).abs() > 1e-9), "the adaptive controller moved the coefficient: {coefs:?}");
+    let models = cli(dir.path(), &["models", "list", "--json"]).json();
+    let trained = models.as_array().unwrap().iter().find(|m| m["id"] == summary["model_id"]).unwrap();
+    assert_eq!(trained["parent_id"].as_str(), Some(model.as_str()), "{trained}");
+    // The value head is the trainer's, not the model's: the stored model has the policy's tensors only.
+    let weights = final_weights(&summary);
+    assert!(!weights.windows(10).any(|w| w == b"value_head"), "no value head in the trained model");
+}
+
+#[test]
+fn rollout_phases_refuse_what_they_cannot_run_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for phase in ["grpo", "ppo"] {
+        let none = cli(dir.path(), &["train", "--phase", phase]);
+        assert_ne!(none.code, 0);
+        assert!(none.stderr.contains("--model") && none.stderr.contains("SFT first"), "{}", none.stderr);
+    }
+    for (phase, flags, wanted) in [
+        ("grpo", vec!["--group-size", "1"], "--group-size"),
+        ("grpo", vec!["--reward-weights", "outcome=lots"], "--reward-weights"),
+        ("grpo", vec!["--scale-rewards", "median"], "--scale-rewards"),
+        ("grpo", vec!["--suite", "heldout"], "--suite"),
+        ("grpo", vec!["--suite", "nonexistent"], "--suite"),
+        ("ppo", vec!["--suite", "heldout"], "--suite"),
+        ("ppo", vec!["--reward-weights", "format=x"], "--reward-weights"),
+        ("ppo", vec!["--episodes", "0"], "--episodes"),
+        ("ppo", vec!["--lam", "1.5"], "--lam"),
+        ("ppo", vec!["--mini-batches", "99"], "--mini-batches"),
+        ("ppo", vec!["--kl-target", "0"], "--kl-target"),
     ] {
-        let mut args = vec!["train", "--phase", "grpo"];
+        let mut args = vec!["train", "--phase", phase];
         args.extend(flags.iter().copied());
         let run = cli(dir.path(), &args);
         assert_ne!(run.code, 0, "{flags:?}");
-        assert!(run.stderr.contains(wanted), "{flags:?}: {}", run.stderr);
+        assert!(run.stderr.contains(wanted), "{phase} {flags:?}: {}", run.stderr);
     }
     assert!(cli(dir.path(), &["jobs", "list", "--json"]).json().as_array().unwrap().is_empty(), "nothing started");
 }
