@@ -721,6 +721,80 @@ mod tests {
     }
 
     #[test]
+    fn grpo_learns_a_toy_task_where_one_prompt_word_picks_the_tool() {
+        use rand::Rng;
+        // Prompts [1, word] with four words; the reply is one token, and the right "tool" for
+        // word w is token 20 + w − 10. Reward 1 for the right tool, 0 otherwise: only GRPO's
+        // advantages, clipped loss and optimizer turn that into a policy.
+        let device = Device::Cpu;
+        let config = LlamaConfig {
+            vocab_size: 32,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            rope_scaling: None,
+            bos_token_id: None,
+            eos_token_id: None,
+        };
+        let Trainable { model, vars, .. } = Trainable::new(&config, None, Init::Scratch, 3, &device).unwrap();
+        let mut optimizer = AdamW::new(&vars, 0.0).unwrap();
+        let words = [10u32, 11, 12, 13];
+        let right = |word: u32| 20 + word - 10;
+        let next_probs = |word: u32| -> Vec<f32> {
+            let ids = Tensor::new(&[[1u32, word]], &device).unwrap();
+            let hidden = model.hidden(&ids, None).unwrap().reshape((2, 16)).unwrap();
+            let logits = model.logits(&hidden.get(1).unwrap().unsqueeze(0).unwrap()).unwrap();
+            candle_nn::ops::softmax(&logits, D::Minus1).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+        };
+        let accuracy = || -> f64 {
+            let hits = words.iter().filter(|&&w| {
+                let p = next_probs(w);
+                let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+                best as u32 == right(w)
+            });
+            hits.count() as f64 / words.len() as f64
+        };
+        let before = accuracy();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let group = 16;
+        for _ in 0..150 {
+            let (mut turns, mut rewards) = (Vec::new(), Vec::new());
+            for &word in &words {
+                let p = next_probs(word);
+                for _ in 0..group {
+                    let mut u: f32 = rng.random();
+                    let token = p.iter().position(|&q| {
+                        u -= q;
+                        u <= 0.0
+                    });
+                    let token = token.unwrap_or(p.len() - 1) as u32;
+                    rewards.push(f64::from(u8::from(token == right(word))));
+                    turns.push(Turn { ids: vec![1, word, token], prompt_len: 2 });
+                }
+            }
+            let (advantage, _) = advantages(&rewards, group, AdvantageScale::Group);
+            let refs: Vec<&Turn> = turns.iter().collect();
+            let (logp, _) = token_logprobs(&model, &refs, 64, 1.0, &device).unwrap().unwrap();
+            let a = Tensor::from_vec(advantage.iter().map(|&v| v as f32).collect::<Vec<_>>(), turns.len(), &device)
+                .unwrap();
+            let (loss, _) = clipped_loss(&logp, &logp.detach(), &a, None, 0.2, 0.2).unwrap();
+            let loss = (loss / turns.len() as f64).unwrap();
+            let store = loss.backward().unwrap();
+            let grads: Vec<Option<Tensor>> = vars.iter().map(|(_, v, _)| store.get(v.as_tensor()).cloned()).collect();
+            optimizer.apply(&vars, &grads, 0.005).unwrap();
+        }
+        let after = accuracy();
+        assert!(before <= 0.25, "the untrained policy guesses: {before}");
+        assert_eq!(after, 1.0, "GRPO learned the word → tool mapping ({before} before)");
+    }
+
+    #[test]
     fn a_group_below_two_is_refused_naming_the_flag() {
         let config = GrpoConfig { group_size: 1, ..GrpoConfig::default() };
         assert!(config.validate().unwrap_err().starts_with("group_size"));
