@@ -140,20 +140,58 @@ async fn load_job(
         .await
 }
 
-/// Line charts of a job's metrics (training: loss with eval loss, learning rate, gradient norm,
-/// tokens/s).
+/// Line charts of a job's metrics: training's loss with eval loss, learning rate, gradient norm
+/// and tokens/s; RL's reward and its components, validity and tool choice, KL, entropy, clip
+/// fractions, PPO's value loss, response length, GRPO's zero-variance groups; DPO's margins.
+/// A chart whose series were never recorded is left out.
 fn metric_charts(metrics: &[crate::jobs::JobMetric]) -> Vec<LineChart> {
     let series = |name: &str| -> Vec<(i64, f64)> {
         metrics.iter().filter(|m| m.name == name).map(|m| (m.step, m.value)).collect()
     };
+    const COLORS: [&str; 6] = ["#2f6fdb", "#d9480f", "#2b8a3e", "#7048e8", "#495057", "#c2255c"];
+    let chart = |title: &str, names: &[(&'static str, &'static str)]| -> Option<LineChart> {
+        let lines = names.iter().zip(COLORS).map(|((label, name), color)| (*label, color, series(name))).collect();
+        LineChart::new(title, lines)
+    };
     [
-        LineChart::new(
-            "Loss",
-            vec![("loss", "#2f6fdb", series("loss")), ("eval loss", "#d9480f", series("eval_loss"))],
+        chart("Loss", &[("loss", "loss"), ("eval loss", "eval_loss"), ("policy loss", "policy_loss")]),
+        chart(
+            "Reward",
+            &[
+                ("mean", "reward"),
+                ("outcome", "reward_outcome"),
+                ("format", "reward_format"),
+                ("correctness", "reward_correctness"),
+                ("alignment", "reward_alignment"),
+                ("length", "reward_length"),
+            ],
         ),
-        LineChart::new("Learning rate", vec![("lr", "#2b8a3e", series("lr"))]),
-        LineChart::new("Gradient norm", vec![("grad norm", "#7048e8", series("grad_norm"))]),
-        LineChart::new("Tokens per second", vec![("tokens/s", "#495057", series("tokens_per_second"))]),
+        chart("Reward spread (std)", &[("reward std", "reward_std")]),
+        chart(
+            "Validity and tool choice",
+            &[("valid", "valid_rate"), ("right first tool", "first_tool_rate"), ("success", "success_rate")],
+        ),
+        chart("KL to the reference", &[("KL per token", "kl"), ("KL coefficient", "kl_coef")]),
+        chart("Value loss", &[("value loss", "value_loss")]),
+        chart("Entropy", &[("entropy per token", "entropy")]),
+        chart("Clip fraction", &[("policy", "clip_fraction"), ("value", "value_clip_fraction")]),
+        chart("Response length (tokens)", &[("tokens per episode", "response_tokens")]),
+        chart("Zero-variance groups", &[("groups", "zero_variance_groups")]),
+        chart(
+            "Preference margins",
+            &[
+                ("margin", "reward_margin"),
+                ("accuracy", "reward_accuracy"),
+                ("chosen", "reward_chosen"),
+                ("rejected", "reward_rejected"),
+            ],
+        ),
+        chart("Learning rate", &[("lr", "lr")]),
+        chart("Gradient norm", &[("grad norm", "grad_norm")]),
+        chart(
+            "Tokens per second",
+            &[("tokens/s", "tokens_per_second"), ("rollout tokens/s", "rollout_tokens_per_second")],
+        ),
     ]
     .into_iter()
     .flatten()

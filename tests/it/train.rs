@@ -217,9 +217,27 @@ fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
     assert_eq!(models[0]["run_id"], id.as_str());
     assert_eq!(models[0]["dataset_id"], dataset.as_str());
     assert!(get(&app.url("/models")).body.contains(models[0]["id"].as_str().unwrap()));
-    let api =
-        reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"dataset": dataset, "phase": "ppo"})));
-    assert_eq!(api.status, 400);
+    // A PPO run from that model through the API: its page charts the RL metrics.
+    let bad = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"phase": "ppo", "rl": {"lam": 2}})));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("lam"), "{}", bad.body);
+    let ppo = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({
+        "phase": "ppo",
+        "model": "latest",
+        "rl": {"episodes": 2, "episodes_per_step": 1, "max_turns": 1, "max_tokens": 8, "ppo_epochs": 1}
+    })));
+    assert_eq!(ppo.status, 202, "{}", ppo.body);
+    let id = ppo.json()["id"].as_str().unwrap().to_string();
+    let detail = wait_for(120, "the PPO run", || {
+        let detail = get(&app.url(&format!("/api/jobs/{id}"))).json();
+        (detail["job"]["status"] == "succeeded" || detail["job"]["status"] == "failed").then_some(detail)
+    });
+    assert_eq!(detail["job"]["status"], "succeeded", "{detail}");
+    let panel = get(&app.url(&format!("/jobs/{id}/panel"))).body;
+    for title in ["Reward", "Validity and tool choice", "KL to the reference", "Value loss", "Clip fraction"] {
+        assert!(panel.contains(title), "{title} charted: {panel}");
+    }
+    assert!(!panel.contains("Zero-variance groups"), "GRPO's chart is not PPO's");
 }
 
 #[test]
