@@ -218,7 +218,8 @@ fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
     assert_eq!(models[0]["dataset_id"], dataset.as_str());
     assert!(get(&app.url("/models")).body.contains(models[0]["id"].as_str().unwrap()));
     // A PPO run from that model through the API: its page charts the RL metrics.
-    let bad = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"phase": "ppo", "rl": {"lam": 2}})));
+    let bad =
+        reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({"phase": "ppo", "rl": {"lam": 2}})));
     assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(bad.body.contains("lam"), "{}", bad.body);
     let ppo = reply(http().post(&app.url("/api/runs")).send_json(serde_json::json!({
