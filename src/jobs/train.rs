@@ -231,30 +231,7 @@ fn run_ppo(context: &mut JobContext<'_>, params: &TrainParams, ppo: &PpoRun) -> 
         crate::train::ppo::train(start, &cases, config, &run_dir, resume_dir.as_deref(), &mut hooks)
     }
     .map_err(train_failed)?;
-    let metrics = json!({
-        "phase": "ppo",
-        "episodes": summary.episodes,
-        "first_reward": summary.first_reward,
-        "final_reward": summary.final_reward,
-        "rollout_tokens_per_second": summary.rollout_tokens_per_second,
-        "steps": summary.steps,
-    });
-    let model_path = summary.model_dir.display().to_string();
-    let model_id = register_child(context, params, &ppo.start_model_id, "ppo", &model_path, &metrics)?;
-    Ok(TrainOutcome {
-        run_id,
-        model_id,
-        steps: summary.steps,
-        first_loss: summary.first_loss,
-        final_loss: summary.final_loss,
-        final_eval_loss: None,
-        tokens_per_second: summary.rollout_tokens_per_second,
-        checkpoint_dir: run_dir,
-        first_reward: Some(summary.first_reward),
-        final_reward: Some(summary.final_reward),
-        heldout_accuracy_before: None,
-        heldout_accuracy_after: None,
-    })
+    finish_rollout_run(context, params, &ppo.start_model_id, Phase::Ppo, summary, json!({"episodes": config.episodes}))
 }
 
 fn run_grpo(context: &mut JobContext<'_>, params: &TrainParams, grpo: &GrpoRun) -> Result<TrainOutcome, JobError> {
@@ -289,16 +266,34 @@ fn run_grpo(context: &mut JobContext<'_>, params: &TrainParams, grpo: &GrpoRun) 
         crate::train::grpo::train(start, &cases, config, &run_dir, resume_dir.as_deref(), &mut hooks)
     }
     .map_err(train_failed)?;
-    let metrics = json!({
-        "phase": "grpo",
+    finish_rollout_run(context, params, &grpo.start_model_id, Phase::Grpo, summary, json!({}))
+}
+
+/// Register the model a rollout run (GRPO, PPO) trained, with its figures (and `extra` ones), and
+/// report the run.
+fn finish_rollout_run(
+    context: &mut JobContext<'_>,
+    params: &TrainParams,
+    start_model_id: &str,
+    phase: Phase,
+    summary: crate::train::grpo::RolloutSummary,
+    extra: serde_json::Value,
+) -> Result<TrainOutcome, JobError> {
+    let mut metrics = json!({
+        "phase": phase.as_str(),
         "first_reward": summary.first_reward,
         "final_reward": summary.final_reward,
         "rollout_tokens_per_second": summary.rollout_tokens_per_second,
         "steps": summary.steps,
     });
+    if let (Some(metrics), serde_json::Value::Object(extra)) = (metrics.as_object_mut(), extra) {
+        metrics.extend(extra);
+    }
     let model_path = summary.model_dir.display().to_string();
-    let model_id = register_child(context, params, &grpo.start_model_id, "grpo", &model_path, &metrics)?;
+    let model_id = register_child(context, params, start_model_id, phase.as_str(), &model_path, &metrics)?;
+    let run_id = context.job().id.to_string();
     Ok(TrainOutcome {
+        checkpoint_dir: params.runs_dir.join(&run_id),
         run_id,
         model_id,
         steps: summary.steps,
@@ -306,7 +301,6 @@ fn run_grpo(context: &mut JobContext<'_>, params: &TrainParams, grpo: &GrpoRun) 
         final_loss: summary.final_loss,
         final_eval_loss: None,
         tokens_per_second: summary.rollout_tokens_per_second,
-        checkpoint_dir: run_dir,
         first_reward: Some(summary.first_reward),
         final_reward: Some(summary.final_reward),
         heldout_accuracy_before: None,

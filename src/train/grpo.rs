@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::optimizer::{clip_global_norm, learning_rate, AdamW};
+use super::optimizer::{accumulate, clip_global_norm, learning_rate, AdamW};
 use super::sft::{
     first_failure, load_checkpoint, save_checkpoint, save_model, Init, TrainError, TrainHooks, Trainable,
     TrainedWeights,
@@ -419,7 +419,8 @@ pub struct GrpoState {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GrpoSummary {
+/// What a rollout run (GRPO, PPO) reports when it ends.
+pub struct RolloutSummary {
     pub steps: u64,
     pub first_reward: f64,
     pub final_reward: f64,
@@ -455,6 +456,29 @@ impl Start {
     }
 }
 
+/// What every rollout trainer logs about a step's episodes: the reward's mean and spread overall
+/// and per component, validity, first-tool and success rates, response length, rollout tokens/s.
+pub(super) fn rollout_metrics(rollouts: &[Rollout], rollout_seconds: f64) -> Vec<(String, f64)> {
+    let n = rollouts.len().max(1) as f64;
+    let rate = |hit: &dyn Fn(&Rollout) -> bool| rollouts.iter().filter(|r| hit(r)).count() as f64 / n;
+    let generated: usize = rollouts.iter().map(|r| r.score.tokens).sum();
+    let (reward_mean, reward_std) = mean_std(rollouts.iter().map(|r| r.reward.total));
+    let mut metrics: Vec<(String, f64)> = vec![("reward".into(), reward_mean), ("reward_std".into(), reward_std)];
+    for component in COMPONENTS {
+        let (mean, std) = mean_std(rollouts.iter().map(|r| r.reward.components[component]));
+        metrics.push((format!("reward_{component}"), mean));
+        metrics.push((format!("reward_{component}_std"), std));
+    }
+    metrics.extend([
+        ("valid_rate".into(), rate(&|r| !r.reward.gated)),
+        ("first_tool_rate".into(), rate(&|r| r.score.first_tool == Some(true))),
+        ("success_rate".into(), rate(&|r| r.score.success == Some(true))),
+        ("response_tokens".into(), generated as f64 / n),
+        ("rollout_tokens_per_second".into(), generated as f64 / rollout_seconds.max(1e-9)),
+    ]);
+    metrics
+}
+
 /// Mean and standard deviation.
 pub(super) fn mean_std(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let values: Vec<f64> = values.collect();
@@ -474,7 +498,7 @@ pub fn train(
     run_dir: &Path,
     resume: Option<&Path>,
     hooks: &mut dyn TrainHooks,
-) -> Result<GrpoSummary, TrainError> {
+) -> Result<RolloutSummary, TrainError> {
     config.validate().map_err(TrainError::Config)?;
     if cases.is_empty() {
         return Err(TrainError::Config("suite: GRPO needs cases to roll out (the suite is empty)".into()));
@@ -573,14 +597,7 @@ pub fn train(
                     return Err(TrainError::NotFinite { step: state.step + 1, value });
                 }
                 let store = loss.backward()?;
-                for ((_, var, _), slot) in vars.iter().zip(grads.iter_mut()) {
-                    if let Some(grad) = store.get(var.as_tensor()) {
-                        *slot = Some(match slot.take() {
-                            Some(sum) => (sum + grad)?,
-                            None => grad.clone(),
-                        });
-                    }
-                }
+                accumulate(&mut grads, &store, vars)?;
                 if iteration == 0 {
                     loss_sum += value;
                     clipped += bound;
@@ -597,7 +614,7 @@ pub fn train(
         }
 
         state.step += 1;
-        let (reward_mean, reward_std) = mean_std(totals.iter().copied());
+        let (reward_mean, _) = mean_std(totals.iter().copied());
         state.first_reward.get_or_insert(reward_mean);
         state.last_reward = Some(reward_mean);
         state.first_loss.get_or_insert(loss_sum);
@@ -605,30 +622,14 @@ pub fn train(
         state.generated_tokens += generated as u64;
         state.rollout_seconds += rollout_seconds;
         state.seconds = seconds_before + started.elapsed().as_secs_f64();
-        let n = rollouts.len() as f64;
-        let rate = |hit: &dyn Fn(&Rollout) -> bool| rollouts.iter().filter(|r| hit(r)).count() as f64 / n;
         let tokens = active_tokens.max(1) as f64;
-        let mut metrics: Vec<(String, f64)> = vec![
-            ("loss".into(), loss_sum),
-            ("lr".into(), lr),
-            ("grad_norm".into(), grad_norm),
-            ("reward".into(), reward_mean),
-            ("reward_std".into(), reward_std),
-        ];
-        for component in COMPONENTS {
-            let (mean, std) = mean_std(rollouts.iter().map(|r| r.reward.components[component]));
-            metrics.push((format!("reward_{component}"), mean));
-            metrics.push((format!("reward_{component}_std"), std));
-        }
+        let mut metrics: Vec<(String, f64)> =
+            vec![("loss".into(), loss_sum), ("lr".into(), lr), ("grad_norm".into(), grad_norm)];
+        metrics.extend(rollout_metrics(&rollouts, rollout_seconds));
         metrics.extend([
-            ("valid_rate".into(), rate(&|r| !r.reward.gated)),
-            ("first_tool_rate".into(), rate(&|r| r.score.first_tool == Some(true))),
-            ("success_rate".into(), rate(&|r| r.score.success == Some(true))),
             ("zero_variance_groups".into(), flat_groups as f64),
             ("clip_fraction".into(), clipped as f64 / tokens),
             ("entropy".into(), entropy_sum / tokens),
-            ("response_tokens".into(), generated as f64 / n),
-            ("rollout_tokens_per_second".into(), generated as f64 / rollout_seconds.max(1e-9)),
         ]);
         if reference.is_some() {
             metrics.push(("kl".into(), kl_sum / tokens));
@@ -642,7 +643,7 @@ pub fn train(
     }
     let weights = TrainedWeights { varmap: &varmap, vars, frozen_base: frozen_base.as_ref() };
     let model_dir = save_model(run_dir, &weights, config.lora.as_ref(), &start.config, &start.dir)?;
-    Ok(GrpoSummary {
+    Ok(RolloutSummary {
         steps: state.step,
         first_reward: state.first_reward.unwrap_or(f64::NAN),
         final_reward: state.last_reward.unwrap_or(f64::NAN),

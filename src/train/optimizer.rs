@@ -81,6 +81,23 @@ pub fn learning_rate(step: u64, total: u64, warmup: u64, peak: f64, floor: f64) 
     peak * (floor + (1.0 - floor) * cosine)
 }
 
+/// Add the gradients `store` holds for `vars` into `grads` (one slot per variable, in order).
+pub fn accumulate(
+    grads: &mut [Option<Tensor>],
+    store: &candle_core::backprop::GradStore,
+    vars: &[(String, Var, bool)],
+) -> Result<()> {
+    for ((_, var, _), slot) in vars.iter().zip(grads.iter_mut()) {
+        if let Some(grad) = store.get(var.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(sum) => (sum + grad)?,
+                None => grad.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before.
 pub fn clip_global_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let sums: Vec<Tensor> = grads.iter().flatten().map(|g| g.sqr()?.sum_all()).collect::<Result<_>>()?;

@@ -7,7 +7,7 @@
 //! hold the policy, the value head, both optimizers' moments, the step and the KL coefficient, so
 //! a resumed run ends where an uninterrupted one does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -18,15 +18,15 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::grpo::{
-    clipped_loss, mean_std, roll_out, row_logprobs, sampled_len, sampled_rows, step_cases, token_logprobs, Rollout,
-    Sampling, Start, Turn,
+    clipped_loss, mean_std, roll_out, rollout_metrics, row_logprobs, sampled_len, sampled_rows, step_cases,
+    token_logprobs, Rollout, RolloutSummary, Sampling, Start, Turn,
 };
-use super::optimizer::{clip_global_norm, learning_rate, AdamW};
+use super::optimizer::{accumulate, clip_global_norm, learning_rate, AdamW};
 use super::sft::{
     first_failure, load_checkpoint, save_checkpoint, save_model, Init, TrainError, TrainHooks, Trainable,
     TrainedWeights,
 };
-use crate::eval::reward::{RewardWeights, COMPONENTS};
+use crate::eval::reward::RewardWeights;
 use crate::eval::suite::EvalCase;
 use crate::model::generate::LoadedModel;
 use crate::model::llama::{Llama, LoraConfig};
@@ -265,18 +265,6 @@ pub struct PpoState {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PpoSummary {
-    pub steps: u64,
-    pub episodes: u64,
-    pub first_reward: f64,
-    pub final_reward: f64,
-    pub first_loss: f64,
-    pub final_loss: f64,
-    pub rollout_tokens_per_second: f64,
-    pub model_dir: PathBuf,
-}
-
 /// Old log-probs, values and reference log-probs of every turn, without gradient.
 fn score_turns(
     policy: &Llama,
@@ -325,7 +313,7 @@ pub fn train(
     run_dir: &Path,
     resume: Option<&Path>,
     hooks: &mut dyn TrainHooks,
-) -> Result<PpoSummary, TrainError> {
+) -> Result<RolloutSummary, TrainError> {
     config.validate().map_err(TrainError::Config)?;
     if cases.is_empty() {
         return Err(TrainError::Config("suite: PPO needs cases to roll out (the suite is empty)".into()));
@@ -472,14 +460,7 @@ pub fn train(
                         return Err(TrainError::NotFinite { step: state.step + 1, value });
                     }
                     let store = loss.backward()?;
-                    for ((_, var, _), slot) in all_vars.iter().zip(grads.iter_mut()) {
-                        if let Some(grad) = store.get(var.as_tensor()) {
-                            *slot = Some(match slot.take() {
-                                Some(sum) => (sum + grad)?,
-                                None => grad.clone(),
-                            });
-                        }
-                    }
+                    accumulate(&mut grads, &store, all_vars)?;
                     policy_sum += terms.policy.to_scalar::<f32>()? as f64;
                     value_sum += terms.value.to_scalar::<f32>()? as f64;
                     clipped += terms.clipped;
@@ -503,7 +484,7 @@ pub fn train(
         let loss = (policy_sum + config.vf_coef * value_sum) / seen_f;
         state.step += 1;
         let totals: Vec<f64> = rollouts.iter().map(|r| r.reward.total).collect();
-        let (reward_mean, reward_std) = mean_std(totals.iter().copied());
+        let (reward_mean, _) = mean_std(totals.iter().copied());
         state.first_reward.get_or_insert(reward_mean);
         state.last_reward = Some(reward_mean);
         state.first_loss.get_or_insert(loss);
@@ -511,34 +492,21 @@ pub fn train(
         state.generated_tokens += generated as u64;
         state.rollout_seconds += rollout_seconds;
         state.seconds = seconds_before + started.elapsed().as_secs_f64();
-        let n = episodes.max(1) as f64;
-        let rate = |hit: &dyn Fn(&Rollout) -> bool| rollouts.iter().filter(|r| hit(r)).count() as f64 / n;
         let mut metrics: Vec<(String, f64)> = vec![
             ("loss".into(), loss),
             ("policy_loss".into(), policy_sum / seen_f),
             ("value_loss".into(), value_sum / seen_f),
             ("lr".into(), lr),
             ("grad_norm".into(), grad_norm),
-            ("reward".into(), reward_mean),
-            ("reward_std".into(), reward_std),
         ];
-        for component in COMPONENTS {
-            let (mean, std) = mean_std(rollouts.iter().map(|r| r.reward.components[component]));
-            metrics.push((format!("reward_{component}"), mean));
-            metrics.push((format!("reward_{component}_std"), std));
-        }
+        metrics.extend(rollout_metrics(&rollouts, rollout_seconds));
         metrics.extend([
-            ("valid_rate".into(), rate(&|r| !r.reward.gated)),
-            ("first_tool_rate".into(), rate(&|r| r.score.first_tool == Some(true))),
-            ("success_rate".into(), rate(&|r| r.score.success == Some(true))),
             ("kl".into(), kl_tokens / all_tokens),
             ("kl_episode".into(), kl_mean),
             ("kl_coef".into(), state.kl_coef),
             ("clip_fraction".into(), clipped as f64 / seen_f),
             ("value_clip_fraction".into(), value_clipped as f64 / seen_f),
             ("entropy".into(), entropy_sum / all_tokens),
-            ("response_tokens".into(), generated as f64 / n),
-            ("rollout_tokens_per_second".into(), generated as f64 / rollout_seconds.max(1e-9)),
         ]);
         let borrowed: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         hooks.step(state.step, total_steps, &borrowed)?;
@@ -549,9 +517,8 @@ pub fn train(
     }
     let weights = TrainedWeights { varmap: &varmap, vars: &vars, frozen_base: frozen_base.as_ref() };
     let model_dir = save_model(run_dir, &weights, config.lora.as_ref(), &start.config, &start.dir)?;
-    Ok(PpoSummary {
+    Ok(RolloutSummary {
         steps: state.step,
-        episodes: config.episodes,
         first_reward: state.first_reward.unwrap_or(f64::NAN),
         final_reward: state.last_reward.unwrap_or(f64::NAN),
         first_loss: state.first_loss.unwrap_or(f64::NAN),

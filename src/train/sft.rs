@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::optimizer::{clip_global_norm, learning_rate, AdamW};
+use super::optimizer::{accumulate, clip_global_norm, learning_rate, AdamW};
 use super::params::{init_varmap, ordered_vars};
 use crate::dataset::cache::{self, Example};
 use crate::model::llama::{masked_cross_entropy, Llama, LlamaConfig};
@@ -323,14 +323,7 @@ pub fn train(
             }
             let scaled = (loss / config.grad_accum as f64)?;
             let store = scaled.backward()?;
-            for ((_, var, _), slot) in vars.iter().zip(grads.iter_mut()) {
-                if let Some(grad) = store.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(sum) => (sum + grad)?,
-                        None => grad.clone(),
-                    });
-                }
-            }
+            accumulate(&mut grads, &store, &vars)?;
             step_loss += value;
             step_tokens += chosen.iter().map(|e| e.ids.len().min(config.max_seq_len)).sum::<usize>();
             micro_batches += 1;
