@@ -5,13 +5,14 @@
 //! of the given binary) for both `understudy engine start|stop` and the Capture page's buttons.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{hook, CaptureError};
+use crate::daemon::runs_subcommand;
+pub use crate::daemon::{alive, read_json, write_json, StopOutcome};
 use crate::store::{Store, TraceFilter};
 use crate::traces::{now_rfc3339, Source};
 
@@ -81,52 +82,9 @@ pub struct WatcherStatus {
     pub orchestrator: OrchestratorProgress,
 }
 
-pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// Write through a temp file and a rename, so a reader never sees half a document.
-pub fn write_json(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
-    let temp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&temp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&temp, path)
-}
-
-/// Whether `pid` is a live process (a zombie is not).
-pub fn alive(pid: u32) -> bool {
-    let Ok(pid_t) = libc::pid_t::try_from(pid) else { return false };
-    if pid_t <= 0 {
-        return false;
-    }
-    // Safety: signal 0 only asks whether the process exists.
-    let exists =
-        unsafe { libc::kill(pid_t, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => true,
-    }
-}
-
-/// Whether `pid` runs `engine run` (where /proc says); guards against a reused pid.
-fn is_engine(pid: u32) -> bool {
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmdline) => {
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.windows(2).any(|pair| pair[0] == b"engine" && pair[1] == b"run")
-        }
-        Err(_) => true,
-    }
-}
-
 /// The pid file of a watcher that is running now.
 pub fn running(data_dir: &Path) -> Option<PidFile> {
-    read_json::<PidFile>(&data_dir.join(PID_FILE)).filter(|p| alive(p.pid) && is_engine(p.pid))
+    read_json::<PidFile>(&data_dir.join(PID_FILE)).filter(|p| alive(p.pid) && runs_subcommand(p.pid, ["engine", "run"]))
 }
 
 /// Whether the watcher runs, what it tracks and captured, and whether the hook is in the
@@ -200,15 +158,6 @@ pub enum StartOutcome {
     Started { pid_file: PidFile, log: PathBuf },
 }
 
-#[derive(Debug)]
-pub enum StopOutcome {
-    NotRunning,
-    /// Ended by SIGTERM.
-    Stopped(u32),
-    /// Needed SIGKILL.
-    Killed(u32),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum WatcherError {
     #[error("--interval must be at least 1 second")]
@@ -231,85 +180,45 @@ pub fn start(
     if options.interval < 1 {
         return Err(WatcherError::BadInterval);
     }
-    std::fs::create_dir_all(data_dir)?;
-    let data_dir = std::fs::canonicalize(data_dir)?;
+    let data_dir = crate::daemon::absolute_data_dir(data_dir)?;
     if let Some(pid_file) = running(&data_dir) {
         return Ok(StartOutcome::AlreadyRunning(pid_file));
     }
     let roots = roots.iter().map(std::path::absolute).collect::<Result<Vec<_>, _>>()?;
     let log_path = data_dir.join(LOG_FILE);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-
-    let mut command = Command::new(binary);
-    command.arg("--data-dir").arg(&data_dir).args(["engine", "run", "--interval", &options.interval.to_string()]);
-    command.arg(format!("--max-tool-result-bytes={}", options.max_tool_result_bytes));
+    let mut args: Vec<std::ffi::OsString> =
+        ["engine", "run", "--interval", &options.interval.to_string()].iter().map(Into::into).collect();
+    args.push(format!("--max-tool-result-bytes={}", options.max_tool_result_bytes).into());
     for spec in &options.redact {
-        command.arg(format!("--redact={spec}"));
+        args.push(format!("--redact={spec}").into());
     }
     if options.no_default_redactions {
-        command.arg("--no-default-redactions");
+        args.push("--no-default-redactions".into());
     }
     for root in &roots {
-        command.arg("--root").arg(root);
+        args.push("--root".into());
+        args.push(root.into());
     }
-    command.env_remove("CLAUDE_CONFIG_DIR").current_dir(&data_dir);
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    #[cfg(unix)]
-    {
-        // Its own process group: a Ctrl-C in the terminal that started it does not reach it.
-        use std::os::unix::process::CommandExt;
-        command.process_group(0);
-    }
-    let mut child = command.spawn()?;
+    let mut child = crate::daemon::spawn(binary, &data_dir, &args, &log_path)?;
     let pid_file = PidFile { pid: child.id(), started_at: now_rfc3339(), roots, interval: options.interval };
     write_json(&data_dir.join(PID_FILE), &pid_file)?;
     // A child that fails at once (a bad pattern, an unwritable store) says so here.
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(100));
-        if let Some(exit) = child.try_wait()? {
-            let _ = std::fs::remove_file(data_dir.join(PID_FILE));
-            return Err(WatcherError::ExitedAtOnce { exit, log: log_path });
-        }
+    if let Some(exit) = crate::daemon::exited_at_once(&mut child)? {
+        let _ = std::fs::remove_file(data_dir.join(PID_FILE));
+        return Err(WatcherError::ExitedAtOnce { exit, log: log_path });
     }
     Ok(StartOutcome::Started { pid_file, log: log_path })
 }
 
 /// Stop the watcher of `data_dir`: SIGTERM, then SIGKILL after 5 s; removes the pid file.
+/// Safe to force: every scan writes a file's traces and progress in one transaction.
 pub fn stop(data_dir: &Path) -> StopOutcome {
     let pid_path = data_dir.join(PID_FILE);
     let Some(pid_file) = running(data_dir) else {
         let _ = std::fs::remove_file(&pid_path);
         return StopOutcome::NotRunning;
     };
-    let pid = pid_file.pid as libc::pid_t;
-    // Safety: plain signals to the pid our own pid file names, checked to be the engine.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid_file.pid) && Instant::now() < deadline {
-        reap(pid);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut outcome = StopOutcome::Stopped(pid_file.pid);
-    if alive(pid_file.pid) {
-        // Safe to force: every scan writes a file's traces and progress in one transaction.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while alive(pid_file.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        outcome = StopOutcome::Killed(pid_file.pid);
-    }
-    reap(pid);
-    let _ = std::fs::remove_file(&pid_path);
-    outcome
-}
-
-/// Collect the exit of `pid` if it is our own child (a server that started it), so no zombie
-/// stays behind; a no-op for any other process.
-fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // Safety: WNOHANG never blocks; a pid that is not our child answers ECHILD.
-    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    crate::daemon::terminate(pid_file.pid, &pid_path, Duration::from_secs(5))
 }
 
 /// File-system notifications for the watched roots (inotify on Linux, via `notify`): the flag

@@ -14,6 +14,7 @@ mod generate;
 mod import;
 mod jobs;
 mod models;
+mod orchestrator;
 mod progress;
 mod serve;
 mod status;
@@ -81,6 +82,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run every pipeline stage that exists on the embedded default, then serve.
     Quickstart(serve::ServeArgs),
+    /// Retrain as traces accumulate: cycles of dataset, SFT, RL, eval, promotion, export, deploy.
+    #[command(subcommand)]
+    Orchestrator(orchestrator::OrchestratorCommand),
     /// Register an export with Ollama (blob, create, tag latest; --test chats once).
     Deploy(deploy::DeployArgs),
     /// Show what the data dir holds.
@@ -136,6 +140,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(config, args),
         Command::Quickstart(args) => serve::quickstart(config, args),
         Command::Deploy(args) => deploy::run(config, args),
+        Command::Orchestrator(command) => orchestrator::run(config, command),
         Command::Status(args) => status::run(config, args),
     }
 }

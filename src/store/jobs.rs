@@ -17,6 +17,32 @@ pub(super) fn write_checkpoint(conn: &Connection, job_id: &str, state: &str, now
     Ok(())
 }
 
+/// Insert a job row (queued, or running for `owner_pid`) on `conn`, which may be a transaction;
+/// returns its id.
+pub(super) fn insert_job_row(conn: &Connection, params: &JobParams, owner_pid: Option<u32>) -> StoreResult<String> {
+    let id = JobId::new().0;
+    let now = now_rfc3339();
+    let (status, started_at) = match owner_pid {
+        Some(_) => (JobStatus::Running, Some(now.clone())),
+        None => (JobStatus::Queued, None),
+    };
+    conn.execute(
+        "INSERT INTO jobs (id, kind, status, params, owner_pid, created_at, started_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        params![
+            id,
+            params.kind().as_str(),
+            status.as_str(),
+            params.to_json().to_string(),
+            owner_pid,
+            now,
+            started_at,
+            now
+        ],
+    )?;
+    Ok(id)
+}
+
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let json = |index: usize| -> rusqlite::Result<Option<Value>> {
         let text: Option<String> = row.get(index)?;
@@ -58,26 +84,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
 impl Db {
     /// Add a job; `owner_pid` set means the caller runs it now in the foreground.
     pub fn insert_job(&self, params: &JobParams, owner_pid: Option<u32>) -> StoreResult<JobRecord> {
-        let id = JobId::new().0;
-        let now = now_rfc3339();
-        let (status, started_at) = match owner_pid {
-            Some(_) => (JobStatus::Running, Some(now.clone())),
-            None => (JobStatus::Queued, None),
-        };
-        self.conn.execute(
-            "INSERT INTO jobs (id, kind, status, params, owner_pid, created_at, started_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            params![
-                id,
-                params.kind().as_str(),
-                status.as_str(),
-                params.to_json().to_string(),
-                owner_pid,
-                now,
-                started_at,
-                now
-            ],
-        )?;
+        let id = insert_job_row(&self.conn, params, owner_pid)?;
         self.get_job(&id)?.ok_or_else(|| StoreError::Corrupt { id, reason: "vanished after insert".into() })
     }
 

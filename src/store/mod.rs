@@ -1,6 +1,6 @@
 //! The store: the only module that speaks SQL. One SQLite file (`understudy.db`) in the data
 //! dir, WAL, foreign keys on every connection, numbered migrations from `migrations/` applied at
-//! open. Typed queries per table live in the submodules (`traces`, `pairs`, `jobs`, `capture`); callers
+//! open. Typed queries per table live in the submodules (`traces`, `pairs`, `jobs`, `capture`, `orchestrator`, ...); callers
 //! never see `rusqlite`.
 
 mod capture;
@@ -9,6 +9,7 @@ mod evals;
 mod exports;
 mod jobs;
 mod models;
+mod orchestrator;
 mod pairs;
 mod templates;
 mod traces;
@@ -25,6 +26,7 @@ pub use datasets::DatasetRow;
 pub use evals::{EvalCaseRow, EvalRunRow, EvalSuiteRow, PromotionRow};
 pub use exports::ExportRow;
 pub use models::{ModelRow, NewModel};
+pub use orchestrator::CycleRow;
 pub use pairs::{PairInsertOutcome, StoredPair};
 pub use templates::StoredTemplate;
 pub use traces::{InsertOutcome, NamedCount, TraceCounts, TraceFilter, TraceSummary, UpsertOutcome};
@@ -37,6 +39,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0002_exports.sql")),
         M::up(include_str!("../../migrations/0003_capture.sql")),
         M::up(include_str!("../../migrations/0004_eval.sql")),
+        M::up(include_str!("../../migrations/0005_orchestrator.sql")),
     ])
 });
 
