@@ -20,8 +20,6 @@ pub const PID_FILE: &str = "capture-engine.pid";
 pub const STATE_FILE: &str = "capture-engine.json";
 pub const TRIGGER_FILE: &str = "capture-engine.trigger";
 pub const LOG_FILE: &str = "capture-engine.log";
-/// Captured traces that make the orchestrator retrain (spec 3.3); reported as progress.
-pub const TRAINING_THRESHOLD: i64 = 200;
 
 /// `<data_dir>/capture-engine.pid`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,11 +52,12 @@ pub struct WatcherState {
     pub last_report: Option<Value>,
 }
 
-/// Progress toward the next retraining.
+/// Progress toward the orchestrator's next cycle (traces of every source count).
 #[derive(Debug, Clone, Serialize)]
 pub struct OrchestratorProgress {
     pub threshold: i64,
-    pub captured_since_last_training: i64,
+    pub new_traces: i64,
+    pub missing: i64,
 }
 
 /// `engine status --json` and `GET /api/capture`.
@@ -106,6 +105,7 @@ pub fn watcher_status(
         .as_ref()
         .and_then(|s| s.last_capture_at.clone())
         .or_else(|| files.iter().filter(|f| f.n_traces > 0).map(|f| f.scanned_at.clone()).max());
+    let readiness = crate::orchestrator::readiness(&db, &crate::orchestrator::config::load(&db)?)?;
     let hook_installed =
         settings_path.and_then(|p| hook::read_settings(p).ok()).is_some_and(|(doc, _)| hook::is_installed(&doc));
     Ok(WatcherStatus {
@@ -124,9 +124,11 @@ pub fn watcher_status(
         last_report: state.and_then(|s| s.last_report),
         hook_installed,
         settings: settings_path.map(Path::to_path_buf),
-        // No orchestrator yet: every captured trace counts as new since the last training.
-        // This becomes the orchestrator's own count once it exists.
-        orchestrator: OrchestratorProgress { threshold: TRAINING_THRESHOLD, captured_since_last_training: captured },
+        orchestrator: OrchestratorProgress {
+            threshold: readiness.threshold,
+            new_traces: readiness.new_traces,
+            missing: readiness.missing,
+        },
     })
 }
 

@@ -17,7 +17,7 @@ use super::capture::CaptureArgs;
 use super::print_json;
 use crate::capture::watcher::{
     self, read_json, running, watcher_status, write_json, PidFile, StartOptions, StartOutcome, StopOutcome,
-    WatcherState, PID_FILE, STATE_FILE, TRAINING_THRESHOLD, TRIGGER_FILE,
+    WatcherState, PID_FILE, STATE_FILE, TRIGGER_FILE,
 };
 use crate::capture::{self, hook};
 use crate::config::Config;
@@ -260,7 +260,8 @@ fn status(config: &Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let Some(error) = &status.last_error {
         println!("last scan failed: {error}");
     }
-    println!("toward retraining: {captured}/{TRAINING_THRESHOLD} captured traces");
+    let next = &status.orchestrator;
+    println!("orchestrator: {} new traces (all sources) of {} for the next cycle", next.new_traces, next.threshold);
     println!("SessionEnd hook: {}", if status.hook_installed { "installed" } else { "not installed" });
     Ok(ExitCode::SUCCESS)
 }

@@ -1,12 +1,16 @@
-//! `understudy serve` and `understudy quickstart`.
+//! `understudy serve` and `understudy quickstart`; `--orchestrator` runs the orchestrator inside
+//! the server, `--continuous` also starts the capture watcher (the seed's hybrid mode).
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::Args;
 
 use super::progress::TerminalProgress;
 use crate::config::{Config, ServeSettings};
 use crate::jobs::ProgressSink;
+use crate::orchestrator::Background;
 use crate::pipeline::{
     self, PipelineObserver, Recipe, Stage, StageReport, QUICKSTART_EXPORT, QUICKSTART_SEED, QUICKSTART_SFT_STEPS,
 };
@@ -36,6 +40,14 @@ pub struct ServeArgs {
     /// Requests waiting for a worker before the endpoint answers 429.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub queue_capacity: u16,
+    /// Run the orchestrator inside the server: a cycle whenever enough new traces arrived
+    /// (also on when `orchestrator config --run-in-serve true`).
+    #[arg(long)]
+    pub orchestrator: bool,
+    /// The seed's hybrid mode: the orchestrator inside the server and the capture watcher
+    /// beside it (on Claude Code's directory, or CLAUDE_CONFIG_DIR).
+    #[arg(long)]
+    pub continuous: bool,
 }
 
 pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -46,12 +58,70 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     settings.engine_workers = args.engine_workers.into();
     settings.queue_capacity = args.queue_capacity.into();
     let store = Store::open(config.data_dir())?;
-    Application::run_blocking(config.clone(), store, settings, |address| {
+    if args.continuous {
+        start_capture_watcher(config, args.claude_config_dir.clone());
+    }
+    let in_serve = args.orchestrator
+        || args.continuous
+        || crate::orchestrator::config::load(&store.connect()?).is_ok_and(|c| c.run_in_serve);
+    let stop = Arc::new(AtomicBool::new(false));
+    let orchestrator = if in_serve {
+        let background = Background {
+            store: store.clone(),
+            config: config.clone(),
+            default_ollama_host: settings.ollama_host.clone().unwrap_or_else(|| crate::deploy::DEFAULT_HOST.into()),
+        };
+        match background.spawn_loop(stop.clone()) {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                eprintln!("orchestrator not started here: {error}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let result = Application::run_blocking(config.clone(), store, settings, |address| {
         eprintln!("Understudy is serving on http://{address}/ (Ctrl-C stops it)");
         eprintln!("  playground  http://{address}/playground");
         eprintln!("  OpenAI API  http://{address}/v1  (e.g. curl http://{address}/v1/models)");
-    })?;
+        if in_serve {
+            eprintln!("  orchestrator http://{address}/orchestrator  (retrains as traces arrive)");
+        }
+    });
+    // The running job stops at its next check, resumable; its cycle continues at the next start.
+    stop.store(true, Ordering::SeqCst);
+    if let Some(handle) = orchestrator {
+        let _ = handle.join();
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start the capture watcher on Claude Code's directory for `--continuous` (a message, not an
+/// error, when it cannot: the server still serves).
+fn start_capture_watcher(config: &Config, claude_config_dir: Option<String>) {
+    let capture = super::capture::CaptureArgs {
+        dir: None,
+        claude_config_dir,
+        max_tool_result_bytes: crate::capture::DEFAULT_MAX_TOOL_RESULT_BYTES,
+        redact: Vec::new(),
+        no_default_redactions: false,
+    };
+    let started = capture.roots().and_then(|roots| {
+        let binary = std::env::current_exe()?;
+        let options = crate::capture::watcher::StartOptions::default();
+        Ok(crate::capture::watcher::start(&binary, config.data_dir(), &roots, &options)?)
+    });
+    match started {
+        Ok(crate::capture::watcher::StartOutcome::Started { pid_file, .. }) => {
+            eprintln!("capture watcher started (pid {}); `understudy engine stop` ends it", pid_file.pid)
+        }
+        Ok(crate::capture::watcher::StartOutcome::AlreadyRunning(pid_file)) => {
+            eprintln!("capture watcher already running (pid {})", pid_file.pid)
+        }
+        Err(error) => eprintln!("capture watcher not started: {error:#}"),
+    }
 }
 
 /// Prints quickstart's numbered stage lines and one progress bar per stage.

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -130,17 +131,20 @@ pub struct Readiness {
     pub missing: i64,
 }
 
-fn last_success(db: &Db) -> Result<Option<Cycle>, OrchestratorError> {
+fn last_success(db: &Db) -> Result<Option<Cycle>, StoreError> {
     for row in db.list_cycles(i64::MAX)? {
         if row.status == CycleStatus::Succeeded.as_str() {
-            return Cycle::from_row(row, Vec::new()).map(Some);
+            let id = row.id.clone();
+            return Cycle::from_row(row, Vec::new())
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt { id, reason: e.to_string() });
         }
     }
     Ok(None)
 }
 
 /// Count the traces now and what is new since the last successful cycle.
-pub fn readiness(db: &Db, config: &OrchestratorConfig) -> Result<Readiness, OrchestratorError> {
+pub fn readiness(db: &Db, config: &OrchestratorConfig) -> Result<Readiness, StoreError> {
     let counts = db.trace_counts()?;
     let by_source: BTreeMap<String, i64> = counts.by_source.iter().map(|c| (c.name.clone(), c.count)).collect();
     let last = last_success(db)?.map(|c| c.state.traces);
@@ -238,6 +242,59 @@ pub fn run_loop(runner: &CycleRunner<'_>, observer: &mut dyn CycleObserver, stop
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+}
+
+/// Where a background orchestrator thread runs its cycles.
+#[derive(Clone)]
+pub struct Background {
+    pub store: crate::store::Store,
+    pub config: crate::config::Config,
+    pub default_ollama_host: String,
+}
+
+impl Background {
+    /// Take the lock (`mode` as `status` shows it) and run `work` with a runner on a new thread,
+    /// which releases the lock when done. Refused at once when an orchestrator runs.
+    fn spawn(
+        self,
+        mode: &str,
+        stop: Arc<AtomicBool>,
+        work: impl FnOnce(&CycleRunner<'_>, &AtomicBool) + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<()>, OrchestratorError> {
+        let lock = lock(self.config.data_dir(), mode)?;
+        let data_dir = self.config.data_dir().to_path_buf();
+        std::thread::Builder::new()
+            .name("orchestrator".into())
+            .spawn(move || {
+                let runner = CycleRunner {
+                    store: &self.store,
+                    config: &self.config,
+                    default_ollama_host: self.default_ollama_host.clone(),
+                    stop: Some(stop.clone()),
+                };
+                work(&runner, &stop);
+                drop(lock);
+            })
+            .map_err(|source| OrchestratorError::Io { path: data_dir, source })
+    }
+
+    /// The orchestrator loop inside this process (`serve` with the orchestrator on) until `stop`.
+    pub fn spawn_loop(self, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, OrchestratorError> {
+        self.spawn("serve", stop, |runner, stop| run_loop(runner, &mut cycle::Quiet, stop))
+    }
+
+    /// One cycle (`once`) on a thread of this process (the page's and the API's "Run a cycle now").
+    pub fn spawn_once(self, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>, OrchestratorError> {
+        self.spawn("serve", stop, |runner, _| match once(runner, &mut cycle::Quiet) {
+            Ok(Attempt::Ran { cycle }) => {
+                tracing::info!("orchestrator: cycle {} {}", cycle.number, cycle.status.as_str())
+            }
+            Ok(Attempt::NotReady { readiness }) => {
+                tracing::info!("orchestrator: no cycle, {} traces missing", readiness.missing)
+            }
+            Err(error) => tracing::warn!("orchestrator: {error}"),
+        })
     }
 }
 

@@ -144,6 +144,7 @@ async fn render_with(
         n_sessions: status.sessions,
         traces_captured: status.traces_captured,
         threshold: status.orchestrator.threshold,
+        new_traces: status.orchestrator.new_traces,
         malformed_lines: from_report("malformed_lines"),
         redactions: from_report("redactions"),
         hook_installed: status.hook_installed,
@@ -163,16 +164,6 @@ async fn render_with(
         dir,
         dir_error,
     })
-}
-
-/// Percent-encode a query value (everything but unreserved characters and `/`).
-fn query_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// The summary a scan's redirect carries back to the page.
@@ -348,6 +339,8 @@ pub struct CapturePage {
     pub n_sessions: usize,
     pub traces_captured: i64,
     pub threshold: i64,
+    /// New traces (all sources) toward the orchestrator's next cycle.
+    pub new_traces: i64,
     /// From the watcher's last scan: "—" when it has not scanned.
     pub malformed_lines: String,
     pub redactions: String,

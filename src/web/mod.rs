@@ -1,6 +1,6 @@
 //! The HTTP server: actix-web app wiring, shared state, access control, and the route table.
 //! The web is sliced by feature — `overview` (dashboard, docs, health, stats, OpenAPI),
-//! `traces`, `jobs`, `bootstrap`, `datasets`, `training`, `models`, `capture`, `playground`,
+//! `traces`, `jobs`, `bootstrap`, `datasets`, `training`, `models`, `capture`, `orchestrator`, `playground`,
 //! `openai` (`/v1`) — each holding its page handlers, `/api` handlers and view models; what
 //! they share is in `shared`, the one error type and its renderings in `error`, embedded static
 //! files in `assets`, Prometheus text in `metrics`. Features import `shared` and `error`, and a
@@ -18,6 +18,7 @@ mod metrics;
 mod models;
 mod nav;
 mod openai;
+mod orchestrator;
 mod overview;
 mod playground;
 mod shared;
@@ -195,6 +196,7 @@ fn routes(config: &mut web::ServiceConfig) {
                 .configure(training::api_routes)
                 .configure(models::api_routes)
                 .configure(capture::api_routes)
+                .configure(orchestrator::api_routes)
                 .configure(bootstrap::api_routes),
         )
         .configure(overview::routes)
@@ -202,6 +204,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .configure(jobs::routes)
         .configure(bootstrap::routes)
         .configure(capture::routes)
+        .configure(orchestrator::routes)
         .configure(datasets::routes)
         .configure(training::routes)
         .configure(models::routes)

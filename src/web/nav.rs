@@ -12,7 +12,7 @@ pub struct NavItem {
     pub active: bool,
 }
 
-const NAV: [(&str, &str); 11] = [
+const NAV: [(&str, &str); 12] = [
     ("/", "Dashboard"),
     ("/traces", "Traces"),
     ("/bootstrap", "Bootstrap"),
@@ -21,6 +21,7 @@ const NAV: [(&str, &str); 11] = [
     ("/models", "Models"),
     ("/playground", "Playground"),
     ("/capture", "Capture"),
+    ("/orchestrator", "Orchestrator"),
     ("/import", "Import"),
     ("/jobs", "Jobs"),
     ("/docs", "API"),

@@ -31,6 +31,13 @@ pub struct CountGroup {
     pub rows: Vec<NamedCount>,
 }
 
+/// The Dashboard's one-line view of the champion, the orchestrator's last cycle and capture.
+pub struct Glance {
+    pub champion: String,
+    pub last_cycle: String,
+    pub capture: String,
+}
+
 #[derive(Template)]
 #[template(path = "pages/dashboard.html")]
 pub struct DashboardPage {
@@ -38,6 +45,7 @@ pub struct DashboardPage {
     pub counts: TraceCounts,
     pub groups: Vec<CountGroup>,
     pub jobs: Vec<JobRow>,
+    pub glance: Glance,
 }
 
 pub struct RouteView {
@@ -63,7 +71,17 @@ async fn dashboard(state: web::Data<AppState>) -> Result<HttpResponse, PageError
         CountGroup { label: "split", param: "split", rows: counts.by_split.clone() },
         CountGroup { label: "outcome", param: "outcome", rows: counts.by_outcome.clone() },
     ];
-    html(DashboardPage { nav: Nav::new("/"), counts, groups, jobs: jobs.iter().map(JobRow::from).collect() })
+    let orchestrator = super::orchestrator::status(&state).await?;
+    let capture = super::capture::status(&state).await?;
+    let glance = Glance {
+        champion: super::orchestrator::champion_line(&orchestrator),
+        last_cycle: super::orchestrator::last_cycle_line(&orchestrator),
+        capture: match (capture.running, capture.pid) {
+            (true, Some(pid)) => format!("watching (pid {pid}); {} traces captured", capture.traces_captured),
+            _ => format!("not running; {} traces captured", capture.traces_captured),
+        },
+    };
+    html(DashboardPage { nav: Nav::new("/"), counts, groups, jobs: jobs.iter().map(JobRow::from).collect(), glance })
 }
 
 async fn docs() -> Result<HttpResponse, PageError> {
@@ -131,7 +149,13 @@ async fn docs() -> Result<HttpResponse, PageError> {
         capture::capture_engine_start,
         capture::capture_engine_stop,
         capture::capture_hook_install,
-        capture::capture_hook_uninstall
+        capture::capture_hook_uninstall,
+        super::orchestrator::orchestrator_status,
+        super::orchestrator::get_config,
+        super::orchestrator::put_config,
+        super::orchestrator::run_once,
+        super::orchestrator::start_process,
+        super::orchestrator::stop_process
     ),
     components(schemas(
         Health,
@@ -165,7 +189,10 @@ async fn docs() -> Result<HttpResponse, PageError> {
         crate::store::EvalRunRow,
         crate::store::EvalCaseRow,
         capture::CaptureScanRequest,
-        capture::CaptureStartRequest
+        capture::CaptureStartRequest,
+        crate::orchestrator::OrchestratorConfig,
+        super::orchestrator::OnceStarted,
+        crate::orchestrator::Readiness
     ))
 )]
 pub struct ApiDoc;

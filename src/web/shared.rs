@@ -54,6 +54,8 @@ pub struct LineChart {
     pub y_min: String,
     pub y_max: String,
     pub x_max: i64,
+    /// What the x axis counts (`step` unless said otherwise).
+    pub x_label: &'static str,
     pub series: Vec<Series>,
 }
 
@@ -104,8 +106,13 @@ impl LineChart {
             y_min: format(y_min),
             y_max: format(y_max),
             x_max,
+            x_label: "step",
             series,
         })
+    }
+
+    pub fn with_x_label(self, x_label: &'static str) -> LineChart {
+        LineChart { x_label, ..self }
     }
 }
 
@@ -182,4 +189,14 @@ pub async fn accepted(state: &AppState, id: JobId) -> Result<HttpResponse, ApiEr
         .with_db(move |db| db.get_job(&id)?.ok_or_else(|| WebError::Internal(format!("queued job {id} vanished"))))
         .await?;
     Ok(HttpResponse::Accepted().json(job))
+}
+
+/// Percent-encode a query value (everything but unreserved characters and `/`).
+pub fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
