@@ -43,13 +43,13 @@ struct OllamaState {
     requests: Vec<Recorded>,
 }
 
-struct FakeOllama {
-    host: String,
+pub(crate) struct FakeOllama {
+    pub(crate) host: String,
     state: Arc<Mutex<OllamaState>>,
 }
 
 impl FakeOllama {
-    fn start() -> FakeOllama {
+    pub(crate) fn start() -> FakeOllama {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(OllamaState::default()));
@@ -62,6 +62,11 @@ impl FakeOllama {
         FakeOllama { host, state }
     }
 
+    /// The `name:tag` of every model created.
+    pub(crate) fn model_names(&self) -> Vec<String> {
+        self.state.lock().unwrap().models.keys().cloned().collect()
+    }
+
     fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -70,7 +75,7 @@ impl FakeOllama {
         self.state.lock().unwrap().requests.clear();
     }
 
-    fn calls(&self) -> Vec<String> {
+    pub(crate) fn calls(&self) -> Vec<String> {
         self.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect()
     }
 }

@@ -16,6 +16,7 @@ mod dpo;
 mod eval;
 mod export;
 mod http;
+mod orchestrator;
 mod rl;
 mod serve;
 mod store;
