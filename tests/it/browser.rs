@@ -249,3 +249,37 @@ fn chromium_plays_the_agent_loop_in_the_playground() {
     driver.click("#new-chat");
     wait_for(10, "an empty conversation", || driver.text("#conversation").is_empty().then_some(()));
 }
+
+#[test]
+fn chromium_edits_the_orchestrator_config_and_sees_traces_arrive_live() {
+    skip_unless!(crate::support::External::Chromium);
+    let app = spawn_app(|_| {});
+    let driver = Driver::start();
+    driver.go(&app.url("/orchestrator"));
+    let readiness = driver.text("#orchestrator-readiness");
+    assert!(readiness.starts_with("next cycle in 50 traces"), "{readiness}");
+    assert!(driver.text("#no-cycles").contains("No cycle yet"));
+
+    // A threshold of 0 is refused beside its field; nothing is stored.
+    driver.clear("#min_traces");
+    driver.type_into("#min_traces", "0");
+    driver.click("#orchestrator-save");
+    wait_for(10, "the field error", || driver.find("#min_traces-error").map(|_| ()));
+    assert!(driver.text("#min_traces-error").contains("at least 1"));
+    assert_eq!(get(&app.url("/api/orchestrator/config")).json()["min_traces"], 50);
+
+    driver.clear("#min_traces");
+    driver.type_into("#min_traces", "3");
+    driver.click("#orchestrator-save");
+    wait_for(10, "the saved notice", || driver.text("#orchestrator-notice").contains("saved").then_some(()));
+    assert_eq!(get(&app.url("/api/orchestrator/config")).json()["min_traces"], 3);
+    assert!(driver.text("#orchestrator-readiness").starts_with("next cycle in 3 traces"));
+
+    // Traces arriving show up in the live panel (htmx polls it) without a reload.
+    import_fixture(app.data_dir(), "canonical_mixed.jsonl", "canonical");
+    import_fixture(app.data_dir(), "openai_mixed.jsonl", "openai");
+    wait_for(15, "the panel to see the new traces", || {
+        driver.text("#orchestrator-readiness").contains("the next cycle can start").then_some(())
+    });
+    assert!(driver.find("#orchestrator-once").is_some(), "Run a cycle now is offered");
+}
