@@ -335,7 +335,7 @@ pub fn train(
                 .push(("heldout_accuracy", preference_accuracy(&model, heldout_pairs, config.max_seq_len, &device)?));
         }
         hooks.step(state.step, total_steps, &metrics)?;
-        if state.step % config.checkpoint_every == 0 || state.step == total_steps {
+        if state.step.is_multiple_of(config.checkpoint_every) || state.step == total_steps {
             let dir = save_checkpoint(run_dir, &varmap, &[], &optimizer, &vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }

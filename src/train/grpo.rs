@@ -636,7 +636,7 @@ pub fn train(
         }
         let borrowed: Vec<(&str, f64)> = metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         hooks.step(state.step, total_steps, &borrowed)?;
-        if state.step % config.checkpoint_every == 0 || state.step == total_steps {
+        if state.step.is_multiple_of(config.checkpoint_every) || state.step == total_steps {
             let dir = save_checkpoint(run_dir, &varmap, &[], &optimizer, vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }

@@ -348,14 +348,14 @@ pub fn train(
             ("grad_norm", grad_norm),
             ("tokens_per_second", step_tokens as f64 / step_seconds.max(1e-9)),
         ];
-        if state.step % config.eval_every == 0 || state.step == total_steps {
+        if state.step.is_multiple_of(config.eval_every) || state.step == total_steps {
             if let Some(eval) = eval_loss(&model, &val_examples, config, &device)? {
                 state.last_eval_loss = Some(eval);
                 metrics.push(("eval_loss", eval));
             }
         }
         hooks.step(state.step, total_steps, &metrics)?;
-        if state.step % config.checkpoint_every == 0 || state.step == total_steps {
+        if state.step.is_multiple_of(config.checkpoint_every) || state.step == total_steps {
             let dir = save_checkpoint(run_dir, &varmap, &[], &optimizer, &vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }
