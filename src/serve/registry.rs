@@ -49,24 +49,31 @@ fn unix_seconds(rfc3339: &str) -> i64 {
 
 /// The file an export is served from.
 fn served_file(row: &ExportRow) -> Option<PathBuf> {
-    let manifest: ExportManifest = serde_json::from_value(row.manifest.clone()).ok()?;
+    let manifest: Option<ExportManifest> = serde_json::from_value(row.manifest.clone()).ok();
     let dir = Path::new(&row.path);
-    SERVE_ORDER
-        .iter()
-        .find_map(|quant| manifest.gguf(Some(quant)))
-        .map(|file| dir.join(&file.path))
+    manifest
+        .and_then(|manifest| {
+            SERVE_ORDER.iter().find_map(|quant| manifest.gguf(Some(quant))).map(|file| dir.join(&file.path))
+        })
         .or_else(|| dir.join("hf").join("template.json").exists().then(|| dir.join("hf")))
 }
 
-/// The catalog, champion first. Several exports under one name: the newest answers to it.
+/// The catalog, champion first. Several exports under one name: the newest answers to it. A
+/// trained model counts as exported only through an export that passed parity and can be
+/// served; otherwise it stays servable itself (on the candle decoder), so a failed export never
+/// hides a model. The champion is its newest servable export, else the model itself.
 pub fn catalog(exports: &[ExportRow], models: &[ModelRow]) -> Vec<CatalogEntry> {
     let champion_model = models.iter().find(|m| m.is_champion).map(|m| m.id.clone());
     let mut entries: Vec<CatalogEntry> = Vec::new();
+    let mut exported: Vec<&str> = Vec::new();
     for row in exports.iter().filter(|e| e.parity_passed) {
+        let Some(path) = served_file(row) else { continue };
+        if let Some(model_id) = row.model_id.as_deref() {
+            exported.push(model_id);
+        }
         if entries.iter().any(|e| e.name == row.name) {
             continue;
         }
-        let Some(path) = served_file(row) else { continue };
         entries.push(CatalogEntry {
             name: row.name.clone(),
             version: row.id.clone(),
@@ -76,9 +83,8 @@ pub fn catalog(exports: &[ExportRow], models: &[ModelRow]) -> Vec<CatalogEntry> 
             exported: true,
         });
     }
-    let exported: Vec<Option<&str>> = exports.iter().map(|e| e.model_id.as_deref()).collect();
     for model in models {
-        if exported.contains(&Some(model.id.as_str())) || entries.iter().any(|e| e.name == model.name) {
+        if exported.contains(&model.id.as_str()) || entries.iter().any(|e| e.name == model.name) {
             continue;
         }
         entries.push(CatalogEntry {
@@ -92,12 +98,15 @@ pub fn catalog(exports: &[ExportRow], models: &[ModelRow]) -> Vec<CatalogEntry> 
     }
     let champion = champion_model
         .and_then(|id| {
-            exports
+            let export_name = exports
                 .iter()
-                .find(|e| e.parity_passed && e.model_id.as_deref() == Some(id.as_str()))
-                .map(|e| e.name.clone())
+                .find(|e| e.parity_passed && e.model_id.as_deref() == Some(id.as_str()) && served_file(e).is_some())
+                .map(|e| e.name.clone());
+            match export_name {
+                Some(name) => entries.iter().position(|e| e.name == name),
+                None => entries.iter().position(|e| e.version == id),
+            }
         })
-        .and_then(|name| entries.iter().position(|e| e.name == name))
         .unwrap_or(0);
     if let Some(entry) = entries.get_mut(champion) {
         entry.champion = true;
@@ -237,4 +246,63 @@ impl Registry {
 /// Names of loaded models by version, for the metrics page.
 pub fn names(catalog: &[CatalogEntry]) -> HashMap<String, String> {
     catalog.iter().map(|e| (e.version.clone(), e.name.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(id: &str, champion: bool) -> ModelRow {
+        ModelRow {
+            id: id.into(),
+            name: format!("name-{id}"),
+            base_model: "tiny".into(),
+            parent_id: None,
+            dataset_id: None,
+            run_id: None,
+            path: format!("/models/{id}"),
+            is_champion: champion,
+            metrics: serde_json::Value::Null,
+            created_at: "2026-12-03T00:00:00Z".into(),
+        }
+    }
+
+    /// An export whose HF directory exists (so it can be served) when `servable`.
+    fn export(dir: &Path, id: &str, model_id: &str, parity_passed: bool) -> ExportRow {
+        let path = dir.join(id);
+        std::fs::create_dir_all(path.join("hf")).unwrap();
+        std::fs::write(path.join("hf").join("template.json"), "{}").unwrap();
+        ExportRow {
+            id: id.into(),
+            model_id: Some(model_id.into()),
+            name: format!("export-{id}"),
+            path: path.display().to_string(),
+            manifest: serde_json::Value::Null,
+            parity_passed,
+            created_at: "2026-12-03T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_model_whose_export_failed_parity_stays_servable_and_can_be_the_champion() {
+        let dir = tempfile::tempdir().unwrap();
+        let exports = [export(dir.path(), "exp_ok", "mdl_a", true), export(dir.path(), "exp_bad", "mdl_b", false)];
+        let models = [model("mdl_a", false), model("mdl_b", true)];
+        let catalog = catalog(&exports, &models);
+        let versions: Vec<&str> = catalog.iter().map(|e| e.version.as_str()).collect();
+        assert_eq!(versions, ["mdl_b", "exp_ok"], "mdl_b served itself, first as the champion");
+        assert!(catalog[0].champion && !catalog[0].exported);
+        assert_eq!(resolve(&catalog, "understudy").unwrap().version, "mdl_b");
+    }
+
+    #[test]
+    fn the_champions_passing_export_answers_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let exports = [export(dir.path(), "exp_new", "mdl_b", true), export(dir.path(), "exp_old", "mdl_a", true)];
+        let models = [model("mdl_b", false), model("mdl_a", true)];
+        let catalog = catalog(&exports, &models);
+        assert_eq!(catalog[0].version, "exp_old");
+        assert!(catalog[0].champion && catalog[0].exported);
+        assert_eq!(catalog.len(), 2, "exported models are not listed twice");
+    }
 }
