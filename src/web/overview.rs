@@ -9,7 +9,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::error::{ApiError, ErrorBody, ErrorDetail, PageError};
 use super::jobs::JobRow;
 use super::shared::*;
-use super::{bootstrap, capture, datasets, jobs, models, traces, training, AppState};
+use super::{bootstrap, capture, datasets, jobs, models, playground, traces, training, AppState};
 use crate::jobs::import_traces::{ImportReport, LineError};
 use crate::jobs::requests::{BootstrapRequest, DatasetRequest, TrainRequest};
 use crate::jobs::{JobLog, JobMetric, JobRecord, JobStatus};
@@ -131,7 +131,10 @@ async fn docs() -> Result<HttpResponse, PageError> {
         capture::capture_engine_start,
         capture::capture_engine_stop,
         capture::capture_hook_install,
-        capture::capture_hook_uninstall
+        capture::capture_hook_uninstall,
+        playground::rate_reply,
+        playground::save_preferred,
+        playground::list_feedback
     ),
     components(schemas(
         Health,
@@ -165,7 +168,11 @@ async fn docs() -> Result<HttpResponse, PageError> {
         crate::store::EvalRunRow,
         crate::store::EvalCaseRow,
         capture::CaptureScanRequest,
-        capture::CaptureStartRequest
+        capture::CaptureStartRequest,
+        playground::FeedbackRequest,
+        playground::PreferredRequest,
+        playground::FeedbackPage,
+        crate::store::FeedbackRow
     ))
 )]
 pub struct ApiDoc;
