@@ -53,6 +53,9 @@ pub struct ServeSettings {
     /// The `understudy` executable the Capture page's Start button runs as `engine run` (`serve`
     /// sets its own); unset hides the button and the start route answers 409.
     pub understudy_binary: Option<PathBuf>,
+    /// Store every completed chat completion on `/v1/chat/completions` as a redacted
+    /// `source: served` trace (`serve --record-traces`); off by default.
+    pub record_traces: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -85,6 +88,7 @@ impl ServeSettings {
             admin_token: None,
             claude_settings: None,
             understudy_binary: None,
+            record_traces: false,
         })
     }
 

@@ -1,6 +1,8 @@
 // The Playground: a chat with a served model over POST /v1/chat/completions, streamed (SSE).
 // The conversation is kept as OpenAI messages; tool calls are shown with their arguments and
-// the user writes each tool's result, which is sent back as a `tool` message.
+// the user writes each tool's result, which is sent back as a `tool` message. Each reply can be
+// rated through the feedback API: thumbs up (stored as a trace), thumbs down (kept as feedback),
+// or edited and saved as the preferred answer (a preference pair).
 (function () {
   "use strict";
 
@@ -96,6 +98,94 @@
     return body;
   }
 
+  function authHeaders() {
+    const headers = { "Content-Type": "application/json" };
+    const key = byId("api-key").value.trim();
+    if (key) headers.Authorization = "Bearer " + key;
+    return headers;
+  }
+
+  // POST one rating; the status line says what was stored, or the API's error message.
+  async function sendFeedback(url, payload, status, buttons) {
+    status.textContent = "saving…";
+    buttons.forEach((b) => (b.disabled = true));
+    try {
+      const response = await fetch(url, { method: "POST", headers: authHeaders(), body: JSON.stringify(payload) });
+      if (!response.ok) throw new Error(await errorOf(response));
+      const stored = await response.json();
+      const links = [];
+      if (stored.trace_id) links.push("trace " + stored.trace_id);
+      if (stored.pair_id) links.push("pair " + stored.pair_id);
+      status.textContent = "saved: " + stored.rating + (links.length ? " (" + links.join(", ") + ")" : " (feedback " + stored.id + ")");
+      status.classList.remove("error");
+      return true;
+    } catch (error) {
+      status.textContent = error.message;
+      status.classList.add("error");
+      return false;
+    } finally {
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  }
+
+  // Thumbs up, thumbs down and "edit and save as preferred" under one finished reply.
+  function feedbackControls(node, asked, message, reply) {
+    const box = element("div", "feedback");
+    const up = element("button", "thumbs-up", "👍");
+    const down = element("button", "thumbs-down", "👎");
+    const edit = element("button", "edit-preferred", "Edit and save as preferred");
+    const status = element("span", "feedback-status muted");
+    up.title = "Good reply: store this conversation as a training trace";
+    down.title = "Bad reply: keep it as feedback (not trained on)";
+    const buttons = [up, down, edit];
+    buttons.forEach((b) => (b.type = "button"));
+    const base = { model: reply.model || byId("model").value, version: reply.version, messages: asked.messages, reply: message };
+    if (asked.tools) base.tools = asked.tools;
+    up.addEventListener("click", () => sendFeedback("/api/feedback", Object.assign({ rating: "up" }, base), status, buttons));
+    down.addEventListener("click", () => sendFeedback("/api/feedback", Object.assign({ rating: "down" }, base), status, buttons));
+    edit.addEventListener("click", () => {
+      if (box.querySelector(".edit-form")) return;
+      const form = element("div", "edit-form");
+      const contentLabel = element("label", null, "preferred reply");
+      const content = element("textarea", "edit-content");
+      content.rows = 3;
+      content.value = message.content || "";
+      contentLabel.append(content);
+      form.append(contentLabel);
+      let callsBox = null;
+      if (message.tool_calls) {
+        const callsLabel = element("label", null, "preferred tool calls (JSON, OpenAI tool_calls; [] for none)");
+        callsBox = element("textarea", "edit-tool-calls");
+        callsBox.rows = 6;
+        callsBox.spellcheck = false;
+        callsBox.value = JSON.stringify(message.tool_calls, null, 2);
+        callsLabel.append(callsBox);
+        form.append(callsLabel);
+      }
+      const save = element("button", "save-preferred", "Save as preferred");
+      save.type = "button";
+      save.addEventListener("click", async () => {
+        const edited = { role: "assistant", content: content.value.trim() || null };
+        if (callsBox) {
+          try {
+            const calls = JSON.parse(callsBox.value || "[]");
+            if (calls.length) edited.tool_calls = calls;
+          } catch (error) {
+            status.textContent = "preferred tool calls are not valid JSON: " + error.message;
+            status.classList.add("error");
+            return;
+          }
+        }
+        const saved = await sendFeedback("/api/feedback/preferred", Object.assign({ edited }, base), status, buttons.concat([save]));
+        if (saved) form.remove();
+      });
+      form.append(save);
+      box.insertBefore(form, status);
+    });
+    box.append(up, down, edit, status);
+    node.append(box);
+  }
+
   async function errorOf(response) {
     const text = await response.text();
     try {
@@ -139,11 +229,10 @@
     node.append(content, callsBox, meta);
     const reply = { text: "", calls: [], finish: null, usage: null, version: null, model: null };
     const mine = (controller = new AbortController());
+    let asked = null;
     try {
-      const headers = { "Content-Type": "application/json" };
-      const key = byId("api-key").value.trim();
-      if (key) headers.Authorization = "Bearer " + key;
-      const response = await fetch("/v1/chat/completions", { method: "POST", headers, body: JSON.stringify(request()), signal: mine.signal });
+      asked = request();
+      const response = await fetch("/v1/chat/completions", { method: "POST", headers: authHeaders(), body: JSON.stringify(asked), signal: mine.signal });
       if (!response.ok) throw new Error(await errorOf(response));
       await readEvents(response, (chunk) => {
         if (chunk.error) throw new Error(chunk.error.message);
@@ -187,6 +276,7 @@
     if (reply.usage) facts.push(reply.usage.prompt_tokens + " prompt + " + reply.usage.completion_tokens + " completion tokens");
     if (reply.version) facts.push((reply.model || "model") + " " + reply.version);
     meta.textContent = facts.join(" · ");
+    feedbackControls(node, asked, message, reply);
     if (calls.length) toolResultForms(node, calls);
   }
 

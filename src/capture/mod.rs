@@ -83,20 +83,7 @@ fn permissive_schema(name: &str) -> Value {
 /// Redact a turn and validate it into a trace. `counts` gains the redactions made.
 pub fn turn_to_trace(turn: Turn, redactor: &Redactor, counts: &mut RedactionCounts) -> Result<Trace, ValidationError> {
     let mut messages = turn.messages;
-    for message in &mut messages {
-        if let Some(content) = &message.content {
-            message.content = Some(redactor.redact(content, counts));
-        }
-        for call in &mut message.tool_calls {
-            call.arguments = match serde_json::from_str::<Value>(&call.arguments) {
-                Ok(mut value) => {
-                    redactor.redact_value(&mut value, counts);
-                    value.to_string()
-                }
-                Err(_) => redactor.redact(&call.arguments, counts),
-            };
-        }
-    }
+    redactor.redact_messages(&mut messages, counts);
     // The prompt is the first message's text: redact it once and reuse it.
     let prompt = messages.first().and_then(|m| m.content.clone()).unwrap_or_else(|| turn.prompt.clone());
     let mut metadata = Value::Object(turn.metadata);

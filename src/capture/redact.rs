@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use regex::Regex;
 use serde_json::Value;
 
+use crate::traces::Message;
+
 /// One named pattern.
 #[derive(Debug, Clone)]
 pub struct RedactionPattern {
@@ -147,6 +149,26 @@ impl Redactor {
             current = std::borrow::Cow::Owned(next);
         }
         current.into_owned()
+    }
+
+    /// Redact a conversation in place: every message's text, and every tool call's arguments
+    /// string by string (arguments that are not JSON are redacted as text). Captured turns and
+    /// served conversations both go through this, so they are redacted the same way.
+    pub fn redact_messages(&self, messages: &mut [Message], counts: &mut RedactionCounts) {
+        for message in messages {
+            if let Some(content) = &message.content {
+                message.content = Some(self.redact(content, counts));
+            }
+            for call in &mut message.tool_calls {
+                call.arguments = match serde_json::from_str::<Value>(&call.arguments) {
+                    Ok(mut value) => {
+                        self.redact_value(&mut value, counts);
+                        value.to_string()
+                    }
+                    Err(_) => self.redact(&call.arguments, counts),
+                };
+            }
+        }
     }
 
     /// Redact every string inside a JSON value (keys are left alone).

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Requests waiting for a worker before the endpoint answers 429.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub queue_capacity: u16,
+    /// Store each completed /v1/chat/completions conversation as a redacted `served` trace.
+    #[arg(long)]
+    pub record_traces: bool,
     /// Run the orchestrator inside the server: a cycle whenever enough new traces arrived
     /// (also on when `orchestrator config --run-in-serve true`).
     #[arg(long)]
@@ -57,6 +60,8 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     settings.understudy_binary = std::env::current_exe().ok();
     settings.engine_workers = args.engine_workers.into();
     settings.queue_capacity = args.queue_capacity.into();
+    settings.record_traces = args.record_traces;
+    let record_traces = settings.record_traces;
     let store = Store::open(config.data_dir())?;
     if args.continuous {
         start_capture_watcher(config, args.claude_config_dir.clone());
@@ -85,6 +90,9 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("Understudy is serving on http://{address}/ (Ctrl-C stops it)");
         eprintln!("  playground  http://{address}/playground");
         eprintln!("  OpenAI API  http://{address}/v1  (e.g. curl http://{address}/v1/models)");
+        if record_traces {
+            eprintln!("  recording   each completed chat completion is stored as a `served` trace (redacted)");
+        }
         if in_serve {
             eprintln!("  orchestrator http://{address}/orchestrator  (retrains as traces arrive)");
         }

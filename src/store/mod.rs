@@ -1,12 +1,14 @@
 //! The store: the only module that speaks SQL. One SQLite file (`understudy.db`) in the data
 //! dir, WAL, foreign keys on every connection, numbered migrations from `migrations/` applied at
-//! open. Typed queries per table live in the submodules (`traces`, `pairs`, `jobs`, `capture`, `orchestrator`, ...); callers
+//! open. Typed queries per table live in the submodules (`traces`, `pairs`, `feedback`, `jobs`, `capture`,
+//! `orchestrator`, ...); callers
 //! never see `rusqlite`.
 
 mod capture;
 mod datasets;
 mod evals;
 mod exports;
+mod feedback;
 mod jobs;
 mod models;
 mod orchestrator;
@@ -25,6 +27,7 @@ pub use capture::{CaptureFileRow, CaptureSession};
 pub use datasets::DatasetRow;
 pub use evals::{EvalCaseRow, EvalRunRow, EvalSuiteRow, PromotionRow};
 pub use exports::ExportRow;
+pub use feedback::{FeedbackRow, FeedbackYield};
 pub use models::{ModelRow, NewModel};
 pub use orchestrator::CycleRow;
 pub use pairs::{PairInsertOutcome, StoredPair};
@@ -40,6 +43,7 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0003_capture.sql")),
         M::up(include_str!("../../migrations/0004_eval.sql")),
         M::up(include_str!("../../migrations/0005_orchestrator.sql")),
+        M::up(include_str!("../../migrations/0006_feedback.sql")),
     ])
 });
 

@@ -2,7 +2,7 @@
 //! SFT trace each one yields (dedupe by content hash, one transaction per batch with the job
 //! checkpoint), counts and pagination. Stored bodies are re-validated when read.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
 use super::traces::{insert_trace_row, trace_id_by_hash};
@@ -42,41 +42,7 @@ impl Db {
         let transaction = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(pairs.len());
         for (pair, trace) in pairs {
-            if transaction
-                .prepare_cached("SELECT 1 FROM preference_pairs WHERE content_hash = ?")?
-                .exists([&pair.content_hash])?
-            {
-                outcomes.push(PairInsertOutcome::Duplicate);
-                continue;
-            }
-            if transaction.prepare_cached("SELECT 1 FROM preference_pairs WHERE id = ?")?.exists([&pair.id])? {
-                outcomes.push(PairInsertOutcome::IdConflict);
-                continue;
-            }
-            let (trace_id, new_trace) = match insert_trace_row(&transaction, trace, &now)? {
-                InsertOutcome::Inserted => (trace.id.clone(), true),
-                InsertOutcome::Duplicate | InsertOutcome::IdConflict => {
-                    let existing = trace_id_by_hash(&transaction, &trace.content_hash)?.ok_or_else(|| {
-                        StoreError::Conflict(format!("trace id {} is taken by a trace with other content", trace.id))
-                    })?;
-                    (existing, false)
-                }
-            };
-            transaction
-                .prepare_cached(
-                    "INSERT INTO preference_pairs (id, content_hash, source, prompt_text, body, trace_id, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )?
-                .execute(params![
-                    pair.id,
-                    pair.content_hash,
-                    pair.source.as_str(),
-                    pair.prompt_text(),
-                    pair.body_json(),
-                    trace_id,
-                    pair.created_at,
-                ])?;
-            outcomes.push(PairInsertOutcome::Inserted { new_trace });
+            outcomes.push(insert_pair_row(&transaction, pair, trace, &now)?);
         }
         if let Some((job_id, state)) = checkpoint(&outcomes) {
             super::jobs::write_checkpoint(&transaction, &job_id, &state, &now)?;
@@ -110,6 +76,52 @@ impl Db {
             .map(decode_pair)
             .transpose()
     }
+}
+
+/// Insert one pair and its SFT trace inside the caller's transaction (see [`Db::insert_pairs`]).
+pub(super) fn insert_pair_row(
+    conn: &Connection,
+    pair: &PreferencePair,
+    trace: &Trace,
+    now: &str,
+) -> StoreResult<PairInsertOutcome> {
+    if conn.prepare_cached("SELECT 1 FROM preference_pairs WHERE content_hash = ?")?.exists([&pair.content_hash])? {
+        return Ok(PairInsertOutcome::Duplicate);
+    }
+    if conn.prepare_cached("SELECT 1 FROM preference_pairs WHERE id = ?")?.exists([&pair.id])? {
+        return Ok(PairInsertOutcome::IdConflict);
+    }
+    let (trace_id, new_trace) = match insert_trace_row(conn, trace, now)? {
+        InsertOutcome::Inserted => (trace.id.clone(), true),
+        InsertOutcome::Duplicate | InsertOutcome::IdConflict => {
+            let existing = trace_id_by_hash(conn, &trace.content_hash)?.ok_or_else(|| {
+                StoreError::Conflict(format!("trace id {} is taken by a trace with other content", trace.id))
+            })?;
+            (existing, false)
+        }
+    };
+    conn.prepare_cached(
+        "INSERT INTO preference_pairs (id, content_hash, source, prompt_text, body, trace_id, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        pair.id,
+        pair.content_hash,
+        pair.source.as_str(),
+        pair.prompt_text(),
+        pair.body_json(),
+        trace_id,
+        pair.created_at,
+    ])?;
+    Ok(PairInsertOutcome::Inserted { new_trace })
+}
+
+/// The id of the stored pair with this content, if any.
+pub(super) fn pair_id_by_hash(conn: &Connection, content_hash: &str) -> StoreResult<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM preference_pairs WHERE content_hash = ?")?
+        .query_row([content_hash], |row| row.get(0))
+        .optional()?)
 }
 
 struct PairRow {

@@ -58,6 +58,8 @@ pub struct AppState {
     pub claude_settings: Option<std::path::PathBuf>,
     /// What the Capture page's Start button spawns (`ServeSettings::understudy_binary`).
     pub understudy_binary: Option<std::path::PathBuf>,
+    /// Completed chat completions become `served` traces (`ServeSettings::record_traces`).
+    pub record_traces: bool,
 }
 
 /// The inference side of the server: the engine's workers, the loaded models, the metrics.
@@ -128,6 +130,7 @@ impl Application {
             serving,
             claude_settings: settings.claude_settings,
             understudy_binary: settings.understudy_binary,
+            record_traces: settings.record_traces,
         });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", settings.address)))?;
@@ -197,7 +200,8 @@ fn routes(config: &mut web::ServiceConfig) {
                 .configure(models::api_routes)
                 .configure(capture::api_routes)
                 .configure(orchestrator::api_routes)
-                .configure(bootstrap::api_routes),
+                .configure(bootstrap::api_routes)
+                .configure(playground::api_routes),
         )
         .configure(overview::routes)
         .configure(traces::routes)

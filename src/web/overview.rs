@@ -9,7 +9,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::error::{ApiError, ErrorBody, ErrorDetail, PageError};
 use super::jobs::JobRow;
 use super::shared::*;
-use super::{bootstrap, capture, datasets, jobs, models, traces, training, AppState};
+use super::{bootstrap, capture, datasets, jobs, models, playground, traces, training, AppState};
 use crate::jobs::import_traces::{ImportReport, LineError};
 use crate::jobs::requests::{BootstrapRequest, DatasetRequest, TrainRequest};
 use crate::jobs::{JobLog, JobMetric, JobRecord, JobStatus};
@@ -155,7 +155,10 @@ async fn docs() -> Result<HttpResponse, PageError> {
         super::orchestrator::put_config,
         super::orchestrator::run_once,
         super::orchestrator::start_process,
-        super::orchestrator::stop_process
+        super::orchestrator::stop_process,
+        playground::rate_reply,
+        playground::save_preferred,
+        playground::list_feedback
     ),
     components(schemas(
         Health,
@@ -192,7 +195,11 @@ async fn docs() -> Result<HttpResponse, PageError> {
         capture::CaptureStartRequest,
         crate::orchestrator::OrchestratorConfig,
         super::orchestrator::OnceStarted,
-        crate::orchestrator::Readiness
+        crate::orchestrator::Readiness,
+        playground::FeedbackRequest,
+        playground::PreferredRequest,
+        playground::FeedbackPage,
+        crate::store::FeedbackRow
     ))
 )]
 pub struct ApiDoc;

@@ -1,6 +1,7 @@
 //! A real headless Chromium (Debian's chromium + chromedriver, driven over the W3C WebDriver
 //! protocol) loads the Traces page, filters through htmx, and opens a trace; and plays the agent
-//! loop by hand on the Playground against a served tiny model, streamed.
+//! loop by hand on the Playground against a served tiny model, streamed, then rates the answer
+//! (thumbs up, an edit saved as preferred).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -245,6 +246,28 @@ fn chromium_plays_the_agent_loop_in_the_playground() {
         "the tool result is in the conversation"
     );
     assert!(driver.text("#chat-error").is_empty());
+
+    // Rate the final answer: a thumbs up stores the conversation as a served trace, an edit
+    // saved as preferred stores a preference pair.
+    driver.click("#conversation .message:last-child .thumbs-up");
+    let saved = wait_for(20, "the thumbs up saved", || {
+        Some(driver.text("#conversation .message:last-child .feedback-status")).filter(|t| t.starts_with("saved"))
+    });
+    assert!(saved.starts_with("saved: up (trace tr_"), "{saved}");
+    driver.click("#conversation .message:last-child .edit-preferred");
+    driver.clear("#conversation .message:last-child .edit-content");
+    driver.type_into("#conversation .message:last-child .edit-content", "The login code is in src/auth.py, line 3.");
+    driver.click("#conversation .message:last-child .save-preferred");
+    let preferred = wait_for(20, "the preferred edit saved", || {
+        Some(driver.text("#conversation .message:last-child .feedback-status")).filter(|t| t.contains("pair pp_"))
+    });
+    assert!(preferred.starts_with("saved: preferred"), "{preferred}");
+    let pairs = get(&app.url("/api/pairs")).json();
+    assert_eq!(pairs["total"], 1, "{pairs}");
+    assert_eq!(pairs["items"][0]["chosen"][0]["content"], "The login code is in src/auth.py, line 3.");
+    assert_eq!(pairs["items"][0]["rejected"][0]["content"], "In src/auth.py, line 3.");
+    let served = get(&app.url("/api/traces?source=served")).json();
+    assert_eq!(served["total"], 2, "the thumbs-up trace and the pair's chosen side: {served}");
 
     driver.click("#new-chat");
     wait_for(10, "an empty conversation", || driver.text("#conversation").is_empty().then_some(()));

@@ -15,6 +15,7 @@ mod deploy;
 mod dpo;
 mod eval;
 mod export;
+mod flywheel;
 mod http;
 mod orchestrator;
 mod rl;

@@ -3,7 +3,7 @@
 //! that makes `required` and named tool choices hold, decoding on the engine's workers, and the
 //! reply, whole or streamed. Both go through the shared reply parser, so a streamed answer
 //! reassembles to the non-streamed one; a stream sends each tool call as its id, type and name,
-//! then its arguments.
+//! then its arguments. With `--record-traces`, a finished reply goes to `record`'s [`Recorder`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +12,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use super::record::Recorder;
 use super::sse::{self, Outbox, Relay};
 use super::wire::{
     ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs, ChatMessage, ChunkChoice,
@@ -157,6 +158,8 @@ struct Prepared {
     include_usage: bool,
     return_token_ids: bool,
     logprobs: bool,
+    /// Set when the server records served conversations (`--record-traces`).
+    recorder: Option<Recorder>,
 }
 
 async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Prepared, OpenAiError> {
@@ -180,6 +183,7 @@ async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Pre
     let prompt_ids = tokenize(&model, &prompt)?;
     let max_tokens =
         max_new_tokens(request.max_completion_tokens.or(request.max_tokens), 4096, prompt_ids.len(), &model)?;
+    let recorder = Recorder::new(state, &messages, offered, &model);
     let mut parser = ReplyParser::new(template, mode != ToolMode::None);
     let early = parser.push(&forced);
     debug_assert!(early.is_empty(), "a forced tool-call prefix is never content");
@@ -200,6 +204,7 @@ async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Pre
         include_usage: request.stream_options.as_ref().is_some_and(|o| o.include_usage),
         return_token_ids: request.return_token_ids,
         logprobs: request.logprobs,
+        recorder,
     })
 }
 
@@ -246,7 +251,7 @@ async fn chat_inner(state: &AppState, body: &[u8], started: Instant) -> Result<H
         let model = Arc::clone(&prepared.model);
         return Ok(sse::response(&model, stream(prepared, events, Arc::clone(&state.serving.metrics), started)));
     }
-    let Prepared { model, mut parser, forced, return_token_ids, logprobs, .. } = prepared;
+    let Prepared { model, mut parser, forced, return_token_ids, logprobs, recorder, .. } = prepared;
     let mut replies = Vec::new();
     let mut text = forced;
     let outcome = drain(events, &mut parser, &mut replies, &mut text).await?;
@@ -254,6 +259,9 @@ async fn chat_inner(state: &AppState, body: &[u8], started: Instant) -> Result<H
     let (content, calls) = crate::model::reply::collect(replies);
     let tool_calls: Vec<ToolCall> = calls.iter().map(ToolCall::new).collect();
     let finish_reason = FinishReason::of(outcome.finish, !tool_calls.is_empty());
+    if let Some(recorder) = recorder {
+        recorder.finish(content.clone(), &tool_calls, finish_reason);
+    }
     let choice = ChatChoice {
         index: 0,
         message: ChatMessage::assistant(content, tool_calls),
@@ -327,6 +335,10 @@ struct ChatStream {
     metrics: Arc<Metrics>,
     started: Instant,
     first_token: Option<f64>,
+    recorder: Option<Recorder>,
+    /// The reply so far, for the recorder: its text and its calls as sent.
+    content: String,
+    calls: Vec<ToolCall>,
 }
 
 impl ChatStream {
@@ -341,14 +353,23 @@ impl ChatStream {
     fn replies(&mut self, replies: Vec<ReplyEvent>, outbox: &mut Outbox) {
         for reply in replies {
             let delta = match reply {
-                ReplyEvent::Content(text) => Delta::content(text),
+                ReplyEvent::Content(text) => {
+                    if self.recorder.is_some() {
+                        self.content.push_str(&text);
+                    }
+                    Delta::content(text)
+                }
                 ReplyEvent::ToolCall(call) => {
                     let call = ToolCall::new(&call);
                     let index = self.tool_index;
                     self.tool_index += 1;
                     // id, type and name once with empty arguments, then the arguments.
                     outbox.push(&self.delta(Delta::tool_call_head(index, &call)));
-                    Delta::tool_call_arguments(index, call.function.arguments)
+                    let arguments = call.function.arguments.clone();
+                    if self.recorder.is_some() {
+                        self.calls.push(call);
+                    }
+                    Delta::tool_call_arguments(index, arguments)
                 }
             };
             outbox.push(&self.delta(delta));
@@ -384,11 +405,16 @@ impl Relay for ChatStream {
         self.replies(replies, outbox);
         self.metrics.tokens(prompt_tokens, completion_tokens, self.first_token);
         let token_ids = self.return_token_ids.then(|| std::mem::take(&mut self.token_ids));
+        let finish_reason = FinishReason::of(finish, self.tool_index > 0);
+        if let Some(recorder) = self.recorder.take() {
+            let content = std::mem::take(&mut self.content);
+            recorder.finish((!content.is_empty()).then_some(content), &self.calls, finish_reason);
+        }
         outbox.push(&self.chunk(ChunkChoice {
             index: 0,
             delta: Delta::default(),
             logprobs: None,
-            finish_reason: Some(FinishReason::of(finish, self.tool_index > 0)),
+            finish_reason: Some(finish_reason),
             token_ids,
         }));
         if self.include_usage {
@@ -417,6 +443,9 @@ fn stream(
         metrics,
         started,
         first_token: None,
+        recorder: prepared.recorder,
+        content: String::new(),
+        calls: Vec::new(),
     };
     let mut outbox = Outbox::default();
     outbox.push(&relay.delta(Delta::role()));

@@ -4,10 +4,12 @@
 //! ([`OpenAiError`], rendered in OpenAI's envelope `{"error": {"message", "type", "param",
 //! "code"}}`, and never carrying internal detail to a client), and what both endpoints share:
 //! body parsing and validation, the model lookup, tokenization, ids and the reply headers. The
-//! wire types are in `wire`, the endpoints in `chat` and `completions`, SSE framing in `sse`.
+//! wire types are in `wire`, the endpoints in `chat` and `completions`, SSE framing in `sse`, recording served
+//! conversations as traces (`--record-traces`) in `record`.
 
 mod chat;
 mod completions;
+mod record;
 mod sse;
 mod wire;
 
