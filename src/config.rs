@@ -33,6 +33,8 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub address: SocketAddr,
+    /// Extra Host names a loopback server answers (`--allowed-hosts`), e.g. a name in /etc/hosts.
+    pub allowed_hosts: Vec<String>,
     /// Bearer key required on `/api/` when set; mandatory off loopback.
     pub api_key: Option<String>,
     /// Job runner worker threads.
@@ -89,7 +91,25 @@ impl ServeSettings {
             claude_settings: None,
             understudy_binary: None,
             record_traces: false,
+            allowed_hosts: Vec::new(),
         })
+    }
+
+    /// The Host names a request may carry: on a loopback bind, the loopback names and address
+    /// plus `allowed_hosts` (a page elsewhere that rebinds its DNS name to 127.0.0.1 sends its
+    /// own name and is refused); off loopback every request needs a key anyway, so `None`.
+    pub fn host_names(&self) -> Option<Vec<String>> {
+        if !self.address.ip().is_loopback() {
+            return None;
+        }
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
+        names.push(match self.address.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+        names.extend(self.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()));
+        names.dedup();
+        Some(names)
     }
 
     /// Set the admin token; off loopback one is required.

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Requests waiting for a worker before the endpoint answers 429.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub queue_capacity: u16,
+    /// Extra Host names a loopback server answers (comma-separated; requests naming any other
+    /// host are refused, which stops DNS rebinding).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub allowed_hosts: Vec<String>,
     /// Store each completed /v1/chat/completions conversation as a redacted `served` trace.
     #[arg(long)]
     pub record_traces: bool,
@@ -61,6 +65,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     settings.engine_workers = args.engine_workers.into();
     settings.queue_capacity = args.queue_capacity.into();
     settings.record_traces = args.record_traces;
+    settings.allowed_hosts = args.allowed_hosts.clone();
     let record_traces = settings.record_traces;
     let store = Store::open(config.data_dir())?;
     if args.continuous {

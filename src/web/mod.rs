@@ -60,6 +60,8 @@ pub struct AppState {
     pub understudy_binary: Option<std::path::PathBuf>,
     /// Completed chat completions become `served` traces (`ServeSettings::record_traces`).
     pub record_traces: bool,
+    /// The Host names requests may carry (`ServeSettings::host_names`); `None` off loopback.
+    pub host_names: Option<Vec<String>>,
 }
 
 /// The inference side of the server: the engine's workers, the loaded models, the metrics.
@@ -114,6 +116,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config, store: Store, settings: ServeSettings) -> std::io::Result<Application> {
         let runner = Arc::new(JobRunner::start(store.clone(), settings.job_workers).map_err(std::io::Error::other)?);
+        let host_names = settings.host_names();
         let ollama_host = settings.ollama_host.unwrap_or_else(|| crate::deploy::DEFAULT_HOST.to_string());
         let serving = Arc::new(Serving {
             decoders: crate::serve::decode::DecodePool::start(settings.engine_workers, settings.queue_capacity),
@@ -131,6 +134,7 @@ impl Application {
             claude_settings: settings.claude_settings,
             understudy_binary: settings.understudy_binary,
             record_traces: settings.record_traces,
+            host_names,
         });
         let listener = TcpListener::bind(settings.address)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", settings.address)))?;
@@ -252,7 +256,19 @@ async fn metrics_text(state: web::Data<AppState>) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
 }
 
-/// Bearer key on `/api/` when one is configured, and a same-origin check on form posts (CSRF).
+/// The Host name of a `Host` header (without its port), checked against `names`.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let name = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(&host).to_string()
+    } else {
+        host.rsplit_once(':').map_or(host.clone(), |(name, _)| name.to_string())
+    };
+    names.iter().any(|n| *n == name)
+}
+
+/// The loopback Host check (DNS rebinding), the bearer key on `/api/` when one is configured,
+/// and a same-origin check on form posts and `/api` writes (CSRF).
 async fn access_control(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -266,6 +282,23 @@ async fn access_control(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     let (api_key, admin_token) = state.as_ref().map_or((None, None), |s| (s.api_key.clone(), s.admin_token.clone()));
+    // DNS rebinding: a loopback server answers only to its own names.
+    if let Some(names) = state.as_ref().and_then(|s| s.host_names.as_ref()) {
+        let host = request.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !host_allowed(host, names) {
+            let message = format!(
+                "Host {host:?} is not this server's name; a loopback server answers {} (start it with --allowed-hosts NAME to add one)",
+                names.join(", ")
+            );
+            if path.starts_with("/v1/") {
+                return Err(openai::OpenAiError::forbidden(message).into());
+            }
+            if path.starts_with("/api/") {
+                return Err(error::ApiError(WebError::Forbidden(message)).into());
+            }
+            return Err(error::PageError(WebError::Forbidden(message)).into());
+        }
+    }
     let open = path == "/health" || path == "/login" || path.starts_with("/static/");
     if path.starts_with("/v1/") {
         if api_key.is_some_and(|key| bearer.as_deref() != Some(key.as_str())) {
@@ -287,15 +320,37 @@ async fn access_control(
             return Err(error::ApiError(WebError::Unauthorized).into());
         }
     }
-    if request.method() == actix_web::http::Method::POST && !path.starts_with("/api/") && !path.starts_with("/v1/") {
+    // Cross-origin writes: a form post or a JSON call to /api from another origin is refused
+    // (a browser always sends Origin on those); /v1 is a public API for any client.
+    let writes = !matches!(*request.method(), actix_web::http::Method::GET | actix_web::http::Method::HEAD);
+    if writes && !path.starts_with("/v1/") {
         let host = request.connection_info().host().to_string();
         let origin = request.headers().get("origin").and_then(|v| v.to_str().ok()).map(str::to_string);
         if let Some(origin) = origin.filter(|o| o != "null") {
             let origin_host = origin.split("://").nth(1).unwrap_or(&origin);
             if origin_host != host {
+                if path.starts_with("/api/") {
+                    return Err(error::ApiError(WebError::Forbidden("cross-origin request refused".into())).into());
+                }
                 return Err(error::PageError(WebError::Forbidden("cross-site form post refused".into())).into());
             }
         }
     }
     next.call(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_the_loopback_names_pass_with_or_without_a_port() {
+        let names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec();
+        for host in ["127.0.0.1:8080", "localhost", "LOCALHOST:80", "[::1]:8080", "[::1]"] {
+            assert!(host_allowed(host, &names), "{host}");
+        }
+        for host in ["evil.example.com", "evil.example.com:8080", "127.0.0.1.nip.io:8080", "", "[::2]:80"] {
+            assert!(!host_allowed(host, &names), "{host}");
+        }
+    }
 }

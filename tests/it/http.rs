@@ -533,3 +533,51 @@ fn models_page_exports_and_deploys_as_jobs_and_shows_parity() {
     assert_eq!(ended["job"]["params"]["test"], true);
     assert!(ended["job"]["error"].as_str().unwrap().contains("ollama create cc-tiny"), "{}", ended["job"]);
 }
+
+/// One raw HTTP/1.1 request (the Host header as given), the status code of the answer.
+fn raw_status(address: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answer)
+}
+
+#[test]
+fn a_loopback_server_refuses_foreign_host_names_and_cross_origin_api_writes() {
+    let app = spawn_app(|_| {});
+    let address = app.base.trim_start_matches("http://").to_string();
+    let get_with_host = |path: &str, host: &str| {
+        raw_status(&address, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+    };
+    // A page on another name that rebinds its DNS to 127.0.0.1 sends its own name: refused
+    // everywhere, in each surface's envelope.
+    for path in ["/api/stats", "/", "/v1/models"] {
+        let (status, answer) = get_with_host(path, "rebind.example.com:8080");
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert!(answer.contains("rebind.example.com") && answer.contains("--allowed-hosts"), "{answer}");
+    }
+    assert!(get_with_host("/v1/models", "evil.example").1.contains("permission_error"));
+    for host in [address.as_str(), "localhost", "127.0.0.1"] {
+        assert_eq!(get_with_host("/api/stats", host).0, 200, "{host}");
+    }
+    // A JSON write to /api from another origin is refused like a cross-site form post.
+    let body = r#"{"min_traces": 7}"#;
+    let put = |origin: &str| {
+        raw_status(
+            &address,
+            &format!(
+                "PUT /api/orchestrator/config HTTP/1.1\r\nHost: {address}\r\nOrigin: {origin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (status, answer) = put("http://evil.example");
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("cross-origin"), "{answer}");
+    assert_eq!(get(&app.url("/api/orchestrator/config")).json()["min_traces"], 50, "nothing stored");
+    assert_eq!(put(&format!("http://{address}")).0, 200);
+    assert_eq!(get(&app.url("/api/orchestrator/config")).json()["min_traces"], 7);
+}

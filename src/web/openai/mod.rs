@@ -116,6 +116,17 @@ impl OpenAiError {
         }
     }
 
+    pub fn forbidden(message: String) -> OpenAiError {
+        OpenAiError {
+            status: StatusCode::FORBIDDEN,
+            kind: "permission_error",
+            message,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
     fn model_not_found(model: &str, catalog: &[CatalogEntry]) -> OpenAiError {
         let served: Vec<&str> = catalog.iter().map(|e| e.name.as_str()).collect();
         let message = if served.is_empty() {
