@@ -264,7 +264,7 @@ fn host_allowed(host: &str, names: &[String]) -> bool {
     } else {
         host.rsplit_once(':').map_or(host.clone(), |(name, _)| name.to_string())
     };
-    names.iter().any(|n| *n == name)
+    names.contains(&name)
 }
 
 /// The loopback Host check (DNS rebinding), the bearer key on `/api/` when one is configured,

@@ -581,3 +581,64 @@ fn a_loopback_server_refuses_foreign_host_names_and_cross_origin_api_writes() {
     assert_eq!(put(&format!("http://{address}")).0, 200);
     assert_eq!(get(&app.url("/api/orchestrator/config")).json()["min_traces"], 7);
 }
+
+/// OpenAI's request rules on /v1, each refused with the envelope and the `param` it names
+/// (checked before any model is needed); unknown fields stay ignored.
+#[test]
+fn v1_refuses_what_openai_refuses_naming_the_param() {
+    let app = spawn_app(|_| {});
+    let user = serde_json::json!({"role": "user", "content": "find the config"});
+    let call = serde_json::json!({"role": "assistant", "content": null,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "Glob", "arguments": "{\"pattern\": \"*.toml\"}"}}]});
+    let answer = |id: &str| serde_json::json!({"role": "tool", "tool_call_id": id, "content": "config.toml"});
+    let tool = |parameters: Value| serde_json::json!([{"type": "function", "function": {"name": "Glob", "parameters": parameters}}]);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "a tool message that answers no call",
+            serde_json::json!({"messages": [user, answer("call_1")]}),
+            "messages[1]",
+        ),
+        (
+            "a tool message answering an unknown id",
+            serde_json::json!({"messages": [user, call, answer("call_9")]}),
+            "messages[2]",
+        ),
+        (
+            "tool calls left unanswered",
+            serde_json::json!({"messages": [user, call, {"role": "user", "content": "and?"}]}),
+            "messages[1]",
+        ),
+        (
+            "parameters that are not an object",
+            serde_json::json!({"messages": [user], "tools": tool(Value::from("a string"))}),
+            "tools[0].function.parameters",
+        ),
+        (
+            "parameters whose schema is not of type object",
+            serde_json::json!({"messages": [user], "tools": tool(serde_json::json!({"type": "array"}))}),
+            "tools[0].function.parameters",
+        ),
+        ("n above 1", serde_json::json!({"messages": [user], "n": 2}), "n"),
+        (
+            "an unsupported response_format",
+            serde_json::json!({"messages": [user], "response_format": {"type": "json_schema"}}),
+            "response_format",
+        ),
+        ("temperature out of range", serde_json::json!({"messages": [user], "temperature": 3}), "temperature"),
+        ("no messages", serde_json::json!({"messages": []}), "messages"),
+    ];
+    for (what, body, param) in cases {
+        let answer = reply(http().post(&app.url("/v1/chat/completions")).send_json(body));
+        assert_eq!(answer.status, 400, "{what}: {}", answer.body);
+        let error = &answer.json()["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{what}: {error}");
+        assert_eq!(error["param"], param, "{what}: {error}");
+    }
+    // A well-formed conversation with an unknown field passes validation (and then finds no
+    // model: 404 in the same envelope).
+    let fine = serde_json::json!({"messages": [user, call, answer("call_1")], "tools": tool(serde_json::json!({"type": "object"})),
+        "response_format": {"type": "text"}, "some_future_field": true});
+    let answer = reply(http().post(&app.url("/v1/chat/completions")).send_json(fine));
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    assert_eq!(answer.json()["error"]["code"], "model_not_found", "{}", answer.body);
+}

@@ -27,7 +27,7 @@ use crate::model::reply::{ReplyEvent, ReplyParser};
 use crate::serve::decode::{Event, Finish, Sampling, TokenLogprob};
 use crate::serve::registry::ServedModel;
 use crate::traces::wire::{messages_from_wire, WireMessage};
-use crate::traces::Message;
+use crate::traces::{Message, Role};
 use crate::web::metrics::Metrics;
 use crate::web::AppState;
 
@@ -101,8 +101,87 @@ fn check_tools(tools: &[Value]) -> Result<(), OpenAiError> {
         if tool["function"]["name"].as_str().is_none_or(str::is_empty) {
             return Err(OpenAiError::bad_request(param, format!("tools[{index}].function.name is required")));
         }
+        // As OpenAI: the parameters are a JSON Schema of `type: "object"` (or absent).
+        match tool["function"].get("parameters") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(schema)) => {
+                if let Some(kind) = schema.get("type").filter(|k| k.as_str() != Some("object")) {
+                    return Err(OpenAiError::bad_request(
+                        Some(format!("tools[{index}].function.parameters")),
+                        format!(
+                            "tools[{index}].function.parameters: the schema must be a JSON Schema of type \"object\", got type {kind}"
+                        ),
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(OpenAiError::bad_request(
+                    Some(format!("tools[{index}].function.parameters")),
+                    format!(
+                        "tools[{index}].function.parameters: must be a JSON Schema object, got {}",
+                        crate::traces::json_kind(other)
+                    ),
+                ))
+            }
+        }
     }
     Ok(())
+}
+
+/// OpenAI's message-sequence rules: an assistant message with `tool_calls` is followed by one
+/// `tool` message per call id, and a `tool` message answers a call of the assistant message
+/// before it.
+fn check_sequence(messages: &[Message]) -> Result<(), OpenAiError> {
+    let mut open: Vec<&str> = Vec::new();
+    let mut asked_at = 0;
+    for (index, message) in messages.iter().enumerate() {
+        if message.role == Role::Tool {
+            let id = message.tool_call_id.as_deref().unwrap_or("");
+            match open.iter().position(|call| *call == id) {
+                Some(position) => {
+                    open.remove(position);
+                }
+                None => {
+                    return Err(OpenAiError::bad_request(
+                        Some(format!("messages[{index}]")),
+                        format!(
+                            "messages[{index}]: a message with role 'tool' must answer a tool call of the preceding assistant message; no open call has id {id:?}"
+                        ),
+                    ))
+                }
+            }
+            continue;
+        }
+        if !open.is_empty() {
+            return Err(OpenAiError::bad_request(
+                Some(format!("messages[{asked_at}]")),
+                format!(
+                    "messages[{asked_at}]: an assistant message with 'tool_calls' must be followed by tool messages answering each tool_call_id; no answer to {}",
+                    open.join(", ")
+                ),
+            ));
+        }
+        if message.role == Role::Assistant {
+            open = message.tool_calls.iter().map(|call| call.id.as_str()).collect();
+            asked_at = index;
+        }
+    }
+    Ok(())
+}
+
+/// `response_format`: only plain text is produced.
+fn check_response_format(format: Option<&Value>) -> Result<(), OpenAiError> {
+    match format.map(|f| f.get("type").and_then(Value::as_str)) {
+        None | Some(Some("text")) => Ok(()),
+        Some(Some(kind)) => Err(OpenAiError::bad_request(
+            Some("response_format".into()),
+            format!("response_format: type {kind:?} is not supported; only \"text\""),
+        )),
+        Some(None) => Err(OpenAiError::bad_request(
+            Some("response_format".into()),
+            "response_format: expected an object with a \"type\"",
+        )),
+    }
 }
 
 /// OpenAI messages → the canonical messages the chat template renders.
@@ -168,6 +247,8 @@ async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Pre
     check_tools(&tools)?;
     let mode = tool_mode(&request, &tools)?;
     let messages = messages(&request.messages)?;
+    check_sequence(&messages)?;
+    check_response_format(request.response_format.as_ref())?;
     let stop = stop_list(&request.stop)?;
     if request.top_logprobs.is_some_and(|n| n > 20) {
         return Err(OpenAiError::bad_request(Some("top_logprobs".into()), "top_logprobs: at most 20"));

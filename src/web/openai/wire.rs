@@ -38,6 +38,10 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub tool_choice: Option<Value>,
+    /// Only `{"type": "text"}` (the default); other formats are refused.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
     /// Default 0 (the served models are tuned for deterministic tool calls).
     #[serde(default)]
     pub temperature: Option<f64>,
