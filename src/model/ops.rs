@@ -103,13 +103,15 @@ impl CustomOp2 for RmsNorm {
                         }
                         gw
                     })
-                    .reduce(
-                        || vec![0f32; d],
-                        |mut a, b| {
-                            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                            a
-                        },
-                    );
+                    // Partial sums in chunk order, added up in that order: rayon's `reduce`
+                    // would combine them in an order that follows thread timing, and float
+                    // addition is not associative, so a busy machine would change the weights.
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .fold(vec![0f32; d], |mut a, b| {
+                        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                        a
+                    });
                 (gx, gw)
             })
         })??;
@@ -383,11 +385,19 @@ impl CustomOp1 for CrossEntropy {
         if let Some(bad) = self.targets.iter().find(|t| **t as usize >= vocab) {
             candle_core::bail!("fused-cross-entropy: target {bad} is outside the vocabulary ({vocab})");
         }
+        // Row losses computed in parallel, summed in row order (deterministic, see RmsNorm).
         let sum: f64 = logits
             .par_chunks(vocab)
             .enumerate()
-            .filter(|(i, _)| self.mask[*i] != 0.0)
-            .map(|(i, row)| ((log_sum_exp(row) - row[self.targets[i] as usize]) * self.mask[i]) as f64)
+            .map(|(i, row)| {
+                if self.mask[i] == 0.0 {
+                    0.0
+                } else {
+                    ((log_sum_exp(row) - row[self.targets[i] as usize]) * self.mask[i]) as f64
+                }
+            })
+            .collect::<Vec<f64>>()
+            .iter()
             .sum();
         Ok((CpuStorage::F32(vec![(sum / self.total() as f64) as f32]), Shape::from(())))
     }
@@ -465,6 +475,34 @@ mod tests {
                 t[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&t[1]).unwrap()
             },
         );
+    }
+
+    /// The weight gradient of RMSNorm is a sum over many rows split into rayon tasks: it must
+    /// come out bit-identical whatever the thread count (a deterministic training run depends
+    /// on it), as must the fused cross-entropy's sum over rows.
+    #[test]
+    fn reductions_do_not_depend_on_the_thread_count() {
+        let (x, w, upstream) = (random(&[4096, 64], 7), random(&[64], 8), random(&[4096, 64], 9));
+        let logits = random(&[2048, 96], 10);
+        let targets: Vec<u32> = (0..2048).map(|i| (i * 7 % 96) as u32).collect();
+        let mask: Vec<f32> = (0..2048).map(|i| if i % 5 == 0 { 0.0 } else { 1.0 }).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let w = Var::from_tensor(&w).unwrap();
+                let y = rms_norm(&x, w.as_tensor(), 1e-5).unwrap();
+                let grads = (&y * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+                let gw = grads.get(&w).unwrap().to_vec1::<f32>().unwrap();
+                let loss = masked_cross_entropy(&logits, &targets, &mask).unwrap().to_scalar::<f32>().unwrap();
+                (gw.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), loss.to_bits())
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 8] {
+            for _ in 0..3 {
+                assert!(run(threads) == one, "{threads} threads changed a reduction");
+            }
+        }
     }
 
     #[test]

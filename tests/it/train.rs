@@ -437,3 +437,41 @@ fn a_server_shutdown_leaves_a_running_run_interrupted() {
     let done = shown["job"]["progress_done"].as_u64().unwrap();
     assert!(done < 400, "stopped early, at step {done}");
 }
+
+/// CPU training is a function of its dataset, config and seed, not of the thread count or of
+/// how busy the machine is: the same run on 1 and on 3 rayon threads ends with byte-identical
+/// weights. (A parallel reduction whose order followed thread timing once made two runs on a
+/// busy machine end at different losses.)
+#[test]
+fn a_seeded_cpu_run_is_identical_on_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    overfit_dataset(dir.path());
+    let args = [
+        "train",
+        "--phase",
+        "sft",
+        "--max-steps",
+        "12",
+        "--epochs",
+        "12",
+        "--batch-size",
+        "3",
+        "--eval-every",
+        "100",
+        "--checkpoint-every",
+        "100",
+        "--seed",
+        "3",
+        "--json",
+    ];
+    let run = |threads: &str| {
+        let run = crate::support::cli_with_env(dir.path(), &args, &[("RAYON_NUM_THREADS", Path::new(threads))]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let summary = run.json();
+        (final_weights(&summary), summary["final_loss"].as_f64().unwrap())
+    };
+    let (one_weights, one_loss) = run("1");
+    let (three_weights, three_loss) = run("3");
+    assert_eq!(one_loss.to_bits(), three_loss.to_bits(), "final loss {one_loss} vs {three_loss}");
+    assert!(one_weights == three_weights, "weights differ between 1 and 3 threads");
+}
