@@ -16,6 +16,7 @@ mod dpo;
 mod eval;
 mod export;
 mod flywheel;
+mod fuzz;
 mod http;
 mod orchestrator;
 mod rl;
