@@ -61,7 +61,7 @@ fn replace_at(value: &mut Value, mut choice: usize, replacement: Value) {
             Value::Array(items) if !items.is_empty() => items.len(),
             _ => 0,
         };
-        if children == 0 || choice % 3 == 0 {
+        if children == 0 || choice.is_multiple_of(3) {
             *current = replacement;
             return;
         }
