@@ -72,7 +72,14 @@ fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
     assert_eq!(out["named"][0][0], "Read", "{out}");
     assert_eq!(out["none"]["tool_calls"], 0);
     assert_eq!(out["completion"]["object"], "text_completion");
-    assert_eq!(out["completion"]["tokens"], 5);
+    // At most max_tokens: all 5 when the reply was cut, fewer when the model ended its turn
+    // (which of the two depends on the tiny model's training numerics).
+    let (tokens, finish) = (out["completion"]["tokens"].as_u64().unwrap(), &out["completion"]["finish_reason"]);
+    assert!(
+        (finish == "length" && tokens == 5) || (finish == "stop" && (1..5).contains(&tokens)),
+        "{}",
+        out["completion"]
+    );
 
     let errors = &out["errors"];
     assert_eq!(errors["unknown_model"]["status"], 404);
