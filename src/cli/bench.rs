@@ -62,6 +62,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         repeats: u32,
     },
+    /// Schema-constrained token choice on a model's real vocabulary: the time the grammar adds
+    /// per token (best case: the sampler's first choice fits; worst: the whole vocabulary is
+    /// masked), next to plain sampling, for forced calls of the six default tools.
+    Constrain {
+        /// A GGUF file, an HF directory or a model directory (its tokenizer is what counts).
+        #[arg(long)]
+        model: String,
+        /// Forced calls to decode per case.
+        #[arg(long, default_value_t = 12)]
+        calls: u64,
+    },
     /// Generate and store N traces from the built-in templates.
     Bootstrap {
         #[arg(long, default_value_t = 5000)]
@@ -116,6 +127,13 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
             let work = std::env::temp_dir().join(format!("understudy-bench-capture-{}", ulid::Ulid::new()));
             print_json(&crate::capture::bench::capture(sessions, turns, &work)?)?;
         }
+        BenchCommand::Constrain { model, calls } => {
+            let path = std::path::PathBuf::from(&model);
+            let path = if path.exists() { path } else { super::generate::model_dir(config, &model)? };
+            let source = crate::model::source::ModelSource::parse(&path.display().to_string())?;
+            let (tokenizer, template) = source.tokenizer_and_template(|_| Vec::new())?;
+            print_json(&constrain(&tokenizer, &template, calls))?;
+        }
         BenchCommand::Bootstrap { traces, seed } => {
             let dir = std::env::temp_dir().join(format!("understudy-bench-{}", ulid::Ulid::new()));
             let store = Store::open(&dir)?;
@@ -136,4 +154,78 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Decode forced calls of every default tool with logits that favour a fitting token (best
+/// case) and with random logits (worst case: the sampler's choices rarely fit, so the whole
+/// vocabulary gets masked), timing each pick against plain sampling of the same logits.
+fn constrain(
+    tokenizer: &tokenizers::Tokenizer,
+    template: &crate::model::chat_template::ChatTemplate,
+    calls: u64,
+) -> serde_json::Value {
+    use crate::model::constrain::{CallStyle, ConstrainedPicker, Grammar, TokenBytes};
+    use crate::model::generate::{sample, GenerateOptions};
+    use rand::{Rng, SeedableRng};
+    use std::sync::Arc;
+
+    let vocab = tokenizer.get_vocab_size(true);
+    let started = Instant::now();
+    let tokens = Arc::new(TokenBytes::new(tokenizer, vocab));
+    let table_ms = started.elapsed().as_secs_f64() * 1e3;
+    let stops: Vec<u32> = template.end_of_turn.iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
+    let schemas: Vec<(String, serde_json::Value)> = crate::traces::tools::default_tools()
+        .iter()
+        .filter_map(|t| Some((t["function"]["name"].as_str()?.to_string(), t["function"]["parameters"].clone())))
+        .collect();
+    let options = GenerateOptions { max_tokens: 0, temperature: 0.0, top_p: 1.0, seed: 0 };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut case = |favour: bool| {
+        let (mut picks, mut pick_seconds, mut plain_seconds, mut complete) = (0u64, 0.0, 0.0, 0u64);
+        for call in 0..calls {
+            let (name, _) = &schemas[call as usize % schemas.len()];
+            let grammar = Arc::new(Grammar::tool_call(&schemas, Some(name), CallStyle::Hermes));
+            let mut picker = ConstrainedPicker::new(grammar, Arc::clone(&tokens), stops.clone());
+            let mut sampler = rand_chacha::ChaCha8Rng::seed_from_u64(call);
+            for _ in 0..200 {
+                let mut logits: Vec<f32> = (0..vocab).map(|_| rng.random::<f32>() * 10.0).collect();
+                if favour {
+                    // A model that knows the format: a short token that fits scores highest.
+                    for (id, bytes) in [(b"\"" as &[u8]), b"a", b"}", b"\n</tool_call>", b":", b" "].iter().enumerate()
+                    {
+                        if let Some(found) = tokenizer.token_to_id(&String::from_utf8_lossy(bytes)) {
+                            logits[found as usize] = 20.0 + id as f32;
+                        }
+                    }
+                }
+                let plain = Instant::now();
+                std::hint::black_box(sample(&logits, &options, &mut sampler));
+                plain_seconds += plain.elapsed().as_secs_f64();
+                let timed = Instant::now();
+                let id = picker.pick(&logits, |l| sample(l, &options, &mut sampler));
+                pick_seconds += timed.elapsed().as_secs_f64();
+                picks += 1;
+                if stops.contains(&id) {
+                    complete += 1;
+                    break;
+                }
+            }
+        }
+        serde_json::json!({
+            "tokens": picks,
+            "calls_completed": complete,
+            "calls": calls,
+            "constrained_ms_per_token": pick_seconds * 1e3 / picks.max(1) as f64,
+            "plain_ms_per_token": plain_seconds * 1e3 / picks.max(1) as f64,
+        })
+    };
+    let best = case(true);
+    let worst = case(false);
+    serde_json::json!({
+        "benchmark": "constrain",
+        "vocab_size": vocab,
+        "token_table_ms": table_ms,
+        "favourable_logits": best,
+        "random_logits": worst,
+    })
 }

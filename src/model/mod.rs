@@ -1,7 +1,8 @@
 //! Models: tokenizers, chat templates and the reply parser, the LLaMA architecture with LoRA,
-//! weight loading and sampling. `source` resolves what a `--model` argument names.
+//! weight loading, sampling and schema-constrained token choice. `source` resolves what a `--model` argument names.
 
 pub mod chat_template;
+pub mod constrain;
 pub mod generate;
 pub mod llama;
 pub mod ops;

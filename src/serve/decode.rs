@@ -17,6 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::mistral::{RunnerEvent, RunnerFinish};
 use super::registry::{Runtime, ServedModel};
+use crate::model::constrain::{ConstrainedPicker, Grammar};
 use crate::model::generate::{sample, GenerateOptions};
 use crate::model::llama::{KvCache, Llama};
 
@@ -31,6 +32,8 @@ pub struct Sampling {
     pub stop: Vec<String>,
     /// Top alternatives per token to report with logprobs (None: no logprobs).
     pub logprobs: Option<usize>,
+    /// Only tokens this grammar allows may be chosen (a forced tool call, a JSON schema).
+    pub grammar: Option<Arc<Grammar>>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -278,17 +281,21 @@ fn decode(job: Job) -> anyhow::Result<()> {
         seed: sampling.seed,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    let mut constrained =
+        sampling.grammar.as_ref().map(|g| ConstrainedPicker::new(Arc::clone(g), model.token_bytes(), model.stop_ids()));
+    let mut pick = move |logits: &[f32]| match constrained.as_mut() {
+        Some(picker) => picker.pick(logits, |l| sample(l, &options, &mut rng)),
+        None => sample(logits, &options, &mut rng),
+    };
     let budget = sampling.max_tokens.min(model.context_length.saturating_sub(prompt_ids.len()));
     let mut emitter = Emitter::new(&model, &sampling, &events);
     let finish = match &model.runtime {
-        Runtime::Candle(llama) => {
-            decode_candle(llama, &prompt_ids, budget, &mut emitter, |logits| sample(logits, &options, &mut rng))?
-        }
+        Runtime::Candle(llama) => decode_candle(llama, &prompt_ids, budget, &mut emitter, pick)?,
         Runtime::MistralRs(runner) => {
             if budget == 0 {
                 Some(Finish::Length)
             } else {
-                let picker = Box::new(move |logits: &[f32]| sample(logits, &options, &mut rng));
+                let picker = Box::new(move |logits: &[f32]| pick(logits));
                 let stops = emitter.stops.clone();
                 let mut generation =
                     runner.generate(prompt_ids.clone(), budget, &stops, picker, sampling.logprobs.is_some())?;

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::Device;
 use tokenizers::Tokenizer;
@@ -16,6 +16,7 @@ use tokenizers::Tokenizer;
 use super::mistral::MistralRunner;
 use crate::export::ExportManifest;
 use crate::model::chat_template::ChatTemplate;
+use crate::model::constrain::TokenBytes;
 use crate::model::generate::LoadedModel;
 use crate::model::llama::Llama;
 use crate::model::source::ModelSource;
@@ -153,6 +154,8 @@ pub struct ServedModel {
     pub context_length: usize,
     pub vocab_size: usize,
     pub runtime: Runtime,
+    /// Each token's bytes, read on the first constrained request.
+    token_bytes: OnceLock<Arc<TokenBytes>>,
 }
 
 impl ServedModel {
@@ -171,6 +174,7 @@ impl ServedModel {
                 context_length,
                 vocab_size,
                 runtime: Runtime::Candle(loaded.model),
+                token_bytes: OnceLock::new(),
             });
         }
         let source = ModelSource::parse(&entry.path.display().to_string())?;
@@ -189,7 +193,13 @@ impl ServedModel {
             context_length: config.max_position_embeddings,
             vocab_size: config.vocab_size,
             runtime: Runtime::MistralRs(runner),
+            token_bytes: OnceLock::new(),
         })
+    }
+
+    /// What each token id stands for in bytes, for constrained decoding.
+    pub fn token_bytes(&self) -> Arc<TokenBytes> {
+        Arc::clone(self.token_bytes.get_or_init(|| Arc::new(TokenBytes::new(&self.tokenizer, self.vocab_size))))
     }
 
     /// The ids that end a reply: the template's end-of-turn tokens.

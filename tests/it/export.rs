@@ -167,8 +167,15 @@ fn served_greedy(gguf: &Path, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<(V
     prompts
         .iter()
         .map(|ids| {
-            let sampling =
-                Sampling { max_tokens, temperature: 0.0, top_p: 1.0, seed: 0, stop: Vec::new(), logprobs: None };
+            let sampling = Sampling {
+                max_tokens,
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: 0,
+                stop: Vec::new(),
+                logprobs: None,
+                grammar: None,
+            };
             let mut events = engine.submit(std::sync::Arc::clone(&model), ids.clone(), sampling).unwrap();
             let mut tokens = Vec::new();
             loop {

@@ -620,9 +620,19 @@ fn v1_refuses_what_openai_refuses_naming_the_param() {
         ),
         ("n above 1", serde_json::json!({"messages": [user], "n": 2}), "n"),
         (
-            "an unsupported response_format",
+            "an unknown response_format",
+            serde_json::json!({"messages": [user], "response_format": {"type": "yaml"}}),
+            "response_format.type",
+        ),
+        (
+            "a json_schema response_format without its schema object",
             serde_json::json!({"messages": [user], "response_format": {"type": "json_schema"}}),
-            "response_format",
+            "response_format.json_schema",
+        ),
+        (
+            "a json_schema whose schema is not an object",
+            serde_json::json!({"messages": [user], "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": []}}}),
+            "response_format.json_schema.schema",
         ),
         ("temperature out of range", serde_json::json!({"messages": [user], "temperature": 3}), "temperature"),
         ("no messages", serde_json::json!({"messages": []}), "messages"),

