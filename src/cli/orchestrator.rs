@@ -73,6 +73,9 @@ pub struct ConfigArgs {
     pub base_model: Option<String>,
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// SFT training-time budget per cycle in minutes (0: none).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
     #[arg(long)]
     pub batch_size: Option<usize>,
     #[arg(long)]
@@ -121,11 +124,6 @@ pub fn run(config: &Config, command: OrchestratorCommand) -> anyhow::Result<Exit
     }
 }
 
-/// Where Ollama is when neither the configuration nor a flag says.
-fn default_ollama_host(flag: Option<String>) -> String {
-    flag.filter(|h| !h.trim().is_empty()).unwrap_or_else(|| crate::deploy::DEFAULT_HOST.into())
-}
-
 /// One line per stage, one progress bar per stage job.
 struct CycleLines;
 
@@ -148,7 +146,7 @@ fn once(config: &Config, args: OnceArgs) -> anyhow::Result<ExitCode> {
     let runner = CycleRunner {
         store: &store,
         config,
-        default_ollama_host: default_ollama_host(args.ollama_host),
+        default_ollama_host: crate::deploy::host_or_default(args.ollama_host),
         stop: Some(stop_on_signal()),
     };
     let attempt = orchestrator::once(&runner, &mut CycleLines)?;
@@ -239,7 +237,7 @@ fn stop(config: &Config) -> anyhow::Result<ExitCode> {
 
 fn status(config: &Config, args: JsonArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(config.data_dir())?;
-    let status = orchestrator::status(&store.connect()?, config.data_dir())?;
+    let status = orchestrator::status(&store.connect()?, config.data_dir(), orchestrator::HISTORY)?;
     if args.json {
         print_json(&status)?;
     } else {
@@ -334,6 +332,9 @@ fn configure(config: &Config, args: ConfigArgs) -> anyhow::Result<ExitCode> {
         run_in_serve,
         seed
     );
+    if let Some(minutes) = args.max_minutes {
+        c.max_minutes = (minutes != 0.0).then_some(minutes);
+    }
     if let Some(limit) = args.eval_limit {
         c.eval_limit = (limit > 0).then_some(limit);
     }
@@ -393,7 +394,7 @@ fn run_loop(config: &Config) -> anyhow::Result<ExitCode> {
     let runner = CycleRunner {
         store: &store,
         config,
-        default_ollama_host: default_ollama_host(std::env::var("OLLAMA_HOST").ok()),
+        default_ollama_host: crate::deploy::host_or_default(std::env::var("OLLAMA_HOST").ok()),
         stop: Some(stop.clone()),
     };
     eprintln!("orchestrator running for {} (pid {})", absolute(config.data_dir()), std::process::id());

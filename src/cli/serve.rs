@@ -79,7 +79,7 @@ pub fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let background = Background {
             store: store.clone(),
             config: config.clone(),
-            default_ollama_host: settings.ollama_host.clone().unwrap_or_else(|| crate::deploy::DEFAULT_HOST.into()),
+            default_ollama_host: crate::deploy::host_or_default(settings.ollama_host.clone()),
         };
         match background.spawn_loop(stop.clone()) {
             Ok(handle) => Some(handle),

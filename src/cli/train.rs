@@ -50,6 +50,10 @@ pub struct TrainArgs {
     /// SFT: stop after this many steps. GRPO: optimizer steps (default 20).
     #[arg(long)]
     pub max_steps: Option<u64>,
+    /// SFT: also stop after this many minutes of training (summed over resumes), whichever
+    /// comes first.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
     /// Learning rate (default: 3e-3 for SFT of the tiny preset, 1e-4 for GRPO, 5e-5 for PPO and DPO).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -187,6 +191,7 @@ impl TrainArgs {
                 }
             }),
             max_steps: if grpo { None } else { self.max_steps },
+            max_minutes: self.max_minutes,
             // DPO passes over its pairs three times unless told otherwise.
             epochs: self.epochs.unwrap_or(if self.phase == Phase::Dpo { 3 } else { 1 }),
             lr: self.lr.unwrap_or(defaults.lr),

@@ -14,6 +14,11 @@ use serde_json::{json, Value};
 use crate::export::{ExportFile, ExportManifest};
 
 pub const DEFAULT_HOST: &str = "http://127.0.0.1:11434";
+
+/// The Ollama address a flag or setting names, else Ollama's own default.
+pub fn host_or_default(host: Option<String>) -> String {
+    host.filter(|h| !h.trim().is_empty()).unwrap_or_else(|| DEFAULT_HOST.into())
+}
 pub const DEFAULT_NAME: &str = "cc-claude-agent";
 /// The sample prompt of `deploy --test`.
 pub const TEST_PROMPT: &str = "Find where the auth token is validated in this repo.";

@@ -157,6 +157,8 @@ pub struct TrainRequest {
     pub model: String,
     pub epochs: u32,
     pub max_steps: Option<u64>,
+    /// SFT: stop after this much training time (minutes), whichever of the two comes first.
+    pub max_minutes: Option<f64>,
     pub lr: f64,
     pub batch_size: usize,
     pub grad_accum: usize,
@@ -268,6 +270,7 @@ impl Default for TrainRequest {
             model: "tiny".into(),
             epochs: 1,
             max_steps: None,
+            max_minutes: None,
             lr: 3e-3,
             batch_size: 4,
             grad_accum: 1,
@@ -542,6 +545,11 @@ impl TrainRequest {
         let mut fields = Fields::default();
         fields.check((1..=1000).contains(&self.epochs), "epochs", "must be 1 to 1000");
         fields.check(self.max_steps != Some(0), "max_steps", "must be a positive number (or absent for no limit)");
+        fields.check(
+            self.max_minutes.is_none_or(|m| m.is_finite() && m > 0.0),
+            "max_minutes",
+            "must be a positive number of minutes (or absent for no limit)",
+        );
         fields.check(self.lr > 0.0 && self.lr < 1.0, "lr", "must be between 0 and 1 (e.g. 0.003)");
         fields.check((1..=256).contains(&self.batch_size), "batch_size", "must be 1 to 256");
         fields.check((1..=256).contains(&self.grad_accum), "grad_accum", "must be 1 to 256");
@@ -596,6 +604,7 @@ impl TrainRequest {
         let sft = SftConfig {
             epochs: self.epochs,
             max_steps: self.max_steps,
+            max_minutes: self.max_minutes,
             lr: self.lr,
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,

@@ -101,6 +101,9 @@ pub struct TrainOutcome {
     pub heldout_accuracy_before: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heldout_accuracy_after: Option<f64>,
+    /// SFT: the run stopped at its `max_minutes` budget before its last step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_at_time_budget: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -305,6 +308,7 @@ fn finish_rollout_run(
         final_reward: Some(summary.final_reward),
         heldout_accuracy_before: None,
         heldout_accuracy_after: None,
+        stopped_at_time_budget: false,
     })
 }
 
@@ -419,6 +423,7 @@ fn run_dpo(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOu
         final_reward: None,
         heldout_accuracy_before: finite(summary.heldout_accuracy_before),
         heldout_accuracy_after: finite(summary.heldout_accuracy_after),
+        stopped_at_time_budget: false,
     })
 }
 
@@ -503,5 +508,6 @@ fn run_sft(context: &mut JobContext<'_>, params: &TrainParams) -> Result<TrainOu
         final_reward: None,
         heldout_accuracy_before: None,
         heldout_accuracy_after: None,
+        stopped_at_time_budget: summary.stopped_at_time_budget,
     })
 }

@@ -32,6 +32,8 @@ pub struct OrchestratorConfig {
     pub base_model: String,
     /// SFT optimizer steps per cycle.
     pub max_steps: u64,
+    /// SFT also stops after this many minutes of training, whichever comes first.
+    pub max_minutes: Option<f64>,
     pub batch_size: usize,
     /// Tokens per training example; longer examples are cut at a turn boundary.
     pub max_seq_len: usize,
@@ -72,6 +74,7 @@ impl Default for OrchestratorConfig {
             rl_phase: "grpo".into(),
             base_model: "tiny".into(),
             max_steps: 200,
+            max_minutes: None,
             batch_size: 2,
             max_seq_len: 2048,
             rl_steps: 20,
@@ -120,6 +123,9 @@ impl OrchestratorConfig {
         }
         if self.max_steps < 1 {
             bad("max_steps", "must be at least 1".into(), Some(self.max_steps.to_string()));
+        }
+        if self.max_minutes.is_some_and(|m| !(m.is_finite() && m > 0.0)) {
+            bad("max_minutes", "must be a positive number of minutes (or empty: no limit)".into(), None);
         }
         if self.batch_size < 1 {
             bad("batch_size", "must be at least 1".into(), Some(self.batch_size.to_string()));

@@ -332,6 +332,7 @@ impl CycleRunner<'_> {
                     dataset: cycle.state.dataset_id.clone(),
                     model,
                     max_steps: Some(config.max_steps),
+                    max_minutes: config.max_minutes,
                     // The step budget decides, however few traces there are.
                     epochs: 1000,
                     batch_size: config.batch_size,
@@ -375,14 +376,20 @@ impl CycleRunner<'_> {
                 };
                 // An RL phase the data cannot feed (DPO without any preference pair) is skipped
                 // with its reason; the SFT model stays the candidate.
-                let resolved = self.resolve_train(request);
+                // A job already made (a resumed cycle) is taken over without resolving again.
+                let mut resolved = None;
                 if cycle_job_exists(self.store, cycle, stage).map_err(store_error)?.is_none() {
-                    if let Err(reason) = &resolved {
-                        cycle.state.rl_skipped = Some(reason.clone());
-                        return Ok(());
+                    match self.resolve_train(request) {
+                        Ok(params) => resolved = Some(params),
+                        Err(reason) => {
+                            cycle.state.rl_skipped = Some(reason);
+                            return Ok(());
+                        }
                     }
                 }
-                let job = self.stage_job(cycle, stage, observer, || resolved)?;
+                let job = self.stage_job(cycle, stage, observer, move || {
+                    resolved.ok_or_else(|| "the RL job vanished while the cycle resumed".to_string())
+                })?;
                 cycle.state.rl = Some(run_note(&job, phase.as_str())?);
                 cycle.state.candidate = cycle.state.rl.as_ref().map(|r| r.model_id.clone());
             }

@@ -132,15 +132,9 @@ pub struct Readiness {
 }
 
 fn last_success(db: &Db) -> Result<Option<Cycle>, StoreError> {
-    for row in db.list_cycles(i64::MAX)? {
-        if row.status == CycleStatus::Succeeded.as_str() {
-            let id = row.id.clone();
-            return Cycle::from_row(row, Vec::new())
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { id, reason: e.to_string() });
-        }
-    }
-    Ok(None)
+    let Some(row) = db.last_cycle_with_status(CycleStatus::Succeeded.as_str())? else { return Ok(None) };
+    let id = row.id.clone();
+    Cycle::from_row(row, Vec::new()).map(Some).map_err(|e| StoreError::Corrupt { id, reason: e.to_string() })
 }
 
 /// Count the traces now and what is new since the last successful cycle.
@@ -245,6 +239,14 @@ pub fn run_loop(runner: &CycleRunner<'_>, observer: &mut dyn CycleObserver, stop
     }
 }
 
+/// The stop flags of the orchestrator threads running in this process (inside `serve`), by
+/// data dir, so a `stop` from the page or the API reaches them.
+static RUNNING_HERE: std::sync::Mutex<BTreeMap<PathBuf, Arc<AtomicBool>>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn running_here() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, Arc<AtomicBool>>> {
+    RUNNING_HERE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Where a background orchestrator thread runs its cycles.
 #[derive(Clone)]
 pub struct Background {
@@ -264,9 +266,11 @@ impl Background {
     ) -> Result<std::thread::JoinHandle<()>, OrchestratorError> {
         let lock = lock(self.config.data_dir(), mode)?;
         let data_dir = self.config.data_dir().to_path_buf();
+        running_here().insert(data_dir.clone(), Arc::clone(&stop));
         std::thread::Builder::new()
             .name("orchestrator".into())
             .spawn(move || {
+                let key = self.config.data_dir().to_path_buf();
                 let runner = CycleRunner {
                     store: &self.store,
                     config: &self.config,
@@ -274,6 +278,7 @@ impl Background {
                     stop: Some(stop.clone()),
                 };
                 work(&runner, &stop);
+                running_here().remove(&key);
                 drop(lock);
             })
             .map_err(|source| OrchestratorError::Io { path: data_dir, source })
@@ -336,16 +341,29 @@ pub struct OrchestratorStatus {
     pub history: Vec<Cycle>,
 }
 
-/// Everything the orchestrator surfaces show.
-pub fn status(db: &Db, data_dir: &Path) -> Result<OrchestratorStatus, OrchestratorError> {
+/// How many cycles `status` lists for the CLI, the page and the API.
+pub const HISTORY: usize = 200;
+
+/// Everything the orchestrator surfaces show, with the newest `history` cycles (the live panel
+/// and the Dashboard ask for one).
+pub fn status(db: &Db, data_dir: &Path, history: usize) -> Result<OrchestratorStatus, OrchestratorError> {
     let config = config::load(db)?;
     let readiness = readiness(db, &config)?;
-    let mut history = Vec::new();
-    for row in db.list_cycles(200)? {
-        let jobs = db.cycle_jobs(&row.id)?;
-        history.push(Cycle::from_row(row, jobs)?);
+    let mut listed = Vec::new();
+    for (row, jobs) in db.list_cycles_with_jobs(history as i64)? {
+        listed.push(Cycle::from_row(row, jobs)?);
     }
-    let current = history.iter().find(|c| c.status == CycleStatus::Running).cloned();
+    let history = listed;
+    let current = match db.running_cycle()? {
+        Some(row) if history.first().is_some_and(|c| c.id == row.id) => history.first().cloned(),
+        Some(row) => {
+            let jobs = db.cycle_jobs(&row.id)?;
+            Some(Cycle::from_row(row, jobs)?)
+        }
+        None => None,
+    };
+    let counts = db.cycle_status_counts()?;
+    let count = |status: CycleStatus| counts.get(status.as_str()).copied().unwrap_or(0) as usize;
     let current_job = match current.as_ref().and_then(|c| c.jobs.last()) {
         Some((_, id)) => db.get_job(id)?.map(|job| CurrentJob {
             id: job.id.to_string(),
@@ -380,8 +398,8 @@ pub fn status(db: &Db, data_dir: &Path) -> Result<OrchestratorStatus, Orchestrat
         running: holder(data_dir),
         config,
         readiness,
-        cycles_succeeded: history.iter().filter(|c| c.status == CycleStatus::Succeeded).count(),
-        cycles_failed: history.iter().filter(|c| c.status == CycleStatus::Failed).count(),
+        cycles_succeeded: count(CycleStatus::Succeeded),
+        cycles_failed: count(CycleStatus::Failed),
         current,
         current_job,
         champion,
@@ -411,10 +429,22 @@ pub fn start(binary: &Path, data_dir: &Path) -> Result<StartOutcome, Orchestrato
     Ok(StartOutcome::Started { pid: child.id(), log })
 }
 
-/// Stop the detached orchestrator of `data_dir`: SIGTERM (the running job stops at its next
-/// check, resumable), SIGKILL after 20 s. One inside a server is stopped with the server.
+/// Stop the orchestrator of `data_dir`: one running in this process (inside `serve`) gets its
+/// stop flag and ends within 20 s; a detached one gets SIGTERM (the running job stops at its
+/// next check, resumable), SIGKILL after 20 s. One inside another server is refused.
 pub fn stop(data_dir: &Path) -> Result<daemon::StopOutcome, OrchestratorError> {
     let Some(holder) = holder(data_dir) else { return Ok(daemon::StopOutcome::NotRunning) };
+    if holder.pid == std::process::id() {
+        let flag = running_here().get(data_dir).cloned();
+        if let Some(flag) = flag {
+            flag.store(true, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while running_here().contains_key(data_dir) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return Ok(daemon::StopOutcome::Stopped(holder.pid));
+        }
+    }
     if holder.mode == "serve" || !daemon::runs_subcommand(holder.pid, ["orchestrator", "run"]) {
         return Err(OrchestratorError::InsideServer(holder.pid));
     }

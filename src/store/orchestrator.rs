@@ -113,6 +113,46 @@ impl Db {
         Ok(self.conn.query_row(&sql, [], cycle_row).optional()?)
     }
 
+    /// The newest cycle that ended with `status`.
+    pub fn last_cycle_with_status(&self, status: &str) -> StoreResult<Option<CycleRow>> {
+        let sql =
+            format!("SELECT {CYCLE_COLUMNS} FROM orchestrator_cycles WHERE status = ? ORDER BY number DESC LIMIT 1");
+        Ok(self.conn.query_row(&sql, [status], cycle_row).optional()?)
+    }
+
+    /// How many cycles have each status.
+    pub fn cycle_status_counts(&self) -> StoreResult<std::collections::HashMap<String, i64>> {
+        let mut statement = self.conn.prepare("SELECT status, COUNT(*) FROM orchestrator_cycles GROUP BY status")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The newest `limit` cycles, newest first, each with its (stage, job id) links in the
+    /// order the jobs were created: two queries, however many cycles.
+    pub fn list_cycles_with_jobs(&self, limit: i64) -> StoreResult<Vec<(CycleRow, Vec<(String, String)>)>> {
+        let cycles = self.list_cycles(limit)?;
+        let Some(oldest) = cycles.last().map(|c| c.number) else { return Ok(Vec::new()) };
+        let mut statement = self.conn.prepare(
+            "SELECT c.cycle_id, c.stage, c.job_id FROM orchestrator_cycle_jobs c
+             JOIN jobs j ON j.id = c.job_id JOIN orchestrator_cycles y ON y.id = c.cycle_id
+             WHERE y.number >= ? ORDER BY j.created_at, j.id",
+        )?;
+        let links: Vec<(String, String, String)> = statement
+            .query_map([oldest], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut grouped: std::collections::HashMap<String, Vec<(String, String)>> = std::collections::HashMap::new();
+        for (cycle, stage, job) in links {
+            grouped.entry(cycle).or_default().push((stage, job));
+        }
+        Ok(cycles
+            .into_iter()
+            .map(|c| {
+                let jobs = grouped.remove(&c.id).unwrap_or_default();
+                (c, jobs)
+            })
+            .collect())
+    }
+
     /// Newest first.
     pub fn list_cycles(&self, limit: i64) -> StoreResult<Vec<CycleRow>> {
         let sql = format!("SELECT {CYCLE_COLUMNS} FROM orchestrator_cycles ORDER BY number DESC LIMIT ?");

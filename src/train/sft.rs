@@ -24,6 +24,10 @@ use crate::model::llama::{masked_cross_entropy, Llama, LlamaConfig};
 pub struct SftConfig {
     pub epochs: u32,
     pub max_steps: Option<u64>,
+    /// Stop after the step that crosses this much training time (summed over resumes), with
+    /// a checkpoint and the eval loss; the learning-rate schedule still follows the steps.
+    #[serde(default)]
+    pub max_minutes: Option<f64>,
     pub lr: f64,
     pub batch_size: usize,
     pub grad_accum: usize,
@@ -48,6 +52,7 @@ impl Default for SftConfig {
         SftConfig {
             epochs: 1,
             max_steps: None,
+            max_minutes: None,
             lr: 3e-3,
             batch_size: 4,
             grad_accum: 1,
@@ -131,6 +136,9 @@ pub struct TrainSummary {
     pub final_eval_loss: Option<f64>,
     pub tokens_per_second: f64,
     pub model_dir: PathBuf,
+    /// The run stopped at `max_minutes` before its last step.
+    #[serde(default)]
+    pub stopped_at_time_budget: bool,
 }
 
 fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
@@ -348,18 +356,23 @@ pub fn train(
             ("grad_norm", grad_norm),
             ("tokens_per_second", step_tokens as f64 / step_seconds.max(1e-9)),
         ];
-        if state.step.is_multiple_of(config.eval_every) || state.step == total_steps {
+        let out_of_time = state.step < total_steps && config.max_minutes.is_some_and(|m| state.seconds >= m * 60.0);
+        if state.step.is_multiple_of(config.eval_every) || state.step == total_steps || out_of_time {
             if let Some(eval) = eval_loss(&model, &val_examples, config, &device)? {
                 state.last_eval_loss = Some(eval);
                 metrics.push(("eval_loss", eval));
             }
         }
         hooks.step(state.step, total_steps, &metrics)?;
-        if state.step.is_multiple_of(config.checkpoint_every) || state.step == total_steps {
+        if state.step.is_multiple_of(config.checkpoint_every) || state.step == total_steps || out_of_time {
             let dir = save_checkpoint(run_dir, &varmap, &[], &optimizer, &vars, state.step, &state)?;
             hooks.checkpoint(state.step, &dir)?;
         }
+        if out_of_time {
+            break;
+        }
     }
+    let stopped_at_time_budget = state.step < total_steps;
     let weights = TrainedWeights { varmap: &varmap, vars: &vars, frozen_base: frozen_base.as_ref() };
     let model_dir = save_model(run_dir, &weights, config.lora.as_ref(), model_config, dataset_dir)?;
     let seconds = state.seconds.max(1e-9);
@@ -371,6 +384,7 @@ pub fn train(
         tokens_per_second: (state.tokens_seen - tokens_before.min(state.tokens_seen)) as f64
             / (seconds - seconds_before).max(1e-9),
         model_dir,
+        stopped_at_time_budget,
     })
 }
 

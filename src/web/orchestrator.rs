@@ -51,10 +51,15 @@ fn orchestrator_error(error: OrchestratorError) -> WebError {
     }
 }
 
-/// The status document, read on the blocking pool.
-pub async fn status(state: &AppState) -> Result<OrchestratorStatus, WebError> {
+/// The status document with the newest `history` cycles, read on the blocking pool.
+pub async fn status_with(state: &AppState, history: usize) -> Result<OrchestratorStatus, WebError> {
     let data_dir = state.config.data_dir().to_path_buf();
-    state.with_db(move |db| orchestrator::status(db, &data_dir).map_err(orchestrator_error)).await
+    state.with_db(move |db| orchestrator::status(db, &data_dir, history).map_err(orchestrator_error)).await
+}
+
+/// The whole status document (`orchestrator::HISTORY` cycles).
+pub async fn status(state: &AppState) -> Result<OrchestratorStatus, WebError> {
+    status_with(state, orchestrator::HISTORY).await
 }
 
 /// What "Run a cycle now" did.
@@ -131,13 +136,19 @@ pub struct ConfigField {
 }
 
 fn config_fields(c: &OrchestratorConfig, values: Option<&HashMap<String, String>>) -> Vec<ConfigField> {
-    let fields: [(&'static str, &'static str, String, bool); 22] = [
+    let fields: [(&'static str, &'static str, String, bool); 23] = [
         ("min_traces", "Traces that start the first cycle", c.min_traces.to_string(), false),
         ("traces_per_cycle", "New traces that start each later cycle", c.traces_per_cycle.to_string(), false),
         ("rl_every", "RL every k-th cycle", c.rl_every.to_string(), false),
         ("rl_phase", "RL phase (grpo, ppo, dpo, none)", c.rl_phase.clone(), false),
         ("base_model", "Base model of the first cycle (tiny, an HF directory or .gguf)", c.base_model.clone(), false),
         ("max_steps", "SFT steps per cycle", c.max_steps.to_string(), false),
+        (
+            "max_minutes",
+            "SFT minutes per cycle (empty: no limit)",
+            c.max_minutes.map(|m| m.to_string()).unwrap_or_default(),
+            false,
+        ),
         ("batch_size", "Batch size", c.batch_size.to_string(), false),
         ("max_seq_len", "Longest training sequence (tokens)", c.max_seq_len.to_string(), false),
         ("rl_steps", "RL steps per cycle", c.rl_steps.to_string(), false),
@@ -211,6 +222,16 @@ fn parse_form(
     c.ollama_host = Some(text("ollama_host")).filter(|h| !h.is_empty());
     c.export_quants =
         text("export_quants").split(',').map(str::trim).filter(|q| !q.is_empty()).map(String::from).collect();
+    c.max_minutes = match text("max_minutes") {
+        t if t.is_empty() => None,
+        t => match t.parse() {
+            Ok(minutes) => Some(minutes),
+            Err(_) => {
+                errors.insert("max_minutes", "not a number".to_string());
+                c.max_minutes
+            }
+        },
+    };
     c.eval_limit = match text("eval_limit") {
         t if t.is_empty() => None,
         t => match t.parse() {
@@ -324,8 +345,9 @@ pub struct OrchestratorPanel {
 pub struct PanelView {
     pub running_line: String,
     pub running: bool,
-    /// Runs as `orchestrator run` (Stop works) rather than inside a server.
-    pub detached: bool,
+    /// The running orchestrator can be stopped from here: the detached process, or the one
+    /// inside this server.
+    pub stoppable: bool,
     pub current: Option<String>,
     pub job: Option<(String, String)>,
     pub readiness_line: String,
@@ -377,7 +399,7 @@ fn panel_of(status: &OrchestratorStatus, can_start: bool) -> PanelView {
             None => "not running".into(),
         },
         running: status.running.is_some(),
-        detached: status.running.as_ref().is_some_and(|h| h.mode == "process"),
+        stoppable: status.running.as_ref().is_some_and(|h| h.mode == "process" || h.pid == std::process::id()),
         current: status.current.as_ref().map(|c| format!("cycle {} at {}", c.number, c.stage)),
         job: status.current_job.as_ref().map(|j| {
             (j.id.clone(), format!("{} {}{}", j.kind, j.percent.map_or(String::new(), |p| format!("{p}% ")), j.message))
@@ -441,7 +463,8 @@ async fn page(state: web::Data<AppState>, query: web::Query<PageQuery>) -> Resul
 }
 
 async fn panel(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
-    let status = status(&state).await?;
+    // Polled every 2 s: the newest cycle only.
+    let status = status_with(&state, 1).await?;
     html(OrchestratorPanel { panel: panel_of(&status, state.understudy_binary.is_some()) })
 }
 
@@ -533,7 +556,8 @@ pub async fn start_process(state: web::Data<AppState>) -> Result<web::Json<Orche
     Ok(web::Json(status(&state).await?))
 }
 
-/// Stop the detached orchestrator process (as `orchestrator stop`); answers the status.
+/// Stop the orchestrator: the detached process (as `orchestrator stop`) or the one inside this
+/// server (its running job stops at its next check, resumable); answers the status.
 #[utoipa::path(post, path = "/api/orchestrator/stop", responses((status = 200, body = Object), (status = 409, body = ErrorBody)))]
 pub async fn stop_process(state: web::Data<AppState>) -> Result<web::Json<OrchestratorStatus>, ApiError> {
     stop(&state).await?;

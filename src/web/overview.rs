@@ -71,7 +71,7 @@ async fn dashboard(state: web::Data<AppState>) -> Result<HttpResponse, PageError
         CountGroup { label: "split", param: "split", rows: counts.by_split.clone() },
         CountGroup { label: "outcome", param: "outcome", rows: counts.by_outcome.clone() },
     ];
-    let orchestrator = super::orchestrator::status(&state).await?;
+    let orchestrator = super::orchestrator::status_with(&state, 1).await?;
     let capture = super::capture::status(&state).await?;
     let glance = Glance {
         champion: super::orchestrator::champion_line(&orchestrator),

@@ -25,11 +25,12 @@ pub fn api_routes(config: &mut web::ServiceConfig) {
 }
 
 /// (field, label, default) of the hyperparameters on the form; defaults are `TrainRequest`'s.
-fn fields() -> [(&'static str, &'static str, String); 18] {
+fn fields() -> [(&'static str, &'static str, String); 19] {
     let defaults = TrainRequest::default();
     [
         ("epochs", "Epochs (SFT, DPO)", defaults.epochs.to_string()),
         ("max_steps", "Maximum steps (empty: SFT and DPO run their epochs, GRPO 20 steps)", String::new()),
+        ("max_minutes", "SFT: stop after N minutes too (empty: no limit)", String::new()),
         ("lr", "Learning rate (empty: 3e-3 for SFT, 1e-4 for GRPO, 5e-5 for PPO and DPO)", String::new()),
         ("batch_size", "Batch size", defaults.batch_size.to_string()),
         ("grad_accum", "Gradient accumulation", defaults.grad_accum.to_string()),
@@ -180,6 +181,11 @@ fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static s
             Phase::Grpo => request.rl.steps = steps,
             _ => request.max_steps = Some(steps),
         }
+    }
+    if !text("max_minutes").is_empty() {
+        let mut minutes = 0f64;
+        number(&mut errors, "max_minutes", text("max_minutes"), &mut minutes);
+        request.max_minutes = Some(minutes);
     }
     if !text("lora_rank").is_empty() {
         let mut rank = 0usize;

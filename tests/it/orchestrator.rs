@@ -190,3 +190,37 @@ fn orchestrator_cycles_promote_deploy_and_resume_a_killed_cycle() {
     let capture = get(&app.url("/api/capture")).json();
     assert_eq!(capture["orchestrator"], json!({"threshold": 3, "new_traces": 0, "missing": 3}));
 }
+
+/// An orchestrator running inside the server (as `serve --orchestrator` starts it) is stopped
+/// from the page's panel or the API, and a training-time budget is part of the configuration.
+#[test]
+fn the_orchestrator_inside_the_server_stops_from_the_api_and_takes_a_time_budget() {
+    use understudy::orchestrator::Background;
+    let app = spawn_app(|_| {});
+    let data = app.data_dir().to_path_buf();
+    let background = Background {
+        store: understudy::store::Store::open(&data).unwrap(),
+        config: understudy::config::Config::new(data.clone()),
+        default_ollama_host: "http://127.0.0.1:9".into(),
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = background.spawn_loop(stop).unwrap();
+    let status = get(&app.url("/api/orchestrator")).json();
+    assert_eq!(status["running"]["mode"], "serve", "{status}");
+    assert_eq!(status["running"]["pid"], std::process::id());
+    let panel = get(&app.url("/orchestrator/panel")).body;
+    assert!(panel.contains("orchestrator-stop"), "the panel offers Stop: {panel}");
+
+    let stopped = reply(http().post(&app.url("/api/orchestrator/stop")).send_empty());
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    assert_eq!(stopped.json()["running"], Value::Null, "{}", stopped.body);
+    wait_for(5, "the orchestrator thread to end", || thread.is_finished().then_some(()));
+    assert!(!get(&app.url("/orchestrator/panel")).body.contains("orchestrator-stop"));
+
+    let bad = reply(http().put(&app.url("/api/orchestrator/config")).send_json(json!({"max_minutes": -5})));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("max_minutes"), "{}", bad.body);
+    let saved = reply(http().put(&app.url("/api/orchestrator/config")).send_json(json!({"max_minutes": 2.5})));
+    assert_eq!(saved.status, 200, "{}", saved.body);
+    assert_eq!(cli(&data, &["orchestrator", "config", "--json"]).json()["max_minutes"], 2.5);
+}

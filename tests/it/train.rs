@@ -159,6 +159,25 @@ fn a_killed_run_resumes_to_the_same_weights() {
     );
 }
 
+/// `--max-minutes` stops a run at its time budget (the first step crossing it), with the model
+/// saved, before its step budget.
+#[test]
+fn a_time_budget_stops_sft_before_its_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    overfit_dataset(dir.path());
+    let args =
+        ["train", "--phase", "sft", "--max-steps", "5000", "--epochs", "1000", "--max-minutes", "0.01", "--json"];
+    let run = cli(dir.path(), &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let outcome = run.json();
+    let steps = outcome["steps"].as_u64().unwrap();
+    assert!((1..5000).contains(&steps), "{outcome}");
+    assert_eq!(outcome["stopped_at_time_budget"], true, "{outcome}");
+    let model = outcome["model_id"].as_str().unwrap();
+    let listed = cli(dir.path(), &["models", "list", "--json"]).json();
+    assert!(listed.as_array().unwrap().iter().any(|m| m["id"] == model), "the model was saved: {listed}");
+}
+
 #[test]
 fn bad_training_flags_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,6 +190,8 @@ fn bad_training_flags_are_refused() {
     assert!(bad_lr.stderr.contains("lr"), "{}", bad_lr.stderr);
     let bad_device = cli(dir.path(), &["train", "--phase", "sft", "--device", "tpu"]);
     assert!(bad_device.stderr.contains("tpu"), "{}", bad_device.stderr);
+    let bad_minutes = cli(dir.path(), &["train", "--phase", "sft", "--max-minutes", "0"]);
+    assert!(bad_minutes.stderr.contains("--max-minutes"), "{}", bad_minutes.stderr);
     assert!(cli(dir.path(), &["jobs", "list", "--json"])
         .json()
         .as_array()
