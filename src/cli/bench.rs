@@ -178,7 +178,7 @@ fn constrain(
         .iter()
         .filter_map(|t| Some((t["function"]["name"].as_str()?.to_string(), t["function"]["parameters"].clone())))
         .collect();
-    let options = GenerateOptions { max_tokens: 0, temperature: 0.0, top_p: 1.0, seed: 0 };
+    let options = GenerateOptions { max_tokens: 0, ..GenerateOptions::default() };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut case = |favour: bool| {
         let (mut picks, mut pick_seconds, mut plain_seconds, mut complete) = (0u64, 0.0, 0.0, 0u64);

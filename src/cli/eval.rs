@@ -52,6 +52,10 @@ pub struct EvalArgs {
     /// champion's on the same suites by 0.02, argument validity not lower).
     #[arg(long)]
     pub promote: bool,
+    /// Decode the model's tool calls in the offered tools' grammar, as the /v1 endpoint serves
+    /// them (`tool_choice: auto`); without it the model's raw output is scored.
+    #[arg(long)]
+    pub tool_grammar: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -92,6 +96,7 @@ pub fn run(config: &Config, args: EvalArgs) -> anyhow::Result<ExitCode> {
         max_turns: args.max_turns.into(),
         max_tokens: args.max_tokens,
         limit: args.limit,
+        tool_grammar: args.tool_grammar,
     };
     let mut params = request.resolve(&store.connect()?, &ModelScope::Anywhere).map_err(flag_error)?;
     if let (EvalTarget::Endpoint { api_key, api_key_env, .. }, Some(variable)) = (&mut params.target, &args.api_key_env)

@@ -25,6 +25,9 @@ pub struct GenerateArgs {
     /// Offer the default tools (Read, Write, Edit, Grep, Glob, Bash).
     #[arg(long)]
     pub tools: bool,
+    /// With --tools: decode each tool call in the tools' grammar, as the /v1 endpoint does.
+    #[arg(long)]
+    pub tool_grammar: bool,
     /// The system prompt (default: the coding-agent prompt the training data uses).
     #[arg(long)]
     pub system: Option<String>,
@@ -67,6 +70,7 @@ pub fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<ExitCode> {
         temperature: args.temperature,
         top_p: args.top_p,
         seed: args.seed,
+        tool_grammar: args.tool_grammar,
     };
     let generation = model.generate(&messages, &tools, &options)?;
     if args.json {

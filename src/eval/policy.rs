@@ -25,10 +25,12 @@ pub struct LocalPolicy {
 
 impl LocalPolicy {
     /// Load a model directory of ours, an HF directory or a GGUF file on the CPU.
-    pub fn load(path: &Path, max_tokens: usize) -> Result<LocalPolicy, String> {
+    /// With `tool_grammar`, tool calls decode in the offered tools' grammar, as `/v1` serves them.
+    pub fn load(path: &Path, max_tokens: usize, tool_grammar: bool) -> Result<LocalPolicy, String> {
         let device = crate::model::llama::device_for("cpu")?;
         let model = LoadedModel::load_path(path, &device).map_err(|e| format!("{}: {e:#}", path.display()))?;
-        Ok(LocalPolicy { model, options: GenerateOptions { max_tokens, ..GenerateOptions::default() }, cache: None })
+        let options = GenerateOptions { max_tokens, tool_grammar, ..GenerateOptions::default() };
+        Ok(LocalPolicy { model, options, cache: None })
     }
 }
 

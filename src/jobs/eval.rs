@@ -53,6 +53,10 @@ pub struct EvalParams {
     pub max_tokens: usize,
     /// Only the first N cases of each suite.
     pub limit: Option<usize>,
+    /// A stored model's tool calls are decoded in the offered tools' grammar, as `/v1` serves
+    /// them (`auto`); off, the model's raw output is scored.
+    #[serde(default)]
+    pub tool_grammar: bool,
 }
 
 /// What a finished evaluation reports (`eval --json`).
@@ -125,7 +129,7 @@ pub fn run(context: &mut JobContext<'_>, params: &EvalParams) -> Result<EvalOutc
     }
     let mut policy: Box<dyn Policy> = match &params.target {
         EvalTarget::Model { path, .. } => {
-            Box::new(LocalPolicy::load(path, params.max_tokens).map_err(JobError::Failed)?)
+            Box::new(LocalPolicy::load(path, params.max_tokens, params.tool_grammar).map_err(JobError::Failed)?)
         }
         EvalTarget::Endpoint { url, model, api_key, .. } => {
             Box::new(EndpointPolicy::new(url, model, api_key.clone(), params.max_tokens, Duration::from_secs(120)))

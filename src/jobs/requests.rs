@@ -961,6 +961,8 @@ pub struct EvalRequest {
     pub max_turns: usize,
     pub max_tokens: usize,
     pub limit: Option<usize>,
+    /// Decode a stored model's tool calls in the offered tools' grammar, as `/v1` serves them.
+    pub tool_grammar: bool,
 }
 
 impl Default for EvalRequest {
@@ -973,6 +975,7 @@ impl Default for EvalRequest {
             max_turns: 6,
             max_tokens: 256,
             limit: None,
+            tool_grammar: false,
         }
     }
 }
@@ -1042,6 +1045,7 @@ impl EvalRequest {
             max_turns: self.max_turns,
             max_tokens: self.max_tokens,
             limit: self.limit,
+            tool_grammar: self.tool_grammar,
         })
     }
 }

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::chat_template::{ChatTemplate, TemplateKind};
+
 /// The index of the `Any` node every grammar starts with.
 const ANY: usize = 0;
 
@@ -53,6 +55,9 @@ pub struct Grammar {
     /// (literal, value node): the reply starts with one literal, then that node's value.
     openings: Vec<(Vec<u8>, usize)>,
     closing: Vec<u8>,
+    /// A lazy grammar: decoding is free until the reply's text ends with this, then in the
+    /// grammar until it is complete, then free again (each tool call of an `auto` reply).
+    trigger: Option<Vec<u8>>,
 }
 
 /// How a tool call is written by the template family.
@@ -65,10 +70,29 @@ pub enum CallStyle {
 }
 
 impl CallStyle {
+    /// The style a chat template writes its tool calls in.
+    pub fn of(template: &ChatTemplate) -> CallStyle {
+        let llama = template.kind == TemplateKind::Llama3
+            || (template.kind == TemplateKind::Custom && template.source.contains("<|start_header_id|>"));
+        if llama {
+            CallStyle::Llama3
+        } else {
+            CallStyle::Hermes
+        }
+    }
+
     fn arguments_key(self) -> &'static str {
         match self {
             CallStyle::Hermes => "arguments",
             CallStyle::Llama3 => "parameters",
+        }
+    }
+
+    /// What opens a tool call in a free reply, when the style marks calls with a tag.
+    fn trigger(self) -> Option<&'static str> {
+        match self {
+            CallStyle::Hermes => Some("<tool_call>"),
+            CallStyle::Llama3 => None,
         }
     }
 
@@ -100,15 +124,47 @@ impl Grammar {
     /// tool's arguments; else one of `tools` (name, parameters schema) by name, then its
     /// arguments; then the call's closing text.
     pub fn tool_call(tools: &[(String, Value)], named: Option<&str>, style: CallStyle) -> Grammar {
+        let selected: Vec<(String, Value)> =
+            tools.iter().filter(|(n, _)| named.is_none_or(|m| m == n)).cloned().collect();
+        Grammar::calls(&selected, style, |name| match named {
+            Some(_) => " ".to_string(),
+            None => format!(" {}, \"{}\": ", json_string(name), style.arguments_key()),
+        })
+    }
+
+    /// Every tool call of a free (`auto`) reply: once the model writes the style's call tag,
+    /// the call is decoded in the grammar (one of `tools` by name, its arguments matching the
+    /// schema, the closing tag); before and after, the model writes freely. None for a style
+    /// whose calls have no tag to wait for.
+    pub fn lazy_tool_calls(tools: &[(String, Value)], style: CallStyle) -> Option<Grammar> {
+        let trigger = style.trigger()?;
+        if tools.is_empty() {
+            return None;
+        }
+        let mut grammar = Grammar::calls(tools, style, |name| {
+            format!("\n{{\"name\": {}, \"{}\": ", json_string(name), style.arguments_key())
+        });
+        grammar.trigger = Some(trigger.as_bytes().to_vec());
+        Some(grammar)
+    }
+
+    /// (name, parameters) of an OpenAI-style tools list; entries without a name are skipped.
+    pub fn schemas_of(tools: &[Value]) -> Vec<(String, Value)> {
+        tools
+            .iter()
+            .filter_map(|tool| {
+                let function = tool.get("function").unwrap_or(tool);
+                let name = function.get("name")?.as_str()?.to_string();
+                Some((name, function.get("parameters").cloned().unwrap_or(Value::Null)))
+            })
+            .collect()
+    }
+
+    /// One opening per tool (`opening(name)`, then its arguments), then the style's closing.
+    fn calls(tools: &[(String, Value)], style: CallStyle, opening: impl Fn(&str) -> String) -> Grammar {
         let mut grammar = Grammar::empty(style.closing().as_bytes());
         for (name, schema) in tools {
-            if named.is_some_and(|n| n != name) {
-                continue;
-            }
-            let literal = match named {
-                Some(_) => " ".to_string(),
-                None => format!(" {}, \"{}\": ", json_string(name), style.arguments_key()),
-            };
+            let literal = opening(name);
             if grammar.openings.iter().any(|(l, _)| l == literal.as_bytes()) {
                 continue;
             }
@@ -135,7 +191,7 @@ impl Grammar {
 
     /// A grammar whose node 0 is `Any` (the value of an open object's extra keys).
     fn empty(closing: &[u8]) -> Grammar {
-        Grammar { nodes: vec![Node::Any], openings: Vec::new(), closing: closing.to_vec() }
+        Grammar { nodes: vec![Node::Any], openings: Vec::new(), closing: closing.to_vec(), trigger: None }
     }
 
     fn push(&mut self, node: Node) -> usize {
@@ -376,6 +432,12 @@ impl Matcher {
         }
         matches!(frames.next(), Some(Frame::Literal { literal: Literal::Closing, at: 0 }))
             && self.grammar.closing.is_empty()
+    }
+
+    /// At a fixed text (a call's opening or closing), where a special token spelling it may
+    /// stand; never inside a JSON value.
+    fn at_fixed_text(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Opening { .. } | Frame::Literal { literal: Literal::Closing, .. }))
     }
 
     /// Feed every byte; false (and the matcher is spoiled) when one does not fit.
@@ -722,6 +784,8 @@ impl Matcher {
 #[derive(Debug)]
 pub struct TokenBytes {
     bytes: Vec<Option<Vec<u8>>>,
+    /// Special (added) tokens: their bytes are their text, allowed only at a fixed text.
+    special: Vec<bool>,
 }
 
 /// GPT-2's byte ↔ printable character table, inverted: character → byte.
@@ -745,21 +809,47 @@ impl TokenBytes {
     pub fn new(tokenizer: &Tokenizer, vocab_size: usize) -> TokenBytes {
         let table = byte_level_table();
         let added = tokenizer.get_added_tokens_decoder();
+        let special = (0..vocab_size as u32).map(|id| added.get(&id).is_some_and(|t| t.special)).collect();
         let bytes = (0..vocab_size as u32)
             .map(|id| {
                 if let Some(token) = added.get(&id) {
-                    return (!token.special).then(|| token.content.clone().into_bytes());
+                    return Some(token.content.clone().into_bytes());
                 }
                 let token = tokenizer.id_to_token(id)?;
                 let mapped: Option<Vec<u8>> = token.chars().map(|c| table.get(&c).copied()).collect();
                 mapped.or_else(|| tokenizer.decode(&[id], false).ok().map(String::into_bytes))
             })
             .collect();
-        TokenBytes { bytes }
+        TokenBytes { bytes, special }
     }
 
+    /// The token's text as bytes (a special token's too).
     fn get(&self, id: u32) -> Option<&[u8]> {
         self.bytes.get(id as usize)?.as_deref().filter(|b| !b.is_empty())
+    }
+
+    /// `text` in as few tokens as a greedy longest match gives (a special token spelling all
+    /// of it first); None when some byte has no token.
+    fn spell(&self, text: &[u8]) -> Option<Vec<u32>> {
+        if let Some(whole) = (0..self.bytes.len() as u32).find(|id| self.get(*id) == Some(text)) {
+            return Some(vec![whole]);
+        }
+        let mut ids = Vec::new();
+        let mut at = 0;
+        while at < text.len() {
+            let rest = &text[at..];
+            let (id, length) = (0..self.bytes.len() as u32)
+                .filter(|id| !self.is_special(*id))
+                .filter_map(|id| self.get(id).filter(|b| rest.starts_with(b)).map(|b| (id, b.len())))
+                .max_by_key(|(_, length)| *length)?;
+            ids.push(id);
+            at += length;
+        }
+        Some(ids)
+    }
+
+    fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
     }
 }
 
@@ -767,72 +857,186 @@ impl TokenBytes {
 /// whole vocabulary is masked at once.
 const TRIES_BEFORE_FULL_MASK: usize = 8;
 
-/// Picks tokens within a grammar: the sampler proposes, the matcher disposes.
+/// Picks tokens within a grammar: the sampler proposes, the matcher disposes. With a lazy
+/// grammar the sampler's choice stands until the trigger text appears; after a call only the
+/// end of the turn or another call may follow (as the chat format has it: text, then calls).
 pub struct ConstrainedPicker {
-    matcher: Matcher,
+    grammar: Arc<Grammar>,
+    /// In the grammar (None: decoding freely, waiting for a lazy grammar's trigger).
+    matcher: Option<Matcher>,
     tokens: Arc<TokenBytes>,
     stops: Vec<u32>,
+    /// The last bytes chosen while free, to spot the trigger.
+    tail: Vec<u8>,
+    /// After a lazy grammar's call: the bytes written since (None: not after a call).
+    after_call: Option<Vec<u8>>,
+    /// Ids chosen so far.
+    picked: usize,
+    /// Ids to emit before anything else (the trigger, spelled in tokens).
+    queued: std::collections::VecDeque<u32>,
     /// Steps where no token fitted and the sampler's choice stood unconstrained.
     pub unconstrained_steps: usize,
 }
 
+/// Sample among the ids `fits` allows: the sampler's own choices first (each refused one
+/// masked out), then the whole vocabulary masked at once; None when nothing fits.
+fn masked_pick(logits: &[f32], sample: &mut impl FnMut(&[f32]) -> u32, fits: impl Fn(u32) -> bool) -> Option<u32> {
+    let mut masked = logits.to_vec();
+    for _ in 0..TRIES_BEFORE_FULL_MASK {
+        let id = sample(&masked);
+        if fits(id) {
+            return Some(id);
+        }
+        match masked.get_mut(id as usize) {
+            Some(slot) if *slot > f32::NEG_INFINITY => *slot = f32::NEG_INFINITY,
+            _ => break,
+        }
+    }
+    let mut any = false;
+    for (id, slot) in masked.iter_mut().enumerate() {
+        if *slot > f32::NEG_INFINITY && !fits(id as u32) {
+            *slot = f32::NEG_INFINITY;
+        }
+        any |= *slot > f32::NEG_INFINITY;
+    }
+    any.then(|| sample(&masked))
+}
+
 impl ConstrainedPicker {
     pub fn new(grammar: Arc<Grammar>, tokens: Arc<TokenBytes>, stops: Vec<u32>) -> ConstrainedPicker {
-        ConstrainedPicker { matcher: Matcher::new(grammar), tokens, stops, unconstrained_steps: 0 }
-    }
-
-    fn fits(&self, id: u32) -> bool {
-        if self.stops.contains(&id) {
-            return self.matcher.is_complete();
+        let matcher = grammar.trigger.is_none().then(|| Matcher::new(Arc::clone(&grammar)));
+        ConstrainedPicker {
+            grammar,
+            matcher,
+            tokens,
+            stops,
+            tail: Vec::new(),
+            after_call: None,
+            picked: 0,
+            queued: std::collections::VecDeque::new(),
+            unconstrained_steps: 0,
         }
-        self.tokens.get(id).is_some_and(|bytes| self.matcher.allows(bytes))
     }
 
     /// Choose the next id with `sample` among the tokens the grammar allows, and advance.
-    pub fn pick(&mut self, logits: &[f32], mut sample: impl FnMut(&[f32]) -> u32) -> u32 {
-        if self.matcher.is_complete() {
-            let best = self
-                .stops
-                .iter()
-                .copied()
-                .filter(|id| (*id as usize) < logits.len())
-                .max_by(|a, b| logits[*a as usize].total_cmp(&logits[*b as usize]));
-            if let Some(id) = best {
-                return id;
-            }
-        }
-        let mut masked = logits.to_vec();
-        for _ in 0..TRIES_BEFORE_FULL_MASK {
-            let id = sample(&masked);
-            if self.fits(id) {
-                return self.advance(id);
-            }
-            match masked.get_mut(id as usize) {
-                Some(slot) if *slot > f32::NEG_INFINITY => *slot = f32::NEG_INFINITY,
-                _ => break,
-            }
-        }
-        let mut any = false;
-        for (id, slot) in masked.iter_mut().enumerate() {
-            if *slot > f32::NEG_INFINITY && !self.fits(id as u32) {
-                *slot = f32::NEG_INFINITY;
-            }
-            any |= *slot > f32::NEG_INFINITY;
-        }
-        if !any {
-            self.unconstrained_steps += 1;
-            return sample(logits);
-        }
-        let id = sample(&masked);
-        self.advance(id)
+    pub fn pick(&mut self, logits: &[f32], sample: impl FnMut(&[f32]) -> u32) -> u32 {
+        let id = self.pick_next(logits, sample);
+        self.picked += 1;
+        id
     }
 
-    fn advance(&mut self, id: u32) -> u32 {
+    fn pick_next(&mut self, logits: &[f32], mut sample: impl FnMut(&[f32]) -> u32) -> u32 {
+        if let Some(id) = self.queued.pop_front() {
+            self.watch(id);
+            return id;
+        }
+        if self.matcher.as_ref().is_some_and(Matcher::is_complete) {
+            if self.grammar.trigger.is_some() {
+                self.matcher = None;
+                self.after_call = Some(Vec::new());
+            } else {
+                let best = self
+                    .stops
+                    .iter()
+                    .copied()
+                    .filter(|id| (*id as usize) < logits.len())
+                    .max_by(|a, b| logits[*a as usize].total_cmp(&logits[*b as usize]));
+                if let Some(id) = best {
+                    return id;
+                }
+            }
+        }
+        if let Some(written) = self.after_call.take() {
+            return self.pick_after_call(written, logits, &mut sample);
+        }
+        let Some(mut matcher) = self.matcher.take() else {
+            let id = sample(logits);
+            // A reply that opens with a bare JSON object is a call without its tag (which the
+            // reply parser would leave as text): the tag is written first, then the call
+            // continues in the grammar.
+            let bare_call = self.picked == 0
+                && self.tokens.get(id).is_some_and(|b| b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'));
+            if bare_call {
+                if let Some(spelled) = self.grammar.trigger.as_deref().and_then(|t| self.tokens.spell(t)) {
+                    self.queued.extend(spelled);
+                    let first = self.queued.pop_front().expect("a spelled trigger has a token");
+                    self.watch(first);
+                    return first;
+                }
+            }
+            self.watch(id);
+            return id;
+        };
+        let (tokens, stops) = (&self.tokens, &self.stops);
+        let fits = |id: u32| {
+            if stops.contains(&id) {
+                return matcher.is_complete();
+            }
+            if tokens.is_special(id) && !matcher.at_fixed_text() {
+                return false;
+            }
+            tokens.get(id).is_some_and(|bytes| matcher.allows(bytes))
+        };
+        let id = match masked_pick(logits, &mut sample, fits) {
+            Some(id) => id,
+            None => {
+                self.unconstrained_steps += 1;
+                sample(logits)
+            }
+        };
         if let Some(bytes) = self.tokens.get(id) {
-            let bytes = bytes.to_vec();
-            self.matcher.feed(&bytes);
+            matcher.feed(bytes);
+        }
+        self.matcher = Some(matcher);
+        id
+    }
+
+    /// After a call: the end of the turn, or the trigger (with one newline before it) that
+    /// opens the next call.
+    fn pick_after_call(&mut self, written: Vec<u8>, logits: &[f32], sample: &mut impl FnMut(&[f32]) -> u32) -> u32 {
+        let trigger = self.grammar.trigger.clone().unwrap_or_default();
+        let next_calls = [trigger.clone(), [b"\n".as_slice(), &trigger].concat()];
+        let (tokens, stops) = (&self.tokens, &self.stops);
+        let fits = |id: u32| {
+            if stops.contains(&id) {
+                return written.is_empty();
+            }
+            tokens.get(id).is_some_and(|bytes| {
+                let candidate = [written.as_slice(), bytes].concat();
+                next_calls.iter().any(|next| next.starts_with(&candidate))
+            })
+        };
+        let Some(id) = masked_pick(logits, sample, fits) else {
+            self.unconstrained_steps += 1;
+            let id = sample(logits);
+            self.watch(id);
+            return id;
+        };
+        if !stops.contains(&id) {
+            let written = [written.as_slice(), self.tokens.get(id).unwrap_or_default()].concat();
+            if written.ends_with(&trigger) {
+                self.matcher = Some(Matcher::new(Arc::clone(&self.grammar)));
+            } else {
+                self.after_call = Some(written);
+            }
         }
         id
+    }
+
+    /// While free: keep the last bytes and enter the grammar when they end with the trigger.
+    fn watch(&mut self, id: u32) {
+        let Some(trigger) = self.grammar.trigger.as_deref() else { return };
+        if let Some(bytes) = self.tokens.get(id) {
+            self.tail.extend_from_slice(bytes);
+            let keep = trigger.len();
+            if self.tail.len() > keep {
+                self.tail.drain(..self.tail.len() - keep);
+            }
+            if self.tail.ends_with(trigger) {
+                self.matcher = Some(Matcher::new(Arc::clone(&self.grammar)));
+                self.tail.clear();
+            }
+        }
     }
 }
 
@@ -921,6 +1125,7 @@ mod tests {
         let pieces = ["", " ", "{", "}", "\"", ":", "a", "x", "ls", "command", "file", "\n</tool_call>", "\"command\""];
         let tokens = Arc::new(TokenBytes {
             bytes: pieces.iter().enumerate().map(|(i, p)| (i > 0).then(|| p.as_bytes().to_vec())).collect(),
+            special: vec![false; pieces.len()],
         });
         let schema = json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]});
         let grammar = Arc::new(Grammar::tool_call(&[("Bash".into(), schema)], Some("Bash"), CallStyle::Hermes));
@@ -950,6 +1155,60 @@ mod tests {
         assert_eq!(call["arguments"]["command"].as_str().map(|s| !s.is_empty()), Some(true), "{text}");
         assert!(text.ends_with("}\n</tool_call>"), "{text}");
         assert_eq!(picker.unconstrained_steps, 0);
+    }
+
+    #[test]
+    fn a_lazy_grammar_holds_only_the_tool_call_and_leaves_the_rest_free() {
+        let pieces = [
+            "<|im_end|>",
+            "<tool_call>",
+            "\n",
+            "{\"name\": \"Bash\", \"arguments\": ",
+            "{\"command\": \"ls\"}",
+            "}",
+            "</tool_call>",
+            "Hi",
+            "{\"file\": 1}",
+            "\n{\"name\": \"Grep\", \"arguments\": ",
+        ];
+        let special = pieces.iter().map(|p| p.starts_with('<')).collect();
+        let tokens =
+            Arc::new(TokenBytes { bytes: pieces.iter().map(|p| Some(p.as_bytes().to_vec())).collect(), special });
+        let schema = json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]});
+        let grammar = Grammar::lazy_tool_calls(&[("Bash".into(), schema.clone())], CallStyle::Hermes).unwrap();
+        assert!(Grammar::lazy_tool_calls(&[], CallStyle::Hermes).is_none());
+        let mut picker = ConstrainedPicker::new(Arc::new(grammar), Arc::clone(&tokens), vec![0]);
+        // What the model would choose at each step, best first.
+        let script: [&[usize]; 10] =
+            [&[7], &[1], &[9, 8, 2], &[9, 3], &[8, 4], &[0, 5], &[0, 6, 2], &[0, 6], &[7, 0], &[7]];
+        let mut text = String::new();
+        for preferences in script {
+            let logits: Vec<f32> = (0..pieces.len())
+                .map(|i| preferences.iter().position(|p| *p == i).map_or(0.0, |rank| 100.0 - rank as f32))
+                .collect();
+            let greedy = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            let id = picker.pick(&logits, greedy);
+            if id == 0 {
+                break;
+            }
+            text.push_str(pieces[id as usize]);
+        }
+        // After the call, "Hi" is refused: the turn ends (or another call opens).
+        assert_eq!(text, "Hi<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>");
+
+        // A reply that opens with a bare call gets the tag first, then the call in the grammar.
+        let grammar = Arc::new(Grammar::lazy_tool_calls(&[("Bash".into(), schema)], CallStyle::Hermes).unwrap());
+        let mut picker = ConstrainedPicker::new(grammar, Arc::clone(&tokens), vec![0]);
+        let script: [&[usize]; 7] = [&[3], &[3, 2], &[3], &[4], &[0, 5], &[0, 2], &[6]];
+        let mut text = String::new();
+        for preferences in script {
+            let logits: Vec<f32> = (0..pieces.len())
+                .map(|i| preferences.iter().position(|p| *p == i).map_or(0.0, |rank| 100.0 - rank as f32))
+                .collect();
+            let greedy = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            text.push_str(pieces[picker.pick(&logits, greedy) as usize]);
+        }
+        assert_eq!(text, "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! tool calls from the reply.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -13,6 +14,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::chat_template::{ChatTemplate, ParsedReply};
+use super::constrain::{CallStyle, ConstrainedPicker, Grammar, TokenBytes};
 use super::llama::{KvCache, Llama, LlamaConfig};
 use super::source::ModelSource;
 use super::weights;
@@ -22,6 +24,8 @@ pub struct LoadedModel {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
+    /// Each token's bytes, read on the first generation with `tool_grammar`.
+    token_bytes: OnceLock<Arc<TokenBytes>>,
 }
 
 /// The token ids a conversation's KV cache holds, with the cache.
@@ -37,11 +41,15 @@ pub struct GenerateOptions {
     pub temperature: f64,
     pub top_p: f64,
     pub seed: u64,
+    /// Decode each tool call in the grammar of the offered tools (as `/v1` does for `auto`),
+    /// so calls name an offered tool with arguments matching its schema; off, the model's own
+    /// choices stand (what training and checkpoint selection measure).
+    pub tool_grammar: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0 }
+        GenerateOptions { max_tokens: 256, temperature: 0.0, top_p: 1.0, seed: 0, tool_grammar: false }
     }
 }
 
@@ -82,7 +90,11 @@ impl LoadedModel {
         let (tokenizer, template) = LoadedModel::tokenizer_and_template(dir)?;
         // Safety: the file is ours and is not modified while mapped.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        Ok(LoadedModel { model: Llama::new(config, vb)?, tokenizer, template })
+        Ok(LoadedModel::new(Llama::new(config, vb)?, tokenizer, template))
+    }
+
+    pub fn new(model: Llama, tokenizer: Tokenizer, template: ChatTemplate) -> LoadedModel {
+        LoadedModel { model, tokenizer, template, token_bytes: OnceLock::new() }
     }
 
     /// The tokenizer and exact chat template of a model directory of ours (or an export's
@@ -102,7 +114,7 @@ impl LoadedModel {
         device: &Device,
     ) -> anyhow::Result<LoadedModel> {
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-        Ok(LoadedModel { model: Llama::new(config, vb)?, tokenizer, template })
+        Ok(LoadedModel::new(Llama::new(config, vb)?, tokenizer, template))
     }
 
     /// Any model `--model` can name: a model directory of ours (with template.json), an HF
@@ -130,11 +142,20 @@ impl LoadedModel {
         let prompt = self.template.render(messages, tools, true)?;
         let encoding = self.tokenizer.encode(prompt.as_str(), false).map_err(error)?;
         let prompt_ids = encoding.get_ids().to_vec();
-        self.generate_ids(&prompt_ids, options)
+        let grammar = self.tool_grammar(tools, options);
+        self.generate_ids_cached(&prompt_ids, options, &mut self.new_cache(), grammar)
+    }
+
+    /// The lazy tool-call grammar of `tools` when `options` asks for it.
+    fn tool_grammar(&self, tools: &[Value], options: &GenerateOptions) -> Option<Arc<Grammar>> {
+        if !options.tool_grammar {
+            return None;
+        }
+        Grammar::lazy_tool_calls(&Grammar::schemas_of(tools), CallStyle::of(&self.template)).map(Arc::new)
     }
 
     pub fn generate_ids(&self, prompt_ids: &[u32], options: &GenerateOptions) -> anyhow::Result<Generation> {
-        self.generate_ids_cached(prompt_ids, options, &mut self.new_cache())
+        self.generate_ids_cached(prompt_ids, options, &mut self.new_cache(), None)
     }
 
     /// An empty cache for `generate_cached`.
@@ -153,7 +174,8 @@ impl LoadedModel {
     ) -> anyhow::Result<Generation> {
         let prompt = self.template.render(messages, tools, true)?;
         let encoding = self.tokenizer.encode(prompt.as_str(), false).map_err(error)?;
-        self.generate_ids_cached(encoding.get_ids(), options, cache)
+        let grammar = self.tool_grammar(tools, options);
+        self.generate_ids_cached(encoding.get_ids(), options, cache, grammar)
     }
 
     fn generate_ids_cached(
@@ -161,6 +183,7 @@ impl LoadedModel {
         prompt_ids: &[u32],
         options: &GenerateOptions,
         cache: &mut PromptCache,
+        grammar: Option<Arc<Grammar>>,
     ) -> anyhow::Result<Generation> {
         let device = self.model.cos_device();
         let stops = self.stop_ids();
@@ -172,6 +195,12 @@ impl LoadedModel {
             cache.ids.truncate(shared);
         }
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let mut constrained = grammar.map(|grammar| {
+            let tokens = self
+                .token_bytes
+                .get_or_init(|| Arc::new(TokenBytes::new(&self.tokenizer, self.model.config.vocab_size)));
+            ConstrainedPicker::new(grammar, Arc::clone(tokens), stops.clone())
+        });
         let mut generated: Vec<u32> = Vec::new();
         let mut pending: Vec<u32> = prompt_ids[shared..].to_vec();
         let mut finish_reason = "length";
@@ -181,7 +210,10 @@ impl LoadedModel {
             let input = Tensor::from_vec(pending.clone(), (1, pending.len()), &device)?;
             let logits = self.model.forward_last(&input, Some(&mut cache.kv))?.squeeze(0)?.to_vec1::<f32>()?;
             cache.ids.append(&mut pending);
-            let next = sample(&logits, options, &mut rng);
+            let next = match constrained.as_mut() {
+                Some(picker) => picker.pick(&logits, |l| sample(l, options, &mut rng)),
+                None => sample(&logits, options, &mut rng),
+            };
             if stops.contains(&next) {
                 finish_reason = "stop";
                 stop_token = Some(next);

@@ -405,6 +405,7 @@ impl CycleRunner<'_> {
                     max_turns: 6,
                     max_tokens: config.eval_max_tokens,
                     limit: config.eval_limit,
+                    tool_grammar: false,
                 };
                 let job = self.stage_job(cycle, stage, observer, || Ok(JobParams::Eval(params)))?;
                 let JobOutput::Eval(outcome) = output(&job)? else { return Err(wrong_output(&job)) };

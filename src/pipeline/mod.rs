@@ -317,6 +317,7 @@ pub fn run(
             max_turns: 6,
             max_tokens: 256,
             limit: None,
+            tool_grammar: false,
         };
         let outcome = evaluate(store, params, sink.as_deref())?;
         drop(sink);

@@ -279,6 +279,8 @@ fn decode(job: Job) -> anyhow::Result<()> {
         temperature: sampling.temperature,
         top_p: sampling.top_p,
         seed: sampling.seed,
+        // The grammar, when there is one, is applied here around the sampler.
+        tool_grammar: false,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
     let mut constrained =

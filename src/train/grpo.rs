@@ -243,6 +243,8 @@ pub(super) fn roll_out(
                     temperature: sampling.temperature,
                     top_p: sampling.top_p,
                     seed: rollout_seed(sampling.seed, step, case_index, sample),
+                    // Rollouts sample the policy's own distribution: the ratios need it.
+                    tool_grammar: false,
                 },
                 cache: None,
                 turns: Vec::new(),
@@ -514,7 +516,7 @@ pub fn train(
     let Trainable { varmap, model, vars, frozen_base } =
         Trainable::new(&start.config, config.lora.as_ref(), Init::Pretrained(start.tensors), config.seed, &device)?;
     // The policy samples with the very model being trained (its variables are updated in place).
-    let policy = LoadedModel { model, tokenizer: start.tokenizer, template: start.template };
+    let policy = LoadedModel::new(model, start.tokenizer, start.template);
     let vars = &vars;
     let mut optimizer = AdamW::new(vars, config.weight_decay)?;
     let total_steps = config.steps;

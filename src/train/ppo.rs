@@ -330,7 +330,7 @@ pub fn train(
     let hidden_size = start.config.hidden_size;
     let Trainable { varmap, model, vars, frozen_base } =
         Trainable::new(&start.config, config.lora.as_ref(), Init::Pretrained(start.tensors), config.seed, &device)?;
-    let policy = LoadedModel { model, tokenizer: start.tokenizer, template: start.template };
+    let policy = LoadedModel::new(model, start.tokenizer, start.template);
 
     // The value head starts at zero: every state is worth 0 until the first update.
     let value_map = VarMap::new();

@@ -76,6 +76,12 @@ fn the_official_openai_client_gets_tool_calls_streamed_and_whole() {
     assert_eq!(forced["valid"], forced["requests"], "every forced call parses and validates: {forced}");
     assert!(forced["finishes"].as_array().unwrap().iter().all(|f| f == "tool_calls"), "{forced}");
     assert_eq!(out["json_schema"]["valid"], true, "{}", out["json_schema"]);
+    let auto = &out["auto"];
+    eprintln!("auto: {auto}");
+    assert_eq!(auto["requests"], 10, "{auto}");
+    assert!(auto["calls"].as_u64().unwrap() >= 5, "the tool-trained model calls tools: {auto}");
+    assert_eq!(auto["valid"], auto["calls"], "every call the model opened validates: {auto}");
+    assert_eq!(auto["malformed"], 0, "{auto}");
     assert_eq!(out["none"]["tool_calls"], 0);
     assert_eq!(out["completion"]["object"], "text_completion");
     // At most max_tokens: all 5 when the reply was cut, fewer when the model ended its turn

@@ -284,7 +284,7 @@ fn smollm2_from_gguf_answers_sensibly() {
     let tokenizer = understudy::model::tokenizer::from_gguf(&content).unwrap();
     // SmolLM2's own chat format (ChatML), greedy: a pretrained model with correct weights and
     // RoPE layout answers this; a wrong Q/K permutation produces gibberish.
-    let loaded = LoadedModel { model, tokenizer: tokenizer.tokenizer, template: ChatTemplate::chatml_hermes() };
+    let loaded = LoadedModel::new(model, tokenizer.tokenizer, ChatTemplate::chatml_hermes());
     let messages = vec![Message::text(Role::User, "What is the capital of France? Answer in one word.")];
     let reply =
         loaded.generate(&messages, &[], &GenerateOptions { max_tokens: 12, ..GenerateOptions::default() }).unwrap();
@@ -392,7 +392,7 @@ fn smollm2_matches_llama_cpp() {
     let tokenizer = understudy::model::tokenizer::from_gguf(&understudy::model::tokenizer::read_gguf(&gguf).unwrap())
         .unwrap()
         .tokenizer;
-    let loaded = LoadedModel { model, tokenizer, template: ChatTemplate::chatml_hermes() };
+    let loaded = LoadedModel::new(model, tokenizer, ChatTemplate::chatml_hermes());
     let questions =
         ["What is the capital of France?", "Write a Python function that adds two numbers.", "List three colors."];
     let prompts: Vec<Vec<u32>> = questions

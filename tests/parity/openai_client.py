@@ -109,6 +109,27 @@ for i, prompt in enumerate(prompts):
         if not ok:
             forced["failures"].append({"prompt": prompt, "choice": choice, "reply": answer.choices[0].message.model_dump()})
 out["forced"] = forced
+# tool_choice auto: the model decides whether to call, and each call it opens is decoded in the
+# tools' grammar, so no reply carries a malformed or schema-breaking call.
+auto = {"requests": 0, "calls": 0, "valid": 0, "malformed": 0}
+for i, prompt in enumerate(prompts):
+    for temperature in (0.0, 1.0):
+        answer = client.chat.completions.create(model=model, messages=[system, {"role": "user", "content": prompt}], tools=tools,
+                                                temperature=temperature, seed=i, max_tokens=80)
+        message = answer.choices[0].message
+        auto["requests"] += 1
+        broken = "<tool_call>" in (message.content or "") or "</tool_call>" in (message.content or "")
+        auto["malformed"] += int(broken)
+        if broken:
+            auto.setdefault("broken", []).append({"finish": answer.choices[0].finish_reason, "content": message.content})
+        for call in message.tool_calls or []:
+            auto["calls"] += 1
+            try:
+                jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+                auto["valid"] += 1
+            except Exception:
+                pass
+out["auto"] = auto
 # response_format json_schema: the content is JSON matching the schema.
 schema = {"type": "object", "properties": {"file": {"type": "string"}, "lines": {"type": "integer"}, "kind": {"enum": ["source", "test"]}},
           "required": ["file", "lines", "kind"], "additionalProperties": False}

@@ -23,7 +23,6 @@ use super::{
     check_common, max_new_tokens, new_id, parse_body, reply, served_model, stop_list, tokenize, unix_now, OpenAiError,
     ENGINE_STOPPED,
 };
-use crate::model::chat_template::TemplateKind;
 use crate::model::constrain::{CallStyle, Grammar};
 use crate::model::reply::{ReplyEvent, ReplyParser};
 use crate::serve::decode::{Event, Finish, Sampling, TokenLogprob};
@@ -235,15 +234,6 @@ fn messages(raw: &[Value]) -> Result<Vec<Message>, OpenAiError> {
         .map_err(|e| OpenAiError::bad_request(Some(e.field.clone()), format!("{}: {}", e.field, e.reason)))
 }
 
-/// How the model's template family writes a tool call.
-fn call_style(kind: TemplateKind, source: &str) -> CallStyle {
-    if kind == TemplateKind::Llama3 || (kind == TemplateKind::Custom && source.contains("<|start_header_id|>")) {
-        CallStyle::Llama3
-    } else {
-        CallStyle::Hermes
-    }
-}
-
 /// For `required` and named tool choices: the text forced at the start of the reply and the
 /// grammar the rest is decoded in (one offered tool's call, arguments matching its schema).
 fn forced_call(mode: &ToolMode, tools: &[Value], style: CallStyle) -> Option<(String, Grammar)> {
@@ -252,14 +242,7 @@ fn forced_call(mode: &ToolMode, tools: &[Value], style: CallStyle) -> Option<(St
         ToolMode::Named(name) => Some(name.as_str()),
         ToolMode::None | ToolMode::Auto => return None,
     };
-    let schemas: Vec<(String, Value)> = tools
-        .iter()
-        .filter_map(|tool| {
-            let function = tool.get("function")?;
-            let name = function.get("name")?.as_str()?.to_string();
-            Some((name, function.get("parameters").cloned().unwrap_or(Value::Null)))
-        })
-        .collect();
+    let schemas = Grammar::schemas_of(tools);
     Some((style.forced_prefix(named), Grammar::tool_call(&schemas, named, style)))
 }
 
@@ -297,8 +280,14 @@ async fn prepare(state: &AppState, request: ChatCompletionRequest) -> Result<Pre
     let mut prompt = template
         .render(&messages, offered, true)
         .map_err(|e| OpenAiError::bad_request(Some("messages".into()), e.to_string()))?;
-    let (forced, grammar) = match forced_call(&mode, &tools, call_style(template.kind, &template.source)) {
+    let style = CallStyle::of(template);
+    let (forced, grammar) = match forced_call(&mode, &tools, style) {
         Some((prefix, grammar)) => (prefix, Some(grammar)),
+        // `auto`: each call the model opens is decoded in the tools' grammar (JSON content,
+        // when asked for, takes precedence).
+        None if mode == ToolMode::Auto && json_grammar.is_none() => {
+            (String::new(), Grammar::lazy_tool_calls(&Grammar::schemas_of(&tools), style))
+        }
         None => (String::new(), json_grammar),
     };
     prompt.push_str(&forced);
