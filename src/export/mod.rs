@@ -137,9 +137,9 @@ fn write_hf(dir: &Path, bundle: &Bundle) -> Result<(), ExportError> {
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).map_err(anyhow::Error::from)?)?;
     candle_core::safetensors::save(&bundle.tensors, dir.join("model.safetensors"))?;
     bundle.tokenizer.save(dir.join("tokenizer.json"), false).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
-    let added: serde_json::Map<String, serde_json::Value> = bundle
-        .tokenizer
-        .get_added_tokens_decoder()
+    // In id order, as Hugging Face writes it (the tokenizer hands them over in hash order).
+    let decoder: std::collections::BTreeMap<u32, _> = bundle.tokenizer.get_added_tokens_decoder().into_iter().collect();
+    let added: serde_json::Map<String, serde_json::Value> = decoder
         .into_iter()
         .map(|(id, token)| {
             (id.to_string(), json!({"content": token.content, "special": token.special, "lstrip": false, "rstrip": false, "normalized": false, "single_word": false}))

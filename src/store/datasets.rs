@@ -32,6 +32,9 @@ fn dataset_row(row: &Row<'_>) -> rusqlite::Result<DatasetRow> {
 }
 
 impl Db {
+    /// Record a built dataset. A build job killed after recording it but before it was marked
+    /// finished builds the same directory again when resumed and records it again: the row is
+    /// updated in place (it keeps its creation time).
     pub fn insert_dataset(
         &self,
         id: &str,
@@ -41,7 +44,9 @@ impl Db {
         path: &str,
     ) -> StoreResult<()> {
         self.conn.execute(
-            "INSERT INTO datasets (id, name, config, stats, path, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO datasets (id, name, config, stats, path, created_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, config = excluded.config,
+                 stats = excluded.stats, path = excluded.path",
             params![id, name, config.to_string(), stats.to_string(), path, now_rfc3339()],
         )?;
         Ok(())

@@ -35,6 +35,9 @@ fn export_row(row: &Row<'_>) -> rusqlite::Result<ExportRow> {
 const COLUMNS: &str = "id, model_id, name, path, manifest, parity_passed, created_at";
 
 impl Db {
+    /// Record an export. An export job killed after recording it but before it was marked
+    /// finished writes the same directory again when resumed and records it again: the row is
+    /// updated in place (no delete, so its deployments stay).
     pub fn insert_export(
         &self,
         id: &str,
@@ -45,7 +48,9 @@ impl Db {
         parity_passed: bool,
     ) -> StoreResult<()> {
         self.conn.execute(
-            "INSERT INTO exports (id, model_id, name, path, manifest, parity_passed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO exports (id, model_id, name, path, manifest, parity_passed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET model_id = excluded.model_id, name = excluded.name,
+                 path = excluded.path, manifest = excluded.manifest, parity_passed = excluded.parity_passed",
             params![id, model_id, name, path, manifest.to_string(), parity_passed as i64, now_rfc3339()],
         )?;
         Ok(())

@@ -373,6 +373,14 @@ pub fn train(
         }
     }
     let stopped_at_time_budget = state.step < total_steps;
+    if state.first_loss.is_none() {
+        // Every batch was skipped: no assistant token lies within the cut. Registering an
+        // untrained model with a NaN loss would store a result no reader can load back.
+        return Err(TrainError::Config(format!(
+            "no training example has an assistant token within the first {} tokens: nothing was trained (raise --max-seq-len)",
+            config.max_seq_len
+        )));
+    }
     let weights = TrainedWeights { varmap: &varmap, vars: &vars, frozen_base: frozen_base.as_ref() };
     let model_dir = save_model(run_dir, &weights, config.lora.as_ref(), model_config, dataset_dir)?;
     let seconds = state.seconds.max(1e-9);

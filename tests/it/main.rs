@@ -9,6 +9,7 @@ mod support;
 mod bootstrap;
 mod browser;
 mod capture;
+mod chaos;
 mod cli;
 mod dataset;
 mod deploy;

@@ -350,3 +350,19 @@ pub fn sorted_keys(value: &serde_json::Value) -> Vec<String> {
     keys.sort();
     keys
 }
+
+/// The real binary on a data dir as a `Command` to spawn (and kill), with the environment
+/// cleaned as `cli_with_env` cleans it.
+pub fn understudy_command(data_dir: &Path, args: &[String]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("UNDERSTUDY_DATA_DIR")
+        .env_remove("COMMAND_CENTER_DIR")
+        .env_remove("OLLAMA_HOST")
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .env("UNDERSTUDY_LOG", "warn");
+    command
+}

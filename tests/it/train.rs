@@ -200,6 +200,25 @@ fn bad_training_flags_are_refused() {
         .all(|j| j["kind"] != "train"));
 }
 
+/// A cut that leaves no assistant token trains nothing: the run fails saying so, instead of
+/// succeeding with a NaN loss stored as a result no one could read back (which broke
+/// `jobs list` for the whole data dir).
+#[test]
+fn a_run_with_nothing_to_train_within_max_seq_len_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bootstrapped traces open with a long system prompt: the first 32 tokens hold no reply.
+    assert_eq!(cli(dir.path(), &["bootstrap", "--traces", "20", "--seed", "1", "--json"]).code, 0);
+    assert_eq!(cli(dir.path(), &["build-dataset", "--json"]).code, 0);
+    let run = cli(dir.path(), &["train", "--phase", "sft", "--max-steps", "3", "--max-seq-len", "32", "--json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("raise --max-seq-len"), "{}", run.stderr);
+    let jobs = cli(dir.path(), &["jobs", "list", "--json"]);
+    assert_eq!(jobs.code, 0, "{}", jobs.stderr);
+    let train = jobs.json().as_array().unwrap().iter().find(|j| j["kind"] == "train").cloned().unwrap();
+    assert_eq!(train["status"], "failed", "{train}");
+    assert!(cli(dir.path(), &["models", "list", "--json"]).json().as_array().unwrap().is_empty());
+}
+
 #[test]
 fn training_page_starts_a_run_with_live_charts_and_registers_a_model() {
     use crate::support::{get, http, reply, spawn_app};
