@@ -387,6 +387,7 @@ enum Frame {
 }
 
 const MAX_NUMBER_LENGTH: u8 = 24;
+const MAX_INTEGER_LENGTH: u8 = 19;
 const MAX_KEY_LENGTH: usize = 128;
 
 /// Where a reply stands in a grammar; feed it bytes, clone it to try a token.
@@ -749,6 +750,8 @@ impl Matcher {
                     };
                     match next {
                         Some(_) if length >= MAX_NUMBER_LENGTH => return false,
+                        // An integer stays within i64 (18 digits and a sign): longer reads as a float.
+                        Some(_) if integer && length >= MAX_INTEGER_LENGTH => return false,
                         Some(at) => {
                             self.stack[last] = Frame::Number { integer, at, length: length + 1 };
                             return true;
@@ -1080,6 +1083,7 @@ mod tests {
             " {}}\n</tool_call>",
             " {\"file_path\": 3}}\n</tool_call>",
             " {\"file_path\": \"a\", \"limit\": 1.5}}\n</tool_call>",
+            " {\"file_path\": \"a\", \"limit\": 51111111111111111111111}}\n</tool_call>",
             " {\"file_path\": \"a\", \"mode\": \"txt\"}}\n</tool_call>",
             " {\"file_path\": \"a\", \"file_path\": \"b\"}}\n</tool_call>",
             " {\"file_path\":   \"a\"}}\n</tool_call>",
