@@ -1161,6 +1161,23 @@ mod tests {
         assert_eq!(picker.unconstrained_steps, 0);
     }
 
+    /// Greedy picks where step i's logits rank `script[i]` best first; stops at id 0.
+    fn run_script(picker: &mut ConstrainedPicker, pieces: &[&str], script: &[&[usize]]) -> String {
+        let mut text = String::new();
+        for preferences in script {
+            let logits: Vec<f32> = (0..pieces.len())
+                .map(|i| preferences.iter().position(|p| *p == i).map_or(0.0, |rank| 100.0 - rank as f32))
+                .collect();
+            let greedy = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+            let id = picker.pick(&logits, greedy);
+            if id == 0 {
+                break;
+            }
+            text.push_str(pieces[id as usize]);
+        }
+        text
+    }
+
     #[test]
     fn a_lazy_grammar_holds_only_the_tool_call_and_leaves_the_rest_free() {
         let pieces = [
@@ -1185,18 +1202,7 @@ mod tests {
         // What the model would choose at each step, best first.
         let script: [&[usize]; 10] =
             [&[7], &[1], &[9, 8, 2], &[9, 3], &[8, 4], &[0, 5], &[0, 6, 2], &[0, 6], &[7, 0], &[7]];
-        let mut text = String::new();
-        for preferences in script {
-            let logits: Vec<f32> = (0..pieces.len())
-                .map(|i| preferences.iter().position(|p| *p == i).map_or(0.0, |rank| 100.0 - rank as f32))
-                .collect();
-            let greedy = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
-            let id = picker.pick(&logits, greedy);
-            if id == 0 {
-                break;
-            }
-            text.push_str(pieces[id as usize]);
-        }
+        let text = run_script(&mut picker, &pieces, &script);
         // After the call, "Hi" is refused: the turn ends (or another call opens).
         assert_eq!(text, "Hi<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>");
 
@@ -1204,14 +1210,7 @@ mod tests {
         let grammar = Arc::new(Grammar::lazy_tool_calls(&[("Bash".into(), schema)], CallStyle::Hermes).unwrap());
         let mut picker = ConstrainedPicker::new(grammar, Arc::clone(&tokens), vec![0]);
         let script: [&[usize]; 7] = [&[3], &[3, 2], &[3], &[4], &[0, 5], &[0, 2], &[6]];
-        let mut text = String::new();
-        for preferences in script {
-            let logits: Vec<f32> = (0..pieces.len())
-                .map(|i| preferences.iter().position(|p| *p == i).map_or(0.0, |rank| 100.0 - rank as f32))
-                .collect();
-            let greedy = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
-            text.push_str(pieces[picker.pick(&logits, greedy) as usize]);
-        }
+        let text = run_script(&mut picker, &pieces, &script);
         assert_eq!(text, "<tool_call>\n{\"name\": \"Bash\", \"arguments\": {\"command\": \"ls\"}}\n</tool_call>");
     }
 

@@ -146,16 +146,8 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> CliRun {
 /// Run the real binary with extra environment variables; the ones Understudy reads are
 /// otherwise removed, so the test machine's environment cannot leak in.
 pub fn cli_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> CliRun {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_understudy"));
-    command
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("UNDERSTUDY_DATA_DIR")
-        .env_remove("COMMAND_CENTER_DIR")
-        .env_remove("OLLAMA_HOST")
-        .env_remove("CLAUDE_CONFIG_DIR")
-        .env("UNDERSTUDY_LOG", "warn");
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut command = understudy_command(data_dir, &args);
     for (name, value) in env {
         command.env(name, value);
     }
