@@ -44,15 +44,27 @@ async fn page(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     let tools = Value::Array(crate::traces::tools::default_tools());
     html(PlaygroundPage {
         nav: Nav::new("/playground"),
-        models: catalog.iter().enumerate().map(|(index, entry)| model_option(entry, index == 0)).collect(),
+        models: catalog.iter().enumerate().map(|(index, entry)| model_option(entry, index == 0, &exports)).collect(),
         system_prompt: crate::bootstrap::generator::system_prompt("."),
         tools_json: script_json(&tools)?,
     })
 }
 
-fn model_option(entry: &CatalogEntry, selected: bool) -> SelectOption {
+/// One model of the picker; a model served without an export says why.
+fn model_option(entry: &CatalogEntry, selected: bool, exports: &[crate::store::ExportRow]) -> SelectOption {
     let champion = if entry.champion { " · champion" } else { "" };
-    SelectOption { value: entry.name.clone(), label: format!("{}{champion} ({})", entry.name, entry.version), selected }
+    let runtime = if entry.exported {
+        String::new()
+    } else if exports.iter().any(|e| e.model_id.as_deref() == Some(entry.version.as_str()) && !e.parity_passed) {
+        " · not exported: its export failed the parity check; runs on Understudy's own decoder".to_string()
+    } else {
+        " · not exported yet; runs on Understudy's own decoder".to_string()
+    };
+    SelectOption {
+        value: entry.name.clone(),
+        label: format!("{}{champion} ({}){runtime}", entry.name, entry.version),
+        selected,
+    }
 }
 
 /// Pretty JSON that is safe as the raw text of a `<script>` element: `<`, `>` and `&` can only
@@ -260,6 +272,31 @@ mod tests {
         let text = script_json(&value).unwrap();
         assert!(!text.contains('<') && !text.contains('>') && !text.contains('&'));
         assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+    }
+
+    #[test]
+    fn a_model_served_without_an_export_says_why() {
+        let entry = |version: &str, exported: bool| CatalogEntry {
+            name: format!("m-{version}"),
+            version: version.into(),
+            path: "/x".into(),
+            created: 0,
+            champion: false,
+            exported,
+        };
+        let failed = crate::store::ExportRow {
+            id: "exp_1".into(),
+            model_id: Some("mdl_a".into()),
+            name: "m".into(),
+            path: "/x".into(),
+            manifest: Value::Null,
+            parity_passed: false,
+            created_at: String::new(),
+        };
+        let exports = [failed];
+        assert!(model_option(&entry("mdl_a", false), false, &exports).label.contains("failed the parity check"));
+        assert!(model_option(&entry("mdl_b", false), false, &exports).label.contains("not exported yet"));
+        assert!(!model_option(&entry("exp_2", true), false, &exports).label.contains("not exported"));
     }
 }
 
