@@ -93,10 +93,9 @@ pub struct GgufTokenizer {
 }
 
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content, TokenizerError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })?;
-    gguf_file::Content::read(&mut file)
-        .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: e.to_string() })
+    super::weights::read_gguf(path)
+        .map(|(_, content)| content)
+        .map_err(|e| TokenizerError::Load { path: path.display().to_string(), reason: format!("{e:#}") })
 }
 
 /// Rebuild a byte-level BPE tokenizer from GGUF metadata.

@@ -15,6 +15,128 @@ fn err(message: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("{message}")
 }
 
+/// Open a GGUF file and read its header, after checking that every count and length in it fits
+/// the file: candle's reader allocates what a header claims, so a hostile or corrupt header
+/// (a string "length" of 2^62) would abort the process instead of failing.
+pub fn read_gguf(path: &Path) -> anyhow::Result<(std::fs::File, gguf_file::Content)> {
+    let shown = || path.display().to_string();
+    let mut file = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", shown())))?;
+    let size = file.metadata().map_err(|e| err(format!("{}: {e}", shown())))?.len();
+    check_gguf_header(&mut std::io::BufReader::new(&mut file), size)
+        .map_err(|e| err(format!("{}: not a readable GGUF header: {e}", shown())))?;
+    use std::io::Seek;
+    file.rewind()?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| err(format!("{}: {e}", shown())))?;
+    Ok((file, content))
+}
+
+/// Walk a GGUF header (v2/v3) and refuse any count or length the remaining bytes cannot hold.
+fn check_gguf_header(reader: &mut impl std::io::Read, size: u64) -> Result<(), String> {
+    struct Cursor<'a, R> {
+        reader: &'a mut R,
+        at: u64,
+        size: u64,
+    }
+    impl<R: std::io::Read> Cursor<'_, R> {
+        fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
+            let mut buffer = [0u8; N];
+            self.reader.read_exact(&mut buffer).map_err(|_| format!("ends at byte {}", self.at))?;
+            self.at += N as u64;
+            Ok(buffer)
+        }
+        fn u32(&mut self) -> Result<u32, String> {
+            Ok(u32::from_le_bytes(self.bytes::<4>()?))
+        }
+        fn u64(&mut self) -> Result<u64, String> {
+            Ok(u64::from_le_bytes(self.bytes::<8>()?))
+        }
+        fn left(&self) -> u64 {
+            self.size.saturating_sub(self.at)
+        }
+        /// A count of items of at least `each` bytes that must fit what is left.
+        fn count(&mut self, each: u64, what: &str) -> Result<u64, String> {
+            let at = self.at;
+            let count = self.u64()?;
+            if count.checked_mul(each.max(1)).is_none_or(|n| n > self.left()) {
+                return Err(format!("{what} {count} at byte {at} does not fit the {} bytes left", self.left()));
+            }
+            Ok(count)
+        }
+        fn skip(&mut self, n: u64) -> Result<(), String> {
+            let copied =
+                std::io::copy(&mut <&mut R as std::io::Read>::take(&mut *self.reader, n), &mut std::io::sink())
+                    .map_err(|e| e.to_string())?;
+            self.at += copied;
+            if copied < n {
+                return Err(format!("ends at byte {}", self.at));
+            }
+            Ok(())
+        }
+        fn string(&mut self) -> Result<(), String> {
+            let length = self.count(1, "a string length")?;
+            self.skip(length)
+        }
+        fn value(&mut self, kind: u32, depth: u32) -> Result<(), String> {
+            match kind {
+                0 | 1 | 7 => self.skip(1),
+                2 | 3 => self.skip(2),
+                4..=6 => self.skip(4),
+                10..=12 => self.skip(8),
+                8 => self.string(),
+                9 if depth < 2 => {
+                    let element = self.u32()?;
+                    let each = match element {
+                        0 | 1 | 7 => 1,
+                        2 | 3 => 2,
+                        4..=6 => 4,
+                        8 | 10..=12 => 8,
+                        9 => 12,
+                        other => return Err(format!("unknown array element type {other}")),
+                    };
+                    for _ in 0..self.count(each, "an array length")? {
+                        self.value(element, depth + 1)?;
+                    }
+                    Ok(())
+                }
+                other => Err(format!("unknown value type {other}")),
+            }
+        }
+    }
+    let mut cursor = Cursor { reader, at: 0, size };
+    if &cursor.bytes::<4>()? != b"GGUF" {
+        return Err("no GGUF magic".into());
+    }
+    let version = cursor.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(format!("GGUF version {version} (2 and 3 are read)"));
+    }
+    // A tensor entry is at least 8 (name) + 4 + 8 + 4 + 8 bytes; a key-value at least 8 + 4 + 1.
+    let tensors = cursor.count(32, "a tensor count")?;
+    let entries = cursor.count(13, "a metadata count")?;
+    for _ in 0..entries {
+        cursor.string()?;
+        let kind = cursor.u32()?;
+        cursor.value(kind, 0)?;
+    }
+    for _ in 0..tensors {
+        cursor.string()?;
+        let dims = cursor.u32()?;
+        if dims > 8 {
+            return Err(format!("a tensor with {dims} dimensions at byte {}", cursor.at));
+        }
+        let mut elements: u64 = 1;
+        for _ in 0..dims {
+            elements = elements.checked_mul(cursor.u64()?).ok_or("tensor dimensions overflow")?;
+        }
+        // No GGUF type packs more than 4 elements per byte.
+        if elements > size.saturating_mul(4) {
+            return Err(format!("a tensor of {elements} elements in a file of {size} bytes"));
+        }
+        cursor.skip(12)?;
+    }
+    Ok(())
+}
+
 /// Config and f32 tensors (HF names) of a pretrained model.
 pub fn load(source: &ModelSource, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
     match source {
@@ -66,8 +188,7 @@ pub fn read_config(source: &ModelSource) -> anyhow::Result<LlamaConfig> {
         ModelSource::HfDir(dir) => serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)
             .map_err(|e| err(format!("{}: {e}", dir.join("config.json").display()))),
         ModelSource::Gguf(path) => {
-            let mut file = std::fs::File::open(path)?;
-            let content = gguf_file::Content::read(&mut file).map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let (_, content) = read_gguf(path)?;
             gguf_config(path, &content)
         }
     }
@@ -99,8 +220,7 @@ fn gguf_config(path: &Path, content: &gguf_file::Content) -> anyhow::Result<Llam
 }
 
 fn load_gguf(path: &Path, device: &Device) -> anyhow::Result<(LlamaConfig, HashMap<String, Tensor>)> {
-    let mut file = std::fs::File::open(path)?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| err(format!("{}: {e}", path.display())))?;
+    let (mut file, content) = read_gguf(path)?;
     let config = gguf_config(path, &content)?;
     let (heads, kv_heads) = (config.num_attention_heads, config.num_key_value_heads);
     let mut tensors = HashMap::new();

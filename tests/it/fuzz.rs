@@ -265,3 +265,92 @@ fn fuzzed_chat_requests_get_an_envelope_never_a_500() {
         Ok(false)
     });
 }
+
+/// Byte edits (position, value) within the first `span` bytes, and where to cut the file.
+fn byte_edits(span: usize) -> impl Strategy<Value = (Vec<(usize, u8)>, Option<usize>)> {
+    (prop::collection::vec((0..span, any::<u8>()), 1..8), prop::option::of(0..span))
+}
+
+fn edited(bytes: &[u8], (edits, cut): &(Vec<(usize, u8)>, Option<usize>)) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    for (at, value) in edits {
+        if let Some(slot) = bytes.get_mut(*at) {
+            *slot = *value;
+        }
+    }
+    if let Some(cut) = cut {
+        bytes.truncate(*cut);
+    }
+    bytes
+}
+
+/// GGUF headers as `--model FILE.gguf` reads them (the config and the tokenizer metadata):
+/// SmolLM2's real header, its first 2 MB, with bytes replaced and the file cut. Never a panic.
+#[test]
+fn fuzzed_gguf_headers_never_panic() {
+    skip_unless!(crate::support::External::SmolLm2);
+    use std::io::Read;
+    use understudy::model::source::ModelSource;
+    let real = crate::support::smollm2_gguf_path();
+    let full = std::fs::metadata(&real).unwrap().len();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fuzzed.gguf");
+    // The header's bytes, then zeros to the real size (a sparse file): the tensor data is not read.
+    let write = |bytes: &[u8], cut: bool| {
+        std::fs::write(&path, bytes).unwrap();
+        if !cut {
+            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(full).unwrap();
+        }
+    };
+    let mut head = Vec::new();
+    for megabytes in [1u64, 2, 4, 8, 16] {
+        head.clear();
+        std::fs::File::open(&real).unwrap().take(megabytes << 20).read_to_end(&mut head).unwrap();
+        write(&head, false);
+        if understudy::model::weights::read_config(&ModelSource::Gguf(path.clone())).is_ok() {
+            break;
+        }
+    }
+    assert!(
+        understudy::model::weights::read_config(&ModelSource::Gguf(path.clone())).is_ok(),
+        "the unedited header reads"
+    );
+    fuzz("gguf headers", byte_edits(8192), |edits| {
+        write(&edited(&head, &edits), edits.1.is_some());
+        let source = ModelSource::Gguf(path.clone());
+        let config = understudy::model::weights::read_config(&source);
+        let tokenizer = understudy::model::tokenizer::read_gguf(&path);
+        match (&config, &tokenizer) {
+            (Err(e), _) if e.to_string().is_empty() => Err("a refusal without a reason".into()),
+            _ => Ok(config.is_ok() && tokenizer.is_ok()),
+        }
+    });
+}
+
+/// Safetensors files as `--model DIR` loads them: a valid two-tensor file with its length
+/// prefix and JSON header edited and the file cut. Never a panic; a refusal says why.
+#[test]
+fn fuzzed_safetensors_headers_never_panic() {
+    use understudy::model::source::ModelSource;
+    let header = r#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[4,2],"data_offsets":[0,32]},"model.norm.weight":{"dtype":"F32","shape":[2],"data_offsets":[32,40]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend(std::iter::repeat_n(0u8, 40));
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"architectures": ["LlamaForCausalLM"], "hidden_size": 2, "intermediate_size": 4,
+        "num_attention_heads": 1, "num_key_value_heads": 1, "num_hidden_layers": 1, "vocab_size": 4,
+        "max_position_embeddings": 16, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let source = ModelSource::HfDir(dir.path().to_path_buf());
+    std::fs::write(&path, &file).unwrap();
+    assert!(understudy::model::weights::load(&source, &candle_core::Device::Cpu).is_ok(), "the unedited file loads");
+    fuzz("safetensors headers", byte_edits(file.len()), |edits| {
+        std::fs::write(&path, edited(&file, &edits)).unwrap();
+        match understudy::model::weights::load(&source, &candle_core::Device::Cpu) {
+            Ok(_) => Ok(true),
+            Err(e) if format!("{e:#}").trim().is_empty() => Err("a refusal without a reason".into()),
+            Err(_) => Ok(false),
+        }
+    });
+}
