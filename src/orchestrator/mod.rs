@@ -349,11 +349,11 @@ pub const HISTORY: usize = 200;
 pub fn status(db: &Db, data_dir: &Path, history: usize) -> Result<OrchestratorStatus, OrchestratorError> {
     let config = config::load(db)?;
     let readiness = readiness(db, &config)?;
-    let mut listed = Vec::new();
-    for (row, jobs) in db.list_cycles_with_jobs(history as i64)? {
-        listed.push(Cycle::from_row(row, jobs)?);
-    }
-    let history = listed;
+    let history = db
+        .list_cycles_with_jobs(history as i64)?
+        .into_iter()
+        .map(|(row, jobs)| Cycle::from_row(row, jobs))
+        .collect::<Result<Vec<_>, _>>()?;
     let current = match db.running_cycle()? {
         Some(row) if history.first().is_some_and(|c| c.id == row.id) => history.first().cloned(),
         Some(row) => {
