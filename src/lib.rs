@@ -4,7 +4,7 @@
 //! canonical data model), `store` (SQLite, the only SQL), `sandbox` and `bootstrap` (synthetic
 //! traces that really ran), `capture` (Claude Code transcripts), `dataset` (rendered, masked,
 //! tokenized), `model` and `train` (the LLaMA architecture in candle, SFT), `export` (GGUF,
-//! Modelfile, parity), `deploy` (Ollama), `serve` (decoding on mistral.rs or candle), `jobs`
+//! Modelfile, parity), `deploy` (Ollama), `handoff` (TRL/Accelerate directories for training elsewhere), `serve` (decoding on mistral.rs or candle), `jobs`
 //! (typed durable work and `jobs::requests`, the one place a request becomes a job), `pipeline`
 //! (the stages over jobs), `web` (pages, JSON API, `/v1`), `cli` (the command line). See
 //! ARCHITECTURE.md for the map and the invariants.
@@ -19,6 +19,7 @@ pub mod deploy;
 pub mod eval;
 pub mod export;
 pub mod files;
+pub mod handoff;
 pub mod jobs;
 pub mod model;
 pub mod orchestrator;

@@ -11,6 +11,7 @@ mod engine;
 mod eval;
 mod export;
 mod generate;
+mod handoff;
 mod import;
 mod jobs;
 mod models;
@@ -52,7 +53,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Write an HF directory, GGUF files, an Ollama Modelfile and a parity report.
     Export(export::ExportArgs),
-    /// List trained models; promote a champion (by hand or by the promotion rule).
+    /// A ready-to-run TRL/Accelerate/DeepSpeed (or Axolotl) directory for a dataset, for training elsewhere.
+    Handoff(handoff::HandoffArgs),
+    /// List trained models; import one trained elsewhere; promote a champion (by hand or by rule).
     #[command(subcommand)]
     Models(models::ModelsCommand),
     /// One reply from a trained model, with tool calls parsed.
@@ -129,6 +132,7 @@ fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(config, args),
         Command::Export(args) => export::run(config, args),
         Command::Eval(args) => eval::run(config, args),
+        Command::Handoff(args) => handoff::run(config, args),
         Command::Models(command) => models::run(config, command),
         Command::Datasets(command) => dataset::run(config, command),
         Command::Bench(command) => bench::run(config, command),

@@ -9,6 +9,7 @@ pub mod episode;
 pub mod metrics;
 pub mod policy;
 pub mod promotion;
+pub mod replay;
 pub mod reward;
 pub mod suite;
 

@@ -4,6 +4,7 @@
 pub mod chat_template;
 pub mod constrain;
 pub mod generate;
+pub mod import;
 pub mod llama;
 pub mod ops;
 pub mod reply;

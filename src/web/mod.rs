@@ -1,7 +1,7 @@
 //! The HTTP server: actix-web app wiring, shared state, access control, and the route table.
 //! The web is sliced by feature — `overview` (dashboard, docs, health, stats, OpenAPI),
 //! `traces`, `jobs`, `bootstrap`, `datasets`, `training`, `models`, `capture`, `orchestrator`, `playground`,
-//! `openai` (`/v1`) — each holding its page handlers, `/api` handlers and view models; what
+//! `rewards` (the reward function over HTTP), `openai` (`/v1`) — each holding its page handlers, `/api` handlers and view models; what
 //! they share is in `shared`, the one error type and its renderings in `error`, embedded static
 //! files in `assets`, Prometheus text in `metrics`. Features import `shared` and `error`, and a
 //! feature may import another's helpers (traces' rows, jobs' rows) but never in a cycle. Store,
@@ -21,6 +21,7 @@ mod openai;
 mod orchestrator;
 mod overview;
 mod playground;
+mod rewards;
 mod shared;
 mod traces;
 mod training;
@@ -205,7 +206,8 @@ fn routes(config: &mut web::ServiceConfig) {
                 .configure(capture::api_routes)
                 .configure(orchestrator::api_routes)
                 .configure(bootstrap::api_routes)
-                .configure(playground::api_routes),
+                .configure(playground::api_routes)
+                .configure(rewards::api_routes),
         )
         .configure(overview::routes)
         .configure(traces::routes)

@@ -18,6 +18,7 @@ mod eval;
 mod export;
 mod flywheel;
 mod fuzz;
+mod handoff;
 mod http;
 mod orchestrator;
 mod rl;
