@@ -30,8 +30,9 @@ us handoff --dataset "$dataset" --base "$hf" --phase sft --out "$work/handoff-sf
 import json, sys
 lineage = json.load(open(sys.argv[1]))
 losses = lineage["losses"]
-print(f"TRL SFT: {lineage['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f} (min {min(losses):.4f})")
-assert losses[-1] < losses[0], "the loss did not fall"
+before, after = lineage["eval_loss_before"], lineage["eval_loss_after"]
+print(f"TRL SFT: {lineage['steps']} steps; training loss {losses[0]:.4f} -> {losses[-1]:.4f}; validation loss {before:.4f} -> {after:.4f}")
+assert after < before, "the validation loss did not fall"
 PY
 us models import "$work/handoff-sft/output" --name trl-sft --json > "$work/import.json"
 imported=$("$python" -c "import json,sys; print(json.load(open(sys.argv[1]))['id'])" "$work/import.json")

@@ -83,6 +83,7 @@ fn normalized(dir: &Path, replacements: &[(&str, &str)]) -> Vec<(String, String)
 
 #[test]
 fn handoff_directories_match_golden_files_and_their_scripts_compile() {
+    skip_unless!(crate::support::External::PyYaml);
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
     let (dataset_id, dataset_dir) = dataset(&data);

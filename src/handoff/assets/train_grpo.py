@@ -34,11 +34,12 @@ def main():
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from understudy_rewards import UnderstudyEnvironment, understudy_reward
+    from understudy_rewards import UnderstudyEnvironment, understudy_reward, use_tokenizer
 
     base = base_model(handoff, args.base)
     tokenizer = load_tokenizer(handoff, base)
     tokenizer.padding_side = "left"
+    use_tokenizer(tokenizer)
     dtype, device = dtype_and_device()
     rows = read_jsonl("data/grpo_prompts.jsonl")
     if not rows:

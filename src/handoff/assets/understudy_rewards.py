@@ -33,7 +33,29 @@ def _post(endpoint, body):
         raise RuntimeError(f"{URL}{endpoint}: {error.reason} (is `understudy serve` running? set UNDERSTUDY_URL)")
 
 
-def _request(case, completion, tokens=None):
+_TOKENIZER = None
+
+
+def use_tokenizer(tokenizer):
+    """Decode completions from their token ids with the special tokens kept: TRL's text drops
+    them, and with them the <tool_call> tags the calls are parsed by."""
+    global _TOKENIZER
+    _TOKENIZER = tokenizer
+
+
+def _raw_text(ids):
+    """The completion as the model wrote it, up to its end-of-turn token; and whether it had one
+    (TRL's completion ids stop at the end of turn, padding removed)."""
+    ends = list(_HANDOFF["dataset"]["template"]["end_of_turn"]) + [_TOKENIZER.eos_token]
+    end_ids = {_TOKENIZER.convert_tokens_to_ids(token) for token in ends if token}
+    ids = list(ids)
+    for index, token in enumerate(ids):
+        if token in end_ids:
+            return _TOKENIZER.decode(ids[:index], skip_special_tokens=False), True
+    return _TOKENIZER.decode(ids, skip_special_tokens=False), False
+
+
+def _request(case, completion, tokens=None, truncated=False):
     body = {"case": json.loads(case) if isinstance(case, str) else case, "template": _REWARDS["template"],
             "weights": _REWARDS["weights"], "token_budget": _REWARDS["token_budget"]}
     if isinstance(completion, str):
@@ -42,12 +64,14 @@ def _request(case, completion, tokens=None):
         body["messages"] = completion
     if tokens is not None:
         body["reply_tokens"] = [tokens]
+    if truncated:
+        body["truncated"] = True
     return body
 
 
-def score(case, completion, tokens=None):
+def score(case, completion, tokens=None, truncated=False):
     """The full answer of /api/rewards/score for one completion: total, gated, components..."""
-    return _post("/api/rewards/score", _request(case, completion, tokens))
+    return _post("/api/rewards/score", _request(case, completion, tokens, truncated))
 
 
 def understudy_reward(prompts, completions, case, completion_ids=None, log_metric=None, **kwargs):
@@ -55,8 +79,13 @@ def understudy_reward(prompts, completions, case, completion_ids=None, log_metri
     rewards = []
     components = {}
     for index, (completion, one_case) in enumerate(zip(completions, case)):
-        tokens = len(completion_ids[index]) if completion_ids is not None and isinstance(completion, str) else None
-        result = score(one_case, completion, tokens)
+        tokens, truncated = None, False
+        if completion_ids is not None and isinstance(completion, str):
+            tokens = len(completion_ids[index])
+            if _TOKENIZER is not None:
+                completion, finished = _raw_text(completion_ids[index])
+                truncated = not finished
+        result = score(one_case, completion, tokens, truncated)
         rewards.append(result["total"])
         for name, value in result["components"].items():
             components.setdefault(name, []).append(value)

@@ -56,7 +56,7 @@ def main():
         per_device_train_batch_size=hp["per_device_batch_size"],
         gradient_accumulation_steps=hp["gradient_accumulation_steps"],
         lr_scheduler_type="cosine",
-        warmup_ratio=hp["warmup_ratio"],
+        warmup_steps=hp["warmup_ratio"],  # a float below 1 is a ratio of the steps
         logging_steps=1,
         save_strategy="no",
         eval_strategy="no",

@@ -48,7 +48,7 @@ def main():
         per_device_train_batch_size=hp["per_device_batch_size"],
         gradient_accumulation_steps=hp["gradient_accumulation_steps"],
         lr_scheduler_type="cosine",
-        warmup_ratio=hp["warmup_ratio"],
+        warmup_steps=hp["warmup_ratio"],  # a float below 1 is a ratio of the steps
         weight_decay=hp["weight_decay"],
         max_grad_norm=hp["max_grad_norm"],
         logging_steps=1,
@@ -68,8 +68,11 @@ def main():
         processing_class=tokenizer,
         peft_config=lora_config(handoff),
     )
+    # The loss on the validation split before and after, on the same tokens: did it learn?
+    before = trainer.evaluate()["eval_loss"] if val else None
     trainer.train()
-    finish(trainer, tokenizer, handoff, args.output_dir, base)
+    after = trainer.evaluate()["eval_loss"] if val else None
+    finish(trainer, tokenizer, handoff, args.output_dir, base, {"eval_loss_before": before, "eval_loss_after": after})
 
 
 if __name__ == "__main__":

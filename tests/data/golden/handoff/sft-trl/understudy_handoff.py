@@ -83,7 +83,7 @@ def read_jsonl(name):
     return rows
 
 
-def finish(trainer, tokenizer, handoff, output_dir, base):
+def finish(trainer, tokenizer, handoff, output_dir, base, extra=None):
     """Save what `understudy models import OUTPUT_DIR` reads: the weights (or the PEFT adapter),
     the tokenizer, the dataset's template files and the lineage with the loss curve."""
     trainer.save_model(output_dir)
@@ -103,6 +103,7 @@ def finish(trainer, tokenizer, handoff, output_dir, base):
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "losses": losses,
+        **(extra or {}),
     }
     with open(os.path.join(output_dir, "understudy_handoff.json"), "w", encoding="utf-8") as f:
         json.dump(lineage, f, indent=2)
