@@ -3,7 +3,8 @@
 //! the deployment in the store. The result is the `DeployReport`.
 //!
 //! There is no checkpoint: deploying again is cheap and safe (Ollama skips a blob it already has,
-//! and create/copy replace the names), so a resumed deploy starts over. Cancel and shutdown are
+//! and create/copy replace the names), so a resumed deploy starts over; its deployment row is
+//! named after the job, so a deploy killed after recording it records it again in place. Cancel and shutdown are
 //! honoured before the upload starts; once it runs, the HTTP calls finish or time out.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,11 @@ pub struct DeployParams {
     pub quant: Option<String>,
     /// Send the sample prompt through `/api/chat` afterwards.
     pub test: bool,
+}
+
+/// The id of a deploy job's deployment row: derived from the job id, so a resumed job keeps it.
+pub fn deployment_id(job_id: &str) -> String {
+    format!("dep_{}", job_id.trim_start_matches("job_"))
 }
 
 /// Bytes as megabytes with one decimal, for progress messages.
@@ -80,7 +86,8 @@ pub fn run(context: &mut JobContext<'_>, params: &DeployParams) -> Result<Deploy
     };
     let report = outcome.map_err(|e| JobError::Failed(e.to_string()))?;
     let result = serde_json::to_value(&report).expect("deploy report serialises");
-    let deployment_id = context.db().insert_deployment(&params.export_id, &report.host, &report.names, &result)?;
+    let deployment_id = deployment_id(context.job().id.as_str());
+    context.db().insert_deployment(&deployment_id, &params.export_id, &report.host, &report.names, &result)?;
     context.log("info", &format!("deployed {} to {} ({deployment_id})", report.names.join(" and "), report.host))?;
     Ok(report)
 }

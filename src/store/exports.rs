@@ -82,16 +82,21 @@ impl Db {
             .optional()?)
     }
 
+    /// Record a deployment under `id` (derived from its job). A deploy job killed after recording
+    /// it but before it was marked finished deploys again when resumed and records it again: the
+    /// row is updated in place, so one job never leaves two deployments.
     pub fn insert_deployment(
         &self,
+        id: &str,
         export_id: &str,
         host: &str,
         names: &[String],
         result: &serde_json::Value,
-    ) -> StoreResult<String> {
-        let id = format!("dep_{}", ulid::Ulid::new());
+    ) -> StoreResult<()> {
         self.conn.execute(
-            "INSERT INTO deployments (id, export_id, host, names, result, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO deployments (id, export_id, host, names, result, created_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET export_id = excluded.export_id, host = excluded.host,
+                 names = excluded.names, result = excluded.result",
             params![
                 id,
                 export_id,
@@ -101,6 +106,6 @@ impl Db {
                 now_rfc3339()
             ],
         )?;
-        Ok(id)
+        Ok(())
     }
 }

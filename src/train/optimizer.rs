@@ -43,8 +43,12 @@ impl AdamW {
         Ok(())
     }
 
+    /// Write the moments and the update count (`adamw.step`: a trainer step may apply no update,
+    /// as a GRPO step whose groups all scored alike, or several, as PPO's epochs).
     pub fn save(&self, vars: &[(String, Var, bool)], path: &Path) -> Result<()> {
         let mut tensors = HashMap::new();
+        let device = vars.first().map(|(_, v, _)| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        tensors.insert(STEP_KEY.to_string(), Tensor::new(&[self.step as i64], &device)?);
         for ((name, _, _), (m, v)) in vars.iter().zip(&self.moments) {
             tensors.insert(format!("{name}.m"), m.clone());
             tensors.insert(format!("{name}.v"), v.clone());
@@ -52,6 +56,8 @@ impl AdamW {
         candle_core::safetensors::save(&tensors, path)
     }
 
+    /// Read what `save` wrote. `step` (the trainer's) counts the updates of a checkpoint written
+    /// before the count was saved.
     pub fn load(&mut self, vars: &[(String, Var, bool)], path: &Path, step: u64) -> Result<()> {
         let device = vars.first().map(|(_, v, _)| v.device().clone()).unwrap_or(candle_core::Device::Cpu);
         let tensors = candle_core::safetensors::load(path, &device)?;
@@ -65,10 +71,17 @@ impl AdamW {
                 .cloned()
                 .ok_or_else(|| candle_core::Error::msg(format!("optimizer state lacks {name}.v")))?;
         }
-        self.step = step;
+        self.step = match tensors.get(STEP_KEY) {
+            Some(saved) => u64::try_from(saved.to_vec1::<i64>()?.first().copied().unwrap_or(0))
+                .map_err(|_| candle_core::Error::msg("optimizer state: a negative step"))?,
+            None => step,
+        };
         Ok(())
     }
 }
+
+/// The update count in the optimizer state file (no variable name ends so).
+const STEP_KEY: &str = "adamw.step";
 
 /// Linear warmup to `peak`, then cosine decay to `peak * floor` at `total` steps.
 pub fn learning_rate(step: u64, total: u64, warmup: u64, peak: f64, floor: f64) -> f64 {
@@ -117,6 +130,37 @@ pub fn clip_global_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resumed run continues with the update count it had, not the trainer's step count: a
+    /// step may apply no update (or several), and Adam's bias correction depends on the count.
+    #[test]
+    fn a_loaded_optimizer_continues_with_the_saved_update_count() {
+        let device = candle_core::Device::Cpu;
+        let var = Var::new(&[1.0f32, -2.0], &device).unwrap();
+        let vars = vec![("w".to_string(), var.clone(), false)];
+        let grads = vec![Some(Tensor::new(&[0.5f32, 0.25], &device).unwrap())];
+        let mut optimizer = AdamW::new(&vars, 0.0).unwrap();
+        optimizer.apply(&vars, &grads, 0.1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.safetensors");
+        optimizer.save(&vars, &path).unwrap();
+        // Three trainer steps, one update.
+        let mut loaded = AdamW::new(&vars, 0.0).unwrap();
+        loaded.load(&vars, &path, 3).unwrap();
+        assert_eq!(loaded.step, 1);
+        let before = var.as_tensor().to_vec1::<f32>().unwrap();
+        optimizer.apply(&vars, &grads, 0.1).unwrap();
+        let uninterrupted = var.as_tensor().to_vec1::<f32>().unwrap();
+        var.set(&Tensor::new(before.as_slice(), &device).unwrap()).unwrap();
+        loaded.apply(&vars, &grads, 0.1).unwrap();
+        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), uninterrupted, "bit-identical");
+        // A state file without the count (written before it was saved) takes the trainer's.
+        let mut tensors = candle_core::safetensors::load(&path, &device).unwrap();
+        tensors.remove(STEP_KEY);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        loaded.load(&vars, &path, 3).unwrap();
+        assert_eq!(loaded.step, 3);
+    }
 
     #[test]
     fn schedule_warms_up_then_decays() {

@@ -3,7 +3,7 @@
 //! `POST /api/create`, `POST /api/copy` and `POST /api/chat`, strict about fields and digests,
 //! recording every request. Exports are fake directories with a manifest and a small GGUF.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -73,6 +73,30 @@ impl FakeOllama {
 
     fn clear_requests(&self) {
         self.state.lock().unwrap().requests.clear();
+    }
+
+    /// Forget every blob, model and request: a fresh Ollama at the same address.
+    pub(crate) fn reset(&self) {
+        *self.state.lock().unwrap() = OllamaState::default();
+    }
+
+    /// The blobs stored, the models (`name:tag` -> the create request that made it), and every
+    /// request as `METHOD path` with its body (blob uploads' bodies left out).
+    pub(crate) fn snapshot(&self) -> (BTreeSet<String>, BTreeMap<String, Value>, Vec<(String, String)>) {
+        let state = self.state.lock().unwrap();
+        let requests = state
+            .requests
+            .iter()
+            .map(|r| {
+                let body = if r.path.starts_with("/api/blobs/") {
+                    String::new()
+                } else {
+                    String::from_utf8_lossy(&r.body).into_owned()
+                };
+                (format!("{} {}", r.method, r.path), body)
+            })
+            .collect();
+        (state.blobs.iter().cloned().collect(), state.models.clone(), requests)
     }
 
     pub(crate) fn calls(&self) -> Vec<String> {
