@@ -347,7 +347,7 @@ pub fn import(source: &Path, base: Option<&Path>, out_dir: &Path) -> Result<Impo
     } else {
         template_of(tokenizer_from)?
     };
-    for (_, tensor) in &tensors {
+    for tensor in tensors.values() {
         let sum = tensor.sum_all()?.to_scalar::<f32>()?;
         if !sum.is_finite() {
             return Err(invalid(source, "the weights hold NaN or infinite values"));
