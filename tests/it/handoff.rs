@@ -65,7 +65,9 @@ fn normalized(dir: &Path, replacements: &[(&str, &str)]) -> Vec<(String, String)
             if name == "handoff.json" {
                 let mut value: Value = serde_json::from_str(&text).unwrap();
                 let files = value["files"].as_object_mut().unwrap();
-                files.retain(|k, _| !k.starts_with("data/") && !["README.md", "tokenizer.json", "axolotl.yaml"].contains(&k.as_str()));
+                files.retain(|k, _| {
+                    !k.starts_with("data/") && !["README.md", "tokenizer.json", "axolotl.yaml"].contains(&k.as_str())
+                });
                 for key in ["examples", "pairs", "grpo_cases", "mask_coverage"] {
                     value["dataset"][key] = json!("<count>");
                 }
