@@ -2,6 +2,7 @@
 # Build the release binary when it is missing or stale, then run it with the given arguments.
 #   ./run.sh quickstart      the main job on the embedded default, then serve
 #   ./run.sh test            the whole test suite
+#   ./run.sh bench           every performance figure, references beside them, as one JSON document
 #   ./run.sh <command> ...   any understudy command (./run.sh --help)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -18,4 +19,7 @@ fi
 
 # cargo decides staleness itself; a no-op build takes well under a second.
 cargo build --release --locked --quiet --bin understudy
+if [[ "${1:-}" == "bench" && $# -eq 1 ]]; then
+  exec python3 bench/all.py --binary "$CARGO_TARGET_DIR/release/understudy" --markdown
+fi
 exec "$CARGO_TARGET_DIR/release/understudy" "$@"
