@@ -54,10 +54,11 @@ fn normalized(dir: &Path, replacements: &[(&str, &str)]) -> Vec<(String, String)
                 continue;
             }
             let name = path.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+            // The dataset's files are checked against the dataset and the embedded scripts against
+            // their sources; the goldens hold the rest.
             if name.starts_with("data/")
-                || name == "tokenizer.json"
-                || name == "template.json"
-                || name == "chat_template.jinja"
+                || name.ends_with(".py")
+                || ["tokenizer.json", "template.json", "chat_template.jinja"].contains(&name.as_str())
             {
                 continue;
             }
@@ -204,7 +205,14 @@ fn handoff_directories_match_golden_files_and_their_scripts_compile() {
             let _: Value = serde_json::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap();
         }
 
-        // Everything but the data against the golden files.
+        // The scripts are the embedded assets, byte for byte.
+        for script in &python {
+            let name = Path::new(script).file_name().unwrap();
+            let asset = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/handoff/assets").join(name);
+            assert_eq!(std::fs::read(script).unwrap(), std::fs::read(&asset).unwrap(), "{script}");
+        }
+
+        // Everything else against the golden files.
         let replacements =
             [(handoff_id.as_str(), "<HANDOFF>"), (dataset_id.as_str(), "<DATASET>"), (base_text.as_str(), "<BASE>")];
         let ours = normalized(&out, &replacements);
