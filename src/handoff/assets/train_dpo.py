@@ -9,11 +9,10 @@ the adapters off).
 
 Then: understudy models import output/
 """
-import argparse
 import json
 
-from understudy_handoff import (base_model, dtype_and_device, finish, load_handoff, load_tokenizer, lora_config,
-                                path, read_jsonl)
+from understudy_handoff import (arguments, base_model, dtype_and_device, finish, load_handoff, load_tokenizer,
+                                lora_config, read_jsonl, trainer_settings)
 
 
 def rows(name):
@@ -29,11 +28,7 @@ def rows(name):
 def main():
     handoff = load_handoff()
     hp = handoff["hyperparameters"]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="start from this model instead of the handoff's base")
-    parser.add_argument("--output-dir", default=path("output"))
-    parser.add_argument("--max-steps", type=int, default=-1)
-    args = parser.parse_args()
+    args = arguments(__doc__)
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -47,23 +42,12 @@ def main():
         raise SystemExit("data/dpo.jsonl holds no pairs: import preference pairs and rebuild the dataset")
     val = rows("data/dpo_val.jsonl")
     config = DPOConfig(
-        output_dir=args.output_dir,
+        **trainer_settings(handoff, args, dtype, device),
         beta=hp["beta"],
         max_length=hp["max_length"],
-        learning_rate=hp["learning_rate"],
-        num_train_epochs=hp["epochs"],
-        max_steps=args.max_steps,
-        per_device_train_batch_size=hp["per_device_batch_size"],
-        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
         lr_scheduler_type="cosine",
         warmup_steps=hp["warmup_ratio"],  # a float below 1 is a ratio of the steps
-        logging_steps=1,
-        save_strategy="no",
         eval_strategy="no",
-        bf16=device == "cuda" and str(dtype) == "torch.bfloat16",
-        seed=hp["seed"],
-        report_to="none",
-        use_cpu=device == "cpu",
     )
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     trainer = DPOTrainer(

@@ -13,22 +13,19 @@ whole episode is scored (needs transformers >= 5.2). `--vllm` generates with vLL
 
 Then: understudy models import output/
 """
-import argparse
+from understudy_handoff import (arguments, base_model, dtype_and_device, finish, load_handoff, load_tokenizer,
+                                lora_config, read_jsonl, trainer_settings)
 
-from understudy_handoff import (base_model, dtype_and_device, finish, load_handoff, load_tokenizer, lora_config,
-                                path, read_jsonl)
+
+def extra_flags(parser):
+    parser.add_argument("--multi-turn", action="store_true", help="TRL runs the tools on the Understudy server")
+    parser.add_argument("--vllm", action="store_true", help="generate with vLLM (colocate mode)")
 
 
 def main():
     handoff = load_handoff()
     hp = handoff["hyperparameters"]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="start from this model instead of the handoff's base")
-    parser.add_argument("--output-dir", default=path("output"))
-    parser.add_argument("--max-steps", type=int, default=-1)
-    parser.add_argument("--multi-turn", action="store_true", help="TRL runs the tools on the Understudy server")
-    parser.add_argument("--vllm", action="store_true", help="generate with vLLM (colocate mode)")
-    args = parser.parse_args()
+    args = arguments(__doc__, extra_flags)
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -44,17 +41,10 @@ def main():
     rows = read_jsonl("data/grpo_prompts.jsonl")
     if not rows:
         raise SystemExit("data/grpo_prompts.jsonl holds no cases: the dataset's training split has no replayable task")
-    if args.multi_turn:
-        rows = [{"prompt": row["messages"], "case": row["case"]} for row in rows]
-    else:
-        rows = [{"prompt": row["prompt"], "case": row["case"]} for row in rows]
+    prompt = "messages" if args.multi_turn else "prompt"
+    rows = [{"prompt": row[prompt], "case": row["case"]} for row in rows]
     config = GRPOConfig(
-        output_dir=args.output_dir,
-        learning_rate=hp["learning_rate"],
-        num_train_epochs=hp["epochs"],
-        max_steps=args.max_steps,
-        per_device_train_batch_size=hp["per_device_batch_size"],
-        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        **trainer_settings(handoff, args, dtype, device),
         num_generations=hp["num_generations"],
         max_completion_length=hp["max_completion_length"],
         temperature=hp["temperature"],
@@ -65,12 +55,6 @@ def main():
         loss_type="dapo",
         use_vllm=args.vllm,
         vllm_mode="colocate",
-        logging_steps=1,
-        save_strategy="no",
-        bf16=device == "cuda" and str(dtype) == "torch.bfloat16",
-        seed=hp["seed"],
-        report_to="none",
-        use_cpu=device == "cpu",
     )
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     trainer = GRPOTrainer(

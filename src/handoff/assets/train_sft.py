@@ -9,21 +9,14 @@ same template (assistant-only loss through TRL's generation markers).
 
 Then: understudy models import output/
 """
-import argparse
-
-from understudy_handoff import (base_model, dtype_and_device, finish, load_handoff, load_tokenizer, lora_config,
-                                path, read_jsonl)
+from understudy_handoff import (arguments, base_model, dtype_and_device, finish, load_handoff, load_tokenizer,
+                                lora_config, read_jsonl, trainer_settings)
 
 
 def main():
     handoff = load_handoff()
     hp = handoff["hyperparameters"]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="start from this model instead of the handoff's base")
-    parser.add_argument("--output-dir", default=path("output"))
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: all epochs)")
-    parser.add_argument("--data", choices=["tokens", "messages"], default="tokens")
-    args = parser.parse_args()
+    args = arguments(__doc__, lambda p: p.add_argument("--data", choices=["tokens", "messages"], default="tokens"))
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -39,25 +32,14 @@ def main():
         train = read_jsonl("data/sft.jsonl")
         val = read_jsonl("data/sft_val.jsonl")
     config = SFTConfig(
-        output_dir=args.output_dir,
+        **trainer_settings(handoff, args, dtype, device),
         max_length=hp["max_length"],
         assistant_only_loss=args.data == "messages",
-        learning_rate=hp["learning_rate"],
-        num_train_epochs=hp["epochs"],
-        max_steps=args.max_steps,
-        per_device_train_batch_size=hp["per_device_batch_size"],
-        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
         lr_scheduler_type="cosine",
         warmup_steps=hp["warmup_ratio"],  # a float below 1 is a ratio of the steps
         weight_decay=hp["weight_decay"],
         max_grad_norm=hp["max_grad_norm"],
-        logging_steps=1,
-        save_strategy="no",
         eval_strategy="no",
-        bf16=device == "cuda" and dtype.is_floating_point and str(dtype) == "torch.bfloat16",
-        seed=hp["seed"],
-        report_to="none",
-        use_cpu=device == "cpu",
     )
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     trainer = SFTTrainer(

@@ -74,6 +74,38 @@ def lora_config(handoff):
                       target_modules=lora["targets"], task_type="CAUSAL_LM")
 
 
+def arguments(doc, extra=None):
+    """The flags every script takes (and any `extra(parser)` adds)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", help="start from this model instead of the handoff's base")
+    parser.add_argument("--output-dir", default=path("output"))
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: all epochs)")
+    if extra:
+        extra(parser)
+    return parser.parse_args()
+
+
+def trainer_settings(handoff, args, dtype, device):
+    """The TrainingArguments all three trainers share, from handoff.json and the flags."""
+    hp = handoff["hyperparameters"]
+    return dict(
+        output_dir=args.output_dir,
+        learning_rate=hp["learning_rate"],
+        num_train_epochs=hp["epochs"],
+        max_steps=args.max_steps,
+        per_device_train_batch_size=hp["per_device_batch_size"],
+        gradient_accumulation_steps=hp["gradient_accumulation_steps"],
+        logging_steps=1,
+        save_strategy="no",
+        bf16=device == "cuda" and str(dtype) == "torch.bfloat16",
+        seed=hp["seed"],
+        report_to="none",
+        use_cpu=device == "cpu",
+    )
+
+
 def read_jsonl(name):
     rows = []
     with open(path(name), encoding="utf-8") as f:
