@@ -1,6 +1,6 @@
 """Every performance figure of spec section 5 in one run, as one JSON document: bootstrap, capture,
 tokenization against the Python `tokenizers` package, SFT of the tiny preset against PyTorch
-`transformers`, a LoRA step on SmolLM2-135M, export, serving against llama.cpp on the same GGUF,
+`transformers`, a LoRA step on SmolLM2-135M against PyTorch + PEFT, export, serving against llama.cpp on the same GGUF,
 and eval cases per second. Each reference side is measured in the same run when its Python package
 is importable (by --python, or --torch-python for PyTorch) and marked missing otherwise. With
 --markdown, also prints README's performance table regenerated from the document.
@@ -128,8 +128,12 @@ def main():
     def lora():
         if not args.smollm2 or not os.path.exists(args.smollm2):
             return {"missing": "SmolLM2-135M GGUF (--smollm2 or UNDERSTUDY_SMOLLM2_GGUF)"}
-        return run_json([binary, "bench", "lora", "--model", args.smollm2, "--batch-size", "2", "--seq-len", "256",
-                         "--steps", "3"])
+        if not has_modules(torch_python, "torch", "transformers", "peft", "gguf"):
+            ours = run_json([binary, "bench", "lora", "--model", args.smollm2, "--batch-size", "2", "--seq-len", "256",
+                             "--steps", "3"])
+            return {"understudy_seconds_per_step": ours["seconds_per_step"], "understudy": ours,
+                    "peft": {"missing": "pip install torch transformers peft gguf (or --torch-python)"}}
+        return run_json([torch_python, os.path.join(HERE, "lora_speed.py"), args.smollm2, binary])
 
     section("lora", figures, lora)
 
@@ -221,7 +225,9 @@ def markdown(document):
                          f"Python tokenizers {num(get('tokenization', 'python_tokenizers', 'batch_tokens_per_second'))}"),
         ("SFT tiny, 4 × 512", f"Understudy {num(get('sft', 'understudy_tokens_per_second'))} tok/s; PyTorch "
                               f"{num(get('sft', 'pytorch_tokens_per_second'))} (ratio {get('sft', 'ratio_understudy_over_pytorch')})"),
-        ("LoRA SmolLM2-135M, 2 × 256", f"{num(get('lora', 'seconds_per_step'), 2)} s/step, {num(get('lora', 'tokens_per_second'))} tok/s"),
+        ("LoRA r8 q/k/v/o on SmolLM2-135M, 2 × 256", f"Understudy {num(get('lora', 'understudy_seconds_per_step'), 2)} s/step; "
+                                                    f"PyTorch + PEFT {num(get('lora', 'peft_seconds_per_step'), 2)} "
+                                                    f"(ratio {get('lora', 'ratio_understudy_speed_over_peft')})"),
         ("export, tiny", ", ".join(f"{q['quant']} {q.get('write_seconds', 0):.2f} s, {q.get('megabytes', 0):.1f} MB, "
                                    f"greedy agreement {q.get('greedy_token_agreement', '—')}"
                                    for q in get('export', 'quants', default=[]))),
