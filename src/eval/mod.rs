@@ -1,4 +1,5 @@
-//! Evaluation: suites of cases (`suite`), executed agentic episodes in the sandbox (`episode`),
+//! Evaluation: suites of cases (`suite`), executed agentic episodes in the sandbox (`episode`)
+//! and the preference pairs mined from them (`mined`),
 //! the models that play them (`policy`: a stored model on our decoder, or any OpenAI-compatible
 //! endpoint), and the metrics with Wilson intervals (`metrics`). The `eval` job (jobs::eval)
 //! runs a suite case by case, stores every episode and score, and resumes after the last
@@ -7,6 +8,7 @@
 
 pub mod episode;
 pub mod metrics;
+pub mod mined;
 pub mod policy;
 pub mod promotion;
 pub mod replay;

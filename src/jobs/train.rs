@@ -13,7 +13,8 @@ use serde_json::json;
 use super::{JobContext, JobError};
 use crate::model::llama::LlamaConfig;
 use crate::model::source::ModelSource;
-use crate::store::NewModel;
+use crate::store::{NewModel, PairInsertOutcome};
+use crate::traces::preference::PreferencePair;
 use crate::train::sft::{self, SftConfig, TrainError, TrainHooks};
 
 /// The training phases of spec 3.6.
@@ -156,6 +157,17 @@ impl TrainHooks for JobHooks<'_, '_> {
 
     fn log(&mut self, message: &str) {
         let _ = self.context.log("info", message);
+    }
+
+    fn mined_pairs(&mut self, pairs: &[PreferencePair]) -> Result<(), TrainError> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        // A resumed run rolls the same step out again: its pairs are already stored (same content).
+        let outcomes = self.context.db().insert_mined_pairs(pairs).map_err(|e| TrainError::Other(e.to_string()))?;
+        let new = outcomes.iter().filter(|o| matches!(o, PairInsertOutcome::Inserted { .. })).count();
+        let _ = self.context.log("info", &format!("{} preference pairs mined from rollouts ({new} new)", pairs.len()));
+        Ok(())
     }
 }
 

@@ -59,7 +59,7 @@ impl Db {
                 (Some(existing_trace(trace)?), None)
             }
             FeedbackYield::Pair(pair, trace) => {
-                if insert_pair_row(&transaction, pair, trace, &now)? == PairInsertOutcome::IdConflict {
+                if insert_pair_row(&transaction, pair, Some(trace), &now)? == PairInsertOutcome::IdConflict {
                     return Err(StoreError::Conflict(format!("pair id {} is taken by another pair", pair.id)));
                 }
                 let pair_id = pair_id_by_hash(&transaction, &pair.content_hash)?;

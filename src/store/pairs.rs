@@ -1,6 +1,7 @@
 //! Typed queries on `preference_pairs`: batched idempotent inserts of pairs together with the
 //! SFT trace each one yields (dedupe by content hash, one transaction per batch with the job
-//! checkpoint), counts and pagination. Stored bodies are re-validated when read.
+//! checkpoint), pairs mined from episodes without one, counts and pagination. Stored bodies are
+//! re-validated when read.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
@@ -42,11 +43,24 @@ impl Db {
         let transaction = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(pairs.len());
         for (pair, trace) in pairs {
-            outcomes.push(insert_pair_row(&transaction, pair, trace, &now)?);
+            outcomes.push(insert_pair_row(&transaction, pair, Some(trace), &now)?);
         }
         if let Some((job_id, state)) = checkpoint(&outcomes) {
             super::jobs::write_checkpoint(&transaction, &job_id, &state, &now)?;
         }
+        transaction.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Insert pairs mined from episodes, in one transaction. They yield no SFT trace: a
+    /// mined reply is a decision between two of the model's own attempts, not a demonstration.
+    pub fn insert_mined_pairs(&mut self, pairs: &[PreferencePair]) -> StoreResult<Vec<PairInsertOutcome>> {
+        let now = crate::traces::now_rfc3339();
+        let transaction = self.conn.transaction()?;
+        let outcomes = pairs
+            .iter()
+            .map(|pair| insert_pair_row(&transaction, pair, None, &now))
+            .collect::<StoreResult<Vec<_>>>()?;
         transaction.commit()?;
         Ok(outcomes)
     }
@@ -78,11 +92,12 @@ impl Db {
     }
 }
 
-/// Insert one pair and its SFT trace inside the caller's transaction (see [`Db::insert_pairs`]).
+/// Insert one pair and its SFT trace, if it has one, inside the caller's transaction (see
+/// [`Db::insert_pairs`]).
 pub(super) fn insert_pair_row(
     conn: &Connection,
     pair: &PreferencePair,
-    trace: &Trace,
+    trace: Option<&Trace>,
     now: &str,
 ) -> StoreResult<PairInsertOutcome> {
     if conn.prepare_cached("SELECT 1 FROM preference_pairs WHERE content_hash = ?")?.exists([&pair.content_hash])? {
@@ -91,14 +106,17 @@ pub(super) fn insert_pair_row(
     if conn.prepare_cached("SELECT 1 FROM preference_pairs WHERE id = ?")?.exists([&pair.id])? {
         return Ok(PairInsertOutcome::IdConflict);
     }
-    let (trace_id, new_trace) = match insert_trace_row(conn, trace, now)? {
-        InsertOutcome::Inserted => (trace.id.clone(), true),
-        InsertOutcome::Duplicate | InsertOutcome::IdConflict => {
-            let existing = trace_id_by_hash(conn, &trace.content_hash)?.ok_or_else(|| {
-                StoreError::Conflict(format!("trace id {} is taken by a trace with other content", trace.id))
-            })?;
-            (existing, false)
-        }
+    let (trace_id, new_trace) = match trace {
+        None => (None, false),
+        Some(trace) => match insert_trace_row(conn, trace, now)? {
+            InsertOutcome::Inserted => (Some(trace.id.clone()), true),
+            InsertOutcome::Duplicate | InsertOutcome::IdConflict => {
+                let existing = trace_id_by_hash(conn, &trace.content_hash)?.ok_or_else(|| {
+                    StoreError::Conflict(format!("trace id {} is taken by a trace with other content", trace.id))
+                })?;
+                (Some(existing), false)
+            }
+        },
     };
     conn.prepare_cached(
         "INSERT INTO preference_pairs (id, content_hash, source, prompt_text, body, trace_id, created_at)

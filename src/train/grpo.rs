@@ -23,12 +23,14 @@ use super::sft::{
     first_failure, load_checkpoint, save_checkpoint, save_model, Init, TrainError, TrainHooks, Trainable,
     TrainedWeights,
 };
-use crate::eval::episode::{self, Policy, PolicyReply};
+use crate::eval::episode::{self, Episode, Policy, PolicyReply};
 use crate::eval::metrics::{self, CaseScore};
+use crate::eval::mined::{mine_group, MinedFrom, Played};
 use crate::eval::reward::{reward, Reward, RewardWeights, COMPONENTS};
 use crate::eval::suite::EvalCase;
 use crate::model::generate::{GenerateOptions, LoadedModel, PromptCache};
 use crate::model::llama::{Llama, LlamaConfig, LoraConfig};
+use crate::traces::preference::PreferencePair;
 use crate::traces::Message;
 
 /// How rewards become advantages: divided by the group's standard deviation (`group`, TRL's
@@ -170,6 +172,7 @@ pub struct Turn {
 #[derive(Debug, Clone)]
 pub struct Rollout {
     pub case: usize,
+    pub episode: Episode,
     pub turns: Vec<Turn>,
     pub score: CaseScore,
     pub reward: Reward,
@@ -252,7 +255,20 @@ pub(super) fn roll_out(
             let (played, mut workspace, outputs) = episode::run(&mut sampler, case, sampling.max_turns);
             let score = metrics::score(case, &played, &mut workspace, &outputs);
             let reward = reward(&score, sampling.weights, budget);
-            Rollout { case: case_index, turns: std::mem::take(&mut sampler.turns), score, reward }
+            Rollout { case: case_index, episode: played, turns: std::mem::take(&mut sampler.turns), score, reward }
+        })
+        .collect()
+}
+
+/// The preference pairs a step's groups yield: one per group where an episode succeeded and
+/// another failed (see `eval::mined`).
+fn mine_pairs(cases: &[EvalCase], rollouts: &[Rollout], group_size: usize, step: u64) -> Vec<PreferencePair> {
+    rollouts
+        .chunks(group_size.max(1))
+        .filter_map(|group| {
+            let played: Vec<Played<'_>> =
+                group.iter().map(|r| Played { episode: &r.episode, score: &r.score }).collect();
+            mine_group(&cases[group[0].case], &played, MinedFrom { origin: "grpo", step })
         })
         .collect()
 }
@@ -543,6 +559,8 @@ pub fn train(
         let generated: usize = rollouts.iter().map(|r| r.score.tokens).sum();
         let totals: Vec<f64> = rollouts.iter().map(|r| r.reward.total).collect();
         let (advantage, flat_groups) = advantages(&totals, config.group_size, config.scale);
+        let mined = mine_pairs(cases, &rollouts, config.group_size, state.step + 1);
+        hooks.mined_pairs(&mined)?;
 
         // Every reply of every episode with a non-zero advantage is trained on.
         let trained: Vec<(&Turn, f64)> = rollouts
@@ -630,6 +648,7 @@ pub fn train(
         metrics.extend(rollout_metrics(&rollouts, rollout_seconds));
         metrics.extend([
             ("zero_variance_groups".into(), flat_groups as f64),
+            ("mined_pairs".into(), mined.len() as f64),
             ("clip_fraction".into(), clipped as f64 / tokens),
             ("entropy".into(), entropy_sum / tokens),
         ]);

@@ -19,6 +19,7 @@ use super::optimizer::{accumulate, clip_global_norm, learning_rate, AdamW};
 use super::params::{init_varmap, ordered_vars};
 use crate::dataset::cache::{self, Example};
 use crate::model::llama::{masked_cross_entropy, Llama, LlamaConfig};
+use crate::traces::preference::PreferencePair;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SftConfig {
@@ -96,6 +97,11 @@ pub trait TrainHooks {
     fn step(&mut self, step: u64, total: u64, metrics: &[(&str, f64)]) -> Result<(), TrainError>;
     fn checkpoint(&mut self, step: u64, dir: &Path) -> Result<(), TrainError>;
     fn log(&mut self, message: &str);
+    /// Preference pairs mined from this step's rollouts (see `eval::mined`), to be stored.
+    fn mined_pairs(&mut self, pairs: &[PreferencePair]) -> Result<(), TrainError> {
+        let _ = pairs;
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -177,6 +177,7 @@ fn metric_charts(metrics: &[crate::jobs::JobMetric]) -> Vec<LineChart> {
         chart("Clip fraction", &[("policy", "clip_fraction"), ("value", "value_clip_fraction")]),
         chart("Response length (tokens)", &[("tokens per episode", "response_tokens")]),
         chart("Zero-variance groups", &[("groups", "zero_variance_groups")]),
+        chart("Preference pairs mined", &[("pairs", "mined_pairs")]),
         chart(
             "Preference margins",
             &[

@@ -311,15 +311,6 @@ struct Inputs {
     suite: PathBuf,
 }
 
-/// The eval suite `chaos`: short prompts with few tools, so the tiny model replies within its
-/// context (the built-in suites' prompts fill it).
-const SUITE: &str = r#"{"id": "c1", "category": "code_search", "prompt": "Where is the login code?", "tools": ["Grep", "Read", "Bash"], "first_tools": ["Grep"], "reference": ["Grep"]}
-{"id": "c2", "category": "data_query", "prompt": "How many users are in data/users.csv?", "tools": ["Grep", "Read", "Bash"], "first_tools": ["Bash", "Read"]}
-{"id": "c3", "category": "code_search", "prompt": "Find the config loader.", "tools": ["Grep", "Read"], "first_tools": ["Grep"]}
-{"id": "c4", "category": "code_search", "prompt": "Which file defines the routes?", "tools": ["Grep", "Glob"], "first_tools": ["Grep", "Glob"]}
-{"id": "c5", "category": "data_query", "prompt": "Count the lines of app.log.", "tools": ["Bash", "Read"], "first_tools": ["Bash"]}
-"#;
-
 impl Inputs {
     fn write(dir: &Path) -> Inputs {
         let traces = dir.join("traces.jsonl");
@@ -334,8 +325,9 @@ impl Inputs {
         assert_eq!(run.code, 0, "{}", run.stderr);
         let claude = dir.join("claude");
         understudy::capture::bench::generate(&claude, 160, 20).unwrap();
-        let suite = dir.join("chaos.jsonl");
-        std::fs::write(&suite, SUITE).unwrap();
+        // Short prompts with few tools, so the tiny model replies within its context (the
+        // built-in suites' prompts fill it).
+        let suite = fixture("short_suite.jsonl");
         Inputs { traces, pairs, dataset_traces, claude, suite }
     }
 }

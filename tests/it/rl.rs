@@ -8,19 +8,45 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::support::{cli, train_tiny_on, wait_for};
+use understudy::store::{Store, TraceFilter};
+use understudy::traces::preference::PairText;
+use understudy::traces::Role;
+
+use crate::support::{cli, fixture, train_tiny_on, wait_for};
+
+/// A tiny model trained on `rl_traces.jsonl` (episodes in the exact shape rollouts play them:
+/// the coding-agent system prompt of one workspace, three offered tools), with `rl_suite.jsonl`
+/// imported as `rl`: the same prompts in that workspace, each with an outcome check. At
+/// temperature 1 its episodes sometimes call the right tool and sometimes not, so groups differ
+/// and the policy gets a signal (a model trained on another prompt shape rolls out garbage that
+/// scores alike, and GRPO would never move).
+fn tiny_rl_model(data: &Path) -> String {
+    let model = train_tiny_on(data, "rl_traces.jsonl");
+    let suite = fixture("rl_suite.jsonl");
+    let run = cli(data, &["eval", "suites", "import", suite.to_str().unwrap(), "--name", "rl"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    model
+}
+
+/// The stored weights of a model.
+fn model_weights(data: &Path, id: &str) -> Vec<u8> {
+    let models = cli(data, &["models", "list", "--json"]).json();
+    let model = models.as_array().unwrap().iter().find(|m| m["id"] == id).unwrap().clone();
+    std::fs::read(Path::new(model["path"].as_str().unwrap()).join("model.safetensors")).unwrap()
+}
 
 fn rl_args(model: &str, phase: &str, flags: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["train", "--phase", phase, "--model", model].map(String::from).to_vec();
+    let mut args: Vec<String> =
+        ["train", "--phase", phase, "--model", model, "--suite", "rl"].map(String::from).to_vec();
     args.extend(flags.iter().map(|f| f.to_string()));
     args.extend(
         [
             "--max-turns",
             "2",
             "--max-tokens",
-            "24",
+            "48",
             "--lr",
-            "0.001",
+            "0.0001",
             "--checkpoint-every",
             "2",
             "--seed",
@@ -99,31 +125,77 @@ const REWARD_METRICS: [&str; 10] = [
 ];
 
 #[test]
-fn grpo_logs_every_reward_component_and_a_killed_run_resumes_to_the_same_weights() {
+fn grpo_logs_every_reward_component_mines_pairs_and_a_killed_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let model = train_tiny_on(dir.path(), "overfit.jsonl");
-    let flags = ["--max-steps", "40", "--group-size", "3", "--prompts-per-step", "1"];
-    let summary = assert_resume_after_kill_is_exact(dir.path(), &rl_args(&model, "grpo", &flags), 40);
+    let model = tiny_rl_model(dir.path());
+    let store = Store::open(dir.path()).unwrap();
+    let traces_before = store.connect().unwrap().count_traces(&TraceFilter::default()).unwrap();
+    let flags = ["--max-steps", "6", "--group-size", "4", "--prompts-per-step", "2"];
+    let summary = assert_resume_after_kill_is_exact(dir.path(), &rl_args(&model, "grpo", &flags), 6);
     assert!(summary["final_reward"].as_f64().is_some(), "{summary}");
+    assert!(final_weights(&summary) != model_weights(dir.path(), &model), "the policy moved");
     let run_id = summary["run_id"].as_str().unwrap();
-    assert_recorded_every_step(dir.path(), run_id, &REWARD_METRICS, 40);
-    assert_recorded_every_step(dir.path(), run_id, &["zero_variance_groups", "rollout_tokens_per_second"], 40);
+    assert_recorded_every_step(dir.path(), run_id, &REWARD_METRICS, 6);
+    let per_step = ["zero_variance_groups", "rollout_tokens_per_second", "mined_pairs"];
+    assert_recorded_every_step(dir.path(), run_id, &per_step, 6);
     // The trained model is stored with its parent.
     let models = cli(dir.path(), &["models", "list", "--json"]).json();
     let trained = models.as_array().unwrap().iter().find(|m| m["id"] == summary["model_id"]).unwrap();
     assert_eq!(trained["parent_id"].as_str(), Some(model.as_str()), "{trained}");
+
+    // Groups where one episode passed the case's check and another failed it became pairs. The
+    // killed and resumed runs sampled the same episodes: their pairs are the first run's, stored once.
+    let shown = cli(dir.path(), &["jobs", "show", run_id, "--json"]).json();
+    let mined: f64 = shown["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == "mined_pairs")
+        .map(|m| m["value"].as_f64().unwrap())
+        .sum();
+    assert!(mined >= 1.0, "some group had a succeeding and a failing episode: {mined}");
+    let db = store.connect().unwrap();
+    let pairs = db.list_pairs(1000, 0).unwrap();
+    assert!(!pairs.is_empty() && pairs.len() as f64 <= mined, "{} stored, {mined} mined", pairs.len());
+    for stored in &pairs {
+        let pair = &stored.pair;
+        assert_eq!(stored.trace_id, None, "a mined pair yields no SFT trace");
+        assert_eq!(pair.metadata["mined"]["origin"], "grpo");
+        assert!(["r1", "r2", "r3"].contains(&pair.metadata["mined"]["case"].as_str().unwrap()), "{:?}", pair.metadata);
+        let (PairText::Messages(prompt), PairText::Messages(chosen), PairText::Messages(rejected)) =
+            (&pair.prompt, &pair.chosen, &pair.rejected)
+        else {
+            panic!("mined pairs are message lists")
+        };
+        assert!(prompt.len() >= 2, "system and user at least");
+        // One reply each, the model's own, and they differ.
+        assert_eq!((chosen.len(), rejected.len()), (1, 1));
+        assert_eq!((chosen[0].role, rejected[0].role), (Role::Assistant, Role::Assistant));
+        assert_ne!(chosen[0], rejected[0]);
+    }
+    assert_eq!(db.count_traces(&TraceFilter::default()).unwrap(), traces_before, "no trace was added");
+
+    // A dataset built now carries them for DPO.
+    let built = cli(dir.path(), &["build-dataset", "--json"]);
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    let dataset = built.json()["id"].as_str().unwrap().to_string();
+    let shown = cli(dir.path(), &["datasets", "show", &dataset, "--json"]).json();
+    let stats = &shown["stats"]["pairs"];
+    let total = stats["train"].as_u64().unwrap() + stats["val"].as_u64().unwrap() + stats["test"].as_u64().unwrap();
+    assert_eq!(total, pairs.len() as u64, "{stats}");
 }
 
 #[test]
 fn ppo_runs_the_seeds_command_logs_its_losses_and_a_killed_run_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let model = train_tiny_on(dir.path(), "overfit.jsonl");
-    // The seed's `train --phase ppo --episodes N`: 40 episodes, 2 per step.
-    let flags = ["--episodes", "40", "--episodes-per-step", "2", "--ppo-epochs", "2", "--kl-target", "3"];
-    let summary = assert_resume_after_kill_is_exact(dir.path(), &rl_args(&model, "ppo", &flags), 20);
+    let model = tiny_rl_model(dir.path());
+    // The seed's `train --phase ppo --episodes N`: 12 episodes, 2 per step.
+    let flags = ["--episodes", "12", "--episodes-per-step", "2", "--ppo-epochs", "2", "--kl-target", "3"];
+    let summary = assert_resume_after_kill_is_exact(dir.path(), &rl_args(&model, "ppo", &flags), 6);
+    assert!(final_weights(&summary) != model_weights(dir.path(), &model), "the policy moved");
     let run_id = summary["run_id"].as_str().unwrap();
-    assert_recorded_every_step(dir.path(), run_id, &REWARD_METRICS, 20);
-    assert_recorded_every_step(dir.path(), run_id, &["value_loss", "policy_loss", "kl", "kl_coef"], 20);
+    assert_recorded_every_step(dir.path(), run_id, &REWARD_METRICS, 6);
+    assert_recorded_every_step(dir.path(), run_id, &["value_loss", "policy_loss", "kl", "kl_coef"], 6);
     let shown = cli(dir.path(), &["jobs", "show", run_id, "--json"]).json();
     let coefs: Vec<f64> = shown["metrics"]
         .as_array()
