@@ -188,7 +188,8 @@ struct Sampler<'m> {
 
 impl Policy for Sampler<'_> {
     fn start_episode(&mut self) {
-        self.cache = None;
+        // The cache stays: it keeps the longest prefix the next prompt shares with it, so the
+        // episodes of one case prefill their common prompt once.
         self.turns.clear();
     }
 
@@ -237,6 +238,8 @@ pub(super) fn roll_out(
     step: u64,
 ) -> Vec<Rollout> {
     let budget = sampling.max_turns * sampling.max_tokens;
+    // One KV cache for the whole group: every episode starts from the same prompt.
+    let mut group_cache: Option<PromptCache> = None;
     (0..samples)
         .map(|sample| {
             let mut sampler = Sampler {
@@ -249,10 +252,11 @@ pub(super) fn roll_out(
                     // Rollouts sample the policy's own distribution: the ratios need it.
                     tool_grammar: false,
                 },
-                cache: None,
+                cache: group_cache.take(),
                 turns: Vec::new(),
             };
             let (played, mut workspace, outputs) = episode::run(&mut sampler, case, sampling.max_turns);
+            group_cache = sampler.cache.take();
             let score = metrics::score(case, &played, &mut workspace, &outputs);
             let reward = reward(&score, sampling.weights, budget);
             Rollout { case: case_index, episode: played, turns: std::mem::take(&mut sampler.turns), score, reward }
