@@ -102,6 +102,18 @@ fn assert_resume_after_kill_is_exact(data: &Path, args: &[String], steps: u64) -
     summary
 }
 
+/// The values `run_id` recorded for the metric `name`, step by step.
+fn metric_values(data: &Path, run_id: &str, name: &str) -> Vec<f64> {
+    let shown = cli(data, &["jobs", "show", run_id, "--json"]).json();
+    shown["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] == name)
+        .map(|m| m["value"].as_f64().unwrap())
+        .collect()
+}
+
 /// Every metric in `names` was recorded once per step of `run_id`.
 fn assert_recorded_every_step(data: &Path, run_id: &str, names: &[&str], steps: usize) {
     let shown = cli(data, &["jobs", "show", run_id, "--json"]).json();
@@ -145,14 +157,7 @@ fn grpo_logs_every_reward_component_mines_pairs_and_a_killed_run_resumes_to_the_
 
     // Groups where one episode passed the case's check and another failed it became pairs. The
     // killed and resumed runs sampled the same episodes: their pairs are the first run's, stored once.
-    let shown = cli(dir.path(), &["jobs", "show", run_id, "--json"]).json();
-    let mined: f64 = shown["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["name"] == "mined_pairs")
-        .map(|m| m["value"].as_f64().unwrap())
-        .sum();
+    let mined: f64 = metric_values(dir.path(), run_id, "mined_pairs").iter().sum();
     assert!(mined >= 1.0, "some group had a succeeding and a failing episode: {mined}");
     let db = store.connect().unwrap();
     let pairs = db.list_pairs(1000, 0).unwrap();
@@ -196,14 +201,7 @@ fn ppo_runs_the_seeds_command_logs_its_losses_and_a_killed_run_resumes_to_the_sa
     let run_id = summary["run_id"].as_str().unwrap();
     assert_recorded_every_step(dir.path(), run_id, &REWARD_METRICS, 6);
     assert_recorded_every_step(dir.path(), run_id, &["value_loss", "policy_loss", "kl", "kl_coef"], 6);
-    let shown = cli(dir.path(), &["jobs", "show", run_id, "--json"]).json();
-    let coefs: Vec<f64> = shown["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["name"] == "kl_coef")
-        .map(|m| m["value"].as_f64().unwrap())
-        .collect();
+    let coefs = metric_values(dir.path(), run_id, "kl_coef");
     assert!(coefs.iter().any(|c| (c - 0.05).abs() > 1e-9), "the adaptive controller moved the coefficient: {coefs:?}");
     let models = cli(dir.path(), &["models", "list", "--json"]).json();
     let trained = models.as_array().unwrap().iter().find(|m| m["id"] == summary["model_id"]).unwrap();
