@@ -29,11 +29,14 @@ pub struct Played<'a> {
     pub score: &'a CaseScore,
 }
 
-/// The pair a group of episodes of `case` yields: the first succeeding episode against the first
-/// failing one, cut at their first differing reply. `None` when no episode succeeded, none
-/// failed, the case has no outcome checks, or the two cannot form a valid pair.
+/// The pair a group of episodes of `case` yields: the first succeeding episode whose replies
+/// were all well-formed against the first failing one, cut at their first differing reply.
+/// `None` when no episode succeeded that way, none failed, the case has no outcome checks, or the
+/// two cannot form a valid pair. (A malformed reply can still pass a check — a garbled call that
+/// names the prompt's file satisfies `answer_mentions` — and must never be the chosen side.)
 pub fn mine_group(case: &EvalCase, group: &[Played<'_>], from: MinedFrom<'_>) -> Option<PreferencePair> {
-    let passed = group.iter().find(|p| p.score.success == Some(true))?;
+    let well_formed = |s: &CaseScore| s.parsed && s.names_valid && s.arguments_valid;
+    let passed = group.iter().find(|p| p.score.success == Some(true) && well_formed(p.score))?;
     let failed = group.iter().find(|p| p.score.success == Some(false))?;
     let chosen = transcript_messages(passed.episode)?;
     let rejected = transcript_messages(failed.episode)?;
@@ -176,6 +179,15 @@ mod tests {
             let group = [Played { episode: &one, score: &sa }, Played { episode: &two, score: &sb }];
             assert!(mine_group(&case(), &group, MinedFrom { origin: "grpo", step: 1 }).is_none(), "{a:?} {b:?}");
         }
+        // A passing episode with a malformed reply is never the chosen side.
+        let mut garbled = score(Some(true));
+        garbled.parsed = false;
+        let fail = score(Some(false));
+        let group = [Played { episode: &one, score: &garbled }, Played { episode: &two, score: &fail }];
+        assert!(mine_group(&case(), &group, MinedFrom { origin: "grpo", step: 1 }).is_none());
+        let clean = score(Some(true));
+        let group = [Played { episode: &one, score: &clean }, Played { episode: &two, score: &fail }];
+        assert!(mine_group(&case(), &group, MinedFrom { origin: "grpo", step: 1 }).is_some(), "well-formed, it is");
         // Identical episodes that scored differently give no pair either.
         let (pass, fail) = (score(Some(true)), score(Some(false)));
         let group = [Played { episode: &one, score: &pass }, Played { episode: &one, score: &fail }];
