@@ -58,11 +58,14 @@ impl Exploration {
     }
 }
 
-/// The system prompt every synthetic trace carries (it lists the tools, as serving does).
-pub fn system_prompt(root: &str) -> String {
+/// The system prompt every synthetic trace carries (it lists the tools, as serving does). It is
+/// the same for every workspace (paths in calls are relative to the workspace), so every example
+/// opens with the same system prompt and tool schemas and a training batch runs them once.
+pub fn system_prompt() -> String {
     format!(
-        "You are a coding agent working in the repository at {root}. Plan briefly, then use the tools to inspect and change \
-         the code, read their results, and finish with a short answer that cites what you found. Tools: {}.",
+        "You are a coding agent working in a repository; paths are relative to its root. Plan briefly, then use the tools \
+         to inspect and change the code, read their results, and finish with a short answer that cites what you found. \
+         Tools: {}.",
         DEFAULT_TOOL_NAMES.join(", ")
     )
 }
@@ -375,8 +378,7 @@ pub fn generate_from(
     steps.extend(explore);
     steps.extend(main_steps[opening..].iter().cloned());
 
-    let mut messages =
-        vec![Message::text(Role::System, system_prompt(&workspace.root)), Message::text(Role::User, prompt.clone())];
+    let mut messages = vec![Message::text(Role::System, system_prompt()), Message::text(Role::User, prompt.clone())];
     let mut outputs: Vec<ToolOutput> = Vec::new();
     let plan = if !scenario.plan.is_empty() && rng.random_bool(0.75) {
         Some(interpolate(scenario.plan.choose(&mut rng).expect("non-empty"), &|n| values.get(n).cloned()))

@@ -73,10 +73,8 @@ pub fn run(policy: &mut dyn Policy, case: &EvalCase, max_turns: usize) -> (Episo
     policy.start_episode();
     let mut workspace = Workspace::generate(case.workspace_seed.unwrap_or(0));
     let tools = case.tool_schemas();
-    let mut messages = vec![
-        Message::text(Role::System, system_prompt(&workspace.root)),
-        Message::text(Role::User, case.prompt.clone()),
-    ];
+    let mut messages =
+        vec![Message::text(Role::System, system_prompt()), Message::text(Role::User, case.prompt.clone())];
     let mut episode = Episode {
         transcript: Value::Null,
         calls: Vec::new(),

@@ -128,7 +128,7 @@ pub fn run(context: &mut JobContext<'_>, params: &ExportParams) -> Result<Export
             max_tokens: params.parity_max_tokens,
             require_tool_call: params.run_id.is_some(),
         },
-        system: system_prompt("."),
+        system: system_prompt(),
     };
     context.log(
         "info",

@@ -363,7 +363,24 @@ impl Llama {
     }
 
     /// The hidden states after the final norm, `(b, t, d)`. `cache` makes this an incremental step.
-    pub fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        match self.layers(ids, cache, false)? {
+            Some(hidden) => Ok(hidden),
+            None => candle_core::bail!("the layers stopped before the last one"),
+        }
+    }
+
+    /// The keys and values of `ids` `(1, t)`, as a cache that any batch continues from (a
+    /// one-row cache serves every row). Gradients flow through it; the last layer stops once
+    /// its keys and values are known.
+    pub fn prefill(&self, ids: &Tensor) -> Result<KvCache> {
+        let mut cache = KvCache::new(self.blocks.len());
+        self.layers(ids, Some(&mut cache), true)?;
+        Ok(cache)
+    }
+
+    /// The decoder stack; with `keys_only`, stops after the last layer's keys and values are cached.
+    fn layers(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, keys_only: bool) -> Result<Option<Tensor>> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len());
         if offset + t > self.config.max_position_embeddings {
@@ -407,10 +424,23 @@ impl Llama {
             let mut v = v;
             if let Some(cache) = cache.as_deref_mut() {
                 if let Some((past_k, past_v)) = &cache.layers[index] {
-                    k = Tensor::cat(&[past_k, &k], 2)?.contiguous()?;
-                    v = Tensor::cat(&[past_v, &v], 2)?.contiguous()?;
+                    // A prefix cached once for a whole batch (one row) serves every row.
+                    let (past_k, past_v) = if past_k.dim(0)? == b {
+                        (past_k.clone(), past_v.clone())
+                    } else {
+                        let (_, heads, cached, width) = past_k.dims4()?;
+                        (
+                            past_k.broadcast_as((b, heads, cached, width))?,
+                            past_v.broadcast_as((b, heads, cached, width))?,
+                        )
+                    };
+                    k = Tensor::cat(&[&past_k, &k], 2)?.contiguous()?;
+                    v = Tensor::cat(&[&past_v, &v], 2)?.contiguous()?;
                 }
                 cache.layers[index] = Some((k.clone(), v.clone()));
+                if keys_only && index + 1 == self.blocks.len() {
+                    return Ok(None);
+                }
             }
             // Grouped-query attention without copying K/V: the query heads that share a KV head
             // are stacked along the time axis, (b, n_kv, group * t, head_dim).
@@ -432,7 +462,7 @@ impl Llama {
                 block.down_proj.forward(&if fused { ops::silu_mul(&gate, &up)? } else { (gate.silu()? * up)? })?;
             x = (x + mlp)?;
         }
-        rms_norm(&x, &self.norm, self.config.rms_norm_eps)
+        rms_norm(&x, &self.norm, self.config.rms_norm_eps).map(Some)
     }
 
     pub fn cos_device(&self) -> Device {

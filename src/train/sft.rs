@@ -151,20 +151,60 @@ fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
     Ok(cache::read(&mut std::io::BufReader::new(std::fs::File::open(path)?))?)
 }
 
-/// One micro-batch: inputs (b, t), targets and loss mask flattened to (b*t).
-fn batch_tensors(
-    examples: &[&Example],
-    max_len: usize,
-    device: &Device,
-) -> candle_core::Result<(Tensor, Tensor, Tensor, usize)> {
-    let t = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
+/// A batch shares its leading positions only when they save at least this many per extra row.
+const MIN_SHARED: usize = 16;
+
+/// One micro-batch. Examples of one dataset mostly open with the same tokens (the system prompt
+/// and the tool schemas: over half of a bootstrap example), so the longest prefix every example
+/// starts with — cut before the first trained position — is `shared`, `(1, p)`, run once for the
+/// whole batch; `inputs` `(b, t)` continue from it, and `targets` and `mask` (flattened to
+/// `b * t`) cover only those positions. The loss and its gradients are the unshared batch's.
+struct Batch {
+    shared: Option<Tensor>,
+    inputs: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    /// Positions that train.
+    trained: usize,
+}
+
+/// How many leading positions every example of the batch has in common and none of them trains.
+fn shared_prefix(examples: &[&Example], max_len: usize) -> usize {
+    let Some((first, rest)) = examples.split_first() else { return 0 };
+    if rest.is_empty() {
+        return 0;
+    }
+    // Position p predicts token p + 1: a shared position must not train.
+    let untrained = |e: &Example| {
+        let n = e.ids.len().min(max_len);
+        (1..n).find(|&i| e.mask[i] != 0).map_or(n.saturating_sub(1), |i| i - 1)
+    };
+    let mut shared = untrained(first);
+    for example in rest {
+        let common = first.ids.iter().zip(&example.ids).take_while(|(a, b)| a == b).count();
+        shared = shared.min(common).min(untrained(example));
+    }
+    // Every row keeps at least one position of its own.
+    let longest = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(0);
+    let shared = shared.min(longest.saturating_sub(2));
+    if shared * rest.len() < MIN_SHARED {
+        0
+    } else {
+        shared
+    }
+}
+
+fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> candle_core::Result<Batch> {
+    let shared = shared_prefix(examples, max_len);
+    let longest = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
+    let t = longest - shared;
     let mut inputs = Vec::with_capacity(examples.len() * t);
     let mut targets = Vec::with_capacity(examples.len() * t);
     let mut mask = Vec::with_capacity(examples.len() * t);
     let mut trained = 0;
     for example in examples {
         let n = example.ids.len().min(max_len);
-        for position in 0..t {
+        for position in shared..shared + t {
             if position + 1 < n {
                 inputs.push(example.ids[position]);
                 targets.push(example.ids[position + 1]);
@@ -179,28 +219,37 @@ fn batch_tensors(
         }
     }
     let b = examples.len();
-    Ok((
-        Tensor::from_vec(inputs, (b, t), device)?,
-        Tensor::from_vec(targets, b * t, device)?,
-        Tensor::from_vec(mask, b * t, device)?,
+    let shared = match shared {
+        0 => None,
+        p => Some(Tensor::from_slice(&examples[0].ids[..p], (1, p), device)?),
+    };
+    Ok(Batch {
+        shared,
+        inputs: Tensor::from_vec(inputs, (b, t), device)?,
+        targets: Tensor::from_vec(targets, b * t, device)?,
+        mask: Tensor::from_vec(mask, b * t, device)?,
         trained,
-    ))
+    })
 }
 
 /// Loss of one batch, computing logits only where the mask trains.
-fn batch_loss(model: &Llama, inputs: &Tensor, targets: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, t) = inputs.dims2()?;
-    let hidden = model.hidden(inputs, None)?.reshape((b * t, model.config.hidden_size))?;
+fn batch_loss(model: &Llama, batch: &Batch) -> candle_core::Result<Tensor> {
+    let (b, t) = batch.inputs.dims2()?;
+    let mut cache = match &batch.shared {
+        Some(shared) => Some(model.prefill(shared)?),
+        None => None,
+    };
+    let hidden = model.hidden(&batch.inputs, cache.as_mut())?.reshape((b * t, model.config.hidden_size))?;
     let rows: Vec<u32> =
-        mask.to_vec1::<f32>()?.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
+        batch.mask.to_vec1::<f32>()?.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
     if rows.is_empty() {
-        return Tensor::new(0f32, inputs.device());
+        return Tensor::new(0f32, batch.inputs.device());
     }
-    let index = Tensor::from_vec(rows.clone(), rows.len(), inputs.device())?;
+    let index = Tensor::from_vec(rows.clone(), rows.len(), batch.inputs.device())?;
     let hidden = hidden.index_select(&index, 0)?;
     let logits = model.logits(&hidden)?;
-    let targets = targets.index_select(&index, 0)?;
-    let ones = Tensor::ones(rows.len(), DType::F32, inputs.device())?;
+    let targets = batch.targets.index_select(&index, 0)?;
+    let ones = Tensor::ones(rows.len(), DType::F32, batch.inputs.device())?;
     masked_cross_entropy(&logits, &targets, &ones)
 }
 
@@ -239,13 +288,13 @@ pub fn eval_loss(
     }
     let (mut total, mut weight) = (0.0, 0.0);
     for chunk in chosen.chunks(config.batch_size) {
-        let (inputs, targets, mask, trained) = batch_tensors(chunk, config.max_seq_len, device)?;
-        if trained == 0 {
+        let batch = batch_tensors(chunk, config.max_seq_len, device)?;
+        if batch.trained == 0 {
             continue;
         }
-        let loss = batch_loss(model, &inputs, &targets, &mask)?.to_scalar::<f32>()? as f64;
-        total += loss * trained as f64;
-        weight += trained as f64;
+        let loss = batch_loss(model, &batch)?.to_scalar::<f32>()? as f64;
+        total += loss * batch.trained as f64;
+        weight += batch.trained as f64;
     }
     Ok((weight > 0.0).then(|| total / weight))
 }
@@ -323,13 +372,13 @@ pub fn train(
             if chosen.is_empty() {
                 break;
             }
-            let (inputs, targets, mask, trained) = batch_tensors(&chosen, config.max_seq_len, &device)?;
-            if trained == 0 {
+            let batch = batch_tensors(&chosen, config.max_seq_len, &device)?;
+            if batch.trained == 0 {
                 continue;
             }
             // LoRA dropout masks depend only on the seed, step and micro-batch.
             model.dropout_seed.set(Some(config.seed ^ (state.step << 16) ^ micro as u64));
-            let loss = batch_loss(&model, &inputs, &targets, &mask)?;
+            let loss = batch_loss(&model, &batch)?;
             model.dropout_seed.set(None);
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
@@ -650,6 +699,70 @@ mod tests {
         assert!(diff(&suffix, &full.i((.., 7.., ..)).unwrap()) < 1e-4, "a suffix after a truncated cache differs");
     }
 
+    /// Examples that open with the same untrained tokens, as bootstrap's do (system prompt and
+    /// tools), of different lengths; one trains from position 21, the others later.
+    fn sharing_examples() -> Vec<Example> {
+        let opening: Vec<u32> = (0..24).map(|i| (i * 5 + 1) % 32).collect();
+        [(9u32, 14usize, 24usize), (4, 9, 26), (17, 22, 22)]
+            .iter()
+            .map(|&(k, extra, trained_from)| {
+                let ids: Vec<u32> =
+                    opening.iter().copied().chain((0..extra as u32).map(|i| (k + i * 3) % 32)).collect();
+                let mask = (0..ids.len()).map(|i| u8::from(i >= trained_from)).collect();
+                Example { ids, mask }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_runs_its_shared_opening_once_with_the_same_loss_and_gradients() {
+        let config = micro_config();
+        let device = Device::Cpu;
+        let varmap = init_varmap(&config, 5, &device).unwrap();
+        let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+        let data = sharing_examples();
+        let chosen: Vec<&Example> = data.iter().collect();
+        // Shared up to the position before the first trained token (21), not into it.
+        assert_eq!(shared_prefix(&chosen, 64), 21);
+        // A truncation shorter than the opening still leaves every row a position.
+        assert_eq!(shared_prefix(&chosen, 20), 18);
+        // One example alone, or an opening too short to pay, is not shared.
+        assert_eq!(shared_prefix(&chosen[..1], 64), 0);
+        let shared = batch_tensors(&chosen, 64, &device).unwrap();
+        assert_eq!(shared.shared.as_ref().map(|s| s.dims().to_vec()), Some(vec![1, 21]));
+        assert_eq!(shared.inputs.dims(), &[3, 46 - 1 - 21]);
+        // The same batch, unshared: every row from position 0.
+        let longest = 45;
+        let flat = |f: &dyn Fn(&Example, usize) -> f32| -> Vec<f32> {
+            chosen
+                .iter()
+                .flat_map(|e| (0..longest).map(move |p| if p + 1 < e.ids.len() { f(e, p) } else { 0.0 }))
+                .collect()
+        };
+        let inputs: Vec<u32> = flat(&|e, p| e.ids[p] as f32).iter().map(|v| *v as u32).collect();
+        let targets: Vec<u32> = flat(&|e, p| e.ids[p + 1] as f32).iter().map(|v| *v as u32).collect();
+        let mask = flat(&|e, p| f32::from(e.mask[p + 1]));
+        let whole = Batch {
+            shared: None,
+            inputs: Tensor::from_vec(inputs, (3, longest), &device).unwrap(),
+            targets: Tensor::from_vec(targets, 3 * longest, &device).unwrap(),
+            trained: mask.iter().filter(|m| **m > 0.0).count(),
+            mask: Tensor::from_vec(mask, 3 * longest, &device).unwrap(),
+        };
+        assert_eq!(shared.trained, whole.trained);
+        let (a, b) = (batch_loss(&model, &shared).unwrap(), batch_loss(&model, &whole).unwrap());
+        let (la, lb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+        assert!((la - lb).abs() < 1e-5, "shared loss {la} vs whole {lb}");
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        for (name, var, _) in &ordered_vars(&config, &varmap) {
+            let x = ga.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let y = gb.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let worst = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+            let scale = y.iter().map(|q| q.abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-4 * scale.max(1.0), "{name}: gradients differ by {worst} (largest {scale})");
+        }
+    }
+
     #[test]
     fn every_parameter_gets_a_gradient_that_matches_finite_differences() {
         let config = micro_config();
@@ -658,8 +771,8 @@ mod tests {
         let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
         let data = examples();
         let chosen: Vec<&Example> = data.iter().take(3).collect();
-        let (inputs, targets, mask, _) = batch_tensors(&chosen, 64, &device).unwrap();
-        let loss = batch_loss(&model, &inputs, &targets, &mask).unwrap();
+        let batch = batch_tensors(&chosen, 64, &device).unwrap();
+        let loss = batch_loss(&model, &batch).unwrap();
         let grads = loss.backward().unwrap();
         let vars = ordered_vars(&config, &varmap);
         assert_eq!(vars.len(), parameter_shapes(&config).len());
@@ -674,7 +787,7 @@ mod tests {
             let mut shifted = original.clone();
             let eval = |values: &Vec<f32>| -> f32 {
                 var.set(&Tensor::from_vec(values.clone(), var.shape(), &device).unwrap()).unwrap();
-                batch_loss(&model, &inputs, &targets, &mask).unwrap().to_scalar::<f32>().unwrap()
+                batch_loss(&model, &batch).unwrap().to_scalar::<f32>().unwrap()
             };
             shifted[index] = original[index] + eps;
             let up = eval(&shifted);

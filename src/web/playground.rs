@@ -45,7 +45,7 @@ async fn page(state: web::Data<AppState>) -> Result<HttpResponse, PageError> {
     html(PlaygroundPage {
         nav: Nav::new("/playground"),
         models: catalog.iter().enumerate().map(|(index, entry)| model_option(entry, index == 0, &exports)).collect(),
-        system_prompt: crate::bootstrap::generator::system_prompt("."),
+        system_prompt: crate::bootstrap::generator::system_prompt(),
         tools_json: script_json(&tools)?,
     })
 }

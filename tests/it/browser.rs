@@ -197,7 +197,7 @@ fn chromium_plays_the_agent_loop_in_the_playground() {
     let models = driver.text("#model option");
     assert!(models.starts_with("cc-tiny"), "the served model is listed: {models:?}; page: {}", driver.text("body"));
     assert!(
-        driver.value("#system-prompt").starts_with("You are a coding agent working in the repository at ."),
+        driver.value("#system-prompt").starts_with("You are a coding agent working in a repository;"),
         "the default system prompt"
     );
     let default_tools: Value = serde_json::from_str(&driver.value("#tools-json")).expect("the tools box holds JSON");
