@@ -62,7 +62,7 @@ pub fn model_dir(config: &Config, model: &str) -> anyhow::Result<PathBuf> {
 pub fn run(config: &Config, args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let dir = model_dir(config, &args.model)?;
     let model = LoadedModel::load_path(&dir, &crate::model::llama::device_for("cpu").map_err(anyhow::Error::msg)?)?;
-    let system = args.system.clone().unwrap_or_else(|| system_prompt());
+    let system = args.system.clone().unwrap_or_else(system_prompt);
     let messages = vec![Message::text(Role::System, system), Message::text(Role::User, args.prompt.clone())];
     let tools = if args.tools { default_tools() } else { Vec::new() };
     let options = GenerateOptions {
