@@ -347,24 +347,42 @@ pub fn clipped_loss(
     Ok((per_token.sum_all()?, clipped_count))
 }
 
-/// A batch of turns as model inputs: right-padded ids `(b, t)`, the flattened rows whose next
-/// token the model sampled (every other row — prompt, tool results, padding — is context only),
-/// and those tokens.
-pub fn trained_rows(turns: &[&Turn], max_len: usize) -> (Vec<u32>, usize, Vec<u32>, Vec<u32>) {
-    let t = turns.iter().map(|turn| turn.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
+/// A batch of turns as model inputs: the opening every turn shares (`shared` positions, run once
+/// for the batch; see `sft::shared_opening`), then right-padded ids `(b, t)` after it, the
+/// flattened rows whose next token the model sampled (every other row — prompt, tool results,
+/// padding — is context only), and those tokens.
+pub struct TurnRows {
+    pub shared: usize,
+    pub inputs: Vec<u32>,
+    pub t: usize,
+    pub rows: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+pub fn trained_rows(turns: &[&Turn], max_len: usize) -> TurnRows {
+    let openings: Vec<(&[u32], usize)> = turns
+        .iter()
+        .map(|turn| {
+            let n = turn.ids.len().min(max_len);
+            (&turn.ids[..n], turn.prompt_len.saturating_sub(1).min(n.saturating_sub(1)))
+        })
+        .collect();
+    let shared = super::sft::shared_opening(&openings);
+    let longest = turns.iter().map(|turn| turn.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
+    let t = longest - shared;
     let mut inputs = Vec::with_capacity(turns.len() * t);
     let (mut rows, mut targets) = (Vec::new(), Vec::new());
     for (b, turn) in turns.iter().enumerate() {
         let n = turn.ids.len().min(max_len);
-        for position in 0..t {
+        for position in shared..shared + t {
             inputs.push(if position < n { turn.ids[position] } else { 0 });
             if position + 1 < n && position + 1 >= turn.prompt_len {
-                rows.push((b * t + position) as u32);
+                rows.push((b * t + position - shared) as u32);
                 targets.push(turn.ids[position + 1]);
             }
         }
     }
-    (inputs, t, rows, targets)
+    TurnRows { shared, inputs, t, rows, targets }
 }
 
 /// The final hidden states of the rows of `turns` whose next token the model sampled, `(n, d)`,
@@ -375,13 +393,17 @@ pub(super) fn sampled_rows(
     max_len: usize,
     device: &Device,
 ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
-    let (inputs, t, rows, targets) = trained_rows(turns, max_len);
+    let TurnRows { shared, inputs, t, rows, targets } = trained_rows(turns, max_len);
     if rows.is_empty() {
         return Ok(None);
     }
     let b = turns.len();
+    let mut cache = match shared {
+        0 => None,
+        p => Some(model.prefill(&Tensor::from_slice(&turns[0].ids[..p], (1, p), device)?)?),
+    };
     let inputs = Tensor::from_vec(inputs, (b, t), device)?;
-    let hidden = model.hidden(&inputs, None)?.reshape((b * t, model.config.hidden_size))?;
+    let hidden = model.hidden(&inputs, cache.as_mut())?.reshape((b * t, model.config.hidden_size))?;
     let n = rows.len();
     let index = Tensor::from_vec(rows, n, device)?;
     let targets = Tensor::from_vec(targets, n, device)?;
@@ -725,7 +747,9 @@ mod tests {
         // sampled after each prompt is a target.
         let first = Turn { ids: vec![1, 2, 3, 4, 5], prompt_len: 3 };
         let second = Turn { ids: vec![1, 2, 3, 4, 5, 7, 7, 7, 8, 9], prompt_len: 8 };
-        let (inputs, t, rows, targets) = trained_rows(&[&first, &second], 64);
+        let TurnRows { shared, inputs, t, rows, targets } = trained_rows(&[&first, &second], 64);
+        // Two positions shared, below what pays for a separate pass.
+        assert_eq!(shared, 0);
         assert_eq!(t, 9);
         assert_eq!(inputs.len(), 18);
         assert_eq!(targets, vec![4, 5, 8, 9]);
@@ -743,6 +767,34 @@ mod tests {
         for (row, values) in g.iter().enumerate() {
             let trained = rows.contains(&(row as u32));
             assert_eq!(values.iter().any(|v| *v != 0.0), trained, "row {row}");
+        }
+    }
+
+    #[test]
+    fn turns_that_open_alike_run_the_opening_once_with_the_same_log_probs() {
+        // Four replies of one case: the same 20-token prompt, then each its own reply; the last
+        // is a second turn (its prompt holds a reply and a tool result).
+        let device = Device::Cpu;
+        let config = LlamaConfig { max_position_embeddings: 64, ..LlamaConfig::tiny(32) };
+        let Trainable { model, .. } = Trainable::new(&config, None, Init::Scratch, 4, &device).unwrap();
+        let prompt: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 32).collect();
+        let turn = |tail: &[u32], prompt_len: usize| Turn {
+            ids: prompt.iter().chain(tail).copied().collect(),
+            prompt_len: prompt.len() + prompt_len,
+        };
+        let turns = [turn(&[5, 6, 7], 0), turn(&[5, 9], 0), turn(&[8, 8, 8, 8], 0), turn(&[5, 6, 7, 30, 30, 2, 4], 5)];
+        let refs: Vec<&Turn> = turns.iter().collect();
+        assert_eq!(trained_rows(&refs, 64).shared, 19, "shared up to the last prompt position");
+        let (together, _) = token_logprobs(&model, &refs, 64, 1.0, &device).unwrap().unwrap();
+        // One turn at a time shares nothing.
+        let alone: Vec<f32> = refs
+            .iter()
+            .flat_map(|t| token_logprobs(&model, &[*t], 64, 1.0, &device).unwrap().unwrap().0.to_vec1::<f32>().unwrap())
+            .collect();
+        let together = together.to_vec1::<f32>().unwrap();
+        assert_eq!(together.len(), 3 + 2 + 4 + 2);
+        for (a, b) in together.iter().zip(&alone) {
+            assert!((a - b).abs() < 1e-4, "{together:?} vs {alone:?}");
         }
     }
 

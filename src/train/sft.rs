@@ -168,30 +168,39 @@ struct Batch {
     trained: usize,
 }
 
-/// How many leading positions every example of the batch has in common and none of them trains.
-fn shared_prefix(examples: &[&Example], max_len: usize) -> usize {
-    let Some((first, rest)) = examples.split_first() else { return 0 };
+/// How many leading positions every row of a batch has in common and none of them trains, given
+/// each row's ids (within the length limit) and its first trained position; 0 when sharing does
+/// not pay (one row, or a short opening).
+pub(super) fn shared_opening(rows: &[(&[u32], usize)]) -> usize {
+    let Some(((first, _), rest)) = rows.split_first() else { return 0 };
     if rest.is_empty() {
         return 0;
     }
-    // Position p predicts token p + 1: a shared position must not train.
-    let untrained = |e: &Example| {
-        let n = e.ids.len().min(max_len);
-        (1..n).find(|&i| e.mask[i] != 0).map_or(n.saturating_sub(1), |i| i - 1)
-    };
-    let mut shared = untrained(first);
-    for example in rest {
-        let common = first.ids.iter().zip(&example.ids).take_while(|(a, b)| a == b).count();
-        shared = shared.min(common).min(untrained(example));
+    let mut shared = rows.iter().map(|(_, trained)| *trained).min().unwrap_or(0);
+    for (ids, _) in rest {
+        shared = shared.min(first.iter().zip(ids.iter()).take_while(|(a, b)| a == b).count());
     }
     // Every row keeps at least one position of its own.
-    let longest = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(0);
+    let longest = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
     let shared = shared.min(longest.saturating_sub(2));
     if shared * rest.len() < MIN_SHARED {
         0
     } else {
         shared
     }
+}
+
+/// `shared_opening` for dataset examples: position p predicts token p + 1, so the first trained
+/// position is one before the first masked-in token.
+fn shared_prefix(examples: &[&Example], max_len: usize) -> usize {
+    let rows: Vec<(&[u32], usize)> = examples
+        .iter()
+        .map(|e| {
+            let n = e.ids.len().min(max_len);
+            (&e.ids[..n], (1..n).find(|&i| e.mask[i] != 0).map_or(n.saturating_sub(1), |i| i - 1))
+        })
+        .collect();
+    shared_opening(&rows)
 }
 
 fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> candle_core::Result<Batch> {
