@@ -125,6 +125,18 @@ def main():
 
     section("sft", figures, sft)
 
+    def sft_dataset():
+        if "dataset_dir" not in prepared:
+            raise RuntimeError("no dataset (prepare failed)")
+        if not has_modules(torch_python, "torch", "transformers"):
+            ours = run_json([binary, "bench", "sft", "--dataset-dir", prepared["dataset_dir"], "--batch-size", "2",
+                             "--seq-len", "1024", "--steps", "8"])
+            return {"understudy_tokens_per_second": ours["tokens_per_second"], "understudy": ours,
+                    "pytorch": {"missing": "pip install torch transformers (or --torch-python)"}}
+        return run_json([torch_python, os.path.join(HERE, "sft_speed.py"), binary, "--dataset", prepared["dataset_dir"]])
+
+    section("sft_dataset", figures, sft_dataset)
+
     def lora():
         if not args.smollm2 or not os.path.exists(args.smollm2):
             return {"missing": "SmolLM2-135M GGUF (--smollm2 or UNDERSTUDY_SMOLLM2_GGUF)"}
@@ -225,6 +237,9 @@ def markdown(document):
                          f"Python tokenizers {num(get('tokenization', 'python_tokenizers', 'batch_tokens_per_second'))}"),
         ("SFT tiny, 4 × 512", f"Understudy {num(get('sft', 'understudy_tokens_per_second'))} tok/s; PyTorch "
                               f"{num(get('sft', 'pytorch_tokens_per_second'))} (ratio {get('sft', 'ratio_understudy_over_pytorch')})"),
+        ("SFT tiny on bootstrap examples, 2 × ≤1024", f"Understudy {num(get('sft_dataset', 'understudy_tokens_per_second'))} tok/s; "
+                                                    f"PyTorch {num(get('sft_dataset', 'pytorch_tokens_per_second'))} "
+                                                    f"(ratio {get('sft_dataset', 'ratio_understudy_over_pytorch')})"),
         ("LoRA r8 q/k/v/o on SmolLM2-135M, 2 × 256", f"Understudy {num(get('lora', 'understudy_seconds_per_step'), 2)} s/step; "
                                                     f"PyTorch + PEFT {num(get('lora', 'peft_seconds_per_step'), 2)} "
                                                     f"(ratio {get('lora', 'ratio_understudy_speed_over_peft')})"),

@@ -50,6 +50,10 @@ pub enum BenchCommand {
         /// auto, cpu or cuda[:N] (CUDA needs a `--features cuda` build).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Train on this dataset directory's examples (artifacts/datasets/<id>) as the trainer
+        /// batches them, `--seq-len` cutting them, instead of random tokens.
+        #[arg(long)]
+        dataset_dir: Option<std::path::PathBuf>,
     },
     /// Tokenize a dataset's training text with its tokenizer (one thread and batched).
     Tokenize {
@@ -115,9 +119,14 @@ pub fn run(config: &crate::config::Config, command: BenchCommand) -> anyhow::Res
             let (config, tensors) = crate::model::weights::load(&source, &device)?;
             print_json(&crate::train::bench::lora(config, tensors, batch_size, seq_len, steps, &device)?)?;
         }
-        BenchCommand::Sft { vocab_size, batch_size, seq_len, steps, device } => {
+        BenchCommand::Sft { vocab_size, batch_size, seq_len, steps, device, dataset_dir } => {
             let device = crate::model::llama::device_for(&device).map_err(anyhow::Error::msg)?;
-            print_json(&crate::train::bench::sft(vocab_size, batch_size, seq_len, steps, &device)?)?;
+            match dataset_dir {
+                Some(dir) => {
+                    print_json(&crate::train::bench::sft_on_dataset(&dir, batch_size, seq_len, steps, &device)?)?
+                }
+                None => print_json(&crate::train::bench::sft(vocab_size, batch_size, seq_len, steps, &device)?)?,
+            }
         }
         BenchCommand::Tokenize { dataset_dir, dump_corpus, repeats } => {
             let figures = crate::dataset::bench::tokenize(&dataset_dir, dump_corpus.as_deref(), repeats)?;

@@ -1,6 +1,7 @@
 //! SFT throughput on the `tiny` preset: a few optimizer steps on random tokens (every position
-//! trained), timed, with the process's peak resident memory, on the CPU or a CUDA device.
-//! Printed by `understudy bench sft|lora` and compared with PyTorch by `bench/sft_speed.py`.
+//! trained), or on a built dataset's examples as the trainer batches them, timed, with the
+//! process's peak resident memory, on the CPU or a CUDA device. Printed by
+//! `understudy bench sft|lora` and compared with PyTorch by `bench/sft_speed.py`.
 
 use std::time::Instant;
 
@@ -82,6 +83,73 @@ pub fn lora(
     )?;
     let vars = super::params::ordered_lora_vars(&config, &lora, &varmap);
     run_steps(format!("lora_r8_{}", device_label(&device)), &model, &vars, batch_size, seq_len, steps)
+}
+
+/// SFT steps of the tiny preset on the first examples of a dataset's training split, in the
+/// order the file holds them, batched as the trainer batches them (right-padded, assistant
+/// tokens trained, a shared opening run once per batch). Tokens/s counts every example token.
+pub fn sft_on_dataset(
+    dataset_dir: &std::path::Path,
+    batch_size: usize,
+    max_len: usize,
+    steps: usize,
+    device: &Device,
+) -> Result<SftFigures, super::sft::TrainError> {
+    use super::sft::TrainError;
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| TrainError::Config(format!("{}/{what}: {e}", dataset_dir.display()));
+    let stats: serde_json::Value = std::fs::read_to_string(dataset_dir.join("stats.json"))
+        .map_err(|e| fail("stats.json", &e))
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| fail("stats.json", &e)))?;
+    let vocab_size = stats["vocab_size"].as_u64().ok_or_else(|| fail("stats.json", &"no vocab_size"))? as usize;
+    let file = std::fs::File::open(dataset_dir.join("train.tokens")).map_err(|e| fail("train.tokens", &e))?;
+    let examples =
+        crate::dataset::cache::read(&mut std::io::BufReader::new(file)).map_err(|e| fail("train.tokens", &e))?;
+    let needed = batch_size * (steps + 1);
+    if examples.len() < needed {
+        return Err(TrainError::Config(format!(
+            "{}: {} training examples, fewer than the {needed} that {steps} steps of {batch_size} need (one more batch warms up)",
+            dataset_dir.display(),
+            examples.len()
+        )));
+    }
+    let device = device.clone();
+    let config = LlamaConfig::tiny(vocab_size);
+    let varmap = init_varmap(&config, 0, &device)?;
+    let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let vars = ordered_vars(&config, &varmap);
+    let parameters = vars.iter().map(|(_, v, _)| v.elem_count()).sum();
+    let mut optimizer = AdamW::new(&vars, 0.01)?;
+    let (mut seconds, mut tokens) = (0.0, 0usize);
+    for (step, chunk) in examples[..needed].chunks(batch_size).enumerate() {
+        let chosen: Vec<&crate::dataset::cache::Example> = chunk.iter().collect();
+        let started = Instant::now();
+        let batch = super::sft::batch_tensors(&chosen, max_len, &device)?;
+        let loss = super::sft::batch_loss(&model, &batch)?;
+        let store = loss.backward()?;
+        let mut grads: Vec<Option<Tensor>> = vars.iter().map(|(_, v, _)| store.get(v.as_tensor()).cloned()).collect();
+        clip_global_norm(&mut grads, 1.0)?;
+        optimizer.apply(&vars, &grads, 1e-3)?;
+        device.synchronize()?;
+        // The first step pays one-time allocation costs; it is not counted.
+        if step > 0 {
+            seconds += started.elapsed().as_secs_f64();
+            tokens += chunk.iter().map(|e| e.ids.len().min(max_len)).sum::<usize>();
+        }
+    }
+    Ok(SftFigures {
+        device: format!("{device:?}"),
+        benchmark: format!("sft_tiny_dataset_{}", device_label(&device)),
+        config,
+        parameters,
+        batch_size,
+        seq_len: max_len,
+        steps,
+        seconds_per_step: seconds / steps.max(1) as f64,
+        tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        peak_rss_mib: peak_rss_mib(),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    })
 }
 
 fn run_steps(

@@ -159,7 +159,7 @@ const MIN_SHARED: usize = 16;
 /// starts with — cut before the first trained position — is `shared`, `(1, p)`, run once for the
 /// whole batch; `inputs` `(b, t)` continue from it, and `targets` and `mask` (flattened to
 /// `b * t`) cover only those positions. The loss and its gradients are the unshared batch's.
-struct Batch {
+pub(super) struct Batch {
     shared: Option<Tensor>,
     inputs: Tensor,
     targets: Tensor,
@@ -203,7 +203,7 @@ fn shared_prefix(examples: &[&Example], max_len: usize) -> usize {
     shared_opening(&rows)
 }
 
-fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> candle_core::Result<Batch> {
+pub(super) fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> candle_core::Result<Batch> {
     let shared = shared_prefix(examples, max_len);
     let longest = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
     let t = longest - shared;
@@ -242,7 +242,7 @@ fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> cand
 }
 
 /// Loss of one batch, computing logits only where the mask trains.
-fn batch_loss(model: &Llama, batch: &Batch) -> candle_core::Result<Tensor> {
+pub(super) fn batch_loss(model: &Llama, batch: &Batch) -> candle_core::Result<Tensor> {
     let (b, t) = batch.inputs.dims2()?;
     let mut cache = match &batch.shared {
         Some(shared) => Some(model.prefill(shared)?),
