@@ -145,7 +145,7 @@ impl PipelineObserver for QuickstartLines {
         let line = match stage {
             Stage::Bootstrap => format!("[1/6] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})"),
             Stage::Dataset => "[2/6] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks".into(),
-            Stage::Train => format!("[3/6] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 6 minutes on 2 cores)"),
+            Stage::Train => format!("[3/6] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 4 minutes on 2 cores)"),
             Stage::Select => return None,
             Stage::Export => "[4/6] export: HF directory, q8_0 and q4_k_m GGUF, Ollama Modelfile, parity checks".into(),
             Stage::Eval => "[5/6] eval: 100 held-out tasks run as agent episodes in the sandbox".into(),
