@@ -451,6 +451,80 @@ impl Matcher {
         self.clone().feed(bytes)
     }
 
+    /// The smallest value `node` accepts (required keys only, empty strings and arrays, 0, the
+    /// first choice); None past a nesting depth of 8.
+    fn minimal_value(&self, node: usize, depth: usize) -> Option<Vec<u8>> {
+        if depth > 8 {
+            return None;
+        }
+        Some(match &self.grammar.nodes[node] {
+            Node::Any | Node::Null => b"null".to_vec(),
+            Node::Object { properties, required, .. } => {
+                let mut bytes = vec![b'{'];
+                for (n, index) in required.iter().enumerate() {
+                    let (key, value) = properties.get(*index)?;
+                    if n > 0 {
+                        bytes.push(b',');
+                    }
+                    bytes.extend([b"\"".as_slice(), key, b"\":"].concat());
+                    bytes.extend(self.minimal_value(*value, depth + 1)?);
+                }
+                bytes.push(b'}');
+                bytes
+            }
+            Node::Array { .. } => b"[]".to_vec(),
+            Node::String { choices: None } => b"\"\"".to_vec(),
+            Node::String { choices: Some(choices) } => [b"\"".as_slice(), choices.first()?, b"\""].concat(),
+            Node::Integer | Node::Number => b"0".to_vec(),
+            Node::Boolean => b"false".to_vec(),
+            Node::Const(bytes) => bytes.clone(),
+            Node::Union(members) => self.minimal_value(*members.first()?, depth + 1)?,
+        })
+    }
+
+    /// The required keys of object `node` not yet `seen`, each with its smallest value, comma
+    /// first unless `first`.
+    fn missing_keys(&self, node: usize, seen: u128, mut first: bool) -> Option<Vec<u8>> {
+        let Node::Object { properties, required, .. } = &self.grammar.nodes[node] else { return Some(Vec::new()) };
+        let mut bytes = Vec::new();
+        for index in required.iter().filter(|i| **i < 128 && seen & (1 << **i) == 0) {
+            let (key, value) = properties.get(*index)?;
+            if !first {
+                bytes.push(b',');
+            }
+            first = false;
+            bytes.extend([b"\"".as_slice(), key, b"\":"].concat());
+            bytes.extend(self.minimal_value(*value, 0)?);
+        }
+        Some(bytes)
+    }
+
+    /// The fewest bytes that complete the reply from here by closing what is open (a string, a
+    /// number, arrays, a literal, the closing text) and giving objects their missing required
+    /// keys with the smallest values; None when a key or value is half-written where that cannot
+    /// be done. Checked by feeding them.
+    fn closing_bytes(&self) -> Option<Vec<u8>> {
+        if self.is_complete() {
+            return Some(Vec::new());
+        }
+        let mut bytes = Vec::new();
+        for frame in self.stack.iter().rev() {
+            match frame {
+                Frame::String { escape: Escape::None, .. } => bytes.push(b'"'),
+                Frame::Number { at, .. } if at.can_end() => {}
+                Frame::Object { node, at: at @ (ObjectAt::KeyOrEnd | ObjectAt::CommaOrEnd), seen, .. } => {
+                    bytes.extend(self.missing_keys(*node, *seen, *at == ObjectAt::KeyOrEnd)?);
+                    bytes.push(b'}');
+                }
+                Frame::Array { at: ArrayAt::ItemOrEnd | ArrayAt::CommaOrEnd, .. } => bytes.push(b']'),
+                Frame::Literal { literal, at } => bytes.extend_from_slice(self.literal_bytes(*literal).get(*at..)?),
+                _ => return None,
+            }
+        }
+        let mut closed = self.clone();
+        (closed.feed(&bytes) && closed.is_complete()).then_some(bytes)
+    }
+
     fn literal_bytes(&self, literal: Literal) -> &[u8] {
         match literal {
             Literal::True => b"true",
@@ -879,7 +953,13 @@ pub struct ConstrainedPicker {
     queued: std::collections::VecDeque<u32>,
     /// Steps where no token fitted and the sampler's choice stood unconstrained.
     pub unconstrained_steps: usize,
+    /// Tokens the reply may take in all (its `max_tokens`): near the end, what is open is closed
+    /// so a value or call cut by the budget still ends well-formed.
+    budget: Option<usize>,
 }
+
+/// How close to the budget closing starts: the closing text plus this many tokens to spare.
+const CLOSING_MARGIN: usize = 1;
 
 /// Sample among the ids `fits` allows: the sampler's own choices first (each refused one
 /// masked out), then the whole vocabulary masked at once; None when nothing fits.
@@ -918,7 +998,31 @@ impl ConstrainedPicker {
             picked: 0,
             queued: std::collections::VecDeque::new(),
             unconstrained_steps: 0,
+            budget: None,
         }
+    }
+
+    /// Close what is open when the reply would otherwise be cut at `max_tokens` (the stop token
+    /// after it counts as one of them).
+    pub fn with_budget(mut self, max_tokens: usize) -> ConstrainedPicker {
+        self.budget = Some(max_tokens);
+        self
+    }
+
+    /// The closing of what is open, in tokens and bytes, when the budget leaves no room for more.
+    fn closing_due(&self, matcher: &Matcher) -> Option<(Vec<u32>, Vec<u8>)> {
+        let left = self.budget?.saturating_sub(self.picked);
+        // Closing is rarely more than a few tokens: look only near the end.
+        if left > 32 {
+            return None;
+        }
+        let bytes = matcher.closing_bytes()?;
+        if bytes.is_empty() {
+            return None;
+        }
+        let ids = self.tokens.spell(&bytes)?;
+        // Room for the closing and the end of the turn: beyond that, keep sampling.
+        (ids.len() + CLOSING_MARGIN >= left).then_some((ids, bytes))
     }
 
     /// Choose the next id with `sample` among the tokens the grammar allows, and advance.
@@ -951,6 +1055,13 @@ impl ConstrainedPicker {
         }
         if let Some(written) = self.after_call.take() {
             return self.pick_after_call(written, logits, &mut sample);
+        }
+        if let Some((ids, bytes)) = self.matcher.as_ref().and_then(|m| self.closing_due(m)) {
+            if let Some(matcher) = self.matcher.as_mut() {
+                matcher.feed(&bytes);
+            }
+            self.queued.extend(ids);
+            return self.queued.pop_front().expect("a closing has a token");
         }
         let Some(mut matcher) = self.matcher.take() else {
             let id = sample(logits);
@@ -1159,6 +1270,65 @@ mod tests {
         assert_eq!(call["arguments"]["command"].as_str().map(|s| !s.is_empty()), Some(true), "{text}");
         assert!(text.ends_with("}\n</tool_call>"), "{text}");
         assert_eq!(picker.unconstrained_steps, 0);
+    }
+
+    #[test]
+    fn a_budget_closes_a_call_the_model_would_not_end() {
+        // The model would write "x" forever inside the string and never end its turn.
+        let pieces = ["", " ", "{", "}", "\"", ":", "x", "\n</tool_call>", "\"command\""];
+        let tokens = Arc::new(TokenBytes {
+            bytes: pieces.iter().enumerate().map(|(i, p)| (i > 0).then(|| p.as_bytes().to_vec())).collect(),
+            special: vec![false; pieces.len()],
+        });
+        let schema = json!({"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]});
+        let grammar = Arc::new(Grammar::tool_call(&[("Bash".into(), schema)], Some("Bash"), CallStyle::Hermes));
+        let run = |picker: &mut ConstrainedPicker, budget: usize| -> (String, bool) {
+            let mut produced = String::new();
+            // ` {"command":"` and then "x" for ever; the end of the turn always last.
+            let opening = [" ", "{", "\"command\"", ":", "\""];
+            for step in 0..budget {
+                let wanted = opening.get(step).copied().unwrap_or("x");
+                let logits: Vec<f32> = (0..pieces.len())
+                    .map(|i| match pieces[i] {
+                        p if p == wanted => 9.0,
+                        "" => -50.0,
+                        _ => 1.0 + i as f32 * 0.01,
+                    })
+                    .collect();
+                let greedy = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+                match picker.pick(&logits, greedy) {
+                    0 => return (produced, true),
+                    id => produced.push_str(pieces[id as usize]),
+                }
+            }
+            (produced, false)
+        };
+        for budget in [11, 12, 30] {
+            let mut picker =
+                ConstrainedPicker::new(Arc::clone(&grammar), Arc::clone(&tokens), vec![0]).with_budget(budget);
+            let (produced, stopped) = run(&mut picker, budget);
+            assert!(stopped, "budget {budget}: the turn ends within the budget: {produced:?}");
+            let text = format!("{{\"name\": \"Bash\", \"arguments\":{produced}");
+            let call: Value = serde_json::from_str(text.trim_end_matches("\n</tool_call>"))
+                .unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(call["arguments"]["command"].as_str().is_some_and(|c| c.starts_with('x')), "{text}");
+        }
+        // Closing fills what an object still owes: ` {"command":"x` closes as `"}`, and an
+        // object with a required integer and enum still to come gets their smallest values.
+        let schema = json!({"type": "object", "properties": {"file": {"type": "string"}, "lines": {"type": "integer"},
+            "kind": {"enum": ["source", "test"]}}, "required": ["file", "lines", "kind"]});
+        let mut matcher = Matcher::new(Arc::new(Grammar::json(Some(&schema))));
+        assert!(matcher.feed(b"{\"kind\": \"test\", \"file\": \"src/a"));
+        let closing = matcher.closing_bytes().expect("closable");
+        assert_eq!(String::from_utf8(closing).unwrap(), "\",\"lines\":0}");
+        let mut matcher = Matcher::new(Arc::new(Grammar::json(Some(&schema))));
+        assert!(matcher.feed(b"{\"fi"));
+        assert_eq!(matcher.closing_bytes(), None, "a half-written key is not closed");
+
+        // Without a budget the same model is cut mid-string.
+        let mut picker = ConstrainedPicker::new(grammar, tokens, vec![0]);
+        let (produced, stopped) = run(&mut picker, 12);
+        assert!(!stopped && !produced.ends_with("</tool_call>"), "{produced:?}");
     }
 
     /// Greedy picks where step i's logits rank `script[i]` best first; stops at id 0.

@@ -199,7 +199,7 @@ impl LoadedModel {
             let tokens = self
                 .token_bytes
                 .get_or_init(|| Arc::new(TokenBytes::new(&self.tokenizer, self.model.config.vocab_size)));
-            ConstrainedPicker::new(grammar, Arc::clone(tokens), stops.clone())
+            ConstrainedPicker::new(grammar, Arc::clone(tokens), stops.clone()).with_budget(options.max_tokens)
         });
         let mut generated: Vec<u32> = Vec::new();
         let mut pending: Vec<u32> = prompt_ids[shared..].to_vec();

@@ -283,13 +283,15 @@ fn decode(job: Job) -> anyhow::Result<()> {
         tool_grammar: false,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
-    let mut constrained =
-        sampling.grammar.as_ref().map(|g| ConstrainedPicker::new(Arc::clone(g), model.token_bytes(), model.stop_ids()));
+    let budget = sampling.max_tokens.min(model.context_length.saturating_sub(prompt_ids.len()));
+    let mut constrained = sampling
+        .grammar
+        .as_ref()
+        .map(|g| ConstrainedPicker::new(Arc::clone(g), model.token_bytes(), model.stop_ids()).with_budget(budget));
     let mut pick = move |logits: &[f32]| match constrained.as_mut() {
         Some(picker) => picker.pick(logits, |l| sample(l, &options, &mut rng)),
         None => sample(logits, &options, &mut rng),
     };
-    let budget = sampling.max_tokens.min(model.context_length.saturating_sub(prompt_ids.len()));
     let mut emitter = Emitter::new(&model, &sampling, &events);
     let finish = match &model.runtime {
         Runtime::Candle(llama) => decode_candle(llama, &prompt_ids, budget, &mut emitter, pick)?,

@@ -125,12 +125,7 @@ pub fn sft_on_dataset(
         let chosen: Vec<&crate::dataset::cache::Example> = chunk.iter().collect();
         let started = Instant::now();
         let batch = super::sft::batch_tensors(&chosen, max_len, &device)?;
-        let loss = super::sft::batch_loss(&model, &batch)?;
-        let store = loss.backward()?;
-        let mut grads: Vec<Option<Tensor>> = vars.iter().map(|(_, v, _)| store.get(v.as_tensor()).cloned()).collect();
-        clip_global_norm(&mut grads, 1.0)?;
-        optimizer.apply(&vars, &grads, 1e-3)?;
-        device.synchronize()?;
+        update(&super::sft::batch_loss(&model, &batch)?, &vars, &mut optimizer, &device)?;
         // The first step pays one-time allocation costs; it is not counted.
         if step > 0 {
             seconds += started.elapsed().as_secs_f64();
@@ -150,6 +145,20 @@ pub fn sft_on_dataset(
         peak_rss_mib: peak_rss_mib(),
         threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     })
+}
+
+/// One optimizer step on `loss` (clipped, AdamW at 1e-3), finished on the device.
+fn update(
+    loss: &Tensor,
+    vars: &[(String, candle_core::Var, bool)],
+    optimizer: &mut AdamW,
+    device: &Device,
+) -> candle_core::Result<()> {
+    let store = loss.backward()?;
+    let mut grads: Vec<Option<Tensor>> = vars.iter().map(|(_, v, _)| store.get(v.as_tensor()).cloned()).collect();
+    clip_global_norm(&mut grads, 1.0)?;
+    optimizer.apply(vars, &grads, 1e-3)?;
+    device.synchronize()
 }
 
 fn run_steps(
@@ -176,12 +185,7 @@ fn run_steps(
         let targets = all.narrow(1, 1, seq_len)?.contiguous()?.flatten_all()?;
         let logits = model.forward(&inputs, None)?.reshape((batch_size * seq_len, vocab_size))?;
         let mask = Tensor::ones(batch_size * seq_len, DType::F32, &device)?;
-        let loss = masked_cross_entropy(&logits, &targets, &mask)?;
-        let store = loss.backward()?;
-        let mut grads: Vec<Option<Tensor>> = vars.iter().map(|(_, v, _)| store.get(v.as_tensor()).cloned()).collect();
-        clip_global_norm(&mut grads, 1.0)?;
-        optimizer.apply(&vars, &grads, 1e-3)?;
-        device.synchronize()?;
+        update(&masked_cross_entropy(&logits, &targets, &mask)?, &vars, &mut optimizer, &device)?;
         // The first step pays one-time allocation costs; it is not counted.
         if step > 0 {
             timings.push(started.elapsed().as_secs_f64());
