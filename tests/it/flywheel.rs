@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::support::{cli, get, http, reply, spawn_app, wait_for};
+use crate::support::{cli, get, http, reply, spawn_app};
 
 const SECRET: &str = "AKIAIOSFODNN7EXAMPLQ";
 
@@ -89,7 +89,21 @@ fn serve_with_record_traces_stores_redacted_served_conversations() {
     // Not a trace (no user prompt): answered all the same, and skipped.
     chat(&server.1, json!({"max_tokens": 4, "messages": [{"role": "system", "content": "only a system prompt"}]}));
 
-    let rows = wait_for(30, "two served traces", || Some(served_traces(dir.path())).filter(|rows| rows.len() == 2));
+    // Recording runs after each reply, on the blocking pool; on a loaded machine it can lag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let rows = loop {
+        let seen = served_traces(dir.path());
+        if seen.len() == 2 {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two served traces expected, {} stored after 60 s: {}",
+            seen.len(),
+            Value::Array(seen)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     for row in &rows {
         let shown = cli(dir.path(), &["traces", "show", row["id"].as_str().unwrap(), "--json"]);
         let trace = shown.json();
