@@ -1017,7 +1017,9 @@ impl ConstrainedPicker {
             return None;
         }
         let bytes = matcher.closing_bytes()?;
-        if bytes.is_empty() {
+        // Every token spells at least one byte: while the bytes fit with room to spare, so do
+        // their tokens, and spelling (a scan of the vocabulary) can wait.
+        if bytes.is_empty() || bytes.len() + CLOSING_MARGIN < left {
             return None;
         }
         let ids = self.tokens.spell(&bytes)?;
