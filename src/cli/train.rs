@@ -70,6 +70,10 @@ pub struct TrainArgs {
     /// Cut training sequences to this many tokens.
     #[arg(long, default_value_t = 2048)]
     pub max_seq_len: usize,
+    /// SFT: loss weight of the tokens of a tool call's name (the tool choice) against 1 for the
+    /// other trained tokens
+    #[arg(long, default_value_t = TrainRequest::default().tool_name_weight)]
+    pub tool_name_weight: f64,
     /// Train LoRA adapters of this rank on a frozen pretrained base (needs --model PATH).
     #[arg(long)]
     pub lora_rank: Option<usize>,
@@ -201,6 +205,7 @@ impl TrainArgs {
             eval_every: self.eval_every,
             checkpoint_every: self.checkpoint_every,
             max_seq_len: self.max_seq_len,
+            tool_name_weight: self.tool_name_weight,
             lora_rank: self.lora_rank,
             lora_alpha: self.lora_alpha,
             lora_dropout: self.lora_dropout,

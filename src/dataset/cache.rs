@@ -1,10 +1,16 @@
 //! The compact tokenized cache training reads: one file per split, little-endian:
 //! magic `USTOK\x01\0\0`, u32 example count, then per example u32 length, the token ids (u32)
-//! and the loss mask (one byte per token, 1 = trained on).
+//! and the loss mask (one byte per token: 0 = not trained on, 1 = trained on, 2 = trained on
+//! and part of a tool call's name, where the model chooses its tool).
 
 use std::io::{self, Read, Write};
 
 const MAGIC: &[u8; 8] = b"USTOK\x01\0\0";
+
+/// Mask byte of a trained token.
+pub const TRAINED: u8 = 1;
+/// Mask byte of a trained token inside a tool call's name (trainers may weight it).
+pub const TOOL_NAME: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {

@@ -160,6 +160,9 @@ pub struct DatasetStats {
     pub token_histogram: Vec<HistogramBin>,
     pub tokens_total: usize,
     pub tokens_trained: usize,
+    /// Trained tokens inside tool calls' names (where the model chooses its tool).
+    #[serde(default)]
+    pub tokens_tool_name: usize,
     /// Share of training tokens that carry loss (assistant output).
     pub mask_coverage: f64,
     pub mean_tokens: f64,
@@ -214,9 +217,14 @@ fn tokenize_one(
     max_len: usize,
 ) -> Result<Option<(Example, bool)>, String> {
     let (ids, offsets) = tokenizer::encode(tok, &rendered.text).map_err(|e| e.to_string())?;
+    let within = |spans: &[std::ops::Range<usize>], start: &usize| spans.iter().any(|span| span.contains(start));
     let mask: Vec<u8> = offsets
         .iter()
-        .map(|(start, _)| u8::from(rendered.assistant_spans.iter().any(|span| span.contains(start))))
+        .map(|(start, _)| match within(&rendered.assistant_spans, start) {
+            false => 0,
+            true if within(&rendered.tool_name_spans, start) => cache::TOOL_NAME,
+            true => cache::TRAINED,
+        })
         .collect();
     if ids.len() <= max_len {
         return Ok(Some((Example { ids, mask }, false)));
@@ -225,7 +233,7 @@ fn tokenize_one(
     let mut best = None;
     for end_byte in &rendered.message_ends {
         let n_tokens = offsets.iter().take_while(|(start, _)| start < end_byte).count();
-        if n_tokens <= max_len && mask[..n_tokens].contains(&1) {
+        if n_tokens <= max_len && mask[..n_tokens].iter().any(|&m| m != 0) {
             best = Some(n_tokens);
         }
     }
@@ -361,7 +369,8 @@ pub fn build(
 
     let lengths: Vec<usize> = train.iter().chain(val.iter()).map(|(_, e)| e.ids.len()).collect();
     stats.tokens_total = train.iter().map(|(_, e)| e.ids.len()).sum();
-    stats.tokens_trained = train.iter().map(|(_, e)| e.mask.iter().filter(|&&m| m == 1).count()).sum();
+    stats.tokens_trained = train.iter().map(|(_, e)| e.mask.iter().filter(|&&m| m != 0).count()).sum();
+    stats.tokens_tool_name = train.iter().map(|(_, e)| e.mask.iter().filter(|&&m| m == cache::TOOL_NAME).count()).sum();
     stats.mask_coverage =
         if stats.tokens_total > 0 { stats.tokens_trained as f64 / stats.tokens_total as f64 } else { 0.0 };
     stats.max_tokens = lengths.iter().copied().max().unwrap_or(0);

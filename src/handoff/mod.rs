@@ -365,7 +365,7 @@ fn token_rows(path: &Path) -> Result<Vec<String>, HandoffError> {
     Ok(examples
         .iter()
         .map(|example| {
-            json!({"input_ids": example.ids, "assistant_masks": example.mask.iter().map(|&m| u8::from(m == 1)).collect::<Vec<_>>()})
+            json!({"input_ids": example.ids, "assistant_masks": example.mask.iter().map(|&m| u8::from(m != 0)).collect::<Vec<_>>()})
                 .to_string()
         })
         .collect())

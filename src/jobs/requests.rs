@@ -166,6 +166,8 @@ pub struct TrainRequest {
     pub eval_every: u64,
     pub checkpoint_every: u64,
     pub max_seq_len: usize,
+    /// SFT: loss weight of the tokens of a tool call's name (the tool choice), 1 to 100.
+    pub tool_name_weight: f64,
     /// LoRA adapters of this rank on a frozen pretrained base.
     pub lora_rank: Option<usize>,
     /// LoRA alpha (default: twice the rank).
@@ -278,6 +280,7 @@ impl Default for TrainRequest {
             eval_every: 25,
             checkpoint_every: 50,
             max_seq_len: 2048,
+            tool_name_weight: SftConfig::default().tool_name_weight,
             lora_rank: None,
             lora_alpha: None,
             lora_dropout: 0.0,
@@ -615,10 +618,11 @@ impl TrainRequest {
             seed: self.seed,
             device: self.device,
             lora,
+            tool_name_weight: self.tool_name_weight,
             ..SftConfig::default()
         };
         let mut checked = Fields::default();
-        checked.config(sft.validate(), &["lr", "batch_size", "grad_accum", "epochs"], "lora_rank");
+        checked.config(sft.validate(), &["lr", "batch_size", "grad_accum", "epochs", "tool_name_weight"], "lora_rank");
         checked.finish()?;
         Ok(TrainParams {
             phase: self.phase,

@@ -63,6 +63,9 @@ pub struct Rendered {
     pub assistant_spans: Vec<Range<usize>>,
     /// Byte offset where each message's rendering ends (for truncation at turn boundaries).
     pub message_ends: Vec<usize>,
+    /// Byte ranges of each tool call's name inside the assistant spans: the tokens where the
+    /// model chooses its tool.
+    pub tool_name_spans: Vec<Range<usize>>,
 }
 
 #[derive(Serialize)]
@@ -292,6 +295,7 @@ impl ChatTemplate {
         let environment = self.environment()?;
         let text = self.render_with(&environment, messages, tools, false)?;
         let mut assistant_spans = Vec::new();
+        let mut tool_name_spans = Vec::new();
         let mut message_ends = Vec::with_capacity(messages.len());
         for index in 0..messages.len() {
             let upto = self.render_with(&environment, &messages[..=index], tools, false)?;
@@ -314,8 +318,46 @@ impl ChatTemplate {
                 .max()
                 .unwrap_or(added.trim_end().len());
             assistant_spans.push(prompt.len()..prompt.len() + end);
+            if !messages[index].tool_calls.is_empty() {
+                let names = self.call_name_spans(&environment, &messages[..=index], tools, prompt.len())?;
+                let is_a_name = |span: &Range<usize>| {
+                    let written = text.get(span.clone());
+                    span.end <= prompt.len() + end
+                        && messages[index].tool_calls.iter().any(|c| Some(c.name.as_str()) == written)
+                };
+                tool_name_spans.extend(names.into_iter().filter(is_a_name));
+            }
         }
-        Ok(Rendered { text, assistant_spans, message_ends })
+        Ok(Rendered { text, assistant_spans, message_ends, tool_name_spans })
+    }
+
+    /// Where the last message's call names sit in the rendering of `messages`: rendered again
+    /// with each name replaced by a marker, the markers' places shifted back by the length
+    /// differences before them. Names the template does not write verbatim are skipped.
+    fn call_name_spans(
+        &self,
+        environment: &Environment<'_>,
+        messages: &[Message],
+        tools: &[Value],
+        from: usize,
+    ) -> Result<Vec<Range<usize>>, TemplateError> {
+        let mut marked = messages.to_vec();
+        let Some(last) = marked.last_mut() else { return Ok(Vec::new()) };
+        let markers: Vec<String> = (0..last.tool_calls.len()).map(|k| format!("UNDERSTUDYCALLNAME{k}X")).collect();
+        for (call, marker) in last.tool_calls.iter_mut().zip(&markers) {
+            call.name = marker.clone();
+        }
+        let text = self.render_with(environment, &marked, tools, false)?;
+        let mut spans = Vec::new();
+        let (mut cursor, mut shift) = (from.min(text.len()), 0isize);
+        for (call, marker) in messages[messages.len() - 1].tool_calls.iter().zip(&markers) {
+            let Some(at) = text[cursor..].find(marker.as_str()).map(|at| cursor + at) else { continue };
+            let start = (at as isize + shift) as usize;
+            spans.push(start..start + call.name.len());
+            shift += call.name.len() as isize - marker.len() as isize;
+            cursor = at + marker.len();
+        }
+        Ok(spans)
     }
 }
 
@@ -366,6 +408,29 @@ mod tests {
             .text
             .contains("<|im_start|>user\n<tool_response>\nsrc/auth.py:1:def auth()\n</tool_response><|im_end|>"));
         assert_eq!(*rendered.message_ends.last().unwrap(), rendered.text.len());
+    }
+
+    #[test]
+    fn tool_name_spans_cover_each_calls_name_and_nothing_else() {
+        let mut messages = conversation();
+        // The first call's arguments name the second call's tool, and so does the text.
+        messages[2].content = Some("I'll Read after I Grep.".into());
+        messages[2].tool_calls = vec![
+            ToolCall { id: "call_1".into(), name: "Grep".into(), arguments: r#"{"pattern":"Read"}"#.into() },
+            ToolCall { id: "call_2".into(), name: "Read".into(), arguments: r#"{"file_path":"a.py"}"#.into() },
+        ];
+        for template in [ChatTemplate::chatml_hermes(), ChatTemplate::llama3()] {
+            let rendered = template.render_with_spans(&messages, &[]).unwrap();
+            let names: Vec<&str> = rendered.tool_name_spans.iter().map(|s| &rendered.text[s.clone()]).collect();
+            assert_eq!(names, vec!["Grep", "Read"], "{}", rendered.text);
+            let first = &rendered.assistant_spans[0];
+            assert!(rendered.tool_name_spans.iter().all(|s| first.start <= s.start && s.end <= first.end));
+            // Past the text and the first call's arguments: the second span is the call's name.
+            let text_end = rendered.text.find("I Grep.").unwrap() + "I Grep.".len();
+            assert!(rendered.tool_name_spans[0].start > text_end);
+            let arguments = rendered.text[text_end..].find(r#""Read""#).unwrap() + text_end + 1;
+            assert!(rendered.tool_name_spans[1].start > arguments, "{}", rendered.text);
+        }
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub fn sft_on_dataset(
     for (step, chunk) in examples[..needed].chunks(batch_size).enumerate() {
         let chosen: Vec<&crate::dataset::cache::Example> = chunk.iter().collect();
         let started = Instant::now();
-        let batch = super::sft::batch_tensors(&chosen, max_len, &device)?;
+        let batch = super::sft::batch_tensors(&chosen, max_len, 1.0, &device)?;
         update(&super::sft::batch_loss(&model, &batch)?, &vars, &mut optimizer, &device)?;
         // The first step pays one-time allocation costs; it is not counted.
         if step > 0 {

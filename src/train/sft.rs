@@ -46,6 +46,14 @@ pub struct SftConfig {
     /// Train LoRA adapters on a frozen pretrained base instead of every weight.
     #[serde(default)]
     pub lora: Option<crate::model::llama::LoraConfig>,
+    /// Loss weight of the tokens of a tool call's name (the tool choice) against 1 for every
+    /// other trained token. The eval loss stays unweighted.
+    #[serde(default = "plain_weight")]
+    pub tool_name_weight: f64,
+}
+
+fn plain_weight() -> f64 {
+    1.0
 }
 
 impl Default for SftConfig {
@@ -67,6 +75,7 @@ impl Default for SftConfig {
             seed: 0,
             device: "cpu".into(),
             lora: None,
+            tool_name_weight: plain_weight(),
         }
     }
 }
@@ -84,6 +93,9 @@ impl SftConfig {
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return Err("epochs: at least one epoch (or --max-steps)".into());
+        }
+        if !(self.tool_name_weight >= 1.0 && self.tool_name_weight <= 100.0) {
+            return Err("tool_name_weight: must be between 1 and 100".into());
         }
         if let Some(lora) = &self.lora {
             lora.validate()?;
@@ -203,7 +215,14 @@ fn shared_prefix(examples: &[&Example], max_len: usize) -> usize {
     shared_opening(&rows)
 }
 
-pub(super) fn batch_tensors(examples: &[&Example], max_len: usize, device: &Device) -> candle_core::Result<Batch> {
+/// The rows of a batch, each position's loss weight from its mask byte: 0 untrained, 1 trained,
+/// `tool_name_weight` inside a tool call's name.
+pub(super) fn batch_tensors(
+    examples: &[&Example],
+    max_len: usize,
+    tool_name_weight: f32,
+    device: &Device,
+) -> candle_core::Result<Batch> {
     let shared = shared_prefix(examples, max_len);
     let longest = examples.iter().map(|e| e.ids.len().min(max_len)).max().unwrap_or(2).saturating_sub(1).max(1);
     let t = longest - shared;
@@ -217,8 +236,12 @@ pub(super) fn batch_tensors(examples: &[&Example], max_len: usize, device: &Devi
             if position + 1 < n {
                 inputs.push(example.ids[position]);
                 targets.push(example.ids[position + 1]);
-                let m = f32::from(example.mask[position + 1]);
-                trained += m as usize;
+                let m = match example.mask[position + 1] {
+                    0 => 0.0,
+                    cache::TOOL_NAME => tool_name_weight,
+                    _ => 1.0,
+                };
+                trained += usize::from(m > 0.0);
                 mask.push(m);
             } else {
                 inputs.push(0);
@@ -249,17 +272,23 @@ pub(super) fn batch_loss(model: &Llama, batch: &Batch) -> candle_core::Result<Te
         None => None,
     };
     let hidden = model.hidden(&batch.inputs, cache.as_mut())?.reshape((b * t, model.config.hidden_size))?;
-    let rows: Vec<u32> =
-        batch.mask.to_vec1::<f32>()?.iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(i, _)| i as u32).collect();
+    let (rows, weights): (Vec<u32>, Vec<f32>) = batch
+        .mask
+        .to_vec1::<f32>()?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, m)| *m > 0.0)
+        .map(|(i, m)| (i as u32, m))
+        .unzip();
     if rows.is_empty() {
         return Tensor::new(0f32, batch.inputs.device());
     }
-    let index = Tensor::from_vec(rows.clone(), rows.len(), batch.inputs.device())?;
+    let index = Tensor::from_vec(rows, weights.len(), batch.inputs.device())?;
     let hidden = hidden.index_select(&index, 0)?;
     let logits = model.logits(&hidden)?;
     let targets = batch.targets.index_select(&index, 0)?;
-    let ones = Tensor::ones(rows.len(), DType::F32, batch.inputs.device())?;
-    masked_cross_entropy(&logits, &targets, &ones)
+    let weights = Tensor::from_vec(weights, index.dim(0)?, batch.inputs.device())?;
+    masked_cross_entropy(&logits, &targets, &weights)
 }
 
 /// Batches are formed inside windows of this many batches, sorted by length.
@@ -297,7 +326,7 @@ pub fn eval_loss(
     }
     let (mut total, mut weight) = (0.0, 0.0);
     for chunk in chosen.chunks(config.batch_size) {
-        let batch = batch_tensors(chunk, config.max_seq_len, device)?;
+        let batch = batch_tensors(chunk, config.max_seq_len, 1.0, device)?;
         if batch.trained == 0 {
             continue;
         }
@@ -381,7 +410,7 @@ pub fn train(
             if chosen.is_empty() {
                 break;
             }
-            let batch = batch_tensors(&chosen, config.max_seq_len, &device)?;
+            let batch = batch_tensors(&chosen, config.max_seq_len, config.tool_name_weight as f32, &device)?;
             if batch.trained == 0 {
                 continue;
             }
@@ -737,7 +766,7 @@ mod tests {
         assert_eq!(shared_prefix(&chosen, 20), 18);
         // One example alone, or an opening too short to pay, is not shared.
         assert_eq!(shared_prefix(&chosen[..1], 64), 0);
-        let shared = batch_tensors(&chosen, 64, &device).unwrap();
+        let shared = batch_tensors(&chosen, 64, 1.0, &device).unwrap();
         assert_eq!(shared.shared.as_ref().map(|s| s.dims().to_vec()), Some(vec![1, 21]));
         assert_eq!(shared.inputs.dims(), &[3, 46 - 1 - 21]);
         // The same batch, unshared: every row from position 0.
@@ -773,6 +802,42 @@ mod tests {
     }
 
     #[test]
+    fn tool_name_tokens_weigh_in_the_loss_as_configured() {
+        let config = micro_config();
+        let device = Device::Cpu;
+        let varmap = init_varmap(&config, 7, &device).unwrap();
+        let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| (i * 7 + 3) % 32).collect();
+        let named = Example { ids: ids.clone(), mask: vec![0, 0, 0, 0, 1, 1, 2, 2, 1, 1, 1, 0] };
+        let plain = Example { ids, mask: named.mask.iter().map(|&m| u8::from(m != 0)).collect() };
+        // Each trained position's loss alone: a mask with that one position.
+        let alone = |position: usize| {
+            let mut mask = vec![0u8; 12];
+            mask[position] = 1;
+            let one = Example { ids: plain.ids.clone(), mask };
+            let batch = batch_tensors(&[&one], 64, 1.0, &device).unwrap();
+            batch_loss(&model, &batch).unwrap().to_scalar::<f32>().unwrap()
+        };
+        let losses: Vec<(u8, f32)> =
+            named.mask.iter().enumerate().filter(|(_, m)| **m != 0).map(|(p, m)| (*m, alone(p))).collect();
+        for weight in [1.0f32, 10.0] {
+            let batch = batch_tensors(&[&named], 64, weight, &device).unwrap();
+            assert_eq!(batch.trained, 7, "a position counts once whatever its weight");
+            let got = batch_loss(&model, &batch).unwrap().to_scalar::<f32>().unwrap();
+            let w = |m: u8| if m == cache::TOOL_NAME { weight } else { 1.0 };
+            let expected =
+                losses.iter().map(|(m, l)| w(*m) * l).sum::<f32>() / losses.iter().map(|(m, _)| w(*m)).sum::<f32>();
+            assert!((got - expected).abs() < 1e-5, "weight {weight}: {got} vs {expected}");
+        }
+        // Weight 1 is the plain loss, and the names move it once weighted.
+        let plain_loss = batch_loss(&model, &batch_tensors(&[&plain], 64, 1.0, &device).unwrap()).unwrap();
+        let weighted = batch_loss(&model, &batch_tensors(&[&named], 64, 10.0, &device).unwrap()).unwrap();
+        let (p, w) = (plain_loss.to_scalar::<f32>().unwrap(), weighted.to_scalar::<f32>().unwrap());
+        assert!((p - losses.iter().map(|(_, l)| l).sum::<f32>() / 7.0).abs() < 1e-5);
+        assert!((p - w).abs() > 1e-4, "weighting the names changed nothing: {p} vs {w}");
+    }
+
+    #[test]
     fn every_parameter_gets_a_gradient_that_matches_finite_differences() {
         let config = micro_config();
         let device = Device::Cpu;
@@ -780,7 +845,7 @@ mod tests {
         let model = Llama::new(config.clone(), VarBuilder::from_varmap(&varmap, DType::F32, &device)).unwrap();
         let data = examples();
         let chosen: Vec<&Example> = data.iter().take(3).collect();
-        let batch = batch_tensors(&chosen, 64, &device).unwrap();
+        let batch = batch_tensors(&chosen, 64, 1.0, &device).unwrap();
         let loss = batch_loss(&model, &batch).unwrap();
         let grads = loss.backward().unwrap();
         let vars = ordered_vars(&config, &varmap);

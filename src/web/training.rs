@@ -25,7 +25,7 @@ pub fn api_routes(config: &mut web::ServiceConfig) {
 }
 
 /// (field, label, default) of the hyperparameters on the form; defaults are `TrainRequest`'s.
-fn fields() -> [(&'static str, &'static str, String); 19] {
+fn fields() -> [(&'static str, &'static str, String); 20] {
     let defaults = TrainRequest::default();
     [
         ("epochs", "Epochs (SFT, DPO)", defaults.epochs.to_string()),
@@ -38,6 +38,11 @@ fn fields() -> [(&'static str, &'static str, String); 19] {
         ("eval_every", "Eval every N steps", defaults.eval_every.to_string()),
         ("checkpoint_every", "Checkpoint every N steps", defaults.checkpoint_every.to_string()),
         ("max_seq_len", "Longest training sequence (tokens)", defaults.max_seq_len.to_string()),
+        (
+            "tool_name_weight",
+            "SFT: loss weight of a tool call's name (1: like every token)",
+            defaults.tool_name_weight.to_string(),
+        ),
         ("seed", "Seed", defaults.seed.to_string()),
         ("suites", "GRPO, PPO: suites rolled out (comma-separated)", defaults.rl.suites.join(",")),
         ("group_size", "GRPO: episodes per case", defaults.rl.group_size.to_string()),
@@ -173,6 +178,9 @@ fn parse(values: &HashMap<String, String>) -> (TrainRequest, BTreeMap<&'static s
     number(&mut errors, "seed", text("seed"), &mut request.seed);
     if !text("max_seq_len").is_empty() {
         number(&mut errors, "max_seq_len", text("max_seq_len"), &mut request.max_seq_len);
+    }
+    if !text("tool_name_weight").is_empty() {
+        number(&mut errors, "tool_name_weight", text("tool_name_weight"), &mut request.tool_name_weight);
     }
     if !text("max_steps").is_empty() {
         let mut steps = 0u64;

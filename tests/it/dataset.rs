@@ -85,15 +85,25 @@ fn masks_cover_exactly_the_assistant_output() {
         // Contiguous runs of trained tokens, decoded.
         let mut runs: Vec<Vec<u32>> = Vec::new();
         let mut previous = 0;
+        // Runs of tokens marked as a tool call's name (mask 2), decoded: the calls' names.
+        let mut names: Vec<Vec<u32>> = Vec::new();
         for (id, mask) in example.ids.iter().zip(&example.mask) {
-            if *mask == 1 {
+            assert!(*mask <= cache::TOOL_NAME, "mask byte {mask}");
+            if *mask != 0 {
                 if previous == 0 {
                     runs.push(Vec::new());
                 }
                 runs.last_mut().unwrap().push(*id);
             }
+            if *mask == cache::TOOL_NAME {
+                if previous != cache::TOOL_NAME {
+                    names.push(Vec::new());
+                }
+                names.last_mut().unwrap().push(*id);
+            }
             previous = *mask;
         }
+        let names: Vec<String> = names.iter().map(|n| tokenizer.decode(n, false).unwrap()).collect();
         let mut assistants: Vec<_> = trace.messages.iter().filter(|m| m.role == Role::Assistant).collect();
         if runs.len() < assistants.len() {
             // A long trace is cut at a turn boundary to fit: its first turns are trained.
@@ -101,6 +111,8 @@ fn masks_cover_exactly_the_assistant_output() {
             assistants.truncate(runs.len());
         }
         assert_eq!(runs.len(), assistants.len(), "one trained run per assistant turn in {}", trace.id);
+        let called: Vec<&str> = assistants.iter().flat_map(|m| m.tool_calls.iter().map(|c| c.name.as_str())).collect();
+        assert_eq!(names, called, "the tool-name tokens of {} are its calls' names", trace.id);
         for (run, message) in runs.iter().zip(assistants) {
             assert_eq!(*run.last().unwrap(), im_end, "each run ends with the end-of-turn token");
             let text = tokenizer.decode(run, false).unwrap();
@@ -120,7 +132,10 @@ fn masks_cover_exactly_the_assistant_output() {
     let stats: Value = serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
     let train = read_cache(&out.join("train.tokens"));
     let total: usize = train.iter().map(|e| e.ids.len()).sum();
-    let trained: usize = train.iter().map(|e| e.mask.iter().filter(|m| **m == 1).count()).sum();
+    let trained: usize = train.iter().map(|e| e.mask.iter().filter(|m| **m != 0).count()).sum();
+    let named: usize = train.iter().map(|e| e.mask.iter().filter(|m| **m == cache::TOOL_NAME).count()).sum();
+    assert_eq!(stats["tokens_tool_name"], named);
+    assert!(named > 0 && named < trained / 10, "{named} of {trained}");
     assert_eq!(stats["tokens_total"], total);
     assert_eq!(stats["tokens_trained"], trained);
     let coverage = stats["mask_coverage"].as_f64().unwrap();
@@ -171,7 +186,7 @@ fn truncation_cuts_at_turn_boundaries_and_builds_are_reproducible() {
             "examples end at a turn boundary: {:?}",
             tokenizer.decode(tail, false)
         );
-        assert!(example.mask.contains(&1));
+        assert!(example.mask.iter().any(|&m| m != 0));
     }
     // A different seed shuffles training differently but keeps every other file.
     let c = build(first.path(), &["--max-seq-len", "1100", "--seed", "4"]);
