@@ -61,7 +61,9 @@ pub struct Rendered {
     pub text: String,
     /// Byte ranges of assistant output (content, tool calls and the end-of-turn token).
     pub assistant_spans: Vec<Range<usize>>,
-    /// Byte offset where each message's rendering ends (for truncation at turn boundaries).
+    /// Byte offsets where the rendering may be cut after a message (truncation at turn
+    /// boundaries). A message whose rendering continues into the next one's (one of several
+    /// tool results a template writes as one turn) gives none.
     pub message_ends: Vec<usize>,
     /// Byte ranges of each tool call's name inside the assistant spans: the tokens where the
     /// model chooses its tool.
@@ -299,15 +301,22 @@ impl ChatTemplate {
         let mut message_ends = Vec::with_capacity(messages.len());
         for index in 0..messages.len() {
             let upto = self.render_with(&environment, &messages[..=index], tools, false)?;
-            if !text.starts_with(&upto) {
-                return Err(TemplateError::NotPrefixStable { index });
+            let stable = text.starts_with(&upto);
+            if stable {
+                message_ends.push(upto.len());
             }
-            message_ends.push(upto.len());
             if messages[index].role != Role::Assistant {
+                // Results of parallel calls render as one turn: the turn closes after the last
+                // one only, so the conversation cannot be cut between them. Nothing is trained
+                // there, and the assistant message after them is checked below.
+                let continues = messages.get(index + 1).is_some_and(|next| next.role == messages[index].role);
+                if !stable && !continues {
+                    return Err(TemplateError::NotPrefixStable { index });
+                }
                 continue;
             }
             let prompt = self.render_with(&environment, &messages[..index], tools, true)?;
-            if !upto.starts_with(&prompt) {
+            if !stable || !upto.starts_with(&prompt) {
                 return Err(TemplateError::NotPrefixStable { index });
             }
             let added = &upto[prompt.len()..];
@@ -390,6 +399,49 @@ mod tests {
             },
             Message::text(Role::Assistant, "In src/auth.py."),
         ]
+    }
+
+    /// Claude Code and OpenAI clients call tools in parallel: one assistant message with two
+    /// calls, answered by two tool messages that ChatML writes as one user turn.
+    #[test]
+    fn parallel_tool_results_render_as_one_turn_and_are_never_cut_between() {
+        let mut messages = conversation();
+        messages[2].tool_calls.push(ToolCall {
+            id: "call_2".into(),
+            name: "Read".into(),
+            arguments: r#"{"file_path":"src/auth.py"}"#.into(),
+        });
+        messages.insert(
+            4,
+            Message {
+                role: Role::Tool,
+                content: Some("1 def auth()".into()),
+                tool_calls: vec![],
+                tool_call_id: Some("call_2".into()),
+                name: None,
+            },
+        );
+        for template in [ChatTemplate::chatml_hermes(), ChatTemplate::llama3()] {
+            let rendered = template.render_with_spans(&messages, &[]).unwrap();
+            assert_eq!(rendered.assistant_spans.len(), 2);
+            let last = &rendered.text[rendered.assistant_spans[1].clone()];
+            assert!(last.starts_with("In src/auth.py."), "{last}");
+            let names: Vec<&str> = rendered.tool_name_spans.iter().map(|s| &rendered.text[s.clone()]).collect();
+            assert_eq!(names, vec!["Grep", "Read"]);
+            // Every cut point is a rendering of a prefix of the conversation.
+            let prefixes: Vec<usize> = (1..=messages.len())
+                .map(|n| template.render(&messages[..n], &[], false).unwrap().len())
+                .filter(|&len| rendered.text.len() >= len)
+                .collect();
+            assert!(rendered.message_ends.iter().all(|end| prefixes.contains(end)));
+            assert_eq!(*rendered.message_ends.last().unwrap(), rendered.text.len());
+        }
+        let chatml = ChatTemplate::chatml_hermes().render_with_spans(&messages, &[]).unwrap();
+        assert!(chatml.text.contains(
+            "<|im_start|>user\n<tool_response>\nsrc/auth.py:1:def auth()\n</tool_response>\n<tool_response>\n1 def auth()\n</tool_response><|im_end|>"
+        ));
+        // No cut between the two results: one fewer boundary than messages.
+        assert_eq!(chatml.message_ends.len(), messages.len() - 1);
     }
 
     #[test]

@@ -329,3 +329,35 @@ fn datasets_page_and_api() {
     assert_eq!(api.status, 400);
     assert!(api.json()["error"]["message"].as_str().unwrap().contains("max_seq_len"));
 }
+
+/// A trace whose assistant calls two tools at once (answered by two tool messages, which ChatML
+/// writes as one turn) builds like any other, with its replies trained and its results not.
+#[test]
+fn traces_with_parallel_tool_calls_build() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::import_fixture(dir.path(), "canonical_mixed.jsonl", "canonical");
+    assert_eq!(cli(dir.path(), &["bootstrap", "--traces", "30", "--seed", "2", "--json"]).code, 0);
+    let result = build(dir.path(), &["--val-ratio", "0", "--test-ratio", "0"]);
+    let out = dataset_dir(dir.path(), &result);
+    let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    // train.tokens is shuffled: find the example by its prompt.
+    let examples = read_cache(&out.join("train.tokens"));
+    let example = examples
+        .iter()
+        .find(|e| tokenizer.decode(&e.ids, false).unwrap().contains("Why does the build fail?"))
+        .expect("the parallel-call trace is in the dataset");
+    let text = tokenizer.decode(&example.ids, false).unwrap();
+    assert!(
+        text.contains("<tool_response>\n[package]\nname = \"demo\"\n</tool_response>\n<tool_response>\nerror[E0425]"),
+        "both results in one turn: {text}"
+    );
+    let trained: Vec<u32> =
+        example.ids.iter().zip(&example.mask).filter(|(_, m)| **m != 0).map(|(id, _)| *id).collect();
+    let trained = tokenizer.decode(&trained, false).unwrap();
+    assert!(trained.contains("\"name\": \"Bash\"") && trained.contains("\"name\": \"Read\""), "{trained}");
+    assert!(trained.contains("`x` is used before it is defined"), "{trained}");
+    assert!(!trained.contains("tool_response") && !trained.contains("demo"), "tool results are not trained: {trained}");
+    let names: Vec<u32> =
+        example.ids.iter().zip(&example.mask).filter(|(_, m)| **m == cache::TOOL_NAME).map(|(id, _)| *id).collect();
+    assert_eq!(tokenizer.decode(&names, false).unwrap(), "BashRead");
+}
