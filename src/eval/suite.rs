@@ -175,6 +175,19 @@ pub fn heldout(n: u64) -> Vec<EvalCase> {
     generated(n, HELDOUT_SEED, Pool::HeldOut, HELDOUT)
 }
 
+/// A built-in suite (`heldout` or `training`) at its standard size, generated once per process:
+/// the cases are a pure function of the built-in templates, and the reward endpoints look a
+/// case up per request. `None` for any other name.
+pub fn builtin_suite(name: &str) -> Option<&'static [EvalCase]> {
+    static HELD_OUT: std::sync::OnceLock<Vec<EvalCase>> = std::sync::OnceLock::new();
+    static TRAINING_SUITE: std::sync::OnceLock<Vec<EvalCase>> = std::sync::OnceLock::new();
+    match name {
+        HELDOUT => Some(HELD_OUT.get_or_init(|| heldout(HELDOUT_CASES))),
+        TRAINING => Some(TRAINING_SUITE.get_or_init(|| training(TRAINING_CASES, TRAINING_SEED))),
+        _ => None,
+    }
+}
+
 /// The built-in `training` suite: tasks generated like bootstrap's, from the training part of
 /// the phrasings and slot values (never a held-out one), for reinforcement learning's rollouts.
 pub fn training(n: u64, seed: u64) -> Vec<EvalCase> {

@@ -85,10 +85,8 @@ pub fn eval_run_id(job_id: &str) -> String {
 pub fn load_cases(db: &Db, suites: &[String], limit: Option<usize>) -> Result<Vec<(String, EvalCase)>, String> {
     let mut cases = Vec::new();
     for name in suites {
-        let mut suite_cases = if name == suite::HELDOUT {
-            suite::heldout(suite::HELDOUT_CASES)
-        } else if name == suite::TRAINING {
-            suite::training(suite::TRAINING_CASES, suite::TRAINING_SEED)
+        let mut suite_cases = if let Some(cases) = suite::builtin_suite(name) {
+            cases.to_vec()
         } else if let Some(id) = name.strip_prefix(suite::DATASET_PREFIX) {
             let dataset =
                 db.get_dataset(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("no dataset with id {id:?}"))?;

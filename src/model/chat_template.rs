@@ -162,6 +162,18 @@ fn raise_exception(message: String) -> Result<JinjaValue, JinjaError> {
 }
 
 impl ChatTemplate {
+    /// Names of the built-in templates, as `builtin` takes them (the kinds' serde names).
+    pub const BUILTIN_NAMES: [&'static str; 2] = ["chatml_hermes", "llama3"];
+
+    /// A built-in template by name (`chatml_hermes`, `llama3`).
+    pub fn builtin(name: &str) -> Option<ChatTemplate> {
+        match name {
+            "chatml_hermes" => Some(ChatTemplate::chatml_hermes()),
+            "llama3" => Some(ChatTemplate::llama3()),
+            _ => None,
+        }
+    }
+
     pub fn chatml_hermes() -> ChatTemplate {
         ChatTemplate {
             kind: TemplateKind::ChatmlHermes,
@@ -502,6 +514,11 @@ mod tests {
         let smollm = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
         assert_eq!(ChatTemplate::for_model(Some(smollm), "", "<|im_end|>").kind, TemplateKind::ChatmlHermes);
         assert_eq!(ChatTemplate::for_model(None, "", "").kind, TemplateKind::ChatmlHermes);
+        for name in ChatTemplate::BUILTIN_NAMES {
+            let kind = ChatTemplate::builtin(name).unwrap().kind;
+            assert_eq!(serde_json::to_value(kind).unwrap(), name, "a built-in's name is its kind's");
+        }
+        assert!(ChatTemplate::builtin("custom").is_none());
     }
 
     #[test]

@@ -183,11 +183,9 @@ fn weights_of(given: &Option<BTreeMap<String, f64>>) -> Result<RewardWeights, We
 }
 
 fn template_of(name: Option<&str>) -> Result<ChatTemplate, WebError> {
-    match name.unwrap_or("chatml_hermes") {
-        "chatml_hermes" => Ok(ChatTemplate::chatml_hermes()),
-        "llama3" => Ok(ChatTemplate::llama3()),
-        other => Err(bad(format!("template: {other:?} is not chatml_hermes or llama3"))),
-    }
+    let name = name.unwrap_or(ChatTemplate::BUILTIN_NAMES[0]);
+    ChatTemplate::builtin(name)
+        .ok_or_else(|| bad(format!("template: {name:?} is not one of {}", ChatTemplate::BUILTIN_NAMES.join(", "))))
 }
 
 async fn resolve(state: &AppState, request: RewardRequest) -> Result<Resolved, WebError> {
@@ -198,22 +196,24 @@ async fn resolve(state: &AppState, request: RewardRequest) -> Result<Resolved, W
     if budget == 0 {
         return Err(bad("token_budget: must be at least 1".into()));
     }
-    let case =
-        match (request.case, request.suite, request.case_id) {
-            (Some(case), None, None) => case,
-            (None, Some(suite), Some(case_id)) => {
-                state
-                    .with_db(move |db| {
-                        let cases = crate::jobs::eval::load_cases(db, std::slice::from_ref(&suite), None)
-                            .map_err(|e| WebError::NotFound(format!("suite: {e}")))?;
-                        cases.into_iter().map(|(_, case)| case).find(|case| case.id == case_id).ok_or_else(|| {
-                            WebError::NotFound(format!("case_id: suite {suite:?} has no case {case_id:?}"))
-                        })
-                    })
-                    .await?
-            }
-            _ => return Err(bad("give either case, or suite and case_id".into())),
-        };
+    let case = match (request.case, request.suite, request.case_id) {
+        (Some(case), None, None) => case,
+        (None, Some(suite), Some(case_id)) => {
+            state
+                .with_db(move |db| {
+                    let missing = || WebError::NotFound(format!("case_id: suite {suite:?} has no case {case_id:?}"));
+                    // Built-in suites are generated once per process, not per request.
+                    if let Some(cases) = crate::eval::suite::builtin_suite(&suite) {
+                        return cases.iter().find(|case| case.id == case_id).cloned().ok_or_else(missing);
+                    }
+                    let cases = crate::jobs::eval::load_cases(db, std::slice::from_ref(&suite), None)
+                        .map_err(|e| WebError::NotFound(format!("suite: {e}")))?;
+                    cases.into_iter().map(|(_, case)| case).find(|case| case.id == case_id).ok_or_else(missing)
+                })
+                .await?
+        }
+        _ => return Err(bad("give either case, or suite and case_id".into())),
+    };
     Ok(Resolved { case, replies, template, weights, budget })
 }
 
