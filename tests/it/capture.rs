@@ -751,3 +751,48 @@ fn capture_page_installs_and_removes_the_hook_keeping_other_settings() {
         "a backup is kept"
     );
 }
+
+/// Captured sessions train: every scanned trace renders into a dataset, including the turn that
+/// calls Read and Grep in parallel (their results written as one turn), with only the model's
+/// own output trained.
+#[test]
+fn captured_sessions_build_into_a_dataset() {
+    let setup = Setup::new();
+    setup.scan(&[]);
+    let parallel = setup
+        .traces()
+        .into_values()
+        .find(|t| t.messages.iter().any(|m| m.tool_calls.len() > 1))
+        .expect("the fixture has a turn with parallel calls");
+    let run = cli(
+        &setup.data,
+        &["build-dataset", "--sources", "claude_code", "--val-ratio", "0", "--test-ratio", "0", "--json"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let built = run.json();
+    assert_eq!(built["dropped"], 0, "{built:#}");
+    let dir = PathBuf::from(built["dir"].as_str().unwrap());
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let examples = understudy::dataset::cache::read(&mut std::io::BufReader::new(
+        std::fs::File::open(dir.join("train.tokens")).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(examples.len(), setup.traces().len(), "every captured trace is an example");
+    let example = examples
+        .iter()
+        .find(|e| tokenizer.decode(&e.ids, false).unwrap().contains(&parallel.prompt))
+        .expect("the parallel-call trace is an example");
+    let names: Vec<u32> = example
+        .ids
+        .iter()
+        .zip(&example.mask)
+        .filter(|(_, m)| **m == understudy::dataset::cache::TOOL_NAME)
+        .map(|(id, _)| *id)
+        .collect();
+    let called: String = parallel.tool_calls().map(|c| c.name.as_str()).collect();
+    assert_eq!(tokenizer.decode(&names, false).unwrap(), called);
+    let trained: Vec<u32> =
+        example.ids.iter().zip(&example.mask).filter(|(_, m)| **m != 0).map(|(id, _)| *id).collect();
+    let trained = tokenizer.decode(&trained, false).unwrap();
+    assert!(!trained.contains("<tool_response>"), "tool results are not trained: {trained}");
+}
