@@ -36,6 +36,11 @@ pub struct BuildArgs {
     /// How many times each real (non-synthetic) training trace is repeated.
     #[arg(long, default_value_t = 1)]
     pub real_weight: u32,
+    /// Add each training trace's opening (system prompt, task, first reply) this many times as an
+    /// example of its own, alternately without and with the tool schemas: teaches a model trained
+    /// from scratch to choose its first tool by the task.
+    #[arg(long, default_value_t = 0)]
+    pub openings: u32,
     #[arg(long, default_value_t = 0.05)]
     pub val_ratio: f64,
     #[arg(long, default_value_t = 0.05)]
@@ -78,6 +83,7 @@ impl BuildArgs {
             min_tool_calls: self.min_tool_calls,
             exclude_failed: self.exclude_failed,
             real_weight: self.real_weight,
+            openings: self.openings,
             val_ratio: self.val_ratio,
             test_ratio: self.test_ratio,
             max_seq_len: self.max_seq_len,

@@ -43,6 +43,14 @@ pub struct DatasetConfig {
     pub exclude_failed: bool,
     /// Each real (non-synthetic) training trace appears this many times in the training data.
     pub real_weight: u32,
+    /// Each training trace's opening (system prompt, task, first assistant reply) is added this
+    /// many times as an example of its own, alternately without and with the tool schemas. Next
+    /// to ~700 tokens of schemas the task's few words get almost no attention in a model trained
+    /// from scratch, and it opens every task with the majority tool; without the schemas the task
+    /// dominates and the choice is learnt, with them it carries over to the prompt users send
+    /// (see README, "Choosing the first tool").
+    #[serde(default)]
+    pub openings: u32,
     pub val_ratio: f64,
     pub test_ratio: f64,
     pub max_seq_len: usize,
@@ -59,6 +67,7 @@ impl DatasetConfig {
             min_tool_calls: 0,
             exclude_failed: false,
             real_weight: 1,
+            openings: 0,
             val_ratio: 0.05,
             test_ratio: 0.05,
             max_seq_len: 2048,
@@ -83,6 +92,9 @@ impl DatasetConfig {
         }
         if self.real_weight == 0 || self.real_weight > 100 {
             return bad("real_weight", "must be between 1 and 100");
+        }
+        if self.openings > 10 {
+            return bad("openings", "must be between 0 and 10");
         }
         Ok(())
     }
@@ -151,8 +163,11 @@ pub struct HistogramBin {
 pub struct DatasetStats {
     /// Examples per split after truncation and dropping (training examples counted once).
     pub examples: SplitCounts,
-    /// Training examples including the repeats of weighted real traces.
+    /// Training examples including the repeats of weighted real traces and the openings.
     pub weighted_train: usize,
+    /// Training examples that are a trace's opening (`openings`), with or without the schemas.
+    #[serde(default)]
+    pub openings: usize,
     pub pairs: SplitCounts,
     pub by_source: BTreeMap<String, usize>,
     pub by_category: BTreeMap<String, usize>,
@@ -280,6 +295,27 @@ fn rl_prompt(trace: &Trace) -> Value {
     })
 }
 
+/// A trace's opening as a trace of its own: the messages up to its first assistant reply, with
+/// the trace's tools or none (then the template writes no schemas). `None` without an assistant
+/// reply.
+fn opening(trace: &Trace, with_tools: bool) -> Option<Trace> {
+    let first_reply = trace.messages.iter().position(|m| m.role == Role::Assistant)?;
+    let mut opening = trace.clone();
+    opening.messages.truncate(first_reply + 1);
+    if !with_tools {
+        opening.tools.clear();
+    }
+    Some(opening)
+}
+
+/// Where a training example comes from: a trace (index into the prepared traces) or a trace's
+/// opening (index into the openings).
+#[derive(Debug, Clone, Copy)]
+enum Row {
+    Trace(usize),
+    Opening(usize),
+}
+
 /// Build the dataset into `out_dir` (which must not exist). `progress(stage, done, total)` may
 /// stop the build by returning an error.
 pub fn build(
@@ -354,20 +390,41 @@ pub fn build(
     let count = |split: Split| examples.get(&split).map_or(0, Vec::len);
     stats.examples = SplitCounts { train: count(Split::Train), val: count(Split::Val), test: count(Split::Test) };
 
-    // Training order: real traces repeated, then a seeded shuffle.
-    let mut train: Vec<(usize, Example)> = Vec::new();
+    // Training order: real traces repeated, the openings, then a seeded shuffle.
+    let mut train: Vec<(Row, Example)> = Vec::new();
+    let mut openings: Vec<Trace> = Vec::new();
     for (index, example) in examples.remove(&Split::Train).unwrap_or_default() {
         let repeats = if prepared[index].trace.source == Source::Synthetic { 1 } else { config.real_weight };
         for _ in 0..repeats {
-            train.push((index, example.clone()));
+            train.push((Row::Trace(index), example.clone()));
+        }
+        // Copies alternate: without the tool schemas (the task dominates: the choice is learnt),
+        // then with them (the prompt users send: the choice carries over).
+        for copy in 0..config.openings {
+            let Some(opening) = opening(&prepared[index].trace, copy % 2 == 1) else { break };
+            let rendered = template_for_render
+                .render_with_spans(&opening.messages, &opening.tools)
+                .map_err(|e| BuildError::Render { id: opening.id.clone(), reason: format!("its opening: {e}") })?;
+            // An opening longer than the limit is left out (its full trace still trains).
+            let tokenized = tokenize_one(&tokenizer, &rendered, config.max_seq_len).map_err(BuildError::Tokenizer)?;
+            if let Some((example, false)) = tokenized {
+                train.push((Row::Opening(openings.len()), example));
+                openings.push(opening);
+                stats.openings += 1;
+            }
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     train.shuffle(&mut rng);
     stats.weighted_train = train.len();
     let val: Vec<(usize, Example)> = examples.remove(&Split::Val).unwrap_or_default();
+    let row_trace = |row: &Row| match *row {
+        Row::Trace(index) => &prepared[index].trace,
+        Row::Opening(index) => &openings[index],
+    };
 
-    let lengths: Vec<usize> = train.iter().chain(val.iter()).map(|(_, e)| e.ids.len()).collect();
+    let lengths: Vec<usize> =
+        train.iter().map(|(_, e)| e.ids.len()).chain(val.iter().map(|(_, e)| e.ids.len())).collect();
     stats.tokens_total = train.iter().map(|(_, e)| e.ids.len()).sum();
     stats.tokens_trained = train.iter().map(|(_, e)| e.mask.iter().filter(|&&m| m != 0).count()).sum();
     stats.tokens_tool_name = train.iter().map(|(_, e)| e.mask.iter().filter(|&&m| m == cache::TOOL_NAME).count()).sum();
@@ -419,7 +476,7 @@ pub fn build(
                 .map(|(_, p)| to_canonical_json(&p.trace)),
         )?;
     }
-    write_lines(&at("sft.jsonl"), train.iter().map(|(i, _)| to_openai_json(&prepared[*i].trace)))?;
+    write_lines(&at("sft.jsonl"), train.iter().map(|(row, _)| to_openai_json(row_trace(row))))?;
     write_lines(&at("sft_val.jsonl"), val.iter().map(|(i, _)| to_openai_json(&prepared[*i].trace)))?;
     write_lines(&at("dpo.jsonl"), train_pairs.iter().copied().map(pair_line))?;
     // The pairs of the other splits: DPO's held-out pairs.

@@ -680,6 +680,8 @@ pub struct DatasetRequest {
     pub exclude_failed: bool,
     /// How many times each real (non-synthetic) training trace is repeated.
     pub real_weight: u32,
+    /// How many times each training trace's opening is added without the tool schemas.
+    pub openings: u32,
     pub val_ratio: f64,
     pub test_ratio: f64,
     pub max_seq_len: usize,
@@ -697,6 +699,7 @@ impl Default for DatasetRequest {
             min_tool_calls: defaults.min_tool_calls,
             exclude_failed: defaults.exclude_failed,
             real_weight: defaults.real_weight,
+            openings: defaults.openings,
             val_ratio: defaults.val_ratio,
             test_ratio: defaults.test_ratio,
             max_seq_len: defaults.max_seq_len,
@@ -724,6 +727,7 @@ impl DatasetRequest {
         fields.check((0.0..0.5).contains(&self.test_ratio), "test_ratio", "must be at least 0 and below 0.5");
         fields.check((32..=131_072).contains(&self.max_seq_len), "max_seq_len", "must be between 32 and 131072");
         fields.check((1..=100).contains(&self.real_weight), "real_weight", "must be between 1 and 100");
+        fields.check(self.openings <= 10, "openings", "must be between 0 and 10");
         fields.finish()?;
         let dataset = DatasetConfig {
             name: self.name,
@@ -733,6 +737,7 @@ impl DatasetRequest {
             min_tool_calls: self.min_tool_calls,
             exclude_failed: self.exclude_failed,
             real_weight: self.real_weight,
+            openings: self.openings,
             val_ratio: self.val_ratio,
             test_ratio: self.test_ratio,
             max_seq_len: self.max_seq_len,

@@ -38,6 +38,7 @@ fn default_form() -> DatasetForm {
         model: "tiny".into(),
         min_tool_calls: "0".into(),
         real_weight: "1".into(),
+        openings: "0".into(),
         val_ratio: "0.05".into(),
         test_ratio: "0.05".into(),
         max_seq_len: "2048".into(),
@@ -90,6 +91,8 @@ fn parse(fields: &HashMap<String, String>) -> (DatasetForm, DatasetRequest) {
         min_tool_calls: text("min_tool_calls"),
         exclude_failed: fields.get("exclude_failed").is_some_and(|v| v == "on" || v == "true"),
         real_weight: text("real_weight"),
+        // A form from before openings existed leaves it out: none.
+        openings: Some(text("openings")).filter(|t| !t.is_empty()).unwrap_or_else(|| "0".into()),
         val_ratio: text("val_ratio"),
         test_ratio: text("test_ratio"),
         max_seq_len: text("max_seq_len"),
@@ -108,6 +111,7 @@ fn parse(fields: &HashMap<String, String>) -> (DatasetForm, DatasetRequest) {
         let text = match name {
             "min_tool_calls" => &form.min_tool_calls,
             "real_weight" => &form.real_weight,
+            "openings" => &form.openings,
             "val_ratio" => &form.val_ratio,
             "test_ratio" => &form.test_ratio,
             "max_seq_len" => &form.max_seq_len,
@@ -122,6 +126,7 @@ fn parse(fields: &HashMap<String, String>) -> (DatasetForm, DatasetRequest) {
     }
     number(&mut form, "min_tool_calls", &mut request.min_tool_calls);
     number(&mut form, "real_weight", &mut request.real_weight);
+    number(&mut form, "openings", &mut request.openings);
     number(&mut form, "val_ratio", &mut request.val_ratio);
     number(&mut form, "test_ratio", &mut request.test_ratio);
     number(&mut form, "max_seq_len", &mut request.max_seq_len);
@@ -276,6 +281,7 @@ pub struct DatasetForm {
     pub min_tool_calls: String,
     pub exclude_failed: bool,
     pub real_weight: String,
+    pub openings: String,
     pub val_ratio: String,
     pub test_ratio: String,
     pub max_seq_len: String,

@@ -1,7 +1,7 @@
 //! Datasets: golden renderings of both built-in chat templates, masks that cover exactly the
 //! assistant output, truncation at turn boundaries, reproducible files, OpenAI-valid sft.jsonl,
-//! SmolLM2's tokenizer rebuilt from GGUF against the Python `tokenizers` package, and the
-//! Datasets page and API.
+//! openings (first replies without the tool schemas), SmolLM2's tokenizer rebuilt from GGUF
+//! against the Python `tokenizers` package, and the Datasets page and API.
 
 use std::path::{Path, PathBuf};
 
@@ -306,7 +306,7 @@ fn datasets_page_and_api() {
     for field in ["model-error", "test_ratio-error", "sources-error"] {
         assert!(bad.body.contains(&format!("id=\"{field}\"")), "no {field} in {}", bad.body);
     }
-    let good = form("name=web&model=tiny&val_ratio=0.1&test_ratio=0.1&max_seq_len=2048&seed=0&min_tool_calls=1&real_weight=2&sources=synthetic&exclude_failed=on");
+    let good = form("name=web&model=tiny&val_ratio=0.1&test_ratio=0.1&max_seq_len=2048&seed=0&min_tool_calls=1&real_weight=2&openings=1&sources=synthetic&exclude_failed=on");
     assert_eq!(good.status, 303, "{}", good.body);
     let job_id = good.location.unwrap().trim_start_matches("/jobs/").to_string();
     let detail = wait_for(120, "dataset job", || {
@@ -320,6 +320,8 @@ fn datasets_page_and_api() {
     assert!(page.body.contains("<svg") && page.body.contains("Token lengths") && page.body.contains("mask coverage"));
     let listed = get(&app.url("/api/datasets")).json();
     assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["config"]["openings"], 1);
+    assert_eq!(listed[0]["stats"]["openings"], listed[0]["stats"]["examples"]["train"], "{}", listed[0]["stats"]);
     let download = get(&app.url(&format!("/datasets/{id}/files/sft.jsonl")));
     assert_eq!(download.status, 200);
     assert!(download.body.lines().count() > 10);
@@ -360,4 +362,61 @@ fn traces_with_parallel_tool_calls_build() {
     let names: Vec<u32> =
         example.ids.iter().zip(&example.mask).filter(|(_, m)| **m == cache::TOOL_NAME).map(|(id, _)| *id).collect();
     assert_eq!(tokenizer.decode(&names, false).unwrap(), "BashRead");
+}
+
+#[test]
+fn openings_add_each_training_traces_first_reply_without_and_with_the_tool_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(cli(dir.path(), &["bootstrap", "--traces", "40", "--seed", "3", "--json"]).code, 0);
+    let refused = cli(dir.path(), &["build-dataset", "--openings", "11"]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("openings"), "{}", refused.stderr);
+
+    let plain = build(dir.path(), &["--name", "plain", "--seed", "4"]);
+    let result = build(dir.path(), &["--name", "openings", "--openings", "2", "--seed", "4"]);
+    let out = dataset_dir(dir.path(), &result);
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(out.join("stats.json")).unwrap()).unwrap();
+    let traces = result["counts"]["train"].as_u64().unwrap() as usize;
+    assert_eq!(traces, plain["counts"]["train"].as_u64().unwrap() as usize, "the same traces train");
+    assert_eq!(stats["openings"], 2 * traces);
+    assert_eq!(stats["weighted_train"], 3 * traces);
+
+    let tokenizer = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    let examples = read_cache(&out.join("train.tokens"));
+    let rows: Vec<Value> = std::fs::read_to_string(out.join("sft.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(examples.len(), 3 * traces);
+    assert_eq!(rows.len(), examples.len(), "sft.jsonl lists the same examples in the same order");
+    let (mut without_schemas, mut with_schemas) = (0, 0);
+    for (row, example) in rows.iter().zip(&examples) {
+        let text = tokenizer.decode(&example.ids, false).unwrap();
+        let messages = row["messages"].as_array().unwrap();
+        let schemas = row["tools"].as_array().is_some_and(|t| !t.is_empty());
+        assert_eq!(text.contains("<tools>"), schemas, "schemas in the tokens exactly when sft.jsonl offers tools");
+        if text.contains("<tool_response>") {
+            assert!(schemas, "a whole trace offers its tools");
+            continue;
+        }
+        // An opening: system, task, and the first reply, which alone trains.
+        if schemas {
+            with_schemas += 1;
+        } else {
+            without_schemas += 1;
+        }
+        let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["system", "user", "assistant"], "{text}");
+        assert!(text.contains(messages[1]["content"].as_str().unwrap()));
+        let trained: Vec<u32> =
+            example.ids.iter().zip(&example.mask).filter(|(_, m)| **m != 0).map(|(id, _)| *id).collect();
+        let trained = tokenizer.decode(&trained, false).unwrap();
+        assert!(trained.ends_with("<|im_end|>") && !trained.contains("<|im_start|>"), "{trained}");
+        let first_call = messages[2]["tool_calls"][0]["function"]["name"].as_str().unwrap();
+        let names: Vec<u32> =
+            example.ids.iter().zip(&example.mask).filter(|(_, m)| **m == cache::TOOL_NAME).map(|(id, _)| *id).collect();
+        assert_eq!(tokenizer.decode(&names, false).unwrap(), first_call);
+    }
+    assert_eq!((without_schemas, with_schemas), (traces, traces), "copies alternate without and with the schemas");
 }
