@@ -170,12 +170,16 @@ fn percent(rate: &Rate) -> String {
 }
 
 fn print_summary(label: &str, summary: &Summary) {
+    let mut opened: Vec<(&String, &usize)> = summary.first_calls.iter().collect();
+    opened.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let opened: Vec<String> = opened.iter().map(|(tool, n)| format!("{tool} {n}")).collect();
     println!(
-        "{label:<16} {:>4}  parsed {}  valid calls {}  first tool {}  success {}  similarity {:.2}",
+        "{label:<16} {:>4}  parsed {}  valid calls {}  first tool {} (opened with {})  success {}  similarity {:.2}",
         summary.cases,
         percent(&summary.parsed),
         percent(&summary.valid_calls),
         percent(&summary.first_tool),
+        opened.join(", "),
         percent(&summary.success),
         summary.similarity
     );

@@ -28,6 +28,9 @@ pub struct CaseScore {
     pub calls: usize,
     pub valid_calls: usize,
     pub first_tool: Option<bool>,
+    /// The tool the episode called first (`None`: no call).
+    #[serde(default)]
+    pub first_call: Option<String>,
     pub sequence_exact: Option<bool>,
     pub similarity: Option<f64>,
     /// The outcome checks hold at the end of the episode.
@@ -135,6 +138,7 @@ pub fn score(case: &EvalCase, episode: &Episode, workspace: &mut Workspace, outp
         calls: episode.calls.len(),
         valid_calls,
         first_tool: has(&case.first_tools).map(|_| names.first().is_some_and(|n| case.first_tools.contains(n))),
+        first_call: names.first().cloned(),
         sequence_exact: has(&case.reference).map(|_| names == case.reference),
         similarity: has(&case.reference).map(|_| similarity(&names, &case.reference)),
         success: (!case.checks.is_empty()).then(|| checks.iter().all(|(_, held, _)| *held) && episode.error.is_none()),
@@ -184,6 +188,9 @@ impl Rate {
     }
 }
 
+/// The `first_calls` key of episodes that made no call.
+pub const NO_CALL: &str = "none";
+
 /// The metrics of a set of cases.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
@@ -194,6 +201,10 @@ pub struct Summary {
     /// Over all calls (not episodes): calls naming an offered tool with valid arguments.
     pub valid_calls: Rate,
     pub first_tool: Rate,
+    /// How many episodes opened with each tool (`none`: without a call): a model that opens
+    /// every task with one tool shows here, whatever its first-tool rate.
+    #[serde(default)]
+    pub first_calls: BTreeMap<String, usize>,
     pub sequence_exact: Rate,
     pub similarity: f64,
     pub success: Rate,
@@ -216,6 +227,10 @@ impl Summary {
             arguments_valid: Rate::of(scores.iter().map(|s| s.arguments_valid)),
             valid_calls: Rate::new(scores.iter().map(|s| s.valid_calls).sum(), scores.iter().map(|s| s.calls).sum()),
             first_tool: Rate::of(scores.iter().filter_map(|s| s.first_tool)),
+            first_calls: scores.iter().fold(BTreeMap::new(), |mut counts, s| {
+                *counts.entry(s.first_call.clone().unwrap_or_else(|| NO_CALL.to_string())).or_default() += 1;
+                counts
+            }),
             sequence_exact: Rate::of(scores.iter().filter_map(|s| s.sequence_exact)),
             similarity: mean(scores.iter().filter_map(|s| s.similarity).collect()),
             success: Rate::of(scores.iter().filter_map(|s| s.success)),
@@ -252,6 +267,36 @@ mod tests {
         assert!((rate.low - 0.311_62).abs() < 1e-5 && (rate.high - 0.576_94).abs() < 1e-5, "{rate:?}");
         assert_eq!(Rate::new(0, 0).rate, 0.0);
         assert!(Rate::new(10, 10).high <= 1.0 && Rate::new(10, 10).low > 0.69);
+    }
+
+    #[test]
+    fn first_calls_count_each_episodes_opening_tool() {
+        let case = |first: Option<&str>, right: bool| CaseScore {
+            parsed: true,
+            names_valid: true,
+            arguments_valid: true,
+            calls: usize::from(first.is_some()),
+            valid_calls: usize::from(first.is_some()),
+            first_tool: Some(right),
+            first_call: first.map(str::to_string),
+            sequence_exact: None,
+            similarity: None,
+            success: None,
+            facts: None,
+            must_call: None,
+            stopped: true,
+            truncated: 0,
+            turns: 1,
+            tokens: 10,
+            seconds: 0.1,
+            checks: Vec::new(),
+            error: None,
+        };
+        let scores = [case(Some("Grep"), true), case(Some("Grep"), false), case(Some("Bash"), true), case(None, false)];
+        let summary = Summary::of(&scores.iter().collect::<Vec<_>>());
+        let counts: Vec<(&str, usize)> = summary.first_calls.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(counts, [("Bash", 1), ("Grep", 2), (NO_CALL, 1)]);
+        assert_eq!(summary.first_tool.hits, 2);
     }
 
     #[test]

@@ -109,6 +109,7 @@ mod tests {
             calls: 1,
             valid_calls: 1,
             first_tool: None,
+            first_call: Some("Read".into()),
             sequence_exact: None,
             similarity: None,
             success,

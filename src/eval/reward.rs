@@ -158,6 +158,7 @@ mod tests {
             calls: 3,
             valid_calls: if valid { 3 } else { 2 },
             first_tool: Some(first),
+            first_call: Some("Grep".into()),
             sequence_exact: Some(similarity == 1.0),
             similarity: Some(similarity),
             success: Some(success),

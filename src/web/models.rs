@@ -520,6 +520,8 @@ pub struct EvalCaseRowView {
     pub case_id: String,
     pub category: String,
     pub first_tool: &'static str,
+    /// The tool the episode called first (— without a call; old runs did not record it).
+    pub first_call: String,
     pub success: &'static str,
     pub valid_calls: String,
     pub turns: String,
@@ -615,6 +617,7 @@ async fn eval_page(state: web::Data<AppState>, id: web::Path<String>) -> Result<
                 case_id: c.case_id.clone(),
                 category: c.category.clone(),
                 first_tool: mark(&c.score["first_tool"]),
+                first_call: c.score["first_call"].as_str().unwrap_or("—").to_string(),
                 success: mark(&c.score["success"]),
                 valid_calls: format!("{}/{}", c.score["valid_calls"], c.score["calls"]),
                 turns: c.score["turns"].to_string(),

@@ -203,6 +203,14 @@ fn the_same_model_scores_the_same_and_its_endpoint_is_scored_by_the_same_harness
     let detail = get(&app.url(&format!("/api/evals/{run_id}"))).json();
     assert_eq!(detail["cases"].as_array().unwrap().len(), 2);
     assert_eq!(detail["cases"][0]["case"]["reference"], serde_json::json!(["Grep"]));
+    // Each episode's opening tool is recorded, and the summary counts them.
+    let mut opened = std::collections::BTreeMap::new();
+    for case in detail["cases"].as_array().unwrap() {
+        let tool = case["score"]["first_call"].as_str().unwrap_or("none").to_string();
+        assert!(tool == "none" || case["score"]["calls"].as_u64().unwrap() > 0, "{case}");
+        *opened.entry(tool).or_insert(0u64) += 1;
+    }
+    assert_eq!(first["overall"]["first_calls"], serde_json::json!(opened), "{first}");
     let page = get(&app.url(&format!("/evals/{run_id}")));
     assert!(page.status == 200 && page.body.contains("l1") && page.body.contains("l2"), "{}", page.body);
     assert!(
@@ -257,6 +265,7 @@ fn summary(success: usize, valid: usize) -> Value {
         arguments_valid: rate(valid),
         valid_calls: rate(valid),
         first_tool: rate(50),
+        first_calls: [("Grep".to_string(), 100)].into(),
         sequence_exact: rate(10),
         similarity: 0.5,
         success: rate(success),
