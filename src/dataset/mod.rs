@@ -399,17 +399,26 @@ pub fn build(
             train.push((Row::Trace(index), example.clone()));
         }
         // Copies alternate: without the tool schemas (the task dominates: the choice is learnt),
-        // then with them (the prompt users send: the choice carries over).
-        for copy in 0..config.openings {
-            let Some(opening) = opening(&prepared[index].trace, copy % 2 == 1) else { break };
+        // then with them (the prompt users send: the choice carries over). Each form is rendered
+        // and tokenized once; an opening longer than the limit is left out (its trace still trains).
+        let mut forms: Vec<Option<(usize, Example)>> = Vec::new();
+        for with_tools in [false, true].into_iter().take(config.openings as usize) {
+            let Some(opening) = opening(&prepared[index].trace, with_tools) else { break };
             let rendered = template_for_render
                 .render_with_spans(&opening.messages, &opening.tools)
                 .map_err(|e| BuildError::Render { id: opening.id.clone(), reason: format!("its opening: {e}") })?;
-            // An opening longer than the limit is left out (its full trace still trains).
             let tokenized = tokenize_one(&tokenizer, &rendered, config.max_seq_len).map_err(BuildError::Tokenizer)?;
-            if let Some((example, false)) = tokenized {
-                train.push((Row::Opening(openings.len()), example));
-                openings.push(opening);
+            forms.push(match tokenized {
+                Some((example, false)) => {
+                    openings.push(opening);
+                    Some((openings.len() - 1, example))
+                }
+                _ => None,
+            });
+        }
+        for copy in 0..config.openings as usize {
+            if let Some(Some((at, example))) = forms.get(copy % 2) {
+                train.push((Row::Opening(*at), example.clone()));
                 stats.openings += 1;
             }
         }

@@ -680,7 +680,8 @@ pub struct DatasetRequest {
     pub exclude_failed: bool,
     /// How many times each real (non-synthetic) training trace is repeated.
     pub real_weight: u32,
-    /// How many times each training trace's opening is added without the tool schemas.
+    /// How many times each training trace's opening (first reply) is added as an example of its
+    /// own, alternately without and with the tool schemas.
     pub openings: u32,
     pub val_ratio: f64,
     pub test_ratio: f64,
