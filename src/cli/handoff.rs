@@ -13,6 +13,7 @@ use super::print_json;
 use crate::config::Config;
 use crate::eval::reward::RewardWeights;
 use crate::handoff::{self, BaseModel, Engine, HandoffSpec, Hyperparameters, Phase, RewardSettings};
+use crate::model::chat_template::ChatTemplate;
 use crate::model::source::ModelSource;
 use crate::store::{Db, Store};
 
@@ -145,7 +146,7 @@ pub fn run(config: &Config, args: HandoffArgs) -> anyhow::Result<ExitCode> {
         url: args.rewards_url.trim_end_matches('/').to_string(),
         weights,
         token_budget: hyperparameters.max_completion_length,
-        template: if template == "llama3" { "llama3".into() } else { "chatml_hermes".into() },
+        template: if ChatTemplate::builtin(template).is_some() { template.into() } else { "chatml_hermes".into() },
     };
     let cases = if phase == Phase::Grpo {
         let traces = handoff::training_traces(&dataset_dir)?;

@@ -13,6 +13,7 @@ use crate::jobs::ProgressSink;
 use crate::orchestrator::Background;
 use crate::pipeline::{
     self, PipelineObserver, Recipe, Stage, StageReport, QUICKSTART_EXPORT, QUICKSTART_SEED, QUICKSTART_SFT_STEPS,
+    QUICKSTART_TRACES,
 };
 use crate::store::Store;
 use crate::web::Application;
@@ -143,9 +144,9 @@ struct QuickstartLines;
 impl PipelineObserver for QuickstartLines {
     fn begin(&mut self, stage: Stage) -> Option<Box<dyn ProgressSink>> {
         let line = match stage {
-            Stage::Bootstrap => format!("[1/6] bootstrap: 500 executable synthetic traces (seed {QUICKSTART_SEED})"),
-            Stage::Dataset => "[2/6] build-dataset: ChatML-Hermes rendering, a tokenizer trained for the tiny preset, assistant-only masks".into(),
-            Stage::Train => format!("[3/6] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps on CPU (about 4 minutes on 2 cores)"),
+            Stage::Bootstrap => format!("[1/6] bootstrap: {QUICKSTART_TRACES} executable synthetic traces (seed {QUICKSTART_SEED})"),
+            Stage::Dataset => "[2/6] build-dataset: ChatML with one line per tool, a tokenizer trained for the tiny preset, assistant-only masks, first replies once more".into(),
+            Stage::Train => format!("[3/6] train --phase sft: the tiny preset, {QUICKSTART_SFT_STEPS} steps of 4 on CPU (about 5 minutes on 2 cores)"),
             Stage::Select => return None,
             Stage::Export => "[4/6] export: HF directory, q8_0 and q4_k_m GGUF, Ollama Modelfile, parity checks".into(),
             Stage::Eval => "[5/6] eval: 100 held-out tasks run as agent episodes in the sandbox".into(),

@@ -336,7 +336,7 @@ pub fn build(
 
     // The template decides the text; `tiny` trains its tokenizer on the training text.
     let template_for_render = match &config.model {
-        ModelSource::Tiny => ChatTemplate::chatml_hermes(),
+        ModelSource::Tiny => ChatTemplate::chatml_compact(),
         other => other.tokenizer_and_template(|_| Vec::new())?.1,
     };
     let total = selected.len();

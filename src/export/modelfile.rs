@@ -56,6 +56,56 @@ For each function call, return a json object with function name and arguments wi
 {{ end }}
 {{- end }}"#;
 
+/// ChatML with Hermes tool calls and one line per tool, as `chatml_compact.jinja` renders it
+/// (parameters in their schema's order, which Ollama keeps in an ordered map iterated by `All`;
+/// required ones without `?`).
+const CHATML_COMPACT: &str = r#"{{- if or .System .Tools }}<|im_start|>system
+{{ if .System }}{{ .System }}{{ if .Tools }}
+
+{{ end }}{{ end }}
+{{- if .Tools }}# Tools
+{{ range .Tools }}
+{{ .Function.Name }}(
+{{- $required := .Function.Parameters.Required }}{{ $first := true }}
+{{- range $name, $property := .Function.Parameters.Properties.All }}
+{{- if not $first }}, {{ end }}{{ $first = false }}{{ $name }}
+{{- $isRequired := false }}{{ range $required }}{{ if eq . $name }}{{ $isRequired = true }}{{ end }}{{ end }}
+{{- if not $isRequired }}?{{ end }}{{ if $property.Type }}: {{ $property.Type }}{{ end }}
+{{- end }}){{ if .Function.Description }} - {{ .Function.Description }}{{ end }}
+{{- end }}
+
+To call a tool, reply with <tool_call>
+{"name": <tool-name>, "arguments": <args-json-object>}
+</tool_call>{{ end }}<|im_end|>
+{{ end }}
+{{- $inTool := false }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if and $inTool (ne .Role "tool") }}<|im_end|>
+{{ end }}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{- if .Content }}
+{{ .Content }}{{ end }}
+{{- if .ToolCalls }}
+<tool_call>
+{{ range $j, $call := .ToolCalls }}{{ if $j }}</tool_call>
+<tool_call>
+{{ end }}{"name": "{{ $call.Function.Name }}", "arguments": {{ $call.Function.Arguments }}}
+{{ end }}</tool_call>{{ end }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- else if eq .Role "tool" }}{{ if not $inTool }}<|im_start|>user{{ end }}
+<tool_response>
+{{ .Content }}
+</tool_response>{{ if $last }}<|im_end|>
+{{ end }}
+{{- end }}
+{{- $inTool = eq .Role "tool" }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ end }}
+{{- end }}"#;
+
 /// Llama 3 with JSON tool calls, as `llama3.jinja` renders it.
 const LLAMA3: &str = r#"<|begin_of_text|>
 {{- if or .System .Tools }}<|start_header_id|>system<|end_header_id|>
@@ -97,6 +147,7 @@ pub fn go_template(template: &ChatTemplate) -> &'static str {
     match template.kind {
         TemplateKind::Llama3 => LLAMA3,
         TemplateKind::ChatmlHermes => CHATML_HERMES,
+        TemplateKind::ChatmlCompact => CHATML_COMPACT,
         TemplateKind::Custom if template.source.contains("<|start_header_id|>") => LLAMA3,
         TemplateKind::Custom => CHATML_HERMES,
     }

@@ -68,7 +68,7 @@ impl ModelSource {
     ) -> Result<(Tokenizer, ChatTemplate), SourceError> {
         match self {
             ModelSource::Tiny => {
-                let template = ChatTemplate::chatml_hermes();
+                let template = ChatTemplate::chatml_compact();
                 let texts = corpus(&template);
                 let tokenizer = tokenizer::train_bpe(
                     texts.iter().map(String::as_str),

@@ -53,8 +53,8 @@ pub struct RewardRequest {
     /// The last reply was cut by the token limit (no end-of-turn).
     #[serde(default)]
     pub truncated: bool,
-    /// The chat template whose tool-call format raw text replies use: `chatml_hermes` (default)
-    /// or `llama3`.
+    /// The chat template whose tool-call format raw text replies use: `chatml_hermes` (default),
+    /// `chatml_compact` (the same calls) or `llama3`.
     #[serde(default)]
     pub template: Option<String>,
     /// Component weights; components not named keep their defaults.

