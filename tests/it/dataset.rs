@@ -433,7 +433,7 @@ fn openings_add_each_training_traces_first_reply_without_and_with_the_tool_schem
         let text = tokenizer.decode(&example.ids, false).unwrap();
         let messages = row["messages"].as_array().unwrap();
         let schemas = row["tools"].as_array().is_some_and(|t| !t.is_empty());
-        assert_eq!(text.contains("<tools>"), schemas, "schemas in the tokens exactly when sft.jsonl offers tools");
+        assert_eq!(text.contains("# Tools"), schemas, "schemas in the tokens exactly when sft.jsonl offers tools");
         if text.contains("<tool_response>") {
             assert!(schemas, "a whole trace offers its tools");
             continue;

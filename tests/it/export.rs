@@ -72,15 +72,15 @@ fn check_with_gguf_reader(path: &Path, hidden: i64, layers: usize, vocab: i64, p
 
 /// llama.cpp tokenizes the rendered prompts itself and decodes greedily; `understudy generate`
 /// on the same file must give the same tokens, and both stop at the end of turn together.
+/// `offer_tools`: the prompts offer the default tools (`generate --tools`).
 fn check_with_llama_cpp(
     data_dir: &Path,
     gguf: &Path,
     template: &ChatTemplate,
     prompts: &[(&str, &str)],
-    max_tokens: usize,
-    expect_stop: bool,
+    (max_tokens, offer_tools, expect_stop): (usize, bool, bool),
 ) {
-    let tools = understudy::traces::tools::default_tools();
+    let tools = if offer_tools { understudy::traces::tools::default_tools() } else { Vec::new() };
     let texts: Vec<String> = prompts
         .iter()
         .map(|(system, user)| {
@@ -99,22 +99,13 @@ fn check_with_llama_cpp(
         let ours_prompt: Vec<u32> = loaded.tokenizer.encode(texts[index].as_str(), false).unwrap().get_ids().to_vec();
         let theirs_prompt: Vec<u32> = serde_json::from_value(reference["prompt_ids"][index].clone()).unwrap();
         assert_eq!(ours_prompt, theirs_prompt, "prompt token ids of {user:?} in {}", gguf.display());
-        let run = cli(
-            data_dir,
-            &[
-                "generate",
-                "--model",
-                gguf.to_str().unwrap(),
-                "--system",
-                system,
-                "--prompt",
-                user,
-                "--tools",
-                "--max-tokens",
-                &max_tokens.to_string(),
-                "--json",
-            ],
-        );
+        let max_tokens_text = max_tokens.to_string();
+        let mut args = vec!["generate", "--model", gguf.to_str().unwrap(), "--system", system, "--prompt", user];
+        if offer_tools {
+            args.push("--tools");
+        }
+        args.extend(["--max-tokens", &max_tokens_text, "--json"]);
+        let run = cli(data_dir, &args);
         assert_eq!(run.code, 0, "{}", run.stderr);
         let ours = run.json();
         let theirs: Vec<u32> = serde_json::from_value(reference["continuations"][index].clone()).unwrap();
@@ -251,7 +242,8 @@ fn a_trained_tiny_model_exports_to_gguf_that_llama_cpp_runs_identically() {
         ("You are a coding agent. Use the tools.", "Show me the README."),
     ];
     for quant in ["f16", "q8_0"] {
-        check_with_llama_cpp(dir.path(), &gguf_path(&export, quant), &template, &prompts, 48, true);
+        // overfit.jsonl offers no tools, so these prompts are the ones the model learned to answer.
+        check_with_llama_cpp(dir.path(), &gguf_path(&export, quant), &template, &prompts, (48, false, true));
     }
     // The exported HF directory is a model `generate` can load as it is.
     let from_hf = cli(
@@ -312,7 +304,7 @@ fn smollm2_exports_to_f16_and_q8_0_that_llama_cpp_runs_identically() {
     }
     let template = ChatTemplate::chatml_hermes();
     let prompts = [("You are a helpful assistant.", "What is the capital of France?")];
-    check_with_llama_cpp(dir.path(), &gguf_path(&export, "q8_0"), &template, &prompts, 10, false);
+    check_with_llama_cpp(dir.path(), &gguf_path(&export, "q8_0"), &template, &prompts, (10, true, false));
 }
 
 #[test]
