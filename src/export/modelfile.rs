@@ -6,13 +6,15 @@
 use super::manifest::OllamaSettings;
 use crate::model::chat_template::{ChatTemplate, TemplateKind};
 
-/// ChatML with Hermes tool calls, as `chatml_hermes.jinja` renders it (tool results grouped in
-/// one user turn; tool schemas rendered by Ollama as JSON).
-const CHATML_HERMES: &str = r#"{{- if or .System .Tools }}<|im_start|>system
+/// The opening of a ChatML system turn: the system prompt, then (below) the tools.
+const CHATML_SYSTEM: &str = r#"{{- if or .System .Tools }}<|im_start|>system
 {{ if .System }}{{ .System }}{{ if .Tools }}
 
 {{ end }}{{ end }}
-{{- if .Tools }}# Tools
+"#;
+
+/// Tools as `chatml_hermes.jinja` lists them (schemas rendered by Ollama as JSON).
+const CHATML_HERMES_TOOLS: &str = r#"{{- if .Tools }}# Tools
 
 You may call one or more functions to assist with the user query.
 
@@ -26,44 +28,11 @@ You are provided with function signatures within <tools></tools> XML tags:
 For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
 <tool_call>
 {"name": <function-name>, "arguments": <args-json-object>}
-</tool_call>{{ end }}<|im_end|>
-{{ end }}
-{{- $inTool := false }}
-{{- range $i, $_ := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if and $inTool (ne .Role "tool") }}<|im_end|>
-{{ end }}
-{{- if eq .Role "user" }}<|im_start|>user
-{{ .Content }}<|im_end|>
-{{ else if eq .Role "assistant" }}<|im_start|>assistant
-{{- if .Content }}
-{{ .Content }}{{ end }}
-{{- if .ToolCalls }}
-<tool_call>
-{{ range $j, $call := .ToolCalls }}{{ if $j }}</tool_call>
-<tool_call>
-{{ end }}{"name": "{{ $call.Function.Name }}", "arguments": {{ $call.Function.Arguments }}}
-{{ end }}</tool_call>{{ end }}{{ if not $last }}<|im_end|>
-{{ end }}
-{{- else if eq .Role "tool" }}{{ if not $inTool }}<|im_start|>user{{ end }}
-<tool_response>
-{{ .Content }}
-</tool_response>{{ if $last }}<|im_end|>
-{{ end }}
-{{- end }}
-{{- $inTool = eq .Role "tool" }}
-{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
-{{ end }}
-{{- end }}"#;
+</tool_call>{{ end }}"#;
 
-/// ChatML with Hermes tool calls and one line per tool, as `chatml_compact.jinja` renders it
-/// (parameters in their schema's order, which Ollama keeps in an ordered map iterated by `All`;
-/// required ones without `?`).
-const CHATML_COMPACT: &str = r#"{{- if or .System .Tools }}<|im_start|>system
-{{ if .System }}{{ .System }}{{ if .Tools }}
-
-{{ end }}{{ end }}
-{{- if .Tools }}# Tools
+/// Tools as `chatml_compact.jinja` lists them: one line per tool, parameters in their schema's
+/// order (Ollama keeps them in an ordered map iterated by `All`), required ones without `?`.
+const CHATML_COMPACT_TOOLS: &str = r#"{{- if .Tools }}# Tools
 {{ range .Tools }}
 {{ .Function.Name }}(
 {{- $required := .Function.Parameters.Required }}{{ $first := true }}
@@ -76,7 +45,11 @@ const CHATML_COMPACT: &str = r#"{{- if or .System .Tools }}<|im_start|>system
 
 To call a tool, reply with <tool_call>
 {"name": <tool-name>, "arguments": <args-json-object>}
-</tool_call>{{ end }}<|im_end|>
+</tool_call>{{ end }}"#;
+
+/// The end of the system turn and the conversation, as both ChatML templates render it (tool
+/// results grouped in one user turn, Hermes tool calls).
+const CHATML_TURNS: &str = r#"<|im_end|>
 {{ end }}
 {{- $inTool := false }}
 {{- range $i, $_ := .Messages }}
@@ -143,20 +116,21 @@ const LLAMA3: &str = r#"<|begin_of_text|>
 
 /// The Go template equivalent to a chat template. A custom template is served through the
 /// ChatML form when it speaks ChatML, else through Llama 3's when it speaks that.
-pub fn go_template(template: &ChatTemplate) -> &'static str {
+pub fn go_template(template: &ChatTemplate) -> String {
+    let chatml = |tools: &str| format!("{CHATML_SYSTEM}{tools}{CHATML_TURNS}");
     match template.kind {
-        TemplateKind::Llama3 => LLAMA3,
-        TemplateKind::ChatmlHermes => CHATML_HERMES,
-        TemplateKind::ChatmlCompact => CHATML_COMPACT,
-        TemplateKind::Custom if template.source.contains("<|start_header_id|>") => LLAMA3,
-        TemplateKind::Custom => CHATML_HERMES,
+        TemplateKind::Llama3 => LLAMA3.to_string(),
+        TemplateKind::ChatmlHermes => chatml(CHATML_HERMES_TOOLS),
+        TemplateKind::ChatmlCompact => chatml(CHATML_COMPACT_TOOLS),
+        TemplateKind::Custom if template.source.contains("<|start_header_id|>") => LLAMA3.to_string(),
+        TemplateKind::Custom => chatml(CHATML_HERMES_TOOLS),
     }
 }
 
 /// The values both the Modelfile and `ollama create` carry.
 pub fn settings(template: &ChatTemplate, system: &str, context_length: usize) -> OllamaSettings {
     OllamaSettings {
-        template: go_template(template).to_string(),
+        template: go_template(template),
         system: system.to_string(),
         stop: template.end_of_turn.clone(),
         num_ctx: context_length.min(8192) as u32,
