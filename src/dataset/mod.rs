@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::model::chat_template::{ChatTemplate, Rendered};
+use crate::model::chat_template::Rendered;
 use crate::model::source::{ModelSource, SourceError};
 use crate::model::tokenizer;
 use crate::traces::preference::PreferencePair;
@@ -336,7 +336,7 @@ pub fn build(
 
     // The template decides the text; `tiny` trains its tokenizer on the training text.
     let template_for_render = match &config.model {
-        ModelSource::Tiny => ChatTemplate::chatml_compact(),
+        ModelSource::Tiny => ModelSource::tiny_template(),
         other => other.tokenizer_and_template(|_| Vec::new())?.1,
     };
     let total = selected.len();

@@ -61,6 +61,12 @@ impl ModelSource {
         }
     }
 
+    /// The `tiny` preset's chat template: ChatML with one line per tool, so the task is not
+    /// drowned in tool schemas (the tokenizer is trained on text rendered with it).
+    pub fn tiny_template() -> ChatTemplate {
+        ChatTemplate::chatml_compact()
+    }
+
     /// The model's tokenizer and chat template; `tiny` trains its tokenizer on `corpus`.
     pub fn tokenizer_and_template(
         &self,
@@ -68,7 +74,7 @@ impl ModelSource {
     ) -> Result<(Tokenizer, ChatTemplate), SourceError> {
         match self {
             ModelSource::Tiny => {
-                let template = ChatTemplate::chatml_compact();
+                let template = ModelSource::tiny_template();
                 let texts = corpus(&template);
                 let tokenizer = tokenizer::train_bpe(
                     texts.iter().map(String::as_str),
