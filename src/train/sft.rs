@@ -291,6 +291,53 @@ pub(super) fn batch_loss(model: &Llama, batch: &Batch) -> candle_core::Result<Te
     masked_cross_entropy(&logits, &targets, &weights)
 }
 
+/// Bytes the activations of one micro-batch of `rows` sequences of `positions` tokens keep
+/// for the backward pass, in f32: per layer, the attention scores and probabilities (rows ·
+/// heads · positions² each) and about eight hidden and three intermediate widths per token (q, k,
+/// v, the attention output, the norms, gate, up and their product). A lower bound: the backward
+/// pass allocates its own copies on top.
+pub(super) fn activation_bytes(model: &LlamaConfig, rows: usize, positions: usize) -> u64 {
+    let (b, t) = (rows as u64, positions as u64);
+    let attention = 2 * b * model.num_attention_heads as u64 * t * t;
+    let per_token = b * t * (8 * model.hidden_size as u64 + 3 * model.intermediate_size as u64);
+    4 * (attention + per_token) * model.num_hidden_layers as u64
+}
+
+/// The memory the system can still hand out (Linux's `MemAvailable`); `None` where unknown.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses, before the first step, a batch shape whose activations alone exceed the memory
+/// available (`longest`: the dataset's longest example), instead of being killed by the
+/// operating system mid-run.
+pub(super) fn check_memory(
+    model: &LlamaConfig,
+    config: &SftConfig,
+    longest: usize,
+    available: Option<u64>,
+) -> Result<(), TrainError> {
+    let positions = longest.min(config.max_seq_len);
+    let needed = activation_bytes(model, config.batch_size, positions);
+    match available {
+        Some(available) if needed > available => {
+            let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+            Err(TrainError::Config(format!(
+                "batch_size: a batch of {} sequences of {positions} tokens needs at least {:.1} GiB for its activations, \
+                 but {:.1} GiB of memory is available: lower --batch-size (raise --grad-accum to keep the step's size) \
+                 or --max-seq-len",
+                config.batch_size,
+                gib(needed),
+                gib(available)
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Batches are formed inside windows of this many batches, sorted by length.
 const LENGTH_WINDOW: usize = 16;
 
@@ -373,8 +420,12 @@ pub fn train(
             model_config.vocab_size
         )));
     }
-    let mut optimizer = AdamW::new(&vars, config.weight_decay)?;
     let lengths: Vec<usize> = train_examples.iter().map(|e| e.ids.len()).collect();
+    if device.is_cpu() {
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        check_memory(model_config, config, longest, available_memory())?;
+    }
+    let mut optimizer = AdamW::new(&vars, config.weight_decay)?;
     let per_step = config.batch_size * config.grad_accum;
     let steps_per_epoch = train_examples.len().div_ceil(per_step) as u64;
     let total_steps =
@@ -653,6 +704,32 @@ pub(super) fn save_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_whose_activations_cannot_fit_is_refused_before_the_first_step() {
+        // SmolLM2-135M's shape: 16 rows of 1,024 tokens was killed by the OS on a 24 GiB machine;
+        // 4 rows trained there.
+        let smollm2 = LlamaConfig {
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            ..LlamaConfig::tiny(49_152)
+        };
+        let machine = Some(23 * (1u64 << 30));
+        let config = |batch_size| SftConfig { batch_size, max_seq_len: 1024, ..SftConfig::default() };
+        let refused = check_memory(&smollm2, &config(16), 2048, machine).unwrap_err().to_string();
+        assert!(refused.starts_with("batch_size: a batch of 16 sequences of 1024 tokens needs at least"), "{refused}");
+        assert!(refused.contains("23.0 GiB of memory is available"), "{refused}");
+        check_memory(&smollm2, &config(4), 2048, machine).unwrap();
+        // Short examples need less than the length limit allows.
+        check_memory(&smollm2, &config(16), 300, machine).unwrap();
+        check_memory(&smollm2, &config(16), 2048, None).unwrap();
+        assert!(activation_bytes(&smollm2, 4, 1024) > 10 * (1u64 << 30));
+        // The tiny preset at quickstart's shape stays far below a gigabyte.
+        assert!(activation_bytes(&LlamaConfig::tiny(4096), 4, 1024) < 1u64 << 30);
+    }
 
     #[test]
     fn an_epoch_visits_every_example_once_in_length_grouped_batches() {
